@@ -1,0 +1,40 @@
+"""jaxmeta: fast, functional meta-learning in JAX.
+
+Algorithms are factories returning a :class:`MetaLearner` of pure functions over a
+parameter pytree (``init``, ``meta_grad``, ``predict``, ...); the shared
+:func:`make_meta_step` applies an optax optimizer in one jit-compiled step.
+"""
+
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    MetaTrainState,
+    init_meta_train_state,
+    make_meta_step,
+    map_tasks,
+    meta_update,
+)
+from jaxmeta.algorithms.maml import fomaml, maml
+from jaxmeta.inner import sgd_adapt
+from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
+from jaxmeta.models.mlp import MLP
+from jaxmeta.types import Episode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "Episode",
+    "MetaLearner",
+    "MetaTrainState",
+    "__version__",
+    "accuracy",
+    "cross_entropy_loss",
+    "fomaml",
+    "init_meta_train_state",
+    "make_meta_step",
+    "maml",
+    "map_tasks",
+    "meta_update",
+    "mse_loss",
+    "sgd_adapt",
+]

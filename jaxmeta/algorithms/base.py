@@ -1,0 +1,134 @@
+"""The contract every meta-learning algorithm implements, and the shared meta-update.
+
+An algorithm is a lowercase factory returning a :class:`MetaLearner` of pure
+functions (the optax pattern: ``optax.adam(...)`` returns ``(init, update)``). It says
+only how to get the meta-gradient for a batch of episodes; applying it with an optax
+optimizer, sampling, checkpointing and evaluation are shared and never change when an
+algorithm is added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmeta.losses import accuracy, is_classification
+from jaxmeta.types import Array, Episode, Params, PRNGKey
+
+Metrics = dict[str, Array]
+
+
+class MetaLearner(NamedTuple):
+    """Pure functions that define a meta-learning algorithm.
+
+    Attributes:
+      init: ``(model_params) -> meta_params``. Most algorithms return the model
+        parameters unchanged; Meta-SGD adds learned inner learning rates.
+      meta_grad: ``(meta_params, episodes, key) -> (grads, metrics)`` for a batch of
+        episodes (leading task axis on every field). ``grads`` has the structure of
+        ``meta_params`` and is what the optax optimizer consumes (for Reptile, the
+        pseudo-gradient ``meta_params - adapted``). ``metrics`` holds scalar means,
+        at least ``loss`` and, for classification, ``accuracy``.
+      predict: ``(meta_params, support_x, support_y, query_x, key) -> predictions``
+        for ONE task (no task axis): logits ``[n_query, n_way]`` or regression
+        outputs. Evaluation vmaps it.
+      name: short algorithm name used in logs and checkpoints.
+      adapt: for gradient-based learners, ``(meta_params, support_x, support_y,
+        steps=None) -> adapted model params`` of one task; ``None`` otherwise.
+      outer_loss: for gradient-based learners, ``(meta_params, episode, key) ->
+        (loss, metrics)`` of one task after adaptation; ``None`` otherwise.
+    """
+
+    init: Callable[[Params], Params]
+    meta_grad: Callable[[Params, Episode, PRNGKey], tuple[Params, Metrics]]
+    predict: Callable[..., Array]
+    name: str = "metalearner"
+    adapt: Callable[..., Params] | None = None
+    outer_loss: Callable[..., tuple[Array, Metrics]] | None = None
+
+
+def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
+    """``loss`` plus ``accuracy`` for classification targets."""
+    out = {"loss": loss}
+    if is_classification(targets):
+        out["accuracy"] = accuracy(predictions, targets)
+    return out
+
+
+def map_tasks(
+    fn: Callable[[Episode, PRNGKey], Any],
+    episodes: Episode,
+    key: PRNGKey,
+    *,
+    task_batch_size: int | None = None,
+) -> Any:
+    """Apply a per-task function over the task axis.
+
+    ``task_batch_size=None`` vmaps all tasks at once (one big batched program);
+    an integer ``b`` runs ``lax.map`` over chunks of ``b`` vmapped tasks, which bounds
+    memory and keeps each chunk's working set in cache (``b=1``: one task at a time).
+    """
+    tasks = episodes.support_x.shape[0]
+    keys = jax.random.split(key, tasks)
+    if task_batch_size is None or task_batch_size >= tasks:
+        return jax.vmap(fn)(episodes, keys)
+    return jax.lax.map(lambda a: fn(*a), (episodes, keys), batch_size=task_batch_size)
+
+
+def mean_over_tasks(grads_and_metrics: tuple[Params, Metrics]) -> tuple[Params, Metrics]:
+    grads, metrics = grads_and_metrics
+    mean = lambda t: jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), t)
+    return mean(grads), mean(metrics)
+
+
+class MetaTrainState(NamedTuple):
+    """Everything one meta-training step reads and writes; arrays only (jit never retraces)."""
+
+    params: Params
+    opt_state: optax.OptState
+    step: Array  # int32 scalar
+
+
+def init_meta_train_state(
+    learner: MetaLearner, optimizer: optax.GradientTransformation, model_params: Params
+) -> MetaTrainState:
+    meta_params = learner.init(model_params)
+    return MetaTrainState(
+        params=meta_params,
+        opt_state=optimizer.init(meta_params),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def meta_update(
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
+    state: MetaTrainState,
+    episodes: Episode,
+    key: PRNGKey,
+) -> tuple[MetaTrainState, Metrics]:
+    """One meta-training step (not jitted: compose it, or use :func:`make_meta_step`)."""
+    grads, metrics = learner.meta_grad(state.params, episodes, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return MetaTrainState(params, opt_state, state.step + 1), metrics
+
+
+def make_meta_step(
+    learner: MetaLearner, optimizer: optax.GradientTransformation, *, donate: bool = False
+) -> Callable[[MetaTrainState, Episode, PRNGKey], tuple[MetaTrainState, Metrics]]:
+    """The jit-compiled meta-training step ``(state, episodes, key) -> (state, metrics)``.
+
+    Compiled once per episode shape; the learner and optimizer are captured statically.
+    """
+
+    def step(state, episodes, key):
+        return meta_update(learner, optimizer, state, episodes, key)
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
