@@ -1,0 +1,401 @@
+"""``train_and_evaluate(config, workdir)``: the whole training run, resumable.
+
+One run in a workdir::
+
+    config.yaml           the resolved config (rewritten on each start)
+    environment.json      package versions, Python, devices
+    metrics.jsonl         train rows every log_every steps, val rows every eval_every
+    checkpoints/, best/   orbax checkpoints (see jaxmeta.train.checkpoint)
+    eval_test.json        test result (from the best checkpoint, else the final one)
+    learning_curves.png   when matplotlib is installed
+
+Exact resume. The key of step ``s`` is ``fold_in(base_key, s)`` and the base key is
+part of the checkpointed state, so the updates of a resumed run are the same XLA
+computations on the same inputs as those of an uninterrupted run, whatever the chunk
+boundaries (``train.steps_per_call``) or the moment of the kill: the final parameters
+are bit-identical. Checkpoints are written synchronously after the metrics rows up to
+that step are flushed; on resume the metrics log is cut back to the checkpoint step,
+so it ends up with each step exactly once. Validation is deterministic (fixed
+episodes, fixed key), so best-checkpoint decisions replay identically too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.data.registry import TaskSource, get_task_source
+from jaxmeta.models import get_model
+from jaxmeta.train.checkpoint import Checkpoints
+from jaxmeta.train.config import (
+    ExperimentConfig,
+    build_learner,
+    build_optimizer,
+    model_kwargs,
+)
+from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, plot_learning_curves, truncate_metrics
+from jaxmeta.train.state import TrainState, init_train_state, make_train_chunk
+
+PACKAGES = (
+    "jaxmeta", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+    "tensorflow-datasets", "array-record", "pyyaml", "tqdm", "matplotlib", "tensorboardX",
+)
+# Config keys that may change between a run and its resumption.
+RESUMABLE_CHANGES = {
+    "name",
+    "data.data_dir", "data.manual_dir", "data.download",
+    "train.steps", "train.steps_per_call", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.tensorboard", "train.plot",
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite training metric; the run stopped without saving the bad state."""
+
+
+class Experiment(NamedTuple):
+    """Everything built from a config (no compilation has happened yet)."""
+
+    source: TaskSource
+    model: Any
+    learner: MetaLearner
+    optimizer: optax.GradientTransformation
+
+
+def build_experiment(cfg: ExperimentConfig) -> Experiment:
+    """Task source, model, algorithm and optimizer described by ``cfg``."""
+    source = get_task_source(cfg.data.name)(**_source_kwargs(cfg))
+    model = get_model(cfg.model.name)(**model_kwargs(cfg))
+    learner = build_learner(cfg, apply_fn=model.apply)
+    return Experiment(source, model, learner, build_optimizer(cfg))
+
+
+def _source_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    d = cfg.data
+    if d.name == "sinusoid":
+        return {"shots": d.shots, "queries": d.queries}
+    kwargs = dataclasses.asdict(d)
+    kwargs.pop("name")
+    return kwargs
+
+
+def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:
+    """Step-0 state: ``model.init`` on a zero support set with the seed's init key."""
+    init_key, run_key = jax.random.split(jax.random.key(cfg.train.seed))
+    params = exp.model.init(init_key, jnp.asarray(exp.source.example_input()))
+    return init_train_state(exp.learner, exp.optimizer, params, key=run_key)
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, Python, platform and devices (written to environment.json)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "packages": versions,
+        "python": sys.version,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "command": sys.argv,
+    }
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _check_resumable(workdir: Path, cfg: ExperimentConfig) -> None:
+    import yaml
+
+    saved_path = workdir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    new = _flatten(cfg.to_dict())
+    changed = sorted(
+        k for k in set(saved) | set(new)
+        if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{workdir} holds a checkpointed run with a different config ({details}); "
+            "resume with the same config or use a new --workdir"
+        )
+
+
+def _next_boundary(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _is_better(score: float, best: float | None, *, higher: bool) -> bool:
+    if best is None:
+        return True
+    return score > best if higher else score < best
+
+
+def train_and_evaluate(
+    cfg: ExperimentConfig,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Train (or resume) the experiment ``cfg`` in ``workdir``, then test it.
+
+    Args:
+      cfg: the validated experiment config.
+      workdir: output directory; an existing checkpoint there is resumed.
+      progress: show a tqdm progress bar (steps/s, loss, accuracy, ETA).
+      log: ``str -> None`` for status lines (default: print to stderr).
+
+    Returns:
+      Summary dict: ``start_step``, ``steps``, ``best_step``, ``best_val``, ``test``
+      (the eval_test.json content, or ``None`` when the data has no test split).
+
+    Raises:
+      TrainingDiverged: a non-finite training metric (the last good checkpoint stays).
+      ValueError: the workdir holds a run of an incompatible config.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    t, ev = cfg.train, cfg.eval
+    bar = None
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        elif bar is not None:
+            bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    ckpt = Checkpoints(workdir, keep=t.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        _check_resumable(workdir, cfg)
+    (workdir / "config.yaml").write_text(cfg.to_yaml())
+    (workdir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+
+    exp = build_experiment(cfg)
+    classification = exp.source.classification
+    data = exp.source.train_data()
+    state = initial_state(cfg, exp)
+    best_score: float | None = None
+    best_step: int | None = None
+    if latest is not None:
+        state, meta = ckpt.restore(state)
+        best_score, best_step = meta.get("best_score"), meta.get("best_step")
+        stale = ckpt.best_step()
+        if stale is not None and stale > latest:
+            # Saved after the latest checkpoint by the interrupted run: the replay
+            # recomputes (bit-identically) whether it is the best.
+            ckpt.delete_best(stale)
+        say(f"resuming from step {latest} in {workdir / 'checkpoints'}")
+    start = int(state.step)
+    truncate_metrics(workdir / METRICS_FILE, max_step=start)
+    writer = MetricsWriter(workdir, tensorboard=t.tensorboard)
+
+    has_val = bool(t.eval_every) and "val" in exp.source.splits
+    higher = classification
+    main_metric = "accuracy" if classification else "mse"
+    if t.eval_every and not has_val:
+        say(f"no validation split in {cfg.data.name}/{cfg.data.scheme}: no best-checkpoint "
+            "selection; the final checkpoint is tested")
+    val_eval = val_eps = None
+    if has_val:
+        val_eps = jax.device_put(
+            exp.source.eval_episodes(
+                "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
+            )
+        )
+        val_eval = make_evaluator(
+            exp.learner, classification=classification, batch_size=ev.batch_size,
+            inner_steps=ev.inner_steps,
+        )
+    eval_key = jax.random.key(ev.seed)
+
+    chunk = make_train_chunk(
+        exp.learner,
+        exp.optimizer,
+        lambda k, d: exp.source.sample(k, d, tasks=t.meta_batch_size),
+        length=t.steps_per_call,
+    )
+
+    step = start
+    window: list[dict[str, np.ndarray]] = []
+    last_good = latest
+    bar = tqdm(
+        total=t.steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress,
+        desc=cfg.name, smoothing=0.1,
+    )
+    t_start = t_row = time.perf_counter()
+    steps_in_row = 0
+    try:
+        while step < t.steps:
+            stops = [t.steps, step + t.steps_per_call, _next_boundary(step, t.log_every),
+                     _next_boundary(step, t.checkpoint_every)]
+            if has_val:
+                stops.append(_next_boundary(step, t.eval_every))
+            nxt = min(stops)
+            n = nxt - step
+            state, metrics = chunk(state, data, jnp.asarray(n, jnp.int32))
+            metrics = {k: np.asarray(v)[:n] for k, v in jax.device_get(metrics).items()}
+            for name, values in metrics.items():
+                bad = np.flatnonzero(~np.isfinite(values))
+                if bad.size:
+                    i = int(bad[0])
+                    raise TrainingDiverged(
+                        f"training diverged at step {step + i + 1}: metric {name!r} is "
+                        f"{values[i]} (non-finite). The run stopped without saving this "
+                        "state; the last good checkpoint is "
+                        + (f"step {last_good} in {ckpt.latest_dir}" if last_good is not None
+                           else "none (no checkpoint was written yet)")
+                        + ". Lower the learning rates (optimizer.learning_rate, "
+                        "algorithm.inner_lr) or set optimizer.grad_clip_norm."
+                    )
+            step = nxt
+            window.append(metrics)
+            steps_in_row += n
+            bar.update(n)
+            post = {"loss": f"{metrics['loss'].mean():.4f}"}
+            if "accuracy" in metrics:
+                post["acc"] = f"{metrics['accuracy'].mean():.3f}"
+            bar.set_postfix(post, refresh=False)
+
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                row: dict[str, Any] = {"split": "train", "step": step}
+                for name in window[0]:
+                    row[name] = float(np.concatenate([w[name] for w in window]).mean())
+                row["steps_per_sec"] = steps_in_row / max(now - t_row, 1e-9)
+                row["wall_time"] = now - t_start
+                writer.write(row)
+                window, t_row, steps_in_row = [], now, 0
+
+            if has_val and (step % t.eval_every == 0 or step == t.steps):
+                per = jax.device_get(val_eval(state.params, val_eps, eval_key))
+                res = summarize(per, classification=classification)
+                res.pop("per_episode")
+                writer.write({"split": "val", "step": step, **res})
+                score = res[main_metric]
+                improved = _is_better(score, best_score, higher=higher)
+                msg = f"step {step}: val {main_metric} {score:.4f} ± {res['ci95']:.4f}"
+                if improved:
+                    best_score, best_step = score, step
+                    writer.flush()
+                    ckpt.save(step, state, meta=_meta(step, best_score, best_step, res), best=True)
+                    msg += " (best so far, saved)"
+                say(msg)
+
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                writer.flush()
+                ckpt.save(step, state, meta=_meta(step, best_score, best_step, None))
+                last_good = step
+    finally:
+        bar.close()
+        writer.close()
+
+    result: dict[str, Any] = {
+        "start_step": start, "steps": step, "best_step": best_step, "best_val": best_score,
+    }
+    if t.plot:
+        if plot_learning_curves(workdir / METRICS_FILE, workdir / "learning_curves.png",
+                                title=cfg.name):
+            result["plot"] = str(workdir / "learning_curves.png")
+    if "test" in exp.source.splits:
+        which = "best" if ckpt.best_step() is not None else "final"
+        if which == "best":
+            state, _ = ckpt.restore(state, best=True)
+        test = run_evaluation(
+            cfg, exp, state.params, split="test", episodes=ev.episodes,
+            inner_steps=ev.inner_steps,
+        )
+        test.update(step=int(state.step), checkpoint=which)
+        write_eval_json(workdir, test)
+        say(format_result(test) + f" [checkpoint: {which}, step {int(state.step)}]")
+        result["test"] = test
+    ckpt.close()
+    return result
+
+
+def _meta(step: int, best_score, best_step, val) -> dict[str, Any]:
+    return {"step": step, "best_score": best_score, "best_step": best_step, "val": val}
+
+
+def run_evaluation(
+    cfg: ExperimentConfig,
+    exp: Experiment,
+    params: Any,
+    *,
+    split: str,
+    episodes: int,
+    inner_steps: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``params`` on ``episodes`` fixed episodes of ``split``; summary dict."""
+    eps = exp.source.eval_episodes(
+        split, episodes=episodes, seed=cfg.eval.seed, queries=cfg.eval.queries
+    )
+    fn = make_evaluator(
+        exp.learner, classification=exp.source.classification,
+        batch_size=cfg.eval.batch_size, inner_steps=inner_steps,
+    )
+    per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
+    res = summarize(per, classification=exp.source.classification)
+    res.pop("per_episode")
+    res.update(
+        split=split, algorithm=cfg.algorithm.name, dataset=cfg.data.name,
+        inner_steps=inner_steps,
+    )
+    if exp.source.classification:
+        res.update(ways=cfg.data.ways, shots=cfg.data.shots,
+                   queries=cfg.eval.queries or cfg.data.queries, scheme=cfg.data.scheme,
+                   rotations=cfg.data.rotations)
+    return res
+
+
+def write_eval_json(workdir: str | Path, result: dict[str, Any]) -> Path:
+    """Write ``eval_<split>.json`` atomically."""
+    path = Path(workdir) / f"eval_{result['split']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_result(res: dict[str, Any]) -> str:
+    """``test accuracy: 98.70% ± 0.40% (600 episodes)`` or the MSE equivalent."""
+    if "accuracy" in res:
+        return (f"{res['split']} accuracy: {100 * res['accuracy']:.2f}% ± "
+                f"{100 * res['ci95']:.2f}% (95% CI, {res['episodes']} episodes)")
+    return (f"{res['split']} mse: {res['mse']:.4f} ± {res['ci95']:.4f} "
+            f"(95% CI, {res['episodes']} episodes)")

@@ -1,0 +1,153 @@
+"""Metric logging: a JSONL file always, TensorBoard when asked for, a PNG at the end.
+
+Each line of ``metrics.jsonl`` is one JSON object with ``split`` (``train``, ``val``,
+``test``) and ``step``; train rows hold the means over the last ``log_every`` steps
+(``loss``, ``accuracy``, ``grad_norm``...), ``steps_per_sec`` and ``wall_time``
+(seconds since the start of this process' training), validation rows hold
+``accuracy``/``loss`` (or ``mse``) with ``ci95``.
+
+On resume from step ``s`` the log is first cut back to the rows with ``step <= s``
+(:func:`truncate_metrics`), so rows of steps that are re-run are not duplicated and
+rows of steps that were checkpointed are not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` (a torn last line, from a kill, is skipped)."""
+    rows = []
+    path = Path(path)
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(path: str | Path, *, max_step: int) -> int:
+    """Keep only the rows with ``step <= max_step`` (atomic rewrite); returns rows kept."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= max_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows)
+
+
+class MetricsWriter:
+    """Append rows to ``<workdir>/metrics.jsonl`` and, optionally, TensorBoard.
+
+    Args:
+      workdir: the run's directory.
+      tensorboard: also write TensorBoard event files to ``<workdir>/tensorboard``
+        (needs ``tensorboardX``: ``pip install jaxmeta[tensorboard]``; without it a
+        message says so and only the JSONL is written).
+    """
+
+    def __init__(self, workdir: str | Path, *, tensorboard: bool = False):
+        self.path = Path(workdir) / METRICS_FILE
+        self._file = open(self.path, "a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            except ImportError:
+                print(
+                    "jaxmeta: train.tensorboard is true but tensorboardX is not installed "
+                    "(pip install 'jaxmeta[tensorboard]'); writing metrics.jsonl only.",
+                    file=sys.stderr,
+                )
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (``split`` and ``step`` required)."""
+        row = {k: _clean(v) for k, v in row.items()}
+        self._file.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            split, step = row["split"], int(row["step"])
+            for k, v in row.items():
+                if k not in ("split", "step") and isinstance(v, int | float):
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def flush(self) -> None:
+        """Make every written row durable (called before each checkpoint)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def plot_learning_curves(metrics_path: str | Path, png_path: str | Path, *, title: str = "") -> bool:
+    """PNG of the train loss/accuracy (and validation) curves from a metrics JSONL.
+
+    Returns:
+      ``True`` if written; ``False`` (with a message) when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "jaxmeta: matplotlib is not installed (pip install 'jaxmeta[plots]'); "
+            "no learning-curve PNG.",
+            file=sys.stderr,
+        )
+        return False
+    rows = read_metrics(metrics_path)
+    train = [r for r in rows if r.get("split") == "train"]
+    val = [r for r in rows if r.get("split") == "val"]
+    panels = [k for k in ("loss", "accuracy", "mse") if any(k in r for r in train + val)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6))
+    axes = [axes] if not hasattr(axes, "__len__") else list(axes)
+    for ax, key in zip(axes, panels, strict=False):
+        for name, part in (("train", train), ("val", val)):
+            pts = [(r["step"], r[key]) for r in part if isinstance(r.get(key), int | float)]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, label=name, marker="o" if name == "val" else None, ms=3)
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel(key)
+        if key == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return True
