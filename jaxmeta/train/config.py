@@ -69,15 +69,18 @@ import yaml
 
 SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval")
 
-# Omniglot split sizes (characters) per scheme, before rotations (x4 with rotations).
-# Kept here so "N-way larger than the classes of a split" is caught before the data is
-# loaded; the data module is the authority and the engine re-checks after loading.
-OMNIGLOT_SPLITS: dict[str, dict[str, int]] = {
-    "maml": {"train": 1100, "val": 100, "test": 423},
-    "vinyals": {"train": 1028, "val": 172, "test": 423},
-    "lake": {"train": 964, "test": 659},
-}
 OMNIGLOT_DRAWERS = 20
+
+
+def omniglot_splits() -> dict[str, dict[str, int]]:
+    """Characters per split of each scheme (train/val/test names; no data is read)."""
+    from jaxmeta.data.omniglot import split_counts
+
+    lake_alias = {"background": "train", "evaluation": "test"}
+    return {
+        scheme: {lake_alias.get(k, k): v for k, v in splits.items()}
+        for scheme, splits in split_counts(rotations=False).items()
+    }
 DATASETS = ("omniglot", "sinusoid")
 
 
@@ -444,13 +447,14 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
     if d.name == "omniglot":
         if d.ways < 2:
             raise ConfigError(src("data.ways"), "data.ways", f"must be >= 2 for classification, got {d.ways}")
-        if d.scheme not in OMNIGLOT_SPLITS:
+        schemes = omniglot_splits()
+        if d.scheme not in schemes:
             raise ConfigError(
                 src("data.scheme"), "data.scheme",
-                f"unknown split scheme {d.scheme!r}; available: {', '.join(OMNIGLOT_SPLITS)}",
+                f"unknown split scheme {d.scheme!r}; available: {', '.join(schemes)}",
             )
         mult = 4 if d.rotations else 1
-        for split, n in OMNIGLOT_SPLITS[d.scheme].items():
+        for split, n in schemes[d.scheme].items():
             if split == "val" and not t.eval_every:
                 continue
             if d.ways > n * mult:
