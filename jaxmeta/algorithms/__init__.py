@@ -10,11 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.maml import fomaml, maml
+from jaxmeta.algorithms.matching import matching
+from jaxmeta.algorithms.metasgd import metasgd
+from jaxmeta.algorithms.protonets import protonets
+from jaxmeta.algorithms.reptile import reptile
+from jaxmeta.algorithms.snail import snail
 
 ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "maml": maml,
     "fomaml": fomaml,
+    "reptile": reptile,
+    "anil": anil,
+    "metasgd": metasgd,
+    "protonets": protonets,
+    "matching": matching,
+    "snail": snail,
 }
 
 

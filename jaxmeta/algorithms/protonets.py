@@ -1,0 +1,141 @@
+"""Prototypical Networks (Snell, Swersky, Zemel 2017).
+
+References:
+  Snell, Swersky, Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017.
+  https://arxiv.org/abs/1703.05175
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.losses import cross_entropy_loss
+from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.validation import check_episode, check_int
+
+ApplyFn = Callable[[Params, Array], Array]
+
+# Logit given to class slots that have no support example: finite (so softmax,
+# cross-entropy and their gradients stay NaN-free) yet far below any real logit.
+ABSENT_LOGIT = -1e9
+
+
+def class_slots(support_y: Array, ways: int | None) -> int:
+    """Number of logit columns: ``ways`` if given, else ``n_support`` (an upper bound).
+
+    Everything is derived from shapes, so one learner trains 60-way and tests 5-way.
+    With ``ways=None`` the columns of classes absent from the support set get
+    :data:`ABSENT_LOGIT`; argmax, accuracy and cross-entropy are then identical to
+    those of the ``[n_query, n_way]`` logits.
+    """
+    return support_y.shape[0] if ways is None else ways
+
+
+def one_hot_support(support_y: Array, n_slots: int, dtype) -> Array:
+    """``[n_support, n_slots]`` one-hot labels (labels outside the range give zero rows)."""
+    return jax.nn.one_hot(support_y, n_slots, dtype=dtype)
+
+
+def prototypes(embeddings: Array, support_y: Array, n_slots: int) -> tuple[Array, Array]:
+    """Class means without a per-class loop.
+
+    Args:
+      embeddings: ``[n_support, d]`` support embeddings.
+      support_y: ``[n_support]`` int labels in ``[0, n_slots)``.
+      n_slots: number of class slots.
+
+    Returns:
+      ``(prototypes [n_slots, d], present [n_slots] bool)``; absent classes get a
+      zero prototype and ``present=False``.
+    """
+    onehot = one_hot_support(support_y, n_slots, embeddings.dtype)  # [n_s, C]
+    counts = jnp.sum(onehot, axis=0)  # [C]
+    sums = onehot.T @ embeddings  # [C, d]
+    protos = sums / jnp.maximum(counts, 1.0)[:, None]
+    return protos, counts > 0
+
+
+def squared_euclidean(a: Array, b: Array) -> Array:
+    """``[n, d], [m, d] -> [n, m]`` squared distances via ``|a|^2 - 2ab + |b|^2`` (one GEMM)."""
+    aa = jnp.sum(a * a, axis=-1)[:, None]
+    bb = jnp.sum(b * b, axis=-1)[None, :]
+    return jnp.maximum(aa - 2.0 * (a @ b.T) + bb, 0.0)
+
+
+def protonets(
+    apply_fn: ApplyFn,
+    *,
+    ways: int | None = None,
+    distance: str = "sqeuclidean",
+    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
+    task_batch_size: int | None = None,
+) -> MetaLearner:
+    """Prototypical Networks: logits are negative squared distances to class means.
+
+    Args:
+      apply_fn: embedding network ``(params, x[n, ...]) -> [n, d]`` (e.g. ``Conv4``
+        with ``num_classes=None``). BatchNorm inside it sees the support batch and
+        the query batch separately (the query batch statistics make evaluation
+        transductive, as for MAML).
+      ways: number of logit columns. ``None`` (default) derives everything from the
+        episode shapes: logits have ``n_support`` columns, the columns of labels
+        absent from the support set are :data:`ABSENT_LOGIT`, which leaves
+        argmax/accuracy/cross-entropy identical to ``[n_query, n_way]`` logits; so one
+        learner meta-trains 60-way and evaluates 5-way (the paper's protocol). An
+        integer gives exactly ``[n_query, ways]``.
+      distance: ``"sqeuclidean"`` (the paper's choice) or ``"cosine"``.
+      loss_fn: ``(logits, labels) -> scalar``.
+      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
+
+    Returns:
+      A :class:`MetaLearner`; ``init`` returns the embedding params unchanged and
+      ``predict(params, support_x [n_s, ...], support_y [n_s], query_x [n_q, ...],
+      key) -> logits [n_q, n_slots]``.
+
+    References:
+      Snell et al., NeurIPS 2017, Eq. (1)-(2) and Algorithm 1.
+    """
+    if distance not in ("sqeuclidean", "cosine"):
+        raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
+    if ways is not None:
+        ways = check_int("ways", ways, minimum=2)
+    if task_batch_size is not None:
+        check_int("task_batch_size", task_batch_size, minimum=1)
+
+    def init(params: Params) -> Params:
+        return params
+
+    def predict(params, support_x, support_y, query_x, key=None):
+        del key
+        n_slots = class_slots(support_y, ways)
+        zs = apply_fn(params, support_x)
+        zq = apply_fn(params, query_x)
+        protos, present = prototypes(zs, support_y, n_slots)
+        if distance == "sqeuclidean":
+            logits = -squared_euclidean(zq, protos)
+        else:
+            unit = lambda z: z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
+            logits = unit(zq) @ unit(protos).T
+        return jnp.where(present[None, :], logits, ABSENT_LOGIT)
+
+    def task_loss(params, episode: Episode, key):
+        logits = predict(params, episode.support_x, episode.support_y, episode.query_x, key)
+        loss = loss_fn(logits, episode.query_y)
+        return loss, task_metrics(logits, episode.query_y, loss)
+
+    def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
+        check_episode(episodes, batched=True, num_classes=ways)
+        grad = jax.grad(task_loss, has_aux=True)
+        return mean_over_tasks(
+            map_tasks(lambda ep, k: grad(params, ep, k), episodes, key,
+                      task_batch_size=task_batch_size)
+        )
+
+    return MetaLearner(
+        init=init, meta_grad=meta_grad, predict=predict, name="protonets",
+        outer_loss=task_loss,
+    )

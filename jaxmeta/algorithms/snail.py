@@ -1,0 +1,131 @@
+"""SNAIL (Mishra et al. 2018): a causal temporal-convolution + attention meta-learner.
+
+References:
+  Mishra, Rohaninejad, Chen, Abbeel. A Simple Neural Attentive Meta-Learner. ICLR 2018.
+  https://arxiv.org/abs/1707.03141
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.losses import cross_entropy_loss
+from jaxmeta.models.snail import SNAIL
+from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.validation import check_episode, check_int
+
+ApplyFn = Callable[[Params, Array], Array]
+
+
+def episode_sequences(emb_s: Array, support_y: Array, emb_q: Array, ways: int) -> Array:
+    """One sequence per query: the support pairs, then the query with a zero label.
+
+    Args:
+      emb_s: ``[n_s, d]`` support embeddings.
+      support_y: ``[n_s]`` int labels in ``[0, ways)``.
+      emb_q: ``[n_q, d]`` query embeddings.
+      ways: one-hot width.
+
+    Returns:
+      ``[n_q, n_s + 1, d + ways]``.
+    """
+    support = jnp.concatenate([emb_s, jax.nn.one_hot(support_y, ways, dtype=emb_s.dtype)], -1)
+    query = jnp.concatenate([emb_q, jnp.zeros((emb_q.shape[0], ways), emb_q.dtype)], -1)
+    n_q = emb_q.shape[0]
+    tiled = jnp.broadcast_to(support[None], (n_q, *support.shape))
+    return jnp.concatenate([tiled, query[:, None, :]], axis=1)
+
+
+def snail(
+    apply_fn: ApplyFn,
+    *,
+    ways: int,
+    shots: int,
+    input_shape: Sequence[int] = (28, 28, 1),
+    tc_filters: int = 128,
+    key_size: int = 64,
+    shuffle_support: bool = True,
+    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
+    task_batch_size: int | None = None,
+) -> MetaLearner:
+    """SNAIL few-shot classification: the episode is a sequence of (embedding, label) pairs.
+
+    Each query is its own sequence ``[(e(x_1), y_1), ..., (e(x_{NK}), y_{NK}), (e(x), 0)]``
+    as in the paper, built by broadcasting the support pairs and run with ``vmap`` over
+    queries; the logits are the network's output at the last (query) position. The
+    embedding is computed once per image (support batch and query batch separately, so
+    BatchNorm statistics of the query batch are shared: transductive, as for MAML).
+
+    Args:
+      apply_fn: embedding network ``(params, x[n, ...]) -> [n, d]`` (the paper: Conv-4
+        with max-pooling giving 64 features, ``Conv4(num_classes=None, pool=True)``).
+      ways: ``N``: one-hot label width and number of output logits.
+      shots: ``K``; the TC blocks get ``ceil(log2(N*K+1))`` dense blocks. Episodes
+        whose support size differs run (receptive field fixed at construction).
+      input_shape: one example's shape, used only by ``init`` to infer the embedding
+        width through ``jax.eval_shape``.
+      tc_filters: filters per dense block (paper 128).
+      key_size: attention key size of the first block (paper 64; see :class:`SNAIL`).
+      shuffle_support: during meta-training, present the support pairs in a random order
+        drawn from the step key (the order carries no information about the query).
+      loss_fn: ``(logits, labels) -> scalar``.
+      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
+
+    Returns:
+      A :class:`MetaLearner`. ``init(model_params, key=None) -> {"embedding":
+      model_params, "snail": snail_params}``, SNAIL initialised from ``key`` (default
+      ``jax.random.key(0)``, deterministic). ``predict(meta_params, support_x [n_s, ...],
+      support_y [n_s], query_x [n_q, ...], key) -> logits [n_q, ways]``.
+
+    References:
+      Mishra et al., ICLR 2018, Section 4.1 and Appendix B.
+    """
+    ways = check_int("ways", ways, minimum=2)
+    shots = check_int("shots", shots, minimum=1)
+    tc_filters = check_int("tc_filters", tc_filters, minimum=1)
+    key_size = check_int("key_size", key_size, minimum=2)
+    if task_batch_size is not None:
+        check_int("task_batch_size", task_batch_size, minimum=1)
+    input_shape = tuple(int(s) for s in input_shape)
+    net = SNAIL(ways=ways, seq_len=ways * shots + 1, tc_filters=tc_filters, key_size=key_size)
+
+    def init(model_params: Params, key: PRNGKey | None = None) -> Params:
+        key = jax.random.key(0) if key is None else key
+        emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *input_shape), jnp.float32))
+        x = jnp.zeros((ways * shots + 1, emb.shape[-1] + ways), emb.dtype)
+        return {"embedding": model_params, "snail": net.init(key, x)}
+
+    def _logits(meta_params, support_x, support_y, query_x):
+        emb_s = apply_fn(meta_params["embedding"], support_x)
+        emb_q = apply_fn(meta_params["embedding"], query_x)
+        seqs = episode_sequences(emb_s, support_y, emb_q, ways)  # [n_q, n_s + 1, d + ways]
+        return jax.vmap(lambda s: net.apply(meta_params["snail"], s)[-1])(seqs)
+
+    def predict(meta_params, support_x, support_y, query_x, key=None):
+        del key
+        return _logits(meta_params, support_x, support_y, query_x)
+
+    def task_loss(meta_params, episode: Episode, key):
+        sx, sy = episode.support_x, episode.support_y
+        if shuffle_support:
+            perm = jax.random.permutation(key, sx.shape[0])
+            sx, sy = sx[perm], sy[perm]
+        logits = _logits(meta_params, sx, sy, episode.query_x)
+        loss = loss_fn(logits, episode.query_y)
+        return loss, task_metrics(logits, episode.query_y, loss)
+
+    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
+        check_episode(episodes, batched=True, num_classes=ways)
+        grad = jax.grad(task_loss, has_aux=True)
+        return mean_over_tasks(
+            map_tasks(lambda ep, k: grad(meta_params, ep, k), episodes, key,
+                      task_batch_size=task_batch_size)
+        )
+
+    return MetaLearner(
+        init=init, meta_grad=meta_grad, predict=predict, name="snail", outer_loss=task_loss
+    )
