@@ -84,6 +84,7 @@ import os
 import random
 import re
 import socket
+import struct
 import tempfile
 import time
 import zipfile
@@ -618,34 +619,145 @@ def builder_class() -> type:
 
 
 def decode_png(png: bytes) -> np.ndarray:
-    """Ink mask of one Omniglot PNG: bool ``[105, 105]``, True = stroke (PIL gives 0 for ink)."""
+    """Ink mask of one Omniglot PNG with PIL: bool ``[105, 105]``, True = stroke.
+
+    PIL decodes these 1-bit PNGs to {0, 1} (OpenCV/TF to {0, 255}); paper is non-zero, so
+    ``ink = ~(img > 0)`` works for every decoder.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as im:
         return ~(np.asarray(im) > 0)
 
 
-def decode_and_resize(pngs: Sequence[bytes], image_size: int) -> np.ndarray:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR of every Omniglot PNG: 105x105, bit depth 1, greyscale, deflate, adaptive filter, no interlace.
+_OMNIGLOT_IHDR = struct.pack(">IIBBBBB", PNG_SIZE, PNG_SIZE, 1, 0, 0, 0, 0)
+_ROW_BYTES = 1 + (PNG_SIZE + 7) // 8  # filter-type byte + 14 bytes of packed pixels
+
+
+def _ink_fast(pngs: Sequence[bytes]) -> np.ndarray | None:
+    """Vectorised decode of plain Omniglot PNGs (1-bit, no row filters), or None if any is not.
+
+    Every genuine Omniglot PNG is of this kind (all rows use filter type 0), so the pixels are the
+    inflated IDAT bytes with bits unpacked; anything else falls back to PIL in the caller.
+    """
+    n = len(pngs)
+    raw = np.empty((n, PNG_SIZE * _ROW_BYTES), np.uint8)
+    for i, png in enumerate(pngs):
+        if png[:8] != _PNG_SIGNATURE:
+            return None
+        pos, idat = 8, []
+        while pos + 8 <= len(png):
+            length, kind = struct.unpack_from(">I4s", png, pos)
+            if kind == b"IHDR" and png[pos + 8 : pos + 21] != _OMNIGLOT_IHDR:
+                return None
+            if kind == b"IDAT":
+                idat.append(png[pos + 8 : pos + 8 + length])
+            if kind == b"IEND":
+                break
+            pos += 12 + length
+        try:
+            pixels = zlib.decompress(b"".join(idat))
+        except zlib.error:
+            return None
+        if len(pixels) != raw.shape[1]:
+            return None
+        raw[i] = np.frombuffer(pixels, np.uint8)
+    rows = raw.reshape(n, PNG_SIZE, _ROW_BYTES)
+    if rows[:, :, 0].any():  # some row uses a PNG filter: let PIL undo it
+        return None
+    bits = np.unpackbits(rows[:, :, 1:], axis=-1)[:, :, :PNG_SIZE]
+    return bits == 0  # 0 = black = ink
+
+
+def _lanczos3(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sinc = np.where(x == 0.0, 1.0, np.sin(np.pi * x) / (np.pi * x))
+        sinc3 = np.where(x == 0.0, 1.0, np.sin(np.pi * x / 3.0) / (np.pi * x / 3.0))
+    return np.where((x >= -3.0) & (x < 3.0), sinc * sinc3, 0.0)
+
+
+_PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit resampling (Resample.c)
+
+
+@functools.cache
+def _pil_lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's fixed-point LANCZOS weights ``[out_size, in_size]`` (integers, as float64).
+
+    Mirrors ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in Pillow's
+    ``src/libImaging/Resample.c`` so that :func:`_resize_like_pil` is bit-exact with
+    ``Image.resize(..., Image.LANCZOS)`` (checked against PIL in the tests).
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    k = np.zeros((out_size, in_size), np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = _lanczos3((np.arange(lo, hi) - center + 0.5) / filterscale)
+        if w.sum() != 0.0:
+            w = w / w.sum()
+        one = float(1 << _PIL_PRECISION_BITS)
+        k[xx, lo:hi] = np.where(w < 0, np.trunc(w * one - 0.5), np.trunc(w * one + 0.5))
+    return k
+
+
+def _resize_like_pil(ink: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
+    """LANCZOS resize of ink masks ``[n, h, w]`` to uint8 ``[n, size, size]`` (ink 255).
+
+    Pillow's two fixed-point passes (horizontal, then vertical, each rounded and clipped to
+    uint8) as two matrix products; sums of integers stay exact (float32 for the 0/1 first pass,
+    float64 for the second), so the result equals PIL's bit for bit.
+    """
+    n, h, w = ink.shape
+    kh = _pil_lanczos_weights(w, size).T.astype(np.float32)  # [w, size]; |sums| < 2^24
+    kv = _pil_lanczos_weights(h, size).T  # [h, size]
+    half, shift = 1 << (_PIL_PRECISION_BITS - 1), _PIL_PRECISION_BITS
+    out = np.empty((n, size, size), np.uint8)
+    for s in range(0, n, chunk):
+        c = min(chunk, n - s)
+        x = ink[s : s + c].reshape(c * h, w).astype(np.float32)
+        acc = (x @ kh).astype(np.int64) * 255  # [c*h, size]
+        t = np.clip((acc + half) >> shift, 0, 255).astype(np.float64)
+        t = t.reshape(c, h, size).transpose(0, 2, 1).reshape(c * size, h)
+        acc = (t @ kv).astype(np.int64)  # [c*size_x, size_y]
+        y = np.clip((acc + half) >> shift, 0, 255).astype(np.uint8)
+        out[s : s + c] = y.reshape(c, size, size).transpose(0, 2, 1)
+    return out
+
+
+def decode_and_resize(pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False) -> np.ndarray:
     """Decode PNGs, invert so strokes are 255, resize with LANCZOS.
+
+    The default path decodes and resizes vectorised (bit-exact with PIL, ~3x faster); PNGs that
+    are not plain 1-bit Omniglot files, or ``use_pil=True``, go through PIL image by image.
 
     Args:
       pngs: ``n`` Omniglot PNG files.
       image_size: output side ``S``.
+      use_pil: force the PIL reference path.
 
     Returns:
       uint8 ``[n, S, S]``, strokes high.
     """
     from PIL import Image
 
+    ink = None if use_pil else _ink_fast(pngs)
+    if ink is not None:
+        if image_size == PNG_SIZE:
+            return ink.astype(np.uint8) * np.uint8(255)
+        return _resize_like_pil(ink, image_size)
     out = np.empty((len(pngs), image_size, image_size), np.uint8)
     for i, png in enumerate(pngs):
-        ink = decode_png(png).astype(np.uint8) * np.uint8(255)
-        if image_size == ink.shape[0]:
-            out[i] = ink
-        else:
-            out[i] = np.asarray(
-                Image.fromarray(ink, mode="L").resize((image_size, image_size), Image.LANCZOS)
+        im = decode_png(png).astype(np.uint8) * np.uint8(255)
+        if im.shape != (image_size, image_size):
+            im = np.asarray(
+                Image.fromarray(im).resize((image_size, image_size), Image.LANCZOS)
             )
+        out[i] = im
     return out
 
 
@@ -696,25 +808,27 @@ def _save_cache(path: Path, om: Omniglot) -> None:
                 origin=np.array(om.origin),
                 character_ids=om.character_ids,
             )
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _records(sources: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _records(sources: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(origin, tf.train.Example proto) for every stored image.
+
+    The sources return raw bytes and we parse them with TFDS's own ``tf_example_pb2`` (upb):
+    TFDS's NumPy feature decoding is pure Python and took ~25x longer here.
+    """
+    from tensorflow_datasets.proto import tf_example_pb2
+
     for origin in ORIGINS:
         src = sources[origin]
         n = len(src)
-        for start in range(0, n, 2048):
-            stop = min(start + 2048, n)
-            for rec in src.__getitems__(list(range(start, stop))):
-                rec["origin"] = origin
-                yield rec
-
-
-def _text(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
+        for start in range(0, n, 4096):
+            for raw in src.__getitems__(list(range(start, min(start + 4096, n)))):
+                yield origin, tf_example_pb2.Example.FromString(raw)
 
 
 def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
@@ -725,28 +839,31 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
         DATASET_NAME,
         data_dir=os.fspath(data_dir),
         download=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
     )
     row = {key: i for i, key in enumerate(_table())}
     images = np.zeros((NUM_CHARACTERS, DRAWERS, image_size, image_size), np.uint8)
-    seen = np.zeros((NUM_CHARACTERS, DRAWERS), bool)
+    seen = np.zeros((NUM_CHARACTERS, DRAWERS), np.int32)
     ids = np.zeros(NUM_CHARACTERS, np.int32)
     pngs: list[bytes] = []
     where: list[tuple[int, int]] = []
-    for rec in _records(sources):
-        key = (rec["origin"], _text(rec["alphabet"]), _text(rec["character"]))
-        c, d = row[key], int(rec["drawer"]) - 1
-        pngs.append(rec["image"])
+    for origin, ex in _records(sources):
+        f = ex.features.feature
+        key = (origin, f["alphabet"].bytes_list.value[0].decode(), f["character"].bytes_list.value[0].decode())
+        if key not in row:
+            raise OmniglotCorruptError(f"prepared TFDS data in {data_dir / DATASET_NAME}: unknown character {key}")
+        c, d = row[key], int(f["drawer"].int64_list.value[0]) - 1
+        pngs.append(f["image"].bytes_list.value[0])
         where.append((c, d))
-        ids[c] = int(rec["character_id"])
+        ids[c] = int(f["character_id"].int64_list.value[0])
     cs, ds = (np.array(v) for v in zip(*where, strict=True))
-    images[cs, ds] = decode_and_resize(pngs, image_size)
-    seen[cs, ds] = True
-    if not seen.all() or len(where) != seen.size:
+    np.add.at(seen, (cs, ds), 1)
+    if not (seen == 1).all():
         raise OmniglotCorruptError(
             f"prepared TFDS data in {data_dir / DATASET_NAME} is incomplete or has duplicates "
             f"({len(where)} records for {seen.size} images); delete that folder and load again"
         )
+    images[cs, ds] = decode_and_resize(pngs, image_size)
     rows = _table()
     return Omniglot(
         images=images,

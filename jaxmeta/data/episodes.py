@@ -1,0 +1,258 @@
+"""N-way K-shot episodes sampled on the device, inside the jitted meta-step.
+
+The dataset is one split's characters as a device-resident ``uint8`` array ``[C, D, S, S]``
+(``D`` = 20 drawers for Omniglot, strokes = 255). A task draws ``ways`` distinct classes, then
+``shots + queries`` distinct drawers of each class: the first ``shots`` form the support set, the
+rest the query set, so support and query never share an image. With ``rotations`` every
+character gives four classes (0/90/180/270 degrees), class ``r * C + c`` being character ``c``
+rotated by ``r * 90`` degrees counter-clockwise; the rotation is applied on the device.
+
+Label ``i`` of a task is the ``i``-th class drawn; the classes are drawn in random order (a random
+permutation), so the label of a character is random in every task. Examples are laid out class-
+major: ``support_y = [0]*shots + [1]*shots + ...``, ``query_y = [0]*queries + [1]*queries + ...``.
+
+Everything is static-shaped ``jax.random`` + gathers (no Python loop, no host work, no global
+RNG), so the sampler can sit inside a ``jit``/``lax.scan`` meta-step.
+
+References:
+  Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016 (episodes, rotations);
+  Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning", ICML 2017 (Omniglot protocol, 600 tasks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta.types import Episode
+from jaxmeta.validation import check_int
+
+__all__ = ["ROTATIONS", "eval_episode_keys", "eval_episodes", "num_classes", "sample_episodes"]
+
+ROTATIONS = 4  # 0, 90, 180, 270 degrees
+
+
+def num_classes(images, rotations: bool) -> int:
+    """Classes a split offers: ``C``, or ``4 C`` with rotations.
+
+    Args:
+      images: ``[C, D, S, S]`` one split's characters (any array with a shape).
+      rotations: whether rotated characters count as new classes.
+    """
+    return int(images.shape[0]) * (ROTATIONS if rotations else 1)
+
+
+def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations: bool) -> None:
+    """Static checks: shapes, dtype and the N/K/Q numbers (run at trace time, so also under jit)."""
+    check_int("tasks", tasks, minimum=1)
+    check_int("ways", ways, minimum=1)
+    check_int("shots", shots, minimum=1)
+    check_int("queries", queries, minimum=1)
+    if not isinstance(rotations, bool):
+        raise TypeError(f"rotations must be a bool, got {rotations!r}")
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f"images must be [classes, drawers, S, S], got shape {shape}")
+    if images.dtype != jnp.uint8:
+        raise ValueError(f"images must be uint8 (strokes = 255), got {images.dtype}")
+    if rotations and shape[2] != shape[3]:
+        raise ValueError(f"rotations need square images, got {shape[2]}x{shape[3]}")
+    available = num_classes(images, rotations)
+    if ways > available:
+        raise ValueError(
+            f"ways={ways} exceeds the {available} classes available ({shape[0]} characters"
+            f"{' x 4 rotations' if rotations else ''}); classes are drawn without replacement"
+        )
+    if shots + queries > shape[1]:
+        raise ValueError(
+            f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {shape[1]} "
+            "drawers per class; support and query images are distinct drawers"
+        )
+
+
+def _rotate(x: jax.Array, k: jax.Array) -> jax.Array:
+    """Rotate ``x [ways, n, S, S]`` by ``k [ways] * 90`` degrees counter-clockwise, per class.
+
+    Three whole-array rotations and a select: on XLA:CPU this is ~10x faster than a gather.
+    """
+    kk = k[:, None, None, None]
+    return jnp.select(
+        [kk == 1, kk == 2, kk == 3],
+        [jnp.rot90(x, 1, axes=(2, 3)), jnp.rot90(x, 2, axes=(2, 3)), jnp.rot90(x, 3, axes=(2, 3))],
+        x,
+    )
+
+
+def _draw_without_replacement(key: jax.Array, shape: tuple[int, ...], k: int) -> jax.Array:
+    """``k`` distinct indices in ``[0, shape[-1])`` per row, in random order: int32 ``[..., k]``.
+
+    The top ``k`` of i.i.d. uniforms (a uniformly random ordered subset). ``lax.top_k`` on float32
+    is ~40x faster on XLA:CPU than the sort in ``jax.random.choice(replace=False)``. Uniforms
+    have 2^23 levels, so a tie at the cut-off (probability ~ n / 2^23 per draw, n = row length)
+    goes to the lower index: a negligible bias, and the indices are always distinct.
+    """
+    return jax.lax.top_k(jax.random.uniform(key, shape), k)[1]
+
+
+def _one_task(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    rotations: bool,
+) -> Episode:
+    n_char, n_drawers, s, _ = images.shape
+    n = shots + queries
+    k_class, k_drawer = jax.random.split(key)
+    classes = _draw_without_replacement(k_class, (num_classes(images, rotations),), ways)
+    char = classes % n_char
+    drawers = _draw_without_replacement(k_drawer, (ways, n_drawers), n)  # [ways, n]
+    x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, S, S] uint8
+    if rotations:
+        x = _rotate(x, classes // n_char)
+    x = (x.astype(jnp.float32) * (1.0 / 255.0))[..., None]
+    labels = jnp.arange(ways, dtype=jnp.int32)
+    return Episode(
+        support_x=x[:, :shots].reshape(ways * shots, s, s, 1),
+        support_y=jnp.repeat(labels, shots),
+        query_x=x[:, shots:].reshape(ways * queries, s, s, 1),
+        query_y=jnp.repeat(labels, queries),
+    )
+
+
+def _sample_from_keys(keys, images, *, ways, shots, queries, rotations) -> Episode:
+    task = functools.partial(_one_task, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    return jax.vmap(task, in_axes=(0, None))(keys, images)
+
+
+def sample_episodes(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    tasks: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    rotations: bool = False,
+) -> Episode:
+    """Sample a batch of N-way K-shot tasks from one split, on the device.
+
+    Jittable: call it inside the jitted meta-step with ``images`` as an argument (or closed over)
+    and the ints static. Task ``t`` uses ``jax.random.split(key, tasks)[t]``.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or legacy ``uint32[2]``).
+      images: uint8 ``[C, D, S, S]``, one split's characters (strokes = 255), e.g. from
+        :func:`jaxmeta.data.omniglot.split_images` put on the device once.
+      tasks: number of tasks (meta-batch size).
+      ways: classes per task (N), drawn without replacement from ``C`` (or ``4 C``) classes.
+      shots: support images per class (K).
+      queries: query images per class (Q); ``shots + queries <= D``.
+      rotations: draw from the ``4 C`` classes made by rotating every character by 0/90/180/270
+        degrees.
+
+    Returns:
+      ``Episode`` with ``support_x`` float32 ``[tasks, ways*shots, S, S, 1]`` in [0, 1],
+      ``support_y`` int32 ``[tasks, ways*shots]``, ``query_x`` float32
+      ``[tasks, ways*queries, S, S, 1]``, ``query_y`` int32 ``[tasks, ways*queries]``; labels in
+      ``[0, ways)``, class-major.
+
+    Raises:
+      ValueError: non-positive numbers, ``ways`` above the available classes, ``shots + queries``
+        above the drawers, images not uint8 ``[C, D, S, S]``.
+      TypeError: non-integer numbers.
+
+    References:
+      Vinyals et al. 2016; Finn et al. 2017.
+    """
+    _check(images, tasks=tasks, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    return _sample_from_keys(
+        jax.random.split(key, tasks),
+        images,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        rotations=rotations,
+    )
+
+
+def eval_episode_keys(seed: int, episodes: int) -> jax.Array:
+    """The keys of the fixed evaluation set: ``jax.random.split(jax.random.key(seed), episodes)``."""
+    check_int("seed", seed, minimum=0)
+    check_int("episodes", episodes, minimum=1)
+    with jax.default_device(jax.devices("cpu")[0]):
+        return jax.random.split(jax.random.key(seed), episodes)
+
+
+@functools.partial(jax.jit, static_argnames=("ways", "shots", "queries", "rotations"))
+def _eval_chunk(keys, images, *, ways, shots, queries, rotations) -> Episode:
+    return _sample_from_keys(
+        keys, images, ways=ways, shots=shots, queries=queries, rotations=rotations
+    )
+
+
+def eval_episodes(
+    images,
+    *,
+    episodes: int = 600,
+    ways: int,
+    shots: int,
+    queries: int,
+    rotations: bool,
+    seed: int,
+    start: int = 0,
+    stop: int | None = None,
+) -> Episode:
+    """A fixed, seeded set of evaluation tasks, identical across runs and algorithms.
+
+    Generated with ``jax.random`` on the CPU from ``seed`` alone: episode ``i`` is the task
+    :func:`sample_episodes` draws with key ``eval_episode_keys(seed, episodes)[i]``. The whole set
+    needs ``4 * episodes * ways * (shots + queries) * S * S`` bytes (e.g. 150 MB for 600 5-way
+    1-shot tasks with 15 queries, 28x28); ``start``/``stop`` return a slice of the same set, so an
+    evaluator can walk through it in chunks.
+
+    Args:
+      images: uint8 ``[C, D, S, S]`` (NumPy or JAX), one split's characters.
+      episodes: size of the set (MAML: 600).
+      ways: classes per task (N).
+      shots: support images per class (K).
+      queries: query images per class (Q).
+      rotations: draw from the ``4 C`` rotated classes.
+      seed: non-negative int; the set depends on nothing else (and on ``episodes``).
+      start: first episode of the set to return.
+      stop: one past the last episode to return (default ``episodes``).
+
+    Returns:
+      ``Episode`` of host NumPy arrays with a leading ``[stop - start]`` axis: ``support_x``
+      float32 ``[E, ways*shots, S, S, 1]``, ``support_y`` int32 ``[E, ways*shots]``,
+      ``query_x`` float32 ``[E, ways*queries, S, S, 1]``, ``query_y`` int32 ``[E, ways*queries]``.
+
+    Raises:
+      ValueError: as :func:`sample_episodes`, or ``0 <= start < stop <= episodes`` violated.
+
+    References:
+      Finn et al. 2017 (600 test tasks, 95% CI = 1.96 std / sqrt(600)).
+    """
+    check_int("episodes", episodes, minimum=1)
+    stop = episodes if stop is None else stop
+    check_int("start", start, minimum=0)
+    check_int("stop", stop, minimum=1)
+    if not start < stop <= episodes:
+        raise ValueError(f"need 0 <= start < stop <= episodes, got start={start}, stop={stop}, episodes={episodes}")
+    _check(images, tasks=episodes, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    cpu = jax.devices("cpu")[0]
+    keys = eval_episode_keys(seed, episodes)[start:stop]
+    ep = _eval_chunk(
+        jax.device_put(keys, cpu),
+        jax.device_put(np.asarray(images), cpu),
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        rotations=rotations,
+    )
+    return Episode(*(np.asarray(a) for a in ep))
