@@ -160,7 +160,7 @@ def _train(args) -> int:
         train_and_evaluate(cfg, workdir, progress=not args.no_progress)
     except TrainingDiverged as err:
         return _err(str(err), 1)
-    except ValueError as err:  # e.g. an incompatible workdir, ways > classes at load time
+    except (ValueError, FileNotFoundError) as err:  # incompatible workdir, missing data...
         return _err(str(err), 2)
     return 0
 

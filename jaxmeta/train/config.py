@@ -515,7 +515,12 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
     try:
         build_learner(cfg, apply_fn=lambda p, x: x)
     except (TypeError, ValueError) as err:
-        raise ConfigError(src("algorithm"), "algorithm", f"{cfg.algorithm.name}: {err}") from None
+        # Name the offending keyword when the factory's message starts with it.
+        key = next(
+            (f"algorithm.{k}" for k in cfg.algorithm.kwargs if str(err).startswith(k)),
+            "algorithm",
+        )
+        raise ConfigError(src(key), key, f"{cfg.algorithm.name}: {err}") from None
 
     import optax
 

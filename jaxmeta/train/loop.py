@@ -96,7 +96,8 @@ def _source_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:
     """Step-0 state: ``model.init`` on a zero support set with the seed's init key."""
     init_key, run_key = jax.random.split(jax.random.key(cfg.train.seed))
-    params = exp.model.init(init_key, jnp.asarray(exp.source.example_input()))
+    # jit: eager Flax init dispatches op by op (seconds for a Conv-4 on a busy CPU).
+    params = jax.jit(exp.model.init)(init_key, jnp.asarray(exp.source.example_input()))
     return init_train_state(exp.learner, exp.optimizer, params, key=run_key)
 
 
