@@ -125,10 +125,10 @@ def maml(
         return apply_fn(adapted, query_x)
 
     def _check(params, episodes, *, batched):
-        n_out = None
+        check_episode(episodes, batched=batched)  # shapes first: the model needs sane inputs
         if episodes.support_y.dtype.kind in "iu":
             n_out = _output_dim(apply_fn, params, episodes, batched)
-        check_episode(episodes, batched=batched, num_classes=n_out)
+            check_episode(episodes, batched=batched, num_classes=n_out)
 
     return MetaLearner(
         init=init,
