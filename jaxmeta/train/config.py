@@ -47,6 +47,15 @@ is compiled::
       batch_size: 50                # episodes per vmapped chunk (lax.map)
       seed: 0                       # the fixed evaluation episodes
       inner_steps: null             # override the algorithm's evaluation inner steps
+    mesh:                           # data parallelism over the task axis (jaxmeta.sharding)
+      devices: null                 # devices of the task mesh: null = 1 (all of them in a
+                                    #   multi-process run), N = the first N, 0 = all
+      sampler: constraint           # constraint (same episodes as 1 device) | shard_map
+    distributed:                    # multi-process runs (jax.distributed.initialize)
+      coordinator_address: null     # host:port of process 0 (else $JAXMETA_COORDINATOR_ADDRESS)
+      num_processes: null           # (else $JAXMETA_NUM_PROCESSES)
+      process_id: null              # (else $JAXMETA_PROCESS_ID)
+      auto: false                   # let JAX detect the cluster (SLURM, Open MPI, TPU)
 
 Overrides (``--set key=value``, value parsed as YAML) use the same dotted keys, e.g.
 ``train.steps=60000``, ``train.seed=1``, ``eval.episodes=600``,
@@ -67,7 +76,7 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval")
+SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval", "mesh", "distributed")
 
 OMNIGLOT_DRAWERS = 20
 
@@ -151,6 +160,24 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Task-axis data parallelism (see :mod:`jaxmeta.sharding`)."""
+
+    devices: int | None = None
+    sampler: str = "constraint"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """``jax.distributed.initialize`` arguments; ``None`` falls back to ``$JAXMETA_*``."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: everything :func:`jaxmeta.train.train_and_evaluate` reads."""
 
@@ -161,6 +188,8 @@ class ExperimentConfig:
     optimizer: NamedConfig
     train: TrainConfig
     eval: EvalConfig
+    mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @property
     def classification(self) -> bool:
@@ -176,6 +205,8 @@ class ExperimentConfig:
             "optimizer": self.optimizer.to_dict(),
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
+            "mesh": dataclasses.asdict(self.mesh),
+            "distributed": dataclasses.asdict(self.distributed),
         }
 
     def to_yaml(self) -> str:
@@ -309,7 +340,9 @@ def config_from_dict(
     model = _named_section("model", raw.get("model") or {}, src)
     algorithm = _named_section("algorithm", raw.get("algorithm") or {}, src)
     optimizer = _named_section("optimizer", raw.get("optimizer") or {}, src)
-    cfg = ExperimentConfig(name, data, model, algorithm, optimizer, train, evalc)
+    mesh = _dataclass_section(MeshConfig, "mesh", raw.get("mesh") or {}, src)
+    dist = _dataclass_section(DistributedConfig, "distributed", raw.get("distributed") or {}, src)
+    cfg = ExperimentConfig(name, data, model, algorithm, optimizer, train, evalc, mesh, dist)
     _check_values(cfg, src)
     _check_registries(cfg, src)
     return cfg
@@ -435,6 +468,7 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
     _positive(t, "train", ("eval_every", "seed"), src, minimum=0)
     _positive(e, "eval", ("episodes", "val_episodes", "queries", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
+    _check_mesh(cfg, src)
     for key in ("checkpoint_every", "eval_every"):
         value = getattr(t, key)
         if value and value % t.log_every:
@@ -471,6 +505,34 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
                     f"{d.shots + q} > {OMNIGLOT_DRAWERS}: an Omniglot class has only "
                     f"{OMNIGLOT_DRAWERS} drawings",
                 )
+
+
+def _check_mesh(cfg: ExperimentConfig, src) -> None:
+    from jaxmeta.sharding import SAMPLERS
+
+    m, dist, t = cfg.mesh, cfg.distributed, cfg.train
+    _positive(m, "mesh", ("devices",), src, minimum=0)
+    if m.devices and t.meta_batch_size % m.devices:
+        raise ConfigError(
+            src("mesh.devices"), "mesh.devices",
+            f"train.meta_batch_size {t.meta_batch_size} is not divisible by mesh.devices "
+            f"{m.devices}: every device must get the same number of tasks",
+        )
+    if m.sampler not in SAMPLERS:
+        raise ConfigError(src("mesh.sampler"), "mesh.sampler",
+                          f"unknown sampler {m.sampler!r}; available: {', '.join(SAMPLERS)}")
+    _positive(dist, "distributed", ("num_processes",), src)
+    _positive(dist, "distributed", ("process_id",), src, minimum=0)
+    if (dist.num_processes is not None and dist.process_id is not None
+            and dist.process_id >= dist.num_processes):
+        raise ConfigError(
+            src("distributed.process_id"), "distributed.process_id",
+            f"must be < distributed.num_processes ({dist.num_processes}), got {dist.process_id}",
+        )
+    addr = dist.coordinator_address
+    if addr is not None and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(src("distributed.coordinator_address"), "distributed.coordinator_address",
+                          f"expected host:port, got {addr!r}")
 
 
 def _check_registries(cfg: ExperimentConfig, src) -> None:
