@@ -20,3 +20,17 @@ def omniglot_zip_dir() -> Path:
     if not (path / "images_background.zip").exists():
         pytest.fail(f"Omniglot zips not found in {path}; set JAXMETA_OMNIGLOT_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def omniglot_data_dir(tmp_path_factory) -> Path:
+    """A fresh TFDS data dir for this session (the prepared Omniglot lives here)."""
+    return tmp_path_factory.mktemp("tfds_data")
+
+
+@pytest.fixture(scope="session")
+def omniglot(omniglot_zip_dir, omniglot_data_dir):
+    """The genuine Omniglot (28x28), prepared once per session from ``omniglot_zip_dir``."""
+    from jaxmeta.data import load_omniglot
+
+    return load_omniglot(data_dir=omniglot_data_dir, manual_dir=omniglot_zip_dir, download=False)

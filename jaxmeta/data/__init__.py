@@ -1,4 +1,4 @@
-"""Task sources: Omniglot (TFDS builder, uint8 cache, standard splits) and the on-device episode sampler."""
+"""Task sources: Omniglot (TFDS builder, uint8 cache, splits) and the on-device episode sampler."""
 
 from jaxmeta.data.episodes import (
     ROTATIONS,

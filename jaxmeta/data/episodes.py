@@ -125,8 +125,12 @@ def _one_task(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("ways", "shots", "queries", "rotations"))
 def _sample_from_keys(keys, images, *, ways, shots, queries, rotations) -> Episode:
-    task = functools.partial(_one_task, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    # jit: one compiled program when called eagerly; simply inlined inside an outer jit.
+    task = functools.partial(
+        _one_task, ways=ways, shots=shots, queries=queries, rotations=rotations
+    )
     return jax.vmap(task, in_axes=(0, None))(keys, images)
 
 
@@ -182,18 +186,11 @@ def sample_episodes(
 
 
 def eval_episode_keys(seed: int, episodes: int) -> jax.Array:
-    """The keys of the fixed evaluation set: ``jax.random.split(jax.random.key(seed), episodes)``."""
+    """Keys of the fixed evaluation set: ``jax.random.split(jax.random.key(seed), episodes)``."""
     check_int("seed", seed, minimum=0)
     check_int("episodes", episodes, minimum=1)
     with jax.default_device(jax.devices("cpu")[0]):
         return jax.random.split(jax.random.key(seed), episodes)
-
-
-@functools.partial(jax.jit, static_argnames=("ways", "shots", "queries", "rotations"))
-def _eval_chunk(keys, images, *, ways, shots, queries, rotations) -> Episode:
-    return _sample_from_keys(
-        keys, images, ways=ways, shots=shots, queries=queries, rotations=rotations
-    )
 
 
 def eval_episodes(
@@ -210,8 +207,9 @@ def eval_episodes(
 ) -> Episode:
     """A fixed, seeded set of evaluation tasks, identical across runs and algorithms.
 
-    Generated with ``jax.random`` on the CPU from ``seed`` alone: episode ``i`` is the task
-    :func:`sample_episodes` draws with key ``eval_episode_keys(seed, episodes)[i]``. The whole set
+    Generated with ``jax.random`` on the CPU from ``seed`` alone: the set equals
+    ``sample_episodes(jax.random.key(seed), images, tasks=episodes, ...)``, whose task ``i`` uses
+    key ``eval_episode_keys(seed, episodes)[i]``. The whole set
     needs ``4 * episodes * ways * (shots + queries) * S * S`` bytes (e.g. 150 MB for 600 5-way
     1-shot tasks with 15 queries, 28x28); ``start``/``stop`` return a slice of the same set, so an
     evaluator can walk through it in chunks.
@@ -223,7 +221,7 @@ def eval_episodes(
       shots: support images per class (K).
       queries: query images per class (Q).
       rotations: draw from the ``4 C`` rotated classes.
-      seed: non-negative int; the set depends on nothing else (and on ``episodes``).
+      seed: non-negative int; with ``episodes`` and the task shape, all the set depends on.
       start: first episode of the set to return.
       stop: one past the last episode to return (default ``episodes``).
 
@@ -243,11 +241,14 @@ def eval_episodes(
     check_int("start", start, minimum=0)
     check_int("stop", stop, minimum=1)
     if not start < stop <= episodes:
-        raise ValueError(f"need 0 <= start < stop <= episodes, got start={start}, stop={stop}, episodes={episodes}")
+        raise ValueError(
+            f"need 0 <= start < stop <= episodes, got start={start}, stop={stop}, "
+            f"episodes={episodes}"
+        )
     _check(images, tasks=episodes, ways=ways, shots=shots, queries=queries, rotations=rotations)
     cpu = jax.devices("cpu")[0]
     keys = eval_episode_keys(seed, episodes)[start:stop]
-    ep = _eval_chunk(
+    ep = _sample_from_keys(
         jax.device_put(keys, cpu),
         jax.device_put(np.asarray(images), cpu),
         ways=ways,

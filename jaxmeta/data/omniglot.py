@@ -1,8 +1,9 @@
-"""Omniglot: acquisition through TensorFlow Datasets, a compact uint8 cache, and the standard splits.
+"""Omniglot: acquisition through TensorFlow Datasets, a compact uint8 cache, the standard splits.
 
-Data flows one way: the four official zips → a TFDS dataset prepared once (array_record) → decoded
-and resized once into a ``uint8`` array ``[1623 characters, 20 drawers, S, S]`` cached as an ``.npz``
-next to the TFDS data → one split's characters on the device → :mod:`jaxmeta.data.episodes`.
+Data flows one way: the official zips → a TFDS dataset prepared once (array_record) → decoded
+and resized once into a ``uint8`` array ``[1623 characters, 20 drawers, S, S]`` cached as an
+``.npz`` next to the TFDS data → one split's characters on the device →
+:mod:`jaxmeta.data.episodes`.
 
 TFDS design (and why):
   The stock ``omniglot`` builder of tensorflow-datasets cannot be used: it lists and extracts the
@@ -11,8 +12,9 @@ TFDS design (and why):
   with genuine PNGs but different zip bytes). Offline, its download attempt retries for minutes.
   TFDS's *writer*, however, works without TensorFlow in tfds 4.9.10: ``GeneratorBasedBuilder``
   with ``file_format="array_record"`` serializes examples with TFDS's own ``tf_example_pb2``
-  protos (``core/example_serializer.py``), writes them with ``array_record_module.ArrayRecordWriter``
-  (``core/file_adapters.py: ArrayRecordFileAdapter.write_examples``), and ``tfds.features.Image``
+  protos (``core/example_serializer.py``), writes them with
+  ``array_record_module.ArrayRecordWriter`` (``core/file_adapters.py:
+  ArrayRecordFileAdapter.write_examples``), and ``tfds.features.Image``
   stores bytes it is given as is (only *encoding* a NumPy image needs ``tf.image.encode_png``).
   So this module defines its own TFDS builder, ``jaxmeta_omniglot``, that
 
@@ -211,15 +213,17 @@ _ZIPS = {
 # The same manifest over both sets together, as published in the data README (cross-check).
 _FULL_MANIFEST_SHA256 = "8745d3284205c70953ebeacd9061b7dfdadc5961afab7b71a1553c9aa5bcb1af"
 
-_PNG_RE = re.compile(r"^images_(background|evaluation)/([^/]+)/(character\d\d)/(\d{4})_(\d\d)\.png$")
+_PNG_RE = re.compile(
+    r"^images_(background|evaluation)/([^/]+)/(character\d\d)/(\d{4})_(\d\d)\.png$"
+)
 
 
 class OmniglotFilesMissingError(FileNotFoundError):
-    """The Omniglot zips are neither in the manual dir nor downloadable (offline or ``download=False``)."""
+    """The zips are neither in the manual dir nor downloadable (offline or ``download=False``)."""
 
 
 class OmniglotCorruptError(ValueError):
-    """A zip is unreadable, truncated, or its content differs from genuine Omniglot (names the file)."""
+    """A zip is unreadable, truncated, or not genuine Omniglot content (the message names it)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +298,9 @@ def _split_table() -> dict[str, dict[str, np.ndarray]]:
 
 def _resolve_split(scheme: str, split: str) -> tuple[str, str]:
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown Omniglot split scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
+        raise ValueError(
+            f"unknown Omniglot split scheme {scheme!r}; choose one of {sorted(SCHEMES)}"
+        )
     if scheme == "lake":
         split = _LAKE_ALIASES.get(split, split)
         if split == "val":
@@ -429,9 +435,7 @@ def _locate(manual_dir: Path, *, download: bool) -> dict[str, Path | None]:
     missing = [o for o, p in found.items() if p is None]
     if missing:
         if not download:
-            raise OmniglotFilesMissingError(
-                _missing_message(manual_dir, missing, "download=False")
-            )
+            raise OmniglotFilesMissingError(_missing_message(manual_dir, missing, "download=False"))
         if not _network_available():
             raise OmniglotFilesMissingError(
                 _missing_message(
@@ -498,7 +502,8 @@ def read_verified_zip(path: str | os.PathLike, origin: str) -> list[tuple[str, b
     if got_alphabets != want_alphabets:
         raise OmniglotCorruptError(
             f"{path}: alphabets differ from Omniglot {origin}: missing "
-            f"{sorted(want_alphabets - got_alphabets)}, unexpected {sorted(got_alphabets - want_alphabets)}"
+            f"{sorted(want_alphabets - got_alphabets)}, "
+            f"unexpected {sorted(got_alphabets - want_alphabets)}"
         )
     drawers = [f"{d:02d}" for d in range(1, DRAWERS + 1)]
     for alphabet, n in expected:
@@ -521,13 +526,14 @@ def read_verified_zip(path: str | os.PathLike, origin: str) -> list[tuple[str, b
     if digest != spec.manifest_sha256:
         raise OmniglotCorruptError(
             f"{path}: the PNG content differs from genuine Omniglot {origin} (manifest sha256 "
-            f"{digest}, expected {spec.manifest_sha256}). Replace it with a fresh copy of {spec.url}"
+            f"{digest}, expected {spec.manifest_sha256}). "
+            f"Replace it with a fresh copy of {spec.url}"
         )
     return files
 
 
 # --------------------------------------------------------------------------------------------
-# The TFDS builder (created lazily: importing tensorflow_datasets costs ~1 s, a cache hit needs none).
+# The TFDS builder (made lazily: importing tensorflow_datasets takes ~1 s; a cache hit needs none).
 
 
 @functools.cache
@@ -549,7 +555,9 @@ def builder_class() -> type:
         """
 
         VERSION = tfds.core.Version(DATASET_VERSION)
-        RELEASE_NOTES = {DATASET_VERSION: "Builder that needs no TensorFlow; content-verified zips."}
+        RELEASE_NOTES = {
+            DATASET_VERSION: "Builder that needs no TensorFlow; content-verified zips."
+        }
         MANUAL_DOWNLOAD_INSTRUCTIONS = (
             "Put images_background.zip and images_evaluation.zip (from "
             "https://github.com/brendenlake/omniglot/tree/master/python) into the manual dir."
@@ -562,7 +570,9 @@ def builder_class() -> type:
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                description="Omniglot handwritten characters: 50 alphabets, 1623 characters x 20 drawers.",
+                description=(
+                    "Omniglot handwritten characters: 50 alphabets, 1623 characters x 20 drawers."
+                ),
                 features=tfds.features.FeaturesDict(
                     {
                         "image": tfds.features.Image(shape=(PNG_SIZE, PNG_SIZE, 1)),
@@ -584,7 +594,9 @@ def builder_class() -> type:
 
         def _split_generators(self, dl_manager):
             manual = getattr(dl_manager, "_manual_dir", None)
-            manual_dir = Path(manual) if manual else Path(self._data_dir_root) / "downloads" / "manual"
+            manual_dir = (
+                Path(manual) if manual else Path(self._data_dir_root) / "downloads" / "manual"
+            )
             found = _locate(manual_dir, download=self._allow_download)
             paths = {}
             for origin, path in found.items():
@@ -594,7 +606,8 @@ def builder_class() -> type:
                     digest = _sha256_file(path)
                     if digest != spec.sha256:
                         raise OmniglotCorruptError(
-                            f"{path}: downloaded {spec.url} has sha256 {digest}, expected {spec.sha256}"
+                            f"{path}: downloaded {spec.url} has sha256 {digest}, "
+                            f"expected {spec.sha256}"
                         )
                 paths[origin] = path
             return {origin: self._generate_examples(path, origin) for origin, path in paths.items()}
@@ -603,13 +616,16 @@ def builder_class() -> type:
             for name, png in read_verified_zip(path, origin):
                 m = _PNG_RE.match(name)
                 assert m is not None  # checked by read_verified_zip
-                yield name, {
-                    "image": png,
-                    "alphabet": m.group(2),
-                    "character": m.group(3),
-                    "character_id": int(m.group(4)),
-                    "drawer": int(m.group(5)),
-                }
+                yield (
+                    name,
+                    {
+                        "image": png,
+                        "alphabet": m.group(2),
+                        "character": m.group(3),
+                        "character_id": int(m.group(4)),
+                        "drawer": int(m.group(5)),
+                    },
+                )
 
     return JaxmetaOmniglot
 
@@ -631,7 +647,7 @@ def decode_png(png: bytes) -> np.ndarray:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# IHDR of every Omniglot PNG: 105x105, bit depth 1, greyscale, deflate, adaptive filter, no interlace.
+# IHDR of every Omniglot PNG: 105x105, 1 bit, greyscale, deflate, adaptive filter, no interlace.
 _OMNIGLOT_IHDR = struct.pack(">IIBBBBB", PNG_SIZE, PNG_SIZE, 1, 0, 0, 0, 0)
 _ROW_BYTES = 1 + (PNG_SIZE + 7) // 8  # filter-type byte + 14 bytes of packed pixels
 
@@ -729,7 +745,9 @@ def _resize_like_pil(ink: np.ndarray, size: int, chunk: int = 2048) -> np.ndarra
     return out
 
 
-def decode_and_resize(pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False) -> np.ndarray:
+def decode_and_resize(
+    pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False
+) -> np.ndarray:
     """Decode PNGs, invert so strokes are 255, resize with LANCZOS.
 
     The default path decodes and resizes vectorised (bit-exact with PIL, ~3x faster); PNGs that
@@ -754,9 +772,7 @@ def decode_and_resize(pngs: Sequence[bytes], image_size: int, *, use_pil: bool =
     for i, png in enumerate(pngs):
         im = decode_png(png).astype(np.uint8) * np.uint8(255)
         if im.shape != (image_size, image_size):
-            im = np.asarray(
-                Image.fromarray(im).resize((image_size, image_size), Image.LANCZOS)
-            )
+            im = np.asarray(Image.fromarray(im).resize((image_size, image_size), Image.LANCZOS))
         out[i] = im
     return out
 
@@ -849,9 +865,15 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
     where: list[tuple[int, int]] = []
     for origin, ex in _records(sources):
         f = ex.features.feature
-        key = (origin, f["alphabet"].bytes_list.value[0].decode(), f["character"].bytes_list.value[0].decode())
+        key = (
+            origin,
+            f["alphabet"].bytes_list.value[0].decode(),
+            f["character"].bytes_list.value[0].decode(),
+        )
         if key not in row:
-            raise OmniglotCorruptError(f"prepared TFDS data in {data_dir / DATASET_NAME}: unknown character {key}")
+            raise OmniglotCorruptError(
+                f"prepared TFDS data in {data_dir / DATASET_NAME}: unknown character {key}"
+            )
         c, d = row[key], int(f["drawer"].int64_list.value[0]) - 1
         pngs.append(f["image"].bytes_list.value[0])
         where.append((c, d))
@@ -920,8 +942,12 @@ def load_omniglot(
 
     import tensorflow_datasets as tfds
 
-    manual = Path(manual_dir).expanduser() if manual_dir is not None else root / "downloads" / "manual"
-    builder = builder_class()(data_dir=os.fspath(root), download=download, file_format="array_record")
+    manual = (
+        Path(manual_dir).expanduser() if manual_dir is not None else root / "downloads" / "manual"
+    )
+    builder = builder_class()(
+        data_dir=os.fspath(root), download=download, file_format="array_record"
+    )
     t0 = time.perf_counter()
     if not builder.is_prepared():
         _locate(manual, download=download)  # fail fast, before TFDS creates anything
