@@ -321,3 +321,23 @@ def test_split_errors():
     np.testing.assert_array_equal(
         split_indices("lake", "test"), split_indices("lake", "evaluation")
     )
+
+
+def test_download_branch_checks_the_official_sha256(omniglot_zip_dir, tmp_path, monkeypatch):
+    # Simulated online run: the probe succeeds and TFDS's DownloadManager "downloads" our
+    # re-zipped copy, whose zip bytes differ from the official file: rejected, naming it.
+    import contextlib
+
+    import tensorflow_datasets as tfds
+
+    fetched = []
+
+    def fake_download(self, url):
+        fetched.append(url)
+        return omniglot_zip_dir / url.rsplit("/", 1)[1]
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    with pytest.raises(OmniglotCorruptError, match=r"images_background\.zip has sha256 4c4a7dd4"):
+        load_omniglot(data_dir=tmp_path / "data", download=True)
+    assert fetched == [om_mod._ZIPS["background"].url]
