@@ -37,6 +37,9 @@ EPILOG_TRAIN = textwrap.dedent(
     with a checkpoint resumes it exactly (same final parameters as an uninterrupted
     run); --config may then be omitted.
 
+    Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
+    off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.
+
     exit status: 0 done, 1 training diverged (NaN/inf), 2 bad config or usage.
     """
 )
@@ -249,6 +252,24 @@ def _data(args) -> int:
     return 0
 
 
+def _enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across runs (a resumed run skips recompiling).
+
+    ``$JAX_COMPILATION_CACHE_DIR`` wins; else ``$JAXMETA_CACHE_DIR/xla``, else
+    ``~/.cache/jaxmeta/xla``. ``JAXMETA_CACHE_DIR=off`` disables it.
+    """
+    import os
+
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return
+    root = os.environ.get("JAXMETA_CACHE_DIR", "~/.cache/jaxmeta")
+    if root.lower() == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(root).expanduser() / "xla"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmeta`` console script; returns the exit status."""
     parser = _parser()
@@ -256,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in ("train", "evaluate"):
+        _enable_compilation_cache()
     if args.command == "train":
         return _train(args)
     if args.command == "evaluate":

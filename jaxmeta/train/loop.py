@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmeta import sharding
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.data.registry import TaskSource, get_task_source
 from jaxmeta.models import get_model
@@ -60,6 +61,10 @@ RESUMABLE_CHANGES = {
     "data.data_dir", "data.manual_dir", "data.download",
     "train.steps", "train.steps_per_call", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.tensorboard", "train.plot",
+    # The default (constraint) sampler draws the same episodes on any device count.
+    "mesh.devices",
+    "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
+    "distributed.auto",
 }
 
 
@@ -152,6 +157,37 @@ def _check_resumable(workdir: Path, cfg: ExperimentConfig) -> None:
         )
 
 
+def task_mesh(cfg: ExperimentConfig):
+    """The mesh that splits the meta-batch, or ``None`` for the plain one-device step.
+
+    ``mesh.devices``: ``null`` is 1 device (all devices in a multi-process run), ``0`` all
+    devices, ``N`` the first N. Raises ValueError when the meta-batch does not divide.
+    """
+    n = cfg.mesh.devices
+    if n is None:
+        n = len(jax.devices()) if jax.process_count() > 1 else 1
+    elif n == 0:
+        n = len(jax.devices())
+    if n == 1 and jax.process_count() == 1:
+        return None
+    mesh = sharding.make_task_mesh(n)
+    sharding.check_divisible(cfg.train.meta_batch_size, mesh)
+    return mesh
+
+
+class _NoMetrics:
+    """The metrics writer of processes other than 0 (only process 0 writes files)."""
+
+    def write(self, row) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _next_boundary(step: int, every: int) -> int:
     return (step // every + 1) * every
 
@@ -200,17 +236,24 @@ def train_and_evaluate(
         else:
             print(msg, file=sys.stderr, flush=True)
 
+    mesh = task_mesh(cfg)
+    primary = sharding.is_primary()  # only process 0 writes logs, configs and results
+    progress = progress and primary
     ckpt = Checkpoints(workdir, keep=t.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is not None:
         _check_resumable(workdir, cfg)
-    (workdir / "config.yaml").write_text(cfg.to_yaml())
-    (workdir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    if primary:
+        (workdir / "config.yaml").write_text(cfg.to_yaml())
+        env = {**environment(), "mesh": sharding.describe(mesh)}
+        (workdir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
 
     exp = build_experiment(cfg)
     classification = exp.source.classification
     data = exp.source.train_data()
     state = initial_state(cfg, exp)
+    if mesh is not None:  # replicated state and data; the restore keeps these shardings
+        data, state = sharding.replicate(data, mesh), sharding.replicate(state, mesh)
     best_score: float | None = None
     best_step: int | None = None
     if latest is not None:
@@ -223,8 +266,9 @@ def train_and_evaluate(
             ckpt.delete_best(stale)
         say(f"resuming from step {latest} in {workdir / 'checkpoints'}")
     start = int(state.step)
-    truncate_metrics(workdir / METRICS_FILE, max_step=start)
-    writer = MetricsWriter(workdir, tensorboard=t.tensorboard)
+    if primary:
+        truncate_metrics(workdir / METRICS_FILE, max_step=start)
+    writer = MetricsWriter(workdir, tensorboard=t.tensorboard) if primary else _NoMetrics()
 
     has_val = bool(t.eval_every) and "val" in exp.source.splits
     higher = classification
@@ -234,23 +278,24 @@ def train_and_evaluate(
             "selection; the final checkpoint is tested")
     val_eval = val_eps = None
     if has_val:
-        val_eps = jax.device_put(
-            exp.source.eval_episodes(
-                "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
-            )
+        val_eps = exp.source.eval_episodes(
+            "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
         )
+        val_eps = (jax.device_put(val_eps) if mesh is None
+                   else sharding.shard_eval_episodes(val_eps, mesh))
         val_eval = make_evaluator(
             exp.learner, classification=classification, batch_size=ev.batch_size,
             inner_steps=ev.inner_steps,
         )
     eval_key = jax.random.key(ev.seed)
 
-    chunk = make_train_chunk(
-        exp.learner,
-        exp.optimizer,
-        lambda k, d: exp.source.sample(k, d, tasks=t.meta_batch_size),
-        length=t.steps_per_call,
-    )
+    sample = lambda k, d: exp.source.sample(k, d, tasks=t.meta_batch_size)
+    if mesh is not None:  # each device draws and differentiates its own tasks
+        sample = sharding.sharded_sampler(
+            lambda k, d, n: exp.source.sample(k, d, tasks=n), mesh,
+            tasks=t.meta_batch_size, sampler=cfg.mesh.sampler,
+        )
+    chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=t.steps_per_call)
 
     step = start
     window: list[dict[str, np.ndarray]] = []
@@ -271,7 +316,9 @@ def train_and_evaluate(
             n = nxt - step
             state, metrics = chunk(state, data, jnp.asarray(n, jnp.int32))
             metrics = {k: np.asarray(v)[:n] for k, v in jax.device_get(metrics).items()}
-            for name, values in metrics.items():
+            # Report the loss first when several metrics go bad in the same step.
+            for name in sorted(metrics, key=lambda k: (k != "loss", k)):
+                values = metrics[name]
                 bad = np.flatnonzero(~np.isfinite(values))
                 if bad.size:
                     i = int(bad[0])
@@ -304,7 +351,8 @@ def train_and_evaluate(
                 window, t_row, steps_in_row = [], now, 0
 
             if has_val and (step % t.eval_every == 0 or step == t.steps):
-                per = jax.device_get(val_eval(state.params, val_eps, eval_key))
+                per = val_eval(state.params, val_eps, eval_key)
+                per = jax.device_get(per) if mesh is None else sharding.gather(per, mesh)
                 res = summarize(per, classification=classification)
                 res.pop("per_episode")
                 writer.write({"split": "val", "step": step, **res})
@@ -329,7 +377,7 @@ def train_and_evaluate(
     result: dict[str, Any] = {
         "start_step": start, "steps": step, "best_step": best_step, "best_val": best_score,
     }
-    if t.plot:
+    if t.plot and primary:
         if plot_learning_curves(workdir / METRICS_FILE, workdir / "learning_curves.png",
                                 title=cfg.name):
             result["plot"] = str(workdir / "learning_curves.png")
@@ -339,11 +387,12 @@ def train_and_evaluate(
             state, _ = ckpt.restore(state, best=True)
         test = run_evaluation(
             cfg, exp, state.params, split="test", episodes=ev.episodes,
-            inner_steps=ev.inner_steps,
+            inner_steps=ev.inner_steps, mesh=mesh,
         )
         test.update(step=int(state.step), checkpoint=which)
-        write_eval_json(workdir, test)
-        say(format_result(test) + f" [checkpoint: {which}, step {int(state.step)}]")
+        if primary:
+            write_eval_json(workdir, test)
+            say(format_result(test) + f" [checkpoint: {which}, step {int(state.step)}]")
         result["test"] = test
     ckpt.close()
     return result
@@ -361,8 +410,13 @@ def run_evaluation(
     split: str,
     episodes: int,
     inner_steps: int | None = None,
+    mesh=None,
 ) -> dict[str, Any]:
-    """Evaluate ``params`` on ``episodes`` fixed episodes of ``split``; summary dict."""
+    """Evaluate ``params`` on ``episodes`` fixed episodes of ``split``; summary dict.
+
+    With a ``mesh`` (:func:`task_mesh`) the episodes are split over its devices (of all
+    processes) and the per-episode results gathered on every process.
+    """
     eps = exp.source.eval_episodes(
         split, episodes=episodes, seed=cfg.eval.seed, queries=cfg.eval.queries
     )
@@ -370,7 +424,11 @@ def run_evaluation(
         exp.learner, classification=exp.source.classification,
         batch_size=cfg.eval.batch_size, inner_steps=inner_steps,
     )
-    per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
+    if mesh is None:
+        per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
+    else:
+        eps = sharding.shard_eval_episodes(eps, mesh)
+        per = sharding.gather(fn(params, eps, jax.random.key(cfg.eval.seed)), mesh)
     res = summarize(per, classification=exp.source.classification)
     res.pop("per_episode")
     res.update(

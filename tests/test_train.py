@@ -1,0 +1,181 @@
+"""The training engine in-process: fused step, exactness, divergence, metrics, evaluation.
+
+Fast: the sinusoid MLP compiles in seconds. The Omniglot end-to-end runs (subprocesses,
+kill -9 and resume) are in test_train_omniglot.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmeta.train import (
+    Checkpoints,
+    TrainingDiverged,
+    build_experiment,
+    config_from_dict,
+    make_train_chunk,
+    mean_ci95,
+    read_metrics,
+    train_and_evaluate,
+)
+from jaxmeta.train.loop import initial_state
+
+SIN = {
+    "name": "sin_test",
+    "data": {"name": "sinusoid", "shots": 5, "queries": 5},
+    "model": {"name": "mlp", "hidden": [16, 16]},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+    "train": {"steps": 30, "meta_batch_size": 4, "steps_per_call": 4, "log_every": 5,
+              "eval_every": 10, "checkpoint_every": 10, "plot": False},
+    "eval": {"episodes": 20, "batch_size": 8},
+}
+
+
+def _cfg(**sections):
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SIN.items()}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return config_from_dict(raw, source="test")
+
+
+def _setup(cfg):
+    exp = build_experiment(cfg)
+    sample = lambda k, d: exp.source.sample(k, d, tasks=cfg.train.meta_batch_size)
+    return exp, sample, exp.source.train_data(), initial_state(cfg, exp)
+
+
+def _leaves_equal(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def test_fused_chunk_compiles_once_and_keeps_state_types():
+    cfg = _cfg()
+    exp, sample, data, state = _setup(cfg)
+    chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=4)
+    types0 = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state)
+    state, m = chunk(state, data, jnp.asarray(4, jnp.int32))
+    assert int(state.step) == 4 and m["loss"].shape == (4,)
+    # Shorter chunks (log/checkpoint boundaries) reuse the compiled program: n is traced.
+    state, m = chunk(state, data, jnp.asarray(2, jnp.int32))
+    assert int(state.step) == 6  # only n steps ran; the rest of the scan is skipped
+    assert np.all(np.isfinite(m["loss"][:2])) and np.all(np.isnan(m["loss"][2:]))
+    state, m = chunk(state, data, jnp.asarray(4, jnp.int32))
+    assert chunk._cache_size() == 1
+    assert int(state.step) == 10
+    assert np.isnan(np.asarray(m["loss"])).sum() == 0
+    assert jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state) == types0
+
+
+def test_result_independent_of_chunk_boundaries():
+    """fold_in(base key, step): 12 steps give bit-identical params whatever the fusion."""
+    cfg = _cfg()
+    exp, sample, data, state0 = _setup(cfg)
+    finals = []
+    for length, ns in ((1, [1] * 12), (5, [3, 5, 4])):
+        chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=length, donate=False)
+        state = state0
+        for n in ns:
+            state, _ = chunk(state, data, jnp.asarray(n, jnp.int32))
+        assert int(state.step) == 12
+        finals.append(state)
+    for other in finals[1:]:
+        assert _leaves_equal(finals[0], other)
+
+
+def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
+    cfg = _cfg()
+    full = train_and_evaluate(cfg, tmp_path / "full", progress=False)
+    assert full["steps"] == 30
+    # Interrupted at 20 (checkpoint) and resumed with other chunk sizes: identical.
+    part = tmp_path / "part"
+    train_and_evaluate(_cfg(train={"steps": 20}), part, progress=False)
+    resumed = train_and_evaluate(_cfg(train={"steps_per_call": 3}), part, progress=False)
+    assert resumed["start_step"] == 20 and resumed["steps"] == 30
+
+    exp = build_experiment(cfg)
+    target = jax.eval_shape(lambda: initial_state(cfg, exp))
+    a, meta_a = Checkpoints(tmp_path / "full").restore(target)
+    b, meta_b = Checkpoints(part).restore(target)
+    assert int(a.step) == int(b.step) == 30
+    assert _leaves_equal(a, b)
+    assert meta_a["best_step"] == meta_b["best_step"]
+
+    for wd in (tmp_path / "full", part):
+        rows = read_metrics(wd / "metrics.jsonl")
+        train_steps = [r["step"] for r in rows if r["split"] == "train"]
+        assert train_steps == list(range(5, 31, 5)), train_steps  # each once, none lost
+        assert [r["step"] for r in rows if r["split"] == "val"] == [10, 20, 30]
+        res = json.loads((wd / "eval_test.json").read_text())
+        assert {"mse", "ci95", "episodes", "step", "checkpoint"} <= set(res)
+        assert res["episodes"] == 20 and res["checkpoint"] == "best"
+        assert (wd / "config.yaml").exists()
+        env = json.loads((wd / "environment.json").read_text())
+        assert env["packages"]["jax"] == jax.__version__ and env["devices"]
+    losses = lambda wd: [r["loss"] for r in read_metrics(wd / "metrics.jsonl") if r["split"] == "train"]
+    assert losses(tmp_path / "full") == losses(part)
+    assert json.loads((tmp_path / "full" / "eval_test.json").read_text())["mse"] == (
+        json.loads((part / "eval_test.json").read_text())["mse"]
+    )
+    # A workdir only resumes the same experiment.
+    with pytest.raises(ValueError, match="different config.*algorithm.inner_lr"):
+        train_and_evaluate(_cfg(algorithm={"inner_lr": 0.02}), part, progress=False)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Adam with lr 1e30: step 1 is computed from the initial params (finite), step 2
+    # from params of size ~1e30, whose loss overflows.
+    cfg = _cfg(optimizer={"learning_rate": 1e30},
+               train={"checkpoint_every": 1, "log_every": 1, "eval_every": 0})
+    with pytest.raises(TrainingDiverged) as info:
+        train_and_evaluate(cfg, tmp_path, progress=False)
+    msg = str(info.value)
+    assert "step 2" in msg and "'loss'" in msg and "last good checkpoint is step 1" in msg
+    ckpt = Checkpoints(tmp_path)
+    assert ckpt.latest_step() == 1
+    exp = build_experiment(cfg)
+    state, _ = ckpt.restore(jax.eval_shape(lambda: initial_state(cfg, exp)))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert max(steps) == 1
+
+
+def test_mean_ci95_formula():
+    v = np.array([1.0, 0.8, 0.6, 1.0, 0.4, 0.9])
+    mean, ci = mean_ci95(v)
+    assert mean == pytest.approx(v.mean())
+    assert ci == pytest.approx(1.96 * v.std() / np.sqrt(v.size))
+
+
+def test_evaluate_rejects_inner_steps_for_non_gradient_learners():
+    from jaxmeta.algorithms.base import MetaLearner
+    from jaxmeta.train.evaluate import make_evaluator
+
+    learner = MetaLearner(init=lambda p: p, meta_grad=None,
+                          predict=lambda p, sx, sy, qx, key: qx, name="toy")
+    with pytest.raises(ValueError, match="'toy' does not take an inner-step override"):
+        make_evaluator(learner, classification=True, inner_steps=3)
+    make_evaluator(learner, classification=True)  # fine without the override
+
+
+def test_omniglot_data_is_an_argument_not_a_constant(omniglot, omniglot_data_dir):
+    repo = Path(__file__).resolve().parents[1]
+    from jaxmeta.train.config import load_config
+
+    cfg = load_config(repo / "configs" / "tests" / "tiny.yaml",
+                      [f"data.data_dir={omniglot_data_dir}", "data.download=false"])
+    exp, sample, data, state = _setup(cfg)
+    assert data.dtype == jnp.uint8 and data.nbytes > 10_000_000  # ~17 MB of images
+    chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=cfg.train.steps_per_call)
+    text = chunk.lower(state, data, jnp.asarray(1, jnp.int32)).as_text()
+    assert len(text) < data.nbytes / 4  # the images are not embedded in the program
+    assert "1100x20x28x28" in text  # they are a parameter of the program
