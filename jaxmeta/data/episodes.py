@@ -7,8 +7,8 @@ rest the query set, so support and query never share an image. With ``rotations`
 character gives four classes (0/90/180/270 degrees), class ``r * C + c`` being character ``c``
 rotated by ``r * 90`` degrees counter-clockwise; the rotation is applied on the device.
 
-Label ``i`` of a task is the ``i``-th class drawn; the classes are drawn in random order (a random
-permutation), so the label of a character is random in every task. Examples are laid out class-
+Label ``i`` of a task is the ``i``-th class drawn; the classes come in random order (the top
+``ways`` of i.i.d. uniforms), so a character's label is random in every task. Examples are class-
 major: ``support_y = [0]*shots + [1]*shots + ...``, ``query_y = [0]*queries + [1]*queries + ...``.
 
 Everything is static-shaped ``jax.random`` + gathers (no Python loop, no host work, no global

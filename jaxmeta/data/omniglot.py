@@ -33,9 +33,17 @@ TFDS design (and why):
   we also resize) and turned into the cache. The small1/small2 zips are not needed and not used.
 
 Preprocessing (the standard one, Finn et al. 2017; Vinyals et al. 2016): PIL decodes the 1-bit PNGs
-to {0, 1} with 1 = white paper; ``ink = png == 0`` (the ``img > 0`` normalisation, robust to
+to {0, 1} with 1 = white paper; ``ink = ~(png > 0)`` (the ``img > 0`` normalisation, robust to
 decoders that give {0, 255}); ``ink * 255`` resized to ``S x S`` with LANCZOS; stored as ``uint8``
-with strokes high. Float images are ``u8 / 255``.
+with strokes high. Float images are ``u8 / 255``. The default path does this vectorised: the PNGs
+(all 1-bit, unfiltered rows) are inflated with :mod:`zlib` and bit-unpacked, and Pillow's
+fixed-point LANCZOS is reproduced as two exact matrix products; the result is bit-identical to
+``Image.resize(..., Image.LANCZOS)`` (tested), and any PNG of another kind goes through PIL.
+
+Cost (2-core CPU shared with other jobs; CPU seconds, which is what an idle machine pays):
+TFDS prepare (read + verify zips, write array_record) ~4 s; read back with ``tfds.data_source``,
+decode and resize 32,460 images ~6 s; later loads read the 26 MB ``.npz`` in ~0.06 s and do not
+import tensorflow_datasets.
 
 Character order (index ``c`` of ``images[c]``): the 964 background characters, then the 659
 evaluation characters; inside each set, alphabets in byte-wise sorted order, then ``characterNN``.
