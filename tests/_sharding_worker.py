@@ -1,0 +1,148 @@
+"""Subprocess side of tests/test_sharding.py (JAX must see XLA_FLAGS before it starts).
+
+Usage::
+
+    python tests/_sharding_worker.py step DEVICES            # sharded vs 1-device chunks
+    python tests/_sharding_worker.py train WORKDIR JSON_CFG   # train_and_evaluate, dump params
+
+``train`` joins a ``jax.distributed`` run first when ``$JAXMETA_COORDINATOR_ADDRESS`` is
+set (with ``$JAXMETA_NUM_PROCESSES`` and ``$JAXMETA_PROCESS_ID``). The last stdout line
+is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from jaxmeta import sharding
+
+if len(sys.argv) > 1 and sys.argv[1] == "train":
+    # Before anything touches a JAX backend.
+    sharding.initialize_distributed(initialization_timeout=60)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+SIN = {
+    "name": "sin_shard",
+    "data": {"name": "sinusoid", "shots": 5, "queries": 5},
+    "model": {"name": "mlp", "hidden": [16, 16]},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+    "train": {"steps": 6, "meta_batch_size": 8, "steps_per_call": 3, "log_every": 3,
+              "eval_every": 0, "checkpoint_every": 3, "plot": False},
+    "eval": {"episodes": 16, "batch_size": 4},
+}
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+
+def step(devices: int) -> dict:
+    """Params after 3 fused meta-steps: 1 device vs a ``devices`` mesh, two models."""
+    from jaxmeta.algorithms import maml
+    from jaxmeta.data.episodes import sample_episodes
+    from jaxmeta.models.conv4 import Conv4
+    from jaxmeta.train import build_experiment, config_from_dict, make_train_chunk
+    from jaxmeta.train.loop import initial_state
+    from jaxmeta.train.state import init_train_state
+
+    import optax
+
+    out: dict = {"devices": len(jax.devices())}
+    mesh = sharding.make_task_mesh(devices)
+    n = jnp.asarray(3, jnp.int32)
+
+    def run(learner, opt, sample, data, state, sharded: bool):
+        if sharded:
+            sample = sharding.sharded_sampler(sample, mesh, tasks=8)
+            data, state = sharding.replicate(data, mesh), sharding.replicate(state, mesh)
+        else:
+            sample = (lambda s: lambda k, d: s(k, d, 8))(sample)
+        chunk = make_train_chunk(learner, opt, sample, length=3, donate=False)
+        compiled = chunk.lower(state, data, n).compile()
+        state, metrics = compiled(state, data, n)
+        specs = {str(getattr(x.sharding, "spec", None)) for x in jax.tree_util.tree_leaves(state)}
+        run.hlo = compiled.as_text()
+        return _leaves(state.params), np.asarray(metrics["loss"]), specs
+
+    # Sinusoid MLP through the engine's own builders.
+    cfg = config_from_dict(SIN, source="worker")
+    exp = build_experiment(cfg)
+    sample = lambda k, d, t: exp.source.sample(k, d, tasks=t)
+    p1, l1, _ = run(exp.learner, exp.optimizer, sample, exp.source.train_data(),
+                    initial_state(cfg, exp), False)
+    pn, ln, specs = run(exp.learner, exp.optimizer, sample, exp.source.train_data(),
+                        initial_state(cfg, exp), True)
+    out["sinusoid"] = {"max_param_diff": _max_diff(p1, pn), "max_loss_diff": float(np.max(np.abs(l1 - ln))),
+                       "param_change": _max_diff(p1, _leaves(initial_state(cfg, exp).params)),
+                       "state_specs": sorted(specs)}
+
+    # Tiny Conv-4 (8 filters) on random "characters", 5-way 1-shot, second order.
+    images = jax.random.randint(jax.random.key(1), (40, 20, 28, 28), 0, 256).astype(jnp.uint8)
+    model = Conv4(num_classes=5, filters=8)
+    learner = maml(model.apply, inner_lr=0.4, inner_steps=1)
+    opt = optax.adam(1e-3)
+    samp = lambda k, d, t: sample_episodes(k, d, tasks=t, ways=5, shots=1, queries=2, rotations=True)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((5, 28, 28, 1), jnp.float32))
+    mk = lambda: init_train_state(learner, opt, params, key=jax.random.key(2))
+    p1, l1, _ = run(learner, opt, samp, images, mk(), False)
+    pn, ln, specs = run(learner, opt, samp, images, mk(), True)
+    out["conv4"] = {"max_param_diff": _max_diff(p1, pn), "max_loss_diff": float(np.max(np.abs(l1 - ln))),
+                    "param_change": _max_diff(p1, _leaves(mk().params)), "state_specs": sorted(specs)}
+
+    # Each device samples only its own tasks: no all-gather, no full-batch episode arrays.
+    hlo = run.hlo
+    gathers = [ln.split("=")[1].split("all-gather")[0].strip() for ln in hlo.splitlines()
+               if " all-gather(" in ln or " all-gather-start(" in ln]
+    out["hlo"] = {"all_gather": gathers, "all_reduce": hlo.count("all-reduce("),
+                  "full_batch_support": hlo.count("f32[8,5,28,28,1]"),
+                  "local_batch_support": hlo.count(f"f32[{8 // devices},5,28,28,1]")}
+    return out
+
+
+def train(workdir: str, overrides: str) -> dict:
+    from jaxmeta.train import Checkpoints, build_experiment, config_from_dict, train_and_evaluate
+    from jaxmeta.train.loop import initial_state, task_mesh
+
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SIN.items()}
+    for section, values in json.loads(overrides).items():
+        raw[section] = {**raw.get(section, {}), **values}
+    cfg = config_from_dict(raw, source="worker")
+    result = train_and_evaluate(cfg, workdir, progress=False, log=lambda m: None)
+    # Read the final checkpoint back, on every process, into the run's shardings.
+    exp = build_experiment(cfg)
+    target = initial_state(cfg, exp)
+    mesh = task_mesh(cfg)
+    if mesh is not None:
+        target = sharding.replicate(target, mesh)
+    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    state, _ = ckpt.restore(target)
+    ckpt.close()
+    return {
+        "process": jax.process_index(),
+        "processes": jax.process_count(),
+        "devices": len(jax.devices()),
+        "mesh": sharding.describe(mesh),
+        "start_step": result["start_step"],
+        "steps": int(state.step),
+        "test": {k: v for k, v in (result.get("test") or {}).items() if k in ("mse", "ci95", "episodes")},
+        "params": [x.tolist() for x in _leaves(state.params)],
+    }
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "step":
+        res = step(int(sys.argv[2]))
+    elif mode == "train":
+        res = train(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(res))
