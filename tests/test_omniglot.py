@@ -176,7 +176,7 @@ def test_download_mode_offline_fails_fast_without_tfds_download(tmp_path, monkey
     with pytest.raises(OmniglotFilesMissingError, match="offline"):
         load_omniglot(data_dir=tmp_path / "data", download=True)
     assert len(calls) == 1  # one short probe, no retries
-    assert calls[0] == (("github.com", 443), om_mod._NETWORK_TIMEOUT_S)
+    assert calls[0] == (om_mod._probe_address(), om_mod._NETWORK_TIMEOUT_S)
 
 
 def test_truncated_zip_is_rejected_naming_the_file(omniglot_zip_dir, tmp_path):
