@@ -90,6 +90,21 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.steps=60000 (repeatable)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = t.add_argument_group(
+        "devices and hosts",
+        "split the meta-batch's tasks over devices (docs/scaling.md); the flags set the "
+        "mesh.* and distributed.* config keys; unset distributed values fall back to "
+        "$JAXMETA_COORDINATOR_ADDRESS, $JAXMETA_NUM_PROCESSES, $JAXMETA_PROCESS_ID",
+    )
+    g.add_argument("--devices", type=int, metavar="N",
+                   help="devices of the task mesh (mesh.devices): N, or 0 for all; default 1 "
+                   "(all devices in a multi-process run); the meta-batch must divide by N")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="process 0's address; starts jax.distributed (distributed.coordinator_address)")
+    g.add_argument("--num-processes", type=int, metavar="P",
+                   help="number of processes (distributed.num_processes)")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="this process's index, 0..P-1 (distributed.process_id)")
 
     e = sub.add_parser(
         "evaluate",
@@ -153,9 +168,23 @@ def _train(args) -> int:
             config = str(Path(args.workdir) / "config.yaml")
         else:
             return _err("--config is required (unless --workdir holds a run to resume)", 2)
+    flags = {"mesh.devices": args.devices,
+             "distributed.coordinator_address": args.coordinator_address,
+             "distributed.num_processes": args.num_processes,
+             "distributed.process_id": args.process_id}
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     try:
-        cfg = load_config(config, args.overrides)
+        cfg = load_config(config, overrides)
     except (ConfigError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    from jaxmeta.sharding import initialize_distributed
+
+    d = cfg.distributed
+    try:  # before any JAX computation
+        initialize_distributed(coordinator_address=d.coordinator_address,
+                               num_processes=d.num_processes, process_id=d.process_id,
+                               auto=d.auto)
+    except ValueError as err:
         return _err(str(err), 2)
     workdir = args.workdir or str(Path("runs") / cfg.name)
     print(f"jaxmeta train: {cfg.name} -> {workdir}", file=sys.stderr, flush=True)
