@@ -244,7 +244,9 @@ def train_and_evaluate(
     if latest is not None:
         _check_resumable(workdir, cfg)
     if primary:
-        (workdir / "config.yaml").write_text(cfg.to_yaml())
+        # Launch details (coordinator, process id) are per process, not the experiment's.
+        saved = dataclasses.replace(cfg, distributed=type(cfg.distributed)())
+        (workdir / "config.yaml").write_text(saved.to_yaml())
         env = {**environment(), "mesh": sharding.describe(mesh)}
         (workdir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
 
