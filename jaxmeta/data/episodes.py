@@ -86,15 +86,16 @@ def _rotate(x: jax.Array, k: jax.Array) -> jax.Array:
     )
 
 
-def _draw_without_replacement(key: jax.Array, shape: tuple[int, ...], k: int) -> jax.Array:
-    """``k`` distinct indices in ``[0, shape[-1])`` per row, in random order: int32 ``[..., k]``.
+def _top_k_indices(u: jax.Array, k: int) -> jax.Array:
+    """``k`` distinct indices in ``[0, u.shape[-1])`` per row, in random order: int32 ``[..., k]``.
 
-    The top ``k`` of i.i.d. uniforms (a uniformly random ordered subset). ``lax.top_k`` on float32
-    is ~40x faster on XLA:CPU than the sort in ``jax.random.choice(replace=False)``. Uniforms
-    have 2^23 levels, so a tie at the cut-off (probability ~ n / 2^23 per draw, n = row length)
-    goes to the lower index: a negligible bias, and the indices are always distinct.
+    ``u`` holds i.i.d. uniforms, so its top ``k`` is a uniformly random ordered subset.
+    ``lax.top_k`` on float32 is ~40x faster on XLA:CPU than the sort in
+    ``jax.random.choice(replace=False)``. Uniforms have 2^23 levels, so a tie at the cut-off
+    (probability ~ n / 2^23 per draw, n = row length) goes to the lower index: a negligible bias;
+    the indices are always distinct.
     """
-    return jax.lax.top_k(jax.random.uniform(key, shape), k)[1]
+    return jax.lax.top_k(u, k)[1]
 
 
 def _one_task(
@@ -108,10 +109,12 @@ def _one_task(
 ) -> Episode:
     n_char, n_drawers, s, _ = images.shape
     n = shots + queries
-    k_class, k_drawer = jax.random.split(key)
-    classes = _draw_without_replacement(k_class, (num_classes(images, rotations),), ways)
+    n_cls = num_classes(images, rotations)
+    # One draw of uniforms for classes and drawers (one threefry call: half the compile time).
+    u = jax.random.uniform(key, (n_cls + ways * n_drawers,))
+    classes = _top_k_indices(u[:n_cls], ways)  # [ways]
     char = classes % n_char
-    drawers = _draw_without_replacement(k_drawer, (ways, n_drawers), n)  # [ways, n]
+    drawers = _top_k_indices(u[n_cls:].reshape(ways, n_drawers), n)  # [ways, n]
     x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, S, S] uint8
     if rotations:
         x = _rotate(x, classes // n_char)
