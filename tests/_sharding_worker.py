@@ -31,7 +31,7 @@ SIN = {
     "model": {"name": "mlp", "hidden": [16, 16]},
     "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
     "train": {"steps": 6, "meta_batch_size": 8, "steps_per_call": 3, "log_every": 3,
-              "eval_every": 0, "checkpoint_every": 3, "plot": False},
+              "eval_every": 3, "checkpoint_every": 3, "plot": False},
     "eval": {"episodes": 16, "batch_size": 4},
 }
 
@@ -104,7 +104,27 @@ def step(devices: int) -> dict:
     out["hlo"] = {"all_gather": gathers, "all_reduce": hlo.count("all-reduce("),
                   "full_batch_support": hlo.count("f32[8,5,28,28,1]"),
                   "local_batch_support": hlo.count(f"f32[{8 // devices},5,28,28,1]")}
+    # The engine refuses a meta-batch that does not split over the mesh.
+    from jaxmeta.train.loop import task_mesh
+
+    bad = config_from_dict({**SIN, "train": {**SIN["train"], "meta_batch_size": 6},
+                            "mesh": {"devices": 0}}, source="worker")
+    try:
+        task_mesh(bad)
+        out["indivisible_error"] = None
+    except ValueError as err:
+        out["indivisible_error"] = str(err)
     return out
+
+
+def resume(root: str) -> dict:
+    """Sharded run of 6 steps vs the same run stopped at step 3 and resumed."""
+    from pathlib import Path
+
+    full = train(str(Path(root) / "full"), '{"mesh": {"devices": 0}}')
+    part = train(str(Path(root) / "part"), '{"mesh": {"devices": 0}, "train": {"steps": 3}}')
+    resumed = train(str(Path(root) / "part"), '{"mesh": {"devices": 0}}')
+    return {"full": full, "part_steps": part["steps"], "resumed": resumed}
 
 
 def train(workdir: str, overrides: str) -> dict:
@@ -141,6 +161,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "step":
         res = step(int(sys.argv[2]))
+    elif mode == "resume":
+        res = resume(sys.argv[2])
     elif mode == "train":
         res = train(sys.argv[2], sys.argv[3])
     else:
