@@ -278,17 +278,18 @@ def train_and_evaluate(
     if t.eval_every and not has_val:
         say(f"no validation split in {cfg.data.name}/{cfg.data.scheme}: no best-checkpoint "
             "selection; the final checkpoint is tested")
-    val_eval = val_eps = None
+    # One jitted evaluator for validation and test (one program when the shapes agree).
+    evaluator = make_evaluator(
+        exp.learner, classification=classification, batch_size=ev.batch_size,
+        inner_steps=ev.inner_steps,
+    )
+    val_eps = None
     if has_val:
         val_eps = exp.source.eval_episodes(
             "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
         )
         val_eps = (jax.device_put(val_eps) if mesh is None
                    else sharding.shard_eval_episodes(val_eps, mesh))
-        val_eval = make_evaluator(
-            exp.learner, classification=classification, batch_size=ev.batch_size,
-            inner_steps=ev.inner_steps,
-        )
     eval_key = jax.random.key(ev.seed)
 
     sample = lambda k, d: exp.source.sample(k, d, tasks=t.meta_batch_size)
@@ -353,7 +354,7 @@ def train_and_evaluate(
                 window, t_row, steps_in_row = [], now, 0
 
             if has_val and (step % t.eval_every == 0 or step == t.steps):
-                per = val_eval(state.params, val_eps, eval_key)
+                per = evaluator(state.params, val_eps, eval_key)
                 per = jax.device_get(per) if mesh is None else sharding.gather(per, mesh)
                 res = summarize(per, classification=classification)
                 res.pop("per_episode")
@@ -389,7 +390,7 @@ def train_and_evaluate(
             state, _ = ckpt.restore(state, best=True)
         test = run_evaluation(
             cfg, exp, state.params, split="test", episodes=ev.episodes,
-            inner_steps=ev.inner_steps, mesh=mesh,
+            inner_steps=ev.inner_steps, mesh=mesh, evaluator=evaluator,
         )
         test.update(step=int(state.step), checkpoint=which)
         if primary:
@@ -413,16 +414,18 @@ def run_evaluation(
     episodes: int,
     inner_steps: int | None = None,
     mesh=None,
+    evaluator=None,
 ) -> dict[str, Any]:
     """Evaluate ``params`` on ``episodes`` fixed episodes of ``split``; summary dict.
 
     With a ``mesh`` (:func:`task_mesh`) the episodes are split over its devices (of all
-    processes) and the per-episode results gathered on every process.
+    processes) and the per-episode results gathered on every process. ``evaluator``
+    (from :func:`make_evaluator` with the same ``inner_steps``) is reused when given.
     """
     eps = exp.source.eval_episodes(
         split, episodes=episodes, seed=cfg.eval.seed, queries=cfg.eval.queries
     )
-    fn = make_evaluator(
+    fn = evaluator or make_evaluator(
         exp.learner, classification=exp.source.classification,
         batch_size=cfg.eval.batch_size, inner_steps=inner_steps,
     )
