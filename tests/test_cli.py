@@ -1,0 +1,128 @@
+"""The ``jaxmeta`` command: help texts, error exits, divergence, ``data omniglot``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jaxmeta.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tests" / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    # main() would otherwise enable ~/.cache/jaxmeta/xla for this whole test process.
+    monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")
+
+
+def _help(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts(capsys):
+    top = _help(capsys)
+    for word in ("train", "evaluate", "data", "--version"):
+        assert word in top
+    train = _help(capsys, "train")
+    for word in ("--config", "--workdir", "--set", "--no-progress", "train.steps",
+                 "train.seed", "eval.episodes", "data.manual_dir", "resumes", "exit status"):
+        assert word in train, word
+    ev = _help(capsys, "evaluate")
+    for word in ("--workdir", "--split", "--episodes", "--inner-steps", "--checkpoint",
+                 "eval_<split>.json", "95% CI"):
+        assert word in ev, word
+    data = _help(capsys, "data", "omniglot")
+    for word in ("--manual-dir", "--data-dir", "--no-download", "rotations"):
+        assert word in data, word
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "usage: jaxmeta" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (["train.steps=0"], "--set: train.steps: must be positive"),
+        (["train.stepz=3"], "--set: train.stepz: unknown key"),
+        (["data.ways=150", "data.rotations=false"], "--set: data.ways: 150-way is larger than"),
+        (["data.shots=10", "data.queries=11"], "--set: data.queries: data.shots + data.queries"),
+        (["algorithm.inner_steps=two"], "--set: algorithm.inner_steps: expected int"),
+    ],
+)
+def test_bad_config_exits_2_before_anything_runs(capsys, tmp_path, sets, needle):
+    args = ["train", "--config", TINY, "--workdir", str(tmp_path / "wd")]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert not (tmp_path / "wd").exists()  # nothing was started
+
+
+def test_bad_file_is_named(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(TINY).read_text().replace("steps: 20", "steps: twenty"))
+    assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "wd")]) == 2
+    assert f"{bad}: train.steps: expected int, got 'twenty'" in capsys.readouterr().err
+
+
+def test_missing_config_and_workdir(capsys, tmp_path):
+    assert main(["train"]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    assert main(["train", "--config", "configs/nope.yaml"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["evaluate", "--workdir", str(tmp_path)]) == 2
+    assert "not a 'jaxmeta train' workdir" in capsys.readouterr().err
+
+
+def test_divergence_exits_1_with_a_clear_message(capsys, tmp_path):
+    config = str(REPO / "configs" / "sinusoid" / "maml_k5.yaml")
+    sets = ["optimizer.learning_rate=1e30", "model.hidden=[8]", "train.steps=20",
+            "train.steps_per_call=5", "train.log_every=5", "train.checkpoint_every=5",
+            "train.eval_every=0", "eval.episodes=10"]
+    args = ["train", "--config", config, "--workdir", str(tmp_path), "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at step 2: metric 'loss'" in err, err
+    assert "no checkpoint was written yet" in err
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+
+
+def test_evaluate_regression_json(capsys, tmp_path):
+    config = str(REPO / "configs" / "sinusoid" / "maml_k5.yaml")
+    sets = ["model.hidden=[8]", "train.steps=10", "train.steps_per_call=5",
+            "train.log_every=5", "train.checkpoint_every=5", "train.eval_every=5",
+            "eval.episodes=10", "train.plot=false"]
+    args = ["train", "--config", config, "--workdir", str(tmp_path), "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(tmp_path), "--episodes", "12",
+                 "--checkpoint", "latest"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "eval_test.json").read_text())
+    assert res["episodes"] == 12 and res["step"] == 10 and res["checkpoint"] == "latest"
+    assert f"test mse: {res['mse']:.4f} ± {res['ci95']:.4f}" in out
+
+
+def test_data_omniglot_prints_counts(capsys, omniglot, omniglot_data_dir):
+    assert main(["data", "omniglot", "--data-dir", str(omniglot_data_dir), "--no-download"]) == 0
+    out = capsys.readouterr().out
+    assert "1623 characters x 20 drawers" in out
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in out.splitlines()[2:]}
+    assert lines[("maml", "train")] == ["1100", "4400"]
+    assert lines[("maml", "val")] == ["100", "400"]
+    assert lines[("vinyals", "train")] == ["1028", "4112"]
+    assert lines[("vinyals", "test")] == ["423", "1692"]
