@@ -59,8 +59,9 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         learner = maml(model.apply, inner_lr=0.4, inner_steps=1)
         data = jax.random.randint(jax.random.key(1), (400, 20, 28, 28), 0, 256).astype(jnp.uint8)
         q = cfg["queries"]
-        sample = lambda k, x, n: sample_episodes(k, x, tasks=n, ways=5, shots=1, queries=q,
-                                                 rotations=True)
+        sample = lambda k, x, n: sample_episodes(
+            k, x, tasks=n, ways=5, shots=1, queries=q, rotations=True
+        )
         example = jnp.zeros((5, 28, 28, 1), jnp.float32)
     else:
         model = get_model("mlp")(hidden=(40, 40), out=1)
@@ -80,12 +81,23 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     chunk = make_train_chunk(learner, opt, step_sample, length=length, donate=False)
     n = jnp.asarray(length, jnp.int32)
     compiled, compile_s = C.compile_timed(chunk, state, data, n)
-    timing = C.time_calls(lambda: jax.block_until_ready(compiled(state, data, n)),
-                          budget_s=cfg["budget_s"], warmup=2, min_repeats=3, max_repeats=20)
+    timing = C.time_calls(
+        lambda: jax.block_until_ready(compiled(state, data, n)),
+        budget_s=cfg["budget_s"],
+        warmup=2,
+        min_repeats=3,
+        max_repeats=20,
+    )
     ms_step = timing["ms_median"] / length
-    return {**cfg, "jax_devices": len(jax.devices()), "compile_s": round(compile_s, 2),
-            "ms_per_step": ms_step, "ms_per_task": ms_step / tasks,
-            "timing": timing, "loadavg": C.machine()["loadavg"]}
+    return {
+        **cfg,
+        "jax_devices": len(jax.devices()),
+        "compile_s": round(compile_s, 2),
+        "ms_per_step": ms_step,
+        "ms_per_task": ms_step / tasks,
+        "timing": timing,
+        "loadavg": C.machine()["loadavg"],
+    }
 
 
 def main() -> int:
@@ -111,41 +123,83 @@ def main() -> int:
         for mode in args.modes:
             for d in args.devices:
                 tasks = args.meta_batch if mode == "strong" else args.tasks_per_device * d
-                for sampler in (["-"] if d == 1 else args.samplers):
-                    if mode == "weak" and d == 1 and any(
-                            r["workload"] == workload and r["devices"] == 1
-                            and r["meta_batch"] == tasks for r in rows):
+                for sampler in ["-"] if d == 1 else args.samplers:
+                    if (
+                        mode == "weak"
+                        and d == 1
+                        and any(
+                            r["workload"] == workload
+                            and r["devices"] == 1
+                            and r["meta_batch"] == tasks
+                            for r in rows
+                        )
+                    ):
                         continue  # same configuration already measured
-                    cfg = {"workload": workload, "mode": mode, "devices": d, "meta_batch": tasks,
-                           "sampler": sampler, "mesh": d > 1, "filters": args.filters,
-                           "queries": args.queries, "steps_per_call": args.steps_per_call,
-                           "budget_s": args.budget_s}
-                    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={d}",
-                           "JAX_PLATFORMS": "cpu"}
+                    cfg = {
+                        "workload": workload,
+                        "mode": mode,
+                        "devices": d,
+                        "meta_batch": tasks,
+                        "sampler": sampler,
+                        "mesh": d > 1,
+                        "filters": args.filters,
+                        "queries": args.queries,
+                        "steps_per_call": args.steps_per_call,
+                        "budget_s": args.budget_s,
+                    }
+                    env = {
+                        "XLA_FLAGS": f"--xla_force_host_platform_device_count={d}",
+                        "JAX_PLATFORMS": "cpu",
+                    }
                     res = C.run_worker(__file__, cfg, timeout=args.timeout, env=env)
                     rows.append(res)
-                    print(f"{workload:8s} {mode:6s} D={d} tasks={tasks:3d} {sampler:10s} "
-                          + (f"{res['ms_per_step']:8.1f} ms/step (compile {res['compile_s']} s, "
-                             f"cpu_util {res['timing']['cpu_util']})"
-                             if "error" not in res else res["error"]), file=sys.stderr, flush=True)
+                    print(
+                        f"{workload:8s} {mode:6s} D={d} tasks={tasks:3d} {sampler:10s} "
+                        + (
+                            f"{res['ms_per_step']:8.1f} ms/step (compile {res['compile_s']} s, "
+                            f"cpu_util {res['timing']['cpu_util']})"
+                            if "error" not in res
+                            else res["error"]
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
     for r in rows:
         if "error" in r:
             continue
-        base = next((b for b in rows if "error" not in b and b["workload"] == r["workload"]
-                     and b["devices"] == 1 and b["meta_batch"] == (
-                         r["meta_batch"] if r["mode"] == "strong" else args.tasks_per_device)),
-                    None)
+        base = next(
+            (
+                b
+                for b in rows
+                if "error" not in b
+                and b["workload"] == r["workload"]
+                and b["devices"] == 1
+                and b["meta_batch"]
+                == (r["meta_batch"] if r["mode"] == "strong" else args.tasks_per_device)
+            ),
+            None,
+        )
         if base is not None:
             # strong: t(1) / t(D); weak: t(1 device, its share) / t(D devices, D shares).
             r["vs_1_device"] = base["ms_per_step"] / r["ms_per_step"]
             r["tasks_per_s"] = 1e3 * r["meta_batch"] / r["ms_per_step"]
     C.write_json(args.out, {"machine": C.machine(), "args": vars(args), "results": rows})
-    print(C.markdown_table(
-        [r for r in rows if "error" not in r],
-        [("workload", "workload"), ("mode", "scaling"), ("devices", "devices"),
-         ("meta_batch", "meta-batch"), ("sampler", "sampler"), ("ms_per_step", "ms/step"),
-         ("tasks_per_s", "tasks/s"), ("vs_1_device", "t(1)/t(D)"), ("compile_s", "compile s")],
-    ))
+    print(
+        C.markdown_table(
+            [r for r in rows if "error" not in r],
+            [
+                ("workload", "workload"),
+                ("mode", "scaling"),
+                ("devices", "devices"),
+                ("meta_batch", "meta-batch"),
+                ("sampler", "sampler"),
+                ("ms_per_step", "ms/step"),
+                ("tasks_per_s", "tasks/s"),
+                ("vs_1_device", "t(1)/t(D)"),
+                ("compile_s", "compile s"),
+            ],
+        )
+    )
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

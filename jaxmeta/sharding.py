@@ -56,6 +56,7 @@ __all__ = [
     "SAMPLERS",
     "TASK_AXIS",
     "check_divisible",
+    "describe",
     "gather",
     "initialize_distributed",
     "is_primary",
@@ -130,8 +131,8 @@ def initialize_distributed(
         if not auto:
             if num_processes not in (None, 1):
                 raise ValueError(
-                    f"num_processes={num_processes} needs a coordinator address "
-                    f"(distributed.coordinator_address, --coordinator-address or ${ENV_COORDINATOR})"
+                    f"num_processes={num_processes} needs a coordinator address (distributed."
+                    f"coordinator_address, --coordinator-address or ${ENV_COORDINATOR})"
                 )
             return False
         jax.distributed.initialize(initialization_timeout=initialization_timeout)
@@ -311,8 +312,11 @@ def sharded_sampler(
 
         def run(key, data):
             return jax.shard_map(
-                per_device, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
-                out_specs=spec, check_vma=False,
+                per_device,
+                mesh=mesh,
+                in_specs=(PartitionSpec(), PartitionSpec()),
+                out_specs=spec,
+                check_vma=False,
             )(key, data)
 
         return run
@@ -327,6 +331,8 @@ def describe(mesh: Mesh | None) -> dict[str, Any]:
         "devices": int(mesh.size),
         "processes": jax.process_count(),
         "process_index": jax.process_index(),
-        "local_devices": len([d for d in mesh.devices.flat if d.process_index == jax.process_index()]),
+        "local_devices": len(
+            [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        ),
         "axis": TASK_AXIS,
     }

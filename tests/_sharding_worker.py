@@ -30,8 +30,15 @@ SIN = {
     "data": {"name": "sinusoid", "shots": 5, "queries": 5},
     "model": {"name": "mlp", "hidden": [16, 16]},
     "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-    "train": {"steps": 6, "meta_batch_size": 8, "steps_per_call": 3, "log_every": 3,
-              "eval_every": 3, "checkpoint_every": 3, "plot": False},
+    "train": {
+        "steps": 6,
+        "meta_batch_size": 8,
+        "steps_per_call": 3,
+        "log_every": 3,
+        "eval_every": 3,
+        "checkpoint_every": 3,
+        "plot": False,
+    },
     "eval": {"episodes": 16, "batch_size": 4},
 }
 
@@ -46,14 +53,14 @@ def _max_diff(a, b) -> float:
 
 def step(devices: int) -> dict:
     """Params after 3 fused meta-steps: 1 device vs a ``devices`` mesh, two models."""
+    import optax
+
     from jaxmeta.algorithms import maml
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.models.conv4 import Conv4
     from jaxmeta.train import build_experiment, config_from_dict, make_train_chunk
     from jaxmeta.train.loop import initial_state
     from jaxmeta.train.state import init_train_state
-
-    import optax
 
     out: dict = {"devices": len(jax.devices())}
     mesh = sharding.make_task_mesh(devices)
@@ -76,39 +83,58 @@ def step(devices: int) -> dict:
     cfg = config_from_dict(SIN, source="worker")
     exp = build_experiment(cfg)
     sample = lambda k, d, t: exp.source.sample(k, d, tasks=t)
-    p1, l1, _ = run(exp.learner, exp.optimizer, sample, exp.source.train_data(),
-                    initial_state(cfg, exp), False)
-    pn, ln, specs = run(exp.learner, exp.optimizer, sample, exp.source.train_data(),
-                        initial_state(cfg, exp), True)
-    out["sinusoid"] = {"max_param_diff": _max_diff(p1, pn), "max_loss_diff": float(np.max(np.abs(l1 - ln))),
-                       "param_change": _max_diff(p1, _leaves(initial_state(cfg, exp).params)),
-                       "state_specs": sorted(specs)}
+    p1, l1, _ = run(
+        exp.learner, exp.optimizer, sample, exp.source.train_data(), initial_state(cfg, exp), False
+    )
+    pn, ln, specs = run(
+        exp.learner, exp.optimizer, sample, exp.source.train_data(), initial_state(cfg, exp), True
+    )
+    out["sinusoid"] = {
+        "max_param_diff": _max_diff(p1, pn),
+        "max_loss_diff": float(np.max(np.abs(l1 - ln))),
+        "param_change": _max_diff(p1, _leaves(initial_state(cfg, exp).params)),
+        "state_specs": sorted(specs),
+    }
 
     # Tiny Conv-4 (8 filters) on random "characters", 5-way 1-shot, second order.
     images = jax.random.randint(jax.random.key(1), (40, 20, 28, 28), 0, 256).astype(jnp.uint8)
     model = Conv4(num_classes=5, filters=8)
     learner = maml(model.apply, inner_lr=0.4, inner_steps=1)
     opt = optax.adam(1e-3)
-    samp = lambda k, d, t: sample_episodes(k, d, tasks=t, ways=5, shots=1, queries=2, rotations=True)
+    samp = lambda k, d, t: sample_episodes(
+        k, d, tasks=t, ways=5, shots=1, queries=2, rotations=True
+    )
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((5, 28, 28, 1), jnp.float32))
     mk = lambda: init_train_state(learner, opt, params, key=jax.random.key(2))
     p1, l1, _ = run(learner, opt, samp, images, mk(), False)
     pn, ln, specs = run(learner, opt, samp, images, mk(), True)
-    out["conv4"] = {"max_param_diff": _max_diff(p1, pn), "max_loss_diff": float(np.max(np.abs(l1 - ln))),
-                    "param_change": _max_diff(p1, _leaves(mk().params)), "state_specs": sorted(specs)}
+    out["conv4"] = {
+        "max_param_diff": _max_diff(p1, pn),
+        "max_loss_diff": float(np.max(np.abs(l1 - ln))),
+        "param_change": _max_diff(p1, _leaves(mk().params)),
+        "state_specs": sorted(specs),
+    }
 
     # Each device samples only its own tasks: no all-gather, no full-batch episode arrays.
     hlo = run.hlo
-    gathers = [ln.split("=")[1].split("all-gather")[0].strip() for ln in hlo.splitlines()
-               if " all-gather(" in ln or " all-gather-start(" in ln]
-    out["hlo"] = {"all_gather": gathers, "all_reduce": hlo.count("all-reduce("),
-                  "full_batch_support": hlo.count("f32[8,5,28,28,1]"),
-                  "local_batch_support": hlo.count(f"f32[{8 // devices},5,28,28,1]")}
+    gathers = [
+        ln.split("=")[1].split("all-gather")[0].strip()
+        for ln in hlo.splitlines()
+        if " all-gather(" in ln or " all-gather-start(" in ln
+    ]
+    out["hlo"] = {
+        "all_gather": gathers,
+        "all_reduce": hlo.count("all-reduce("),
+        "full_batch_support": hlo.count("f32[8,5,28,28,1]"),
+        "local_batch_support": hlo.count(f"f32[{8 // devices},5,28,28,1]"),
+    }
     # The engine refuses a meta-batch that does not split over the mesh.
     from jaxmeta.train.loop import task_mesh
 
-    bad = config_from_dict({**SIN, "train": {**SIN["train"], "meta_batch_size": 6},
-                            "mesh": {"devices": 0}}, source="worker")
+    bad = config_from_dict(
+        {**SIN, "train": {**SIN["train"], "meta_batch_size": 6}, "mesh": {"devices": 0}},
+        source="worker",
+    )
     try:
         task_mesh(bad)
         out["indivisible_error"] = None
@@ -152,7 +178,9 @@ def train(workdir: str, overrides: str) -> dict:
         "mesh": sharding.describe(mesh),
         "start_step": result["start_step"],
         "steps": int(state.step),
-        "test": {k: v for k, v in (result.get("test") or {}).items() if k in ("mse", "ci95", "episodes")},
+        "test": {
+            k: v for k, v in (result.get("test") or {}).items() if k in ("mse", "ci95", "episodes")
+        },
         "params": [x.tolist() for x in _leaves(state.params)],
     }
 

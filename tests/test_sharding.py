@@ -22,16 +22,22 @@ from jaxmeta.train import config_from_dict
 from jaxmeta.train.config import ConfigError
 
 WORKER = Path(__file__).with_name("_sharding_worker.py")
-BASE = {"data": {"name": "sinusoid"}, "model": {"name": "mlp"},
-        "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1}}
+BASE = {
+    "data": {"name": "sinusoid"},
+    "model": {"name": "mlp"},
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+}
 TIMEOUT = 600  # seconds per subprocess: a hung collective must fail the test, not CI
 
 
 def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAXMETA_COORDINATOR", "JAXMETA_NUM_PROC", "JAXMETA_PROCESS"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JAXMETA_COORDINATOR", "JAXMETA_NUM_PROC", "JAXMETA_PROCESS"))
+    }
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices}" if devices else "")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
     # Compiled programs are shared by the runs of one test (resume, 1 vs 2 processes).
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -40,8 +46,13 @@ def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -84,15 +95,25 @@ def test_meta_batch_not_divisible_is_a_clear_error():
 
 def test_config_keys_validated():
     base = BASE
-    cfg = config_from_dict({**base, "mesh": {"devices": 0, "sampler": "shard_map"},
-                            "distributed": {"coordinator_address": "host:1234",
-                                            "num_processes": 2, "process_id": 1}})
+    cfg = config_from_dict(
+        {
+            **base,
+            "mesh": {"devices": 0, "sampler": "shard_map"},
+            "distributed": {
+                "coordinator_address": "host:1234",
+                "num_processes": 2,
+                "process_id": 1,
+            },
+        }
+    )
     assert cfg.mesh.devices == 0 and cfg.distributed.process_id == 1
-    for bad, key in (({"mesh": {"sampler": "x"}}, "mesh.sampler"),
-                     ({"mesh": {"devices": -1}}, "mesh.devices"),
-                     ({"mesh": {"gpus": 2}}, "mesh.gpus"),
-                     ({"distributed": {"num_processes": 2, "process_id": 2}}, "distributed.process_id"),
-                     ({"distributed": {"coordinator_address": "nohost"}}, "distributed.coordinator_address")):
+    for bad, key in (
+        ({"mesh": {"sampler": "x"}}, "mesh.sampler"),
+        ({"mesh": {"devices": -1}}, "mesh.devices"),
+        ({"mesh": {"gpus": 2}}, "mesh.gpus"),
+        ({"distributed": {"num_processes": 2, "process_id": 2}}, "distributed.process_id"),
+        ({"distributed": {"coordinator_address": "nohost"}}, "distributed.coordinator_address"),
+    ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             config_from_dict({**base, **bad})
 
@@ -124,7 +145,11 @@ def test_sharded_run_resumes_bit_identically(tmp_path):
     assert full["test"] == resumed["test"]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "part" / "metrics.jsonl").open()]
     assert [(r["split"], r["step"]) for r in rows] == [
-        ("train", 3), ("val", 3), ("train", 6), ("val", 6)]
+        ("train", 3),
+        ("val", 3),
+        ("train", 6),
+        ("val", 6),
+    ]
 
 
 def _free_port() -> int:
@@ -141,11 +166,22 @@ def test_two_processes_match_one_process(tmp_path):
     port = _free_port()
     procs = []
     for i in range(2):
-        env = _env(tmp_path, None, JAXMETA_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAXMETA_NUM_PROCESSES="2", JAXMETA_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), "train", str(tmp_path / "two"), "{}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = _env(
+            tmp_path,
+            None,
+            JAXMETA_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAXMETA_NUM_PROCESSES="2",
+            JAXMETA_PROCESS_ID=str(i),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), "train", str(tmp_path / "two"), "{}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     try:
         for p in procs:
@@ -158,8 +194,13 @@ def test_two_processes_match_one_process(tmp_path):
                 p.kill()
     for i, res in enumerate(outs):
         assert res["process"] == i and res["processes"] == 2
-        assert res["mesh"] == {"devices": 2, "processes": 2, "process_index": i,
-                               "local_devices": 1, "axis": "tasks"}
+        assert res["mesh"] == {
+            "devices": 2,
+            "processes": 2,
+            "process_index": i,
+            "local_devices": 1,
+            "axis": "tasks",
+        }
         assert res["steps"] == 6
         for a, b in zip(_params(one), _params(res), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -168,5 +209,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert outs[0]["params"] == outs[1]["params"]
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
     assert [(r["split"], r["step"]) for r in rows] == [
-        ("train", 3), ("val", 3), ("train", 6), ("val", 6)]
+        ("train", 3),
+        ("val", 3),
+        ("train", 6),
+        ("val", 6),
+    ]
     assert json.loads((tmp_path / "two" / "eval_test.json").read_text())["episodes"] == 16
