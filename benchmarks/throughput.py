@@ -15,9 +15,10 @@ Sweeps (``--sweeps``, comma-separated):
 * ``shape``: second- and first-order MAML with 1 inner step while one of ways (5, 20),
   shots (1, 5), queries per class (1, 15) or meta-batch (1/4, 1/2, 1 x ``--meta-batch``)
   varies from the base configuration.
-* ``memory``: second-order MAML at the largest ``--inner-steps`` with the memory-saving
-  options and their cost: ``remat=True`` (inner steps recomputed in the backward pass) and
-  ``task_batch_size=b`` (tasks processed in chunks of ``b`` with ``lax.map``), b in 1, 8.
+* ``memory``: second-order MAML at the largest ``--inner-steps``, plain and with each
+  memory-saving option, to show its cost: ``remat=True`` (inner steps recomputed in the
+  backward pass) and ``task_batch_size=b`` (tasks processed in chunks of ``b`` with
+  ``lax.map``) for b in ``--task-batch-sizes`` (default 8, 1).
 
 Presets: ``--preset canonical`` is the PyTorch-peer workload (Conv-4 strided, flatten
 head, 5-way 1-shot, 15 and 1 queries per class, meta-batch 32, 1 and 5 inner steps at lr
@@ -220,9 +221,10 @@ def grid(args) -> list[dict[str, Any]]:
                     add("shape", first_order=fo, meta_batch=mb)
         elif sweep == "memory":
             k = max(args.inner_steps)
-            for remat in (False, True):
-                for tbs in [None, *args.task_batch_sizes]:
-                    add("memory", inner_steps=k, remat=remat, task_batch_size=tbs)
+            add("memory", inner_steps=k)
+            add("memory", inner_steps=k, remat=True)
+            for tbs in args.task_batch_sizes:
+                add("memory", inner_steps=k, task_batch_size=tbs)
     return cfgs
 
 
