@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from jaxmeta.models.conv4 import Conv4
+from jaxmeta.models.fce import FullContextEmbedding
 from jaxmeta.models.mlp import MLP
+from jaxmeta.models.snail import SNAIL
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
+    "conv4": Conv4,
+    "snail": SNAIL,
+    "fce": FullContextEmbedding,
 }
 
 

@@ -1,0 +1,93 @@
+"""Conv-4: the four-block convolutional net of MAML / Matching / Prototypical Networks.
+
+Each block is 3x3 conv (64 filters) -> BatchNorm (current-batch statistics) -> ReLU, with
+either stride 2 (the strided variant, 28 -> 14 -> 7 -> 4 -> 2, cbfinn/maml
+``--max_pool False``) or stride 1 + 2x2 max-pool (28 -> 14 -> 7 -> 3 -> 1). A linear
+head follows (``flatten`` or spatial ``mean``); ``num_classes=None`` returns the
+embedding instead.
+
+**BatchNorm mode (transductive).** Normalisation always uses the mean and (biased)
+variance of the batch it is applied to, over ``(n, h, w)``; it has a learned scale and
+bias and keeps no running averages and no mutable collection. ``apply_fn(params, x)`` is
+therefore pure, and in MAML the support set and the query set of a task are each
+normalised with their own statistics, as in the MAML paper's code (which also uses batch
+statistics at test time). The output for one example depends on the other examples of
+the batch.
+
+The convolutions have no bias: a per-channel constant added before a batch-statistics
+BatchNorm is removed exactly by the mean subtraction, so it would be a parameter with a
+zero gradient (113,221 - 256 = 112,965 parameters for the 5-way strided flatten net).
+
+References:
+  Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+  Networks. ICML 2017 (Section 5.2; code github.com/cbfinn/maml).
+  Vinyals et al. Matching Networks for One Shot Learning. NeurIPS 2016.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmeta.models.layers import batch_stat_norm, conv3x3, max_pool2x2, resolve_conv_impl
+from jaxmeta.types import Array
+
+HEADS = ("flatten", "mean")
+
+
+class Conv4(nn.Module):
+    """MAML-paper Conv-4: ``x [n, 28, 28, 1] -> logits [n, num_classes]``.
+
+    Attributes:
+      num_classes: width of the linear head; ``None`` returns the embedding
+        ``[n, features]`` (Prototypical / Matching Networks).
+      filters: channels of every conv block (64 in the paper).
+      pool: ``False``: stride-2 convs (28->14->7->4->2); ``True``: stride-1 convs and
+        2x2 max-pool (28->14->7->3->1), the MAML max-pool variant.
+      conv_impl: ``"xla"`` (``lax.conv_general_dilated``), ``"gemm"`` (im2col + matmul)
+        or ``"auto"`` (``gemm`` on CPU, ``xla`` on GPU/TPU; chosen at trace time). All
+        give the same function up to float rounding.
+      head: ``"flatten"`` (features = h*w*filters, 256 for the strided net) or
+        ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
+      dtype: parameter and compute dtype (``float64`` for finite-difference tests).
+
+    BatchNorm always uses the statistics of the current batch (see the module docstring).
+    """
+
+    num_classes: int | None = 5
+    filters: int = 64
+    pool: bool = False
+    conv_impl: str = "auto"
+    head: str = "flatten"
+    dtype: jax.typing.DTypeLike = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        impl = resolve_conv_impl(self.conv_impl)
+        if x.ndim != 4:
+            raise ValueError(f"Conv4 expects x of shape [n, h, w, c], got {x.shape}")
+        x = x.astype(self.dtype)
+        stride = 1 if self.pool else 2
+        for i in range(4):
+            kernel = self.param(
+                f"conv{i}",
+                nn.initializers.xavier_uniform(),
+                (3, 3, x.shape[-1], self.filters),
+                self.dtype,
+            )
+            scale = self.param(f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype)
+            bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
+            x = conv3x3(x, kernel, stride=stride, impl=impl)
+            x = nn.relu(batch_stat_norm(x, scale, bias))
+            if self.pool:
+                x = max_pool2x2(x)
+        if self.head == "mean":
+            x = jnp.mean(x, axis=(1, 2))
+        else:
+            x = x.reshape(x.shape[0], -1)
+        if self.num_classes is None:
+            return x
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head")(x)

@@ -1,0 +1,120 @@
+"""Convolution and batch-statistics normalisation primitives for the few-shot conv nets.
+
+Everything here is written in plain ``jax.numpy``/``lax`` ops, so it is exactly
+differentiable to any order (second-order MAML differentiates through the gradient of
+these functions) and behaves identically under ``vmap``.
+
+Two convolution lowerings are provided because their speed differs by an order of
+magnitude depending on the backend:
+
+* ``"xla"``: :func:`jax.lax.conv_general_dilated`. Best on GPU (cuDNN). On XLA:CPU a
+  convolution whose kernel is batched (``vmap`` over tasks, each with its own adapted
+  weights) becomes a grouped convolution that runs 10-30x slower than a GEMM.
+* ``"gemm"``: im2col by nine shifted (strided) slices concatenated along the channel
+  axis, then one matrix multiplication ``[n*ho*wo, 9*c] @ [9*c, features]``. Under
+  ``vmap`` this is a batched ``dot_general``, which XLA:CPU runs at GEMM speed. The
+  slices and the concatenation fuse into one loop writing the patch matrix; their
+  transpose (col2im) is one fused sum of padded slices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxmeta.types import Array
+
+CONV_IMPLS = ("auto", "xla", "gemm")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """``"auto"`` -> ``"gemm"`` on CPU, ``"xla"`` elsewhere (decided at trace time)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+    if conv_impl == "auto":
+        # XLA:CPU: GEMM lowering measured 30x faster than lax.conv under vmap (GUIDE §4);
+        # GPU/TPU: cuDNN / the TPU convolution emitter are the fast path.
+        return "gemm" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
+
+
+def conv_output_size(size: int, stride: int) -> int:
+    """Output size of a 3x3 convolution with padding 1 (PyTorch ``Conv2d(3, stride, padding=1)``)."""
+    return (size + 2 - 3) // stride + 1
+
+
+def im2col3x3(x: Array, stride: int) -> Array:
+    """Patches of a 3x3, padding-1 convolution: ``[n, h, w, c] -> [n, ho, wo, 9*c]``.
+
+    The last axis is ordered ``(dy, dx, c)``, matching ``kernel.reshape(9*c, features)``
+    of an HWIO kernel.
+    """
+    n, h, w, c = x.shape
+    ho, wo = conv_output_size(h, stride), conv_output_size(w, stride)
+    # Pad only as far as the last window reaches (PyTorch pads 1 on each side, but with
+    # stride 2 and an even size the trailing pad row is never read).
+    pad_h = max(stride * (ho - 1) + 3 - (h + 1), 0)
+    pad_w = max(stride * (wo - 1) + 3 - (w + 1), 0)
+    xp = jnp.pad(x, ((0, 0), (1, pad_h), (1, pad_w), (0, 0)))
+    cols = [
+        lax.slice(
+            xp,
+            (0, dy, dx, 0),
+            (n, dy + stride * (ho - 1) + 1, dx + stride * (wo - 1) + 1, c),
+            (1, stride, stride, 1),
+        )
+        for dy in range(3)
+        for dx in range(3)
+    ]
+    return jnp.concatenate(cols, axis=-1)
+
+
+def conv3x3(x: Array, kernel: Array, *, stride: int, impl: str) -> Array:
+    """3x3 convolution, padding 1, no bias: ``[n, h, w, c] x [3, 3, c, f] -> [n, ho, wo, f]``.
+
+    Matches ``torch.nn.Conv2d(c, f, 3, stride=stride, padding=1, bias=False)`` (up to the
+    NHWC/HWIO layout), so the strided Conv-4 maps 28 -> 14 -> 7 -> 4 -> 2.
+    """
+    impl = resolve_conv_impl(impl)
+    if impl == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(stride, stride),
+            padding=((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    patches = im2col3x3(x, stride)
+    n, ho, wo, k = patches.shape
+    out = jnp.dot(patches.reshape(n * ho * wo, k), kernel.reshape(k, kernel.shape[-1]))
+    return out.reshape(n, ho, wo, kernel.shape[-1])
+
+
+def batch_stat_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    """BatchNorm with the statistics of the current batch (mean/biased var over all but C).
+
+    No running averages: the output is a pure function of ``x`` and the parameters, as
+    in the transductive MAML setting (train and test batches are both normalised with
+    their own statistics). ``eps`` = 1e-5 as in ``torch.nn.BatchNorm2d``.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+    shape = (1,) * (x.ndim - 1) + (-1,)
+    return centred * (lax.rsqrt(var + eps) * scale.reshape(shape)) + bias.reshape(shape)
+
+
+def max_pool2x2(x: Array) -> Array:
+    """2x2 max-pool, stride 2, VALID (cbfinn/maml): ``[n, h, w, c] -> [n, h//2, w//2, c]``.
+
+    Written as crop + reshape + max rather than ``lax.reduce_window``: the latter's
+    gradient (select-and-scatter) cannot be linearised again, so second-order MAML
+    through it fails; a reduction's gradient is differentiable to any order. Ties
+    (all four inputs 0 after ReLU) carry zero gradient either way.
+    """
+    n, h, w, c = x.shape
+    ho, wo = h // 2, w // 2
+    x = x[:, : 2 * ho, : 2 * wo, :].reshape(n, ho, 2, wo, 2, c)
+    return jnp.max(x, axis=(2, 4))
