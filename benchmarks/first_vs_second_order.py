@@ -402,6 +402,10 @@ def main(argv=None) -> int:
                       f"peak {res['peak_mb']:.0f} MiB, final {m} {res['final'][m]:.4f} ± "
                       f"{res['final']['ci95']:.4f}", file=sys.stderr, flush=True)
             runs.append(res)
+            # Partial results survive an interrupted run.
+            write_json(out / "first_vs_second_order.json",
+                       {"benchmark": "first_vs_second_order", "partial": True,
+                        "settings": vars(args), "runs": runs})
     by_task: dict[str, dict[str, dict]] = {}
     for r in runs:
         by_task.setdefault(r["task"], {})[r["order"]] = r
