@@ -61,6 +61,8 @@ __all__ = [
     "initialize_distributed",
     "is_primary",
     "make_task_mesh",
+    "param_sharding",
+    "place_state",
     "replicate",
     "replicated",
     "shard_eval_episodes",
@@ -232,6 +234,54 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
     )
+
+
+def param_sharding(x: Any, mesh: Mesh, *, min_size: int = 2**14) -> NamedSharding:
+    """Sharding of one parameter-sized array when parameters are sharded (FSDP-style).
+
+    The largest axis that divides by the mesh size is split over ``"tasks"``; arrays
+    with fewer than ``min_size`` elements (biases, scalars, counters) or without such an
+    axis stay replicated. With ``Auto`` axes XLA all-gathers a sharded weight where the
+    model uses it and reduce-scatters its gradient.
+    """
+    shape = tuple(x.shape)
+    if int(np.prod(shape, dtype=np.int64)) >= min_size:
+        for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+            if shape[axis] % mesh.size == 0:
+                spec = [None] * len(shape)
+                spec[axis] = TASK_AXIS
+                return NamedSharding(mesh, PartitionSpec(*spec))
+    return replicated(mesh)
+
+
+def place_state(
+    state: Any, mesh: Mesh, *, shard_params: bool = False, min_size: int = 2**14
+) -> Any:
+    """Put a training state on the mesh: replicated, or with parameters and optimizer
+    state sharded by :func:`param_sharding` (``shard_params``, for large models).
+
+    ``state`` needs ``params`` and ``opt_state`` fields (a NamedTuple such as
+    :class:`jaxmeta.train.state.TrainState`); everything else is replicated.
+    """
+    state = replicate(state, mesh)
+    if not shard_params:
+        return state
+    target = state._replace(
+        params=jax.tree_util.tree_map(
+            lambda x: param_sharding(x, mesh, min_size=min_size), state.params
+        ),
+        opt_state=jax.tree_util.tree_map(
+            lambda x: param_sharding(x, mesh, min_size=min_size), state.opt_state
+        ),
+    )
+    shardings = jax.tree_util.tree_map(
+        lambda x, t: t if isinstance(t, NamedSharding) else replicated(mesh),
+        state,
+        target,
+        is_leaf=lambda t: isinstance(t, NamedSharding),
+    )
+    # A jitted identity reshards global arrays, also across processes.
+    return jax.jit(lambda t: t, out_shardings=shardings)(state)
 
 
 def shard_eval_episodes(episodes: Episode, mesh: Mesh) -> Episode:

@@ -66,10 +66,11 @@ def step(devices: int) -> dict:
     mesh = sharding.make_task_mesh(devices)
     n = jnp.asarray(3, jnp.int32)
 
-    def run(learner, opt, sample, data, state, sharded: bool):
+    def run(learner, opt, sample, data, state, sharded: bool, shard_params: bool = False):
         if sharded:
             sample = sharding.sharded_sampler(sample, mesh, tasks=8)
-            data, state = sharding.replicate(data, mesh), sharding.replicate(state, mesh)
+            data = sharding.replicate(data, mesh)
+            state = sharding.place_state(state, mesh, shard_params=shard_params, min_size=64)
         else:
             sample = (lambda s: lambda k, d: s(k, d, 8))(sample)
         chunk = make_train_chunk(learner, opt, sample, length=3, donate=False)
@@ -93,6 +94,21 @@ def step(devices: int) -> dict:
         "max_param_diff": _max_diff(p1, pn),
         "max_loss_diff": float(np.max(np.abs(l1 - ln))),
         "param_change": _max_diff(p1, _leaves(initial_state(cfg, exp).params)),
+        "state_specs": sorted(specs),
+    }
+    # FSDP-style: the 16x16 weight and its Adam moments split over the devices.
+    pf, lf, specs = run(
+        exp.learner,
+        exp.optimizer,
+        sample,
+        exp.source.train_data(),
+        initial_state(cfg, exp),
+        True,
+        shard_params=True,
+    )
+    out["sinusoid_sharded_params"] = {
+        "max_param_diff": _max_diff(p1, pf),
+        "max_loss_diff": float(np.max(np.abs(l1 - lf))),
         "state_specs": sorted(specs),
     }
 

@@ -72,6 +72,9 @@ def test_sharded_step_equals_single_device(tmp_path):
         assert r["max_param_diff"] < 1e-6, r
         assert r["max_loss_diff"] < 1e-5, r
         assert r["state_specs"] == ["P()"], r  # state stays replicated
+    r = res["sinusoid_sharded_params"]  # parameters and Adam moments sharded (FSDP-style)
+    assert r["max_param_diff"] < 1e-6 and r["max_loss_diff"] < 1e-5, r
+    assert "P('tasks',)" in r["state_specs"], r  # ... and they stay sharded
     hlo = res["hlo"]
     assert hlo["all_reduce"] >= 1  # the meta-gradient mean crosses devices
     # Each device samples and adapts its own 2 tasks: no [8, ...] image batch exists,

@@ -51,6 +51,8 @@ is compiled::
       devices: null                 # devices of the task mesh: null = 1 (all of them in a
                                     #   multi-process run), N = the first N, 0 = all
       sampler: constraint           # constraint (same episodes as 1 device) | shard_map
+      shard_params: false           # split large weights and their Adam moments over the
+                                    #   devices (FSDP-style) instead of replicating them
     distributed:                    # multi-process runs (jax.distributed.initialize)
       coordinator_address: null     # host:port of process 0 (else $JAXMETA_COORDINATOR_ADDRESS)
       num_processes: null           # (else $JAXMETA_NUM_PROCESSES)
@@ -165,6 +167,7 @@ class MeshConfig:
 
     devices: int | None = None
     sampler: str = "constraint"
+    shard_params: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

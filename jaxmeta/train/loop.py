@@ -62,7 +62,7 @@ RESUMABLE_CHANGES = {
     "train.steps", "train.steps_per_call", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.tensorboard", "train.plot",
     # The default (constraint) sampler draws the same episodes on any device count.
-    "mesh.devices",
+    "mesh.devices", "mesh.shard_params",
     "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
     "distributed.auto",
 }
@@ -255,7 +255,8 @@ def train_and_evaluate(
     data = exp.source.train_data()
     state = initial_state(cfg, exp)
     if mesh is not None:  # replicated state and data; the restore keeps these shardings
-        data, state = sharding.replicate(data, mesh), sharding.replicate(state, mesh)
+        data = sharding.replicate(data, mesh)
+        state = sharding.place_state(state, mesh, shard_params=cfg.mesh.shard_params)
     best_score: float | None = None
     best_step: int | None = None
     if latest is not None:
