@@ -179,3 +179,40 @@ def test_omniglot_data_is_an_argument_not_a_constant(omniglot, omniglot_data_dir
     text = chunk.lower(state, data, jnp.asarray(1, jnp.int32)).as_text()
     assert len(text) < data.nbytes / 4  # the images are not embedded in the program
     assert "1100x20x28x28" in text  # they are a parameter of the program
+
+
+def test_metrics_log_truncation_and_plot(tmp_path, capsys):
+    from jaxmeta.train.metrics import MetricsWriter, plot_learning_curves, truncate_metrics
+
+    w = MetricsWriter(tmp_path)
+    for step in (10, 20, 30):
+        w.write({"split": "train", "step": step, "loss": 1.0 / step, "accuracy": 0.5})
+    w.write({"split": "val", "step": 20, "accuracy": 0.6, "ci95": 0.1, "loss": float("nan")})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "st')  # a line torn by a kill
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [10, 20, 30, 20] and rows[-1]["loss"] == "nan"
+    assert truncate_metrics(tmp_path / "metrics.jsonl", max_step=20) == 3
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 20]
+    assert plot_learning_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensorboard_is_optional(tmp_path, capsys):
+    from jaxmeta.train.metrics import MetricsWriter
+
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        w = MetricsWriter(tmp_path, tensorboard=True)
+        assert "tensorboardX is not installed" in capsys.readouterr().err
+    else:
+        w = MetricsWriter(tmp_path, tensorboard=True)
+        w.write({"split": "train", "step": 1, "loss": 0.5})
+        w.close()
+        assert list((tmp_path / "tensorboard").iterdir())
+        return
+    w.write({"split": "train", "step": 1, "loss": 0.5})
+    w.close()
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] == 0.5
