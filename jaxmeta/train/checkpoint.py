@@ -33,6 +33,25 @@ def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
+def _placed(target: PyTree) -> PyTree:
+    """Give shapes without a sharding one (the first local device).
+
+    Orbax otherwise restores into the sharding saved in the checkpoint, which fails when
+    the checkpoint was written on another topology (e.g. a multi-device run, see
+    jaxmeta.sharding) and is read on one device (``jaxmeta evaluate``).
+    """
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+        return x
+
+    return jax.tree_util.tree_map(one, target)
+
+
 class Checkpoints:
     """The latest-``keep`` and the best checkpoint of one workdir.
 
@@ -93,7 +112,7 @@ class Checkpoints:
         out = mngr.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_placed(target)), meta=ocp.args.JsonRestore()
             ),
         )
         return out.state, dict(out.meta)
