@@ -180,7 +180,8 @@ def run_torch(impl: str, cfg: dict[str, Any], args) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ analysis
 
 
-def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]]) -> dict[str, Any]:
+def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]],
+              args_min_util: float = 1.8) -> dict[str, Any]:
     """Medians over rounds, speedup over the fastest exact PyTorch impl, memory ratio."""
     row: dict[str, Any] = {k: cfg[k] for k in ("order", "inner_steps", "queries", "meta_batch")}
     med = {}
@@ -226,6 +227,13 @@ def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]]) -> dict[str, 
             if steps:
                 row["jaxmeta_steps_peak_mb"] = statistics.median(steps)
                 row["memory_ratio_steps"] = row["jaxmeta_steps_peak_mb"] / min(looped)
+    utils = [m["cpu_util"] for m in med.values() if m.get("cpu_util") is not None]
+    if utils:
+        row["min_cpu_util"] = min(utils)
+        # torch's OpenMP pool degrades far more than XLA's when the cores are shared
+        # (spinning threads descheduled): ratios measured under contention overstate
+        # the speedup. Flag them.
+        row["contended"] = min(utils) < args_min_util
     row["medians"] = med
     return row
 
@@ -255,6 +263,9 @@ def parse_args(argv=None):
     ap.add_argument("--min-steps", type=int, default=5)
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--contended-below", type=float, default=1.8,
+                    help="flag a configuration as contended when any implementation's "
+                         "cpu_util (CPU s / wall s) is below this (2 cores: 2.0 = all ours)")
     ap.add_argument("--quick", action="store_true",
                     help="one round of 1 query/class, 1 inner step (both orders)")
     ap.add_argument("--tiny", action="store_true",
@@ -306,7 +317,7 @@ def main(argv=None) -> int:
                     f"{r['ms']:.1f} ms/step, peak {r.get('peak_rss_mb') or 0:.0f} MiB, "
                     f"cpu util {r.get('cpu_util')}")
                 print(f"  {msg}", file=sys.stderr, flush=True)
-    rows = [summarize(cfg, raw[ci]) for ci, cfg in enumerate(cfgs)]
+    rows = [summarize(cfg, raw[ci], args.contended_below) for ci, cfg in enumerate(cfgs)]
     doc = {
         "benchmark": "compare_pytorch", "machine": machine(), "torch": args.torch_version,
         "torch_skipped": why_no_torch, "settings": vars(args), "summary": rows,
@@ -319,6 +330,7 @@ def main(argv=None) -> int:
     cols += [(f"{i}_ms", f"{i} ms") for i in impls[1:]]
     cols += [("speedup", "speedup vs fastest torch"), ("jaxmeta_peak_mb", "jaxmeta MiB")]
     cols += [(f"{i}_peak_mb", f"{i} MiB") for i in impls[1:] if i in LOOPED]
+    cols += [("min_cpu_util", "min cpu util"), ("contended", "contended")]
     cols += [("memory_ratio", "mem ratio vs looped"),
              ("memory_ratio_steps", "mem ratio (jaxmeta steps only)")]
     print(markdown_table(rows, cols))
