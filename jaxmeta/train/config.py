@@ -578,7 +578,7 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
     # Construct once with a dummy apply_fn: catches values the factory rejects, still
     # before anything is traced or compiled.
     try:
-        build_learner(cfg, apply_fn=lambda p, x: x)
+        learner = build_learner(cfg, apply_fn=lambda p, x: x)
     except (TypeError, ValueError) as err:
         # Name the offending keyword when the factory's message starts with it.
         key = next(
@@ -586,6 +586,14 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
             "algorithm",
         )
         raise ConfigError(src(key), key, f"{cfg.algorithm.name}: {err}") from None
+    from jaxmeta.train.evaluate import accepts_steps
+
+    if cfg.eval.inner_steps is not None and not accepts_steps(learner.predict):
+        raise ConfigError(
+            src("eval.inner_steps"), "eval.inner_steps",
+            f"algorithm {cfg.algorithm.name!r} does not adapt by inner steps at evaluation "
+            "(its predict has no steps= argument); leave eval.inner_steps null",
+        )
 
     import optax
 
