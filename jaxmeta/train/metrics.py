@@ -71,7 +71,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path, *, tensorboard: bool = False):
         self.path = Path(workdir) / METRICS_FILE
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a", buffering=1)  # line-buffered: tail -f works
         self._tb = None
         if tensorboard:
             try:
