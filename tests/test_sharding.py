@@ -146,6 +146,20 @@ def test_sharded_run_resumes_bit_identically(tmp_path):
     for a, b in zip(_params(full), _params(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert full["test"] == resumed["test"]
+    # A 1-device process (this one; e.g. ``jaxmeta evaluate``) reads the 4-device checkpoint.
+    import jax
+
+    from jaxmeta.train import Checkpoints, build_experiment, load_config
+    from jaxmeta.train.loop import initial_state
+
+    cfg = load_config(tmp_path / "runs" / "full" / "config.yaml")
+    exp = build_experiment(cfg)
+    ckpt = Checkpoints(tmp_path / "runs" / "full")
+    state, _ = ckpt.restore(jax.eval_shape(lambda: initial_state(cfg, exp)))
+    ckpt.close()
+    assert int(state.step) == 6
+    for a, b in zip(_params(full), jax.tree_util.tree_leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
     rows = [json.loads(line) for line in (tmp_path / "runs" / "part" / "metrics.jsonl").open()]
     assert [(r["split"], r["step"]) for r in rows] == [
         ("train", 3),
