@@ -15,7 +15,8 @@ EPILOG_TRAIN = textwrap.dedent(
     """\
     config files (from the repository root; also found relative to the repository
     when run elsewhere):
-      configs/omniglot/{maml,fomaml}_{5w1s,5w5s,20w1s,20w5s}.yaml   MAML-paper protocol
+      configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol;
+        <algorithm>: maml fomaml reptile anil metasgd protonets matching snail
       configs/omniglot/maml_5w1s.yaml        default run, shortened for a laptop CPU
       configs/omniglot/maml_5w1s_paper.yaml  the same at paper length (60k steps)
       configs/sinusoid/maml_k{5,10,20}.yaml  MAML sinusoid regression
