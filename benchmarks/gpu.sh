@@ -13,13 +13,15 @@
 #   BUDGET_S     timed seconds per configuration (default 3)
 #   SKIP_INSTALL=1  never pip install; fail if jax sees no GPU
 #   ALLOW_CPU=1  dry run without a GPU (checks the script; CPU numbers)
+#   RUNNER       auto (maml_step.py if present, else throughput.py) | maml_step | throughput | both
 #   EXTRA_ARGS   more throughput.py options, e.g. "--canonical-queries 1 --canonical-inner-steps 1"
+#   STEP_ARGS    more maml_step.py options, e.g. "--queries 1 --inner-steps 1"
 #
 # Steps: (1) use $PYTHON if its jax already sees a GPU; otherwise (2) make .venv-gpu from
 # $PYTHON (system site packages visible), install CUDA JAX there (plus jaxmeta, editable,
-# without touching its other dependencies when they are already present); (3) run
-# throughput.py --preset canonical and, when present, benchmarks/maml_step.py; (4) write
-# OUT_DIR/gpu_canonical.json, OUT_DIR/maml_step.json, OUT_DIR/environment.txt.
+# without touching its other dependencies when they are already present); (3) run the
+# canonical workload (RUNNER below); (4) write OUT_DIR/maml_step.json or gpu_canonical.json,
+# OUT_DIR/projection.md (ms -> hours for 60k meta-steps) and OUT_DIR/environment.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/results/gpu}}"
@@ -64,28 +66,49 @@ fi
 log "$(tail -1 "$OUT_DIR/environment.txt")"
 
 rc=0
-log "canonical workload via throughput.py (8 configurations)"
-"$PY" benchmarks/throughput.py --preset canonical --budget-s "$BUDGET_S" --project-steps 60000 \
-  --timeout-s 240 --no-plots --json "$OUT_DIR/gpu_canonical.json" ${EXTRA_ARGS:-} | tee "$OUT_DIR/gpu_canonical.md" || rc=1
-
-if [ -f benchmarks/maml_step.py ] && [ "${ALLOW_CPU:-0}" != 1 ]; then
-  log "canonical workload via maml_step.py"
-  timeout 300 "$PY" benchmarks/maml_step.py --json "$OUT_DIR/maml_step.json" \
-    > "$OUT_DIR/maml_step.txt" 2>&1 || { log "maml_step.py failed (see maml_step.txt)"; rc=1; }
+# One runner for the canonical workload (device time is scarce): maml_step.py (the project's
+# canonical-step script) when present, else throughput.py --preset canonical. RUNNER=
+# maml_step|throughput forces one; RUNNER=both runs both.
+RUNNER="${RUNNER:-auto}"
+if [ "$RUNNER" = auto ]; then
+  if [ -f benchmarks/maml_step.py ]; then RUNNER=maml_step; else RUNNER=throughput; fi
+fi
+RESULTS=()
+if [ "$RUNNER" = maml_step ] || [ "$RUNNER" = both ]; then
+  log "canonical workload via maml_step.py ${STEP_ARGS:-}"
+  timeout 420 "$PY" benchmarks/maml_step.py --budget-s "$BUDGET_S" --timeout-s 200 \
+    --json "$OUT_DIR/maml_step.json" ${STEP_ARGS:-} 2>&1 | tee "$OUT_DIR/maml_step.txt" \
+    || { log "maml_step.py failed (see maml_step.txt)"; rc=1; }
+  RESULTS+=("$OUT_DIR/maml_step.json")
+fi
+if [ "$RUNNER" = throughput ] || [ "$RUNNER" = both ]; then
+  log "canonical workload via throughput.py --preset canonical ${EXTRA_ARGS:-}"
+  timeout 420 "$PY" benchmarks/throughput.py --preset canonical --budget-s "$BUDGET_S" \
+    --project-steps 60000 --timeout-s 200 --no-plots --json "$OUT_DIR/gpu_canonical.json" \
+    ${EXTRA_ARGS:-} | tee "$OUT_DIR/gpu_canonical.md" || rc=1
+  RESULTS+=("$OUT_DIR/gpu_canonical.json")
 fi
 
-# Projection of the paper-length runs from the measured step times.
-"$PY" - "$OUT_DIR/gpu_canonical.json" <<'EOF' | tee "$OUT_DIR/projection.md"
-import json, sys
-doc = json.load(open(sys.argv[1]))
-print("| order | K | Q/class | ms/meta-step | 60k meta-steps (h) |")
-print("|---|---|---|---|---|")
-for r in doc["results"]:
-    if "error" in r:
-        print(f"| {r.get('order')} | {r.get('inner_steps')} | {r.get('queries')} | error: {r['error'][:80]} | |")
+# Projection of a 60k-iteration MAML run from the measured step times.
+"$PY" - "${RESULTS[@]}" <<'EOF' | tee "$OUT_DIR/projection.md"
+import json, os, sys
+print("| source | order | K | Q/class | ms/meta-step | 60k meta-steps (h) | device |")
+print("|---|---|---|---|---|---|---|")
+for path in sys.argv[1:]:
+    if not os.path.exists(path):
         continue
-    print(f"| {r['order']} | {r['inner_steps']} | {r['queries']} | {r['ms_per_step']:.2f} | "
-          f"{r['ms_per_step'] * 60000 / 3.6e6:.2f} |")
+    doc = json.load(open(path))
+    recs = doc if isinstance(doc, list) else doc.get("results", [])
+    src = os.path.basename(path)
+    for r in recs:
+        q = r.get("query_per_class", r.get("queries"))
+        if "error" in r:
+            print(f"| {src} | {r.get('order')} | {r.get('inner_steps')} | {q} | error: "
+                  f"{str(r['error'])[:80]} | | |")
+            continue
+        ms = r["ms_per_step"]
+        print(f"| {src} | {r['order']} | {r['inner_steps']} | {q} | {ms:.2f} | "
+              f"{ms * 60000 / 3.6e6:.2f} | {r.get('device_kind', r.get('device'))} |")
 EOF
 log "done (rc=$rc); results in $OUT_DIR"
 exit $rc
