@@ -129,3 +129,34 @@ def test_help(script):
 
 def test_gpu_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+
+
+def test_compare_pytorch_ratios(tmp_path):
+    """Ratios from fake runs: fastest exact torch impl, looped-peer memory, contention flag."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare_pytorch as cp
+    finally:
+        sys.path.remove(str(BENCH))
+    cfg = {"order": "second", "inner_steps": 1, "queries": 15, "meta_batch": 32}
+    by_impl = {
+        "jaxmeta": [{"ms": 100.0, "peak_rss_mb": 300.0, "steps_peak_mb": 250.0, "cpu_util": 1.9},
+                    {"ms": 120.0, "peak_rss_mb": 310.0, "cpu_util": 1.9}],
+        "higher": [{"ms": 400.0, "peak_rss_mb": 380.0, "cpu_util": 1.95},
+                   {"ms": 420.0, "peak_rss_mb": 380.0, "cpu_util": 1.95}],
+        "func_fusedbn": [{"ms": 50.0, "peak_rss_mb": 900.0, "cpu_util": 1.9}] * 2,  # wrong SO grads
+        "func": [{"error": "boom"}],
+    }
+    row = cp.summarize(cfg, by_impl)
+    assert row["fastest_torch"] == "higher"
+    assert math.isclose(row["speedup"], 410.0 / 110.0) and row["speedup_ok"]
+    assert row["speedup_per_round"] == [4.0, 3.5]
+    assert math.isclose(row["memory_ratio"], 305.0 / 380.0) and row["memory_ok"]
+    assert row["contended"] is False and row["func_error"] == "boom"
+    # maml_step.py writes a JSON list of records; JSONL and {"results": [...]} also parse.
+    recs = [{"order": "second", "inner_steps": 1, "query_per_class": 15, "ms_per_step": 1.0}]
+    (tmp_path / "a.json").write_text(json.dumps(recs))
+    (tmp_path / "b.json").write_text(json.dumps({"results": recs}))
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in recs * 2))
+    assert cp._records(tmp_path / "a.json") == recs == cp._records(tmp_path / "b.json")
+    assert cp._records(tmp_path / "c.jsonl") == recs * 2
