@@ -5,6 +5,7 @@ parameter pytree (``init``, ``meta_grad``, ``predict``, ...); the shared
 :func:`make_meta_step` applies an optax optimizer in one jit-compiled step.
 """
 
+from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.base import (
     MetaLearner,
     MetaTrainState,
@@ -14,6 +15,11 @@ from jaxmeta.algorithms.base import (
     meta_update,
 )
 from jaxmeta.algorithms.maml import fomaml, maml
+from jaxmeta.algorithms.matching import matching
+from jaxmeta.algorithms.metasgd import metasgd
+from jaxmeta.algorithms.protonets import protonets
+from jaxmeta.algorithms.reptile import reptile
+from jaxmeta.algorithms.snail import snail
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
 from jaxmeta.models.mlp import MLP
@@ -28,13 +34,19 @@ __all__ = [
     "MetaTrainState",
     "__version__",
     "accuracy",
+    "anil",
     "cross_entropy_loss",
     "fomaml",
     "init_meta_train_state",
     "make_meta_step",
     "maml",
     "map_tasks",
+    "matching",
     "meta_update",
+    "metasgd",
     "mse_loss",
+    "protonets",
+    "reptile",
     "sgd_adapt",
+    "snail",
 ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.anil import anil
+from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.maml import fomaml, maml
 from jaxmeta.algorithms.matching import matching
 from jaxmeta.algorithms.metasgd import metasgd

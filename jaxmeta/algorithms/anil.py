@@ -115,7 +115,11 @@ def anil(
     def _adapt(params, support_x, support_y, steps):
         support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
         return sgd_adapt(
-            support_loss, params, lr=inner_lr, steps=steps, first_order=first_order,
+            support_loss,
+            params,
+            lr=inner_lr,
+            steps=steps,
+            first_order=first_order,
             mask=head_mask(params, head),
         )
 
@@ -137,8 +141,9 @@ def anil(
         check_episode(episodes, batched=True)
         grad = jax.grad(outer_loss, has_aux=True)
         return mean_over_tasks(
-            map_tasks(lambda ep, k: grad(params, ep, k), episodes, key,
-                      task_batch_size=task_batch_size)
+            map_tasks(
+                lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
+            )
         )
 
     def predict(params, support_x, support_y, query_x, key=None, *, steps=None):
@@ -147,6 +152,10 @@ def anil(
         return apply_fn(adapted, query_x)
 
     return MetaLearner(
-        init=init, meta_grad=meta_grad, predict=predict, name="anil", adapt=adapt,
+        init=init,
+        meta_grad=meta_grad,
+        predict=predict,
+        name="anil",
+        adapt=adapt,
         outer_loss=outer_loss,
     )

@@ -130,8 +130,12 @@ def matching(
         check_episode(episodes, batched=True, num_classes=ways)
         grad = jax.grad(task_loss, has_aux=True)
         return mean_over_tasks(
-            map_tasks(lambda ep, k: grad(meta_params, ep, k), episodes, key,
-                      task_batch_size=task_batch_size)
+            map_tasks(
+                lambda ep, k: grad(meta_params, ep, k),
+                episodes,
+                key,
+                task_batch_size=task_batch_size,
+            )
         )
 
     return MetaLearner(

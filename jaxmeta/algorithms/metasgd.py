@@ -69,7 +69,10 @@ def metasgd(
     def _adapt(meta_params, support_x, support_y, steps):
         support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
         return sgd_adapt(
-            support_loss, meta_params["params"], lr=meta_params["lr"], steps=steps,
+            support_loss,
+            meta_params["params"],
+            lr=meta_params["lr"],
+            steps=steps,
             first_order=first_order,
         )
 
@@ -93,8 +96,12 @@ def metasgd(
         check_episode(episodes, batched=True)
         grad = jax.grad(outer_loss, has_aux=True)
         return mean_over_tasks(
-            map_tasks(lambda ep, k: grad(meta_params, ep, k), episodes, key,
-                      task_batch_size=task_batch_size)
+            map_tasks(
+                lambda ep, k: grad(meta_params, ep, k),
+                episodes,
+                key,
+                task_batch_size=task_batch_size,
+            )
         )
 
     def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None):
@@ -103,6 +110,10 @@ def metasgd(
         return apply_fn(adapted, query_x)
 
     return MetaLearner(
-        init=init, meta_grad=meta_grad, predict=predict, name="metasgd", adapt=adapt,
+        init=init,
+        meta_grad=meta_grad,
+        predict=predict,
+        name="metasgd",
+        adapt=adapt,
         outer_loss=outer_loss,
     )

@@ -131,11 +131,15 @@ def protonets(
         check_episode(episodes, batched=True, num_classes=ways)
         grad = jax.grad(task_loss, has_aux=True)
         return mean_over_tasks(
-            map_tasks(lambda ep, k: grad(params, ep, k), episodes, key,
-                      task_batch_size=task_batch_size)
+            map_tasks(
+                lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
+            )
         )
 
     return MetaLearner(
-        init=init, meta_grad=meta_grad, predict=predict, name="protonets",
+        init=init,
+        meta_grad=meta_grad,
+        predict=predict,
+        name="protonets",
         outer_loss=task_loss,
     )

@@ -132,7 +132,9 @@ def reptile(
 
         def step(carry, batch_idx):
             p, opt_state = carry
-            loss, g = jax.value_and_grad(lambda q: loss_fn(apply_fn(q, x[batch_idx]), y[batch_idx]))(p)
+            loss, g = jax.value_and_grad(
+                lambda q: loss_fn(apply_fn(q, x[batch_idx]), y[batch_idx])
+            )(p)
             updates, opt_state = opt.update(g, opt_state, p)
             return (optax.apply_updates(p, updates), opt_state), loss
 
@@ -181,21 +183,30 @@ def reptile(
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True)
         return mean_over_tasks(
-            map_tasks(lambda ep, k: task_update(params, ep, k), episodes, key,
-                      task_batch_size=task_batch_size)
+            map_tasks(
+                lambda ep, k: task_update(params, ep, k),
+                episodes,
+                key,
+                task_batch_size=task_batch_size,
+            )
         )
 
     def outer_loss(params, episode: Episode, key=None):
         """Query loss after (non-differentiated) adaptation; Reptile has no outer loss to
         differentiate, this is for evaluation and logging."""
         key = jax.random.key(0) if key is None else key
-        adapted, _ = _fit(params, episode.support_x, episode.support_y, inner_steps,
-                          inner_batch_size, key)
+        adapted, _ = _fit(
+            params, episode.support_x, episode.support_y, inner_steps, inner_batch_size, key
+        )
         logits = apply_fn(adapted, episode.query_x)
         loss = loss_fn(logits, episode.query_y)
         return loss, task_metrics(logits, episode.query_y, loss)
 
     return MetaLearner(
-        init=init, meta_grad=meta_grad, predict=predict, name="reptile", adapt=adapt,
+        init=init,
+        meta_grad=meta_grad,
+        predict=predict,
+        name="reptile",
+        adapt=adapt,
         outer_loss=outer_loss,
     )
