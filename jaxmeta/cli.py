@@ -83,11 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--config", "-c", help="YAML config (optional when resuming a workdir)")
     t.add_argument(
-        "--workdir", "-w",
+        "--workdir",
+        "-w",
         help="output directory (default: runs/<config name>); resumed if it has a checkpoint",
     )
     t.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.steps=60000 (repeatable)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,15 +102,30 @@ def _parser() -> argparse.ArgumentParser:
         "mesh.* and distributed.* config keys; unset distributed values fall back to "
         "$JAXMETA_COORDINATOR_ADDRESS, $JAXMETA_NUM_PROCESSES, $JAXMETA_PROCESS_ID",
     )
-    g.add_argument("--devices", type=int, metavar="N",
-                   help="devices of the task mesh (mesh.devices): N, or 0 for all; default 1 "
-                   "(all devices in a multi-process run); the meta-batch must divide by N")
-    g.add_argument("--coordinator-address", metavar="HOST:PORT",
-                   help="process 0's address; starts jax.distributed (distributed.coordinator_address)")
-    g.add_argument("--num-processes", type=int, metavar="P",
-                   help="number of processes (distributed.num_processes)")
-    g.add_argument("--process-id", type=int, metavar="I",
-                   help="this process's index, 0..P-1 (distributed.process_id)")
+    g.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="devices of the task mesh (mesh.devices): N, or 0 for all; default 1 "
+        "(all devices in a multi-process run); the meta-batch must divide by N",
+    )
+    g.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help="process 0's address; starts jax.distributed (distributed.coordinator_address)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="P",
+        help="number of processes (distributed.num_processes)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process's index, 0..P-1 (distributed.process_id)",
+    )
 
     e = sub.add_parser(
         "evaluate",
@@ -116,19 +136,41 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_EVAL,
     )
     e.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"),
-                   help="which split's classes (default: test)")
-    e.add_argument("--episodes", type=int, default=None,
-                   help="number of episodes (default: eval.episodes of the run, 600 in the paper)")
-    e.add_argument("--inner-steps", type=int, default=None,
-                   help="inner adaptation steps at test time (default: the algorithm's "
-                   "evaluation steps, e.g. MAML eval_inner_steps=10); only for algorithms "
-                   "that adapt by gradient steps")
-    e.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="which checkpoint (default: best; latest when there is no best)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the run's config, e.g. data.manual_dir=DIR or "
-                   "eval.batch_size=20 (model/algorithm changes will not match the checkpoint)")
+    e.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="which split's classes (default: test)",
+    )
+    e.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="number of episodes (default: eval.episodes of the run, 600 in the paper)",
+    )
+    e.add_argument(
+        "--inner-steps",
+        type=int,
+        default=None,
+        help="inner adaptation steps at test time (default: the algorithm's "
+        "evaluation steps, e.g. MAML eval_inner_steps=10); only for algorithms "
+        "that adapt by gradient steps",
+    )
+    e.add_argument(
+        "--checkpoint",
+        choices=("best", "latest"),
+        default="best",
+        help="which checkpoint (default: best; latest when there is no best)",
+    )
+    e.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. data.manual_dir=DIR or "
+        "eval.batch_size=20 (model/algorithm changes will not match the checkpoint)",
+    )
 
     d = sub.add_parser(
         "data",
@@ -144,13 +186,20 @@ def _parser() -> argparse.ArgumentParser:
         "print the classes of each split of the maml, vinyals and lake schemes, without "
         "and with rotations (x4).",
     )
-    o.add_argument("--manual-dir", help="folder with images_background.zip and "
-                   "images_evaluation.zip (default: <data-dir>/downloads/manual)")
-    o.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or "
-                   "~/tensorflow_datasets)")
+    o.add_argument(
+        "--manual-dir",
+        help="folder with images_background.zip and "
+        "images_evaluation.zip (default: <data-dir>/downloads/manual)",
+    )
+    o.add_argument(
+        "--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
     o.add_argument("--image-size", type=int, default=28, help="image side (default 28)")
-    o.add_argument("--no-download", action="store_true",
-                   help="never use the network; fail if the zips are not in the manual dir")
+    o.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never use the network; fail if the zips are not in the manual dir",
+    )
     return p
 
 
@@ -169,10 +218,12 @@ def _train(args) -> int:
             config = str(Path(args.workdir) / "config.yaml")
         else:
             return _err("--config is required (unless --workdir holds a run to resume)", 2)
-    flags = {"mesh.devices": args.devices,
-             "distributed.coordinator_address": args.coordinator_address,
-             "distributed.num_processes": args.num_processes,
-             "distributed.process_id": args.process_id}
+    flags = {
+        "mesh.devices": args.devices,
+        "distributed.coordinator_address": args.coordinator_address,
+        "distributed.num_processes": args.num_processes,
+        "distributed.process_id": args.process_id,
+    }
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     try:
         cfg = load_config(config, overrides)
@@ -182,9 +233,12 @@ def _train(args) -> int:
 
     d = cfg.distributed
     try:  # before any JAX computation
-        initialize_distributed(coordinator_address=d.coordinator_address,
-                               num_processes=d.num_processes, process_id=d.process_id,
-                               auto=d.auto)
+        initialize_distributed(
+            coordinator_address=d.coordinator_address,
+            num_processes=d.num_processes,
+            process_id=d.process_id,
+            auto=d.auto,
+        )
     except ValueError as err:
         return _err(str(err), 2)
     workdir = args.workdir or str(Path("runs") / cfg.name)
@@ -229,7 +283,8 @@ def _evaluate(args) -> int:
         return _err(
             f"split {args.split!r} does not exist for {cfg.data.name}"
             f"{'/' + cfg.data.scheme if cfg.classification else ''} "
-            f"(available: {', '.join(exp.source.splits)})", 2,
+            f"(available: {', '.join(exp.source.splits)})",
+            2,
         )
     ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     which = args.checkpoint
@@ -242,8 +297,9 @@ def _evaluate(args) -> int:
     ckpt.close()
     inner = args.inner_steps if args.inner_steps is not None else cfg.eval.inner_steps
     try:
-        res = run_evaluation(cfg, exp, state.params, split=args.split,
-                             episodes=cfg.eval.episodes, inner_steps=inner)
+        res = run_evaluation(
+            cfg, exp, state.params, split=args.split, episodes=cfg.eval.episodes, inner_steps=inner
+        )
     except ValueError as err:
         return _err(str(err), 2)
     res.update(step=int(state.step), checkpoint=which)
@@ -265,13 +321,17 @@ def _data(args) -> int:
 
     try:
         om = load_omniglot(
-            data_dir=args.data_dir, manual_dir=args.manual_dir, image_size=args.image_size,
+            data_dir=args.data_dir,
+            manual_dir=args.manual_dir,
+            image_size=args.image_size,
             download=not args.no_download,
         )
     except (OmniglotFilesMissingError, OmniglotCorruptError, ValueError) as err:
         return _err(str(err), 2)
-    print(f"Omniglot: {om.images.shape[0]} characters x {om.images.shape[1]} drawers, "
-          f"{om.image_size}x{om.image_size} uint8")
+    print(
+        f"Omniglot: {om.images.shape[0]} characters x {om.images.shape[1]} drawers, "
+        f"{om.image_size}x{om.image_size} uint8"
+    )
     if om.cache_path is not None:
         print(f"cache: {om.cache_path}")
     plain, rot = split_counts(rotations=False), split_counts(rotations=True)

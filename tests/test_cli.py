@@ -31,12 +31,29 @@ def test_help_texts(capsys):
     for word in ("train", "evaluate", "data", "--version"):
         assert word in top
     train = _help(capsys, "train")
-    for word in ("--config", "--workdir", "--set", "--no-progress", "train.steps",
-                 "train.seed", "eval.episodes", "data.manual_dir", "resumes", "exit status"):
+    for word in (
+        "--config",
+        "--workdir",
+        "--set",
+        "--no-progress",
+        "train.steps",
+        "train.seed",
+        "eval.episodes",
+        "data.manual_dir",
+        "resumes",
+        "exit status",
+    ):
         assert word in train, word
     ev = _help(capsys, "evaluate")
-    for word in ("--workdir", "--split", "--episodes", "--inner-steps", "--checkpoint",
-                 "eval_<split>.json", "95% CI"):
+    for word in (
+        "--workdir",
+        "--split",
+        "--episodes",
+        "--inner-steps",
+        "--checkpoint",
+        "eval_<split>.json",
+        "95% CI",
+    ):
         assert word in ev, word
     data = _help(capsys, "data", "omniglot")
     for word in ("--manual-dir", "--data-dir", "--no-download", "rotations"):
@@ -86,9 +103,16 @@ def test_missing_config_and_workdir(capsys, tmp_path):
 
 def test_divergence_exits_1_with_a_clear_message(capsys, tmp_path):
     config = str(REPO / "configs" / "sinusoid" / "maml_k5.yaml")
-    sets = ["optimizer.learning_rate=1e30", "model.hidden=[8]", "train.steps=20",
-            "train.steps_per_call=5", "train.log_every=5", "train.checkpoint_every=5",
-            "train.eval_every=0", "eval.episodes=10"]
+    sets = [
+        "optimizer.learning_rate=1e30",
+        "model.hidden=[8]",
+        "train.steps=20",
+        "train.steps_per_call=5",
+        "train.log_every=5",
+        "train.checkpoint_every=5",
+        "train.eval_every=0",
+        "eval.episodes=10",
+    ]
     args = ["train", "--config", config, "--workdir", str(tmp_path), "--no-progress"]
     for s in sets:
         args += ["--set", s]
@@ -101,16 +125,25 @@ def test_divergence_exits_1_with_a_clear_message(capsys, tmp_path):
 
 def test_evaluate_regression_json(capsys, tmp_path):
     config = str(REPO / "configs" / "sinusoid" / "maml_k5.yaml")
-    sets = ["model.hidden=[8]", "train.steps=10", "train.steps_per_call=5",
-            "train.log_every=5", "train.checkpoint_every=5", "train.eval_every=5",
-            "eval.episodes=10", "train.plot=false"]
+    sets = [
+        "model.hidden=[8]",
+        "train.steps=10",
+        "train.steps_per_call=5",
+        "train.log_every=5",
+        "train.checkpoint_every=5",
+        "train.eval_every=5",
+        "eval.episodes=10",
+        "train.plot=false",
+    ]
     args = ["train", "--config", config, "--workdir", str(tmp_path), "--no-progress"]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--workdir", str(tmp_path), "--episodes", "12",
-                 "--checkpoint", "latest"]) == 0
+    assert (
+        main(["evaluate", "--workdir", str(tmp_path), "--episodes", "12", "--checkpoint", "latest"])
+        == 0
+    )
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "eval_test.json").read_text())
     assert res["episodes"] == 12 and res["step"] == 10 and res["checkpoint"] == "latest"

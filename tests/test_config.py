@@ -66,7 +66,11 @@ def test_paper_hyperparameters(name, ways, shots, inner_lr, inner_steps, meta_ba
     cfg = load_config(REPO / "configs" / "omniglot" / f"{name}.yaml")
     kw = cfg.algorithm.kwargs
     assert (cfg.data.ways, cfg.data.shots) == (ways, shots)
-    assert (kw["inner_lr"], kw["inner_steps"], kw["eval_inner_steps"]) == (inner_lr, inner_steps, 10)
+    assert (kw["inner_lr"], kw["inner_steps"], kw["eval_inner_steps"]) == (
+        inner_lr,
+        inner_steps,
+        10,
+    )
     assert cfg.train.meta_batch_size == meta_batch and cfg.train.steps == 60000
     assert cfg.eval.episodes == 600 and cfg.data.scheme == "maml" and cfg.data.rotations
     assert cfg.optimizer.name == "adam" and cfg.optimizer.kwargs["learning_rate"] == 0.001
@@ -146,8 +150,14 @@ def test_override_named_as_source():
 def test_documented_overrides_apply():
     cfg = load_config(
         TINY,
-        ["train.steps=60000", "train.seed=3", "eval.episodes=600", "data.manual_dir=/zips",
-         "algorithm.inner_lr=0.1", "optimizer.learning_rate=1e-3"],
+        [
+            "train.steps=60000",
+            "train.seed=3",
+            "eval.episodes=600",
+            "data.manual_dir=/zips",
+            "algorithm.inner_lr=0.1",
+            "optimizer.learning_rate=1e-3",
+        ],
     )
     assert cfg.train.steps == 60000 and cfg.train.seed == 3
     assert cfg.eval.episodes == 600 and cfg.data.manual_dir == "/zips"
@@ -177,5 +187,7 @@ def test_every_registered_algorithm_accepts_a_config():
         assert params, name
         raw = yaml.safe_load(TINY.read_text())
         raw["algorithm"] = {"name": name, "bogus_key": 1}
-        with pytest.raises(ConfigError, match=f"algorithm.bogus_key: unknown key for algorithm '{name}'"):
+        with pytest.raises(
+            ConfigError, match=f"algorithm.bogus_key: unknown key for algorithm '{name}'"
+        ):
             config_from_dict(raw, source="f.yaml")

@@ -31,8 +31,15 @@ SIN = {
     "data": {"name": "sinusoid", "shots": 5, "queries": 5},
     "model": {"name": "mlp", "hidden": [16, 16]},
     "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-    "train": {"steps": 30, "meta_batch_size": 4, "steps_per_call": 4, "log_every": 5,
-              "eval_every": 10, "checkpoint_every": 10, "plot": False},
+    "train": {
+        "steps": 30,
+        "meta_batch_size": 4,
+        "steps_per_call": 4,
+        "log_every": 5,
+        "eval_every": 10,
+        "checkpoint_every": 10,
+        "plot": False,
+    },
     "eval": {"episodes": 20, "batch_size": 8},
 }
 
@@ -121,10 +128,13 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
         assert (wd / "config.yaml").exists()
         env = json.loads((wd / "environment.json").read_text())
         assert env["packages"]["jax"] == jax.__version__ and env["devices"]
-    losses = lambda wd: [r["loss"] for r in read_metrics(wd / "metrics.jsonl") if r["split"] == "train"]
+    losses = lambda wd: [
+        r["loss"] for r in read_metrics(wd / "metrics.jsonl") if r["split"] == "train"
+    ]
     assert losses(tmp_path / "full") == losses(part)
-    assert json.loads((tmp_path / "full" / "eval_test.json").read_text())["mse"] == (
-        json.loads((part / "eval_test.json").read_text())["mse"]
+    assert (
+        json.loads((tmp_path / "full" / "eval_test.json").read_text())["mse"]
+        == (json.loads((part / "eval_test.json").read_text())["mse"])
     )
     # A workdir only resumes the same experiment.
     with pytest.raises(ValueError, match="different config.*algorithm.inner_lr"):
@@ -134,8 +144,10 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     # Adam with lr 1e30: step 1 is computed from the initial params (finite), step 2
     # from params of size ~1e30, whose loss overflows.
-    cfg = _cfg(optimizer={"learning_rate": 1e30},
-               train={"checkpoint_every": 1, "log_every": 1, "eval_every": 0})
+    cfg = _cfg(
+        optimizer={"learning_rate": 1e30},
+        train={"checkpoint_every": 1, "log_every": 1, "eval_every": 0},
+    )
     with pytest.raises(TrainingDiverged) as info:
         train_and_evaluate(cfg, tmp_path, progress=False)
     msg = str(info.value)
@@ -160,8 +172,9 @@ def test_evaluate_rejects_inner_steps_for_non_gradient_learners():
     from jaxmeta.algorithms.base import MetaLearner
     from jaxmeta.train.evaluate import make_evaluator
 
-    learner = MetaLearner(init=lambda p: p, meta_grad=None,
-                          predict=lambda p, sx, sy, qx, key: qx, name="toy")
+    learner = MetaLearner(
+        init=lambda p: p, meta_grad=None, predict=lambda p, sx, sy, qx, key: qx, name="toy"
+    )
     with pytest.raises(ValueError, match="'toy' does not take an inner-step override"):
         make_evaluator(learner, classification=True, inner_steps=3)
     make_evaluator(learner, classification=True)  # fine without the override
@@ -171,8 +184,10 @@ def test_omniglot_data_is_an_argument_not_a_constant(omniglot, omniglot_data_dir
     repo = Path(__file__).resolve().parents[1]
     from jaxmeta.train.config import load_config
 
-    cfg = load_config(repo / "configs" / "tests" / "tiny.yaml",
-                      [f"data.data_dir={omniglot_data_dir}", "data.download=false"])
+    cfg = load_config(
+        repo / "configs" / "tests" / "tiny.yaml",
+        [f"data.data_dir={omniglot_data_dir}", "data.download=false"],
+    )
     exp, sample, data, state = _setup(cfg)
     assert data.dtype == jnp.uint8 and data.nbytes > 10_000_000  # ~17 MB of images
     chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=cfg.train.steps_per_call)

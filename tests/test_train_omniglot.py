@@ -28,8 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
 STEPS = 200
 RUN_SETS = [
-    f"train.steps={STEPS}", "train.steps_per_call=7", "train.log_every=10",
-    "train.checkpoint_every=20", "train.eval_every=40", "eval.episodes=20",
+    f"train.steps={STEPS}",
+    "train.steps_per_call=7",
+    "train.log_every=10",
+    "train.checkpoint_every=20",
+    "train.eval_every=40",
+    "eval.episodes=20",
 ]
 
 
@@ -59,8 +63,9 @@ def _train_cmd(workdir, data_sets):
 def reference(env, tmp_path_factory):
     e, data_sets = env
     wd = tmp_path_factory.mktemp("reference")
-    out = subprocess.run(_train_cmd(wd, data_sets), env=e, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        _train_cmd(wd, data_sets), env=e, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return wd, out
 
@@ -100,8 +105,13 @@ def test_sigkill_and_resume_is_bit_identical(reference, env, tmp_path):
     ref_wd, _ = reference
     e, data_sets = env
     wd = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(wd, data_sets), env=e, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(wd, data_sets),
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -117,8 +127,9 @@ def test_sigkill_and_resume_is_bit_identical(reference, env, tmp_path):
     interrupted = Checkpoints(wd).latest_step()
     assert interrupted is not None and interrupted < STEPS
 
-    out = subprocess.run(_train_cmd(wd, data_sets), env=e, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        _train_cmd(wd, data_sets), env=e, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming from step {interrupted}" in out.stderr
 
@@ -131,8 +142,10 @@ def test_sigkill_and_resume_is_bit_identical(reference, env, tmp_path):
     assert meta_a["best_score"] == meta_b["best_score"]
 
     def log(w):
-        return [(r["split"], r["step"], r.get("loss"), r.get("accuracy"))
-                for r in read_metrics(w / "metrics.jsonl")]
+        return [
+            (r["split"], r["step"], r.get("loss"), r.get("accuracy"))
+            for r in read_metrics(w / "metrics.jsonl")
+        ]
 
     assert log(wd) == log(ref_wd)  # same rows, none duplicated or lost
     ra = json.loads((ref_wd / "eval_test.json").read_text())
@@ -144,9 +157,21 @@ def test_evaluate_cli_writes_json(reference, env):
     wd, _ = reference
     e, _ = env
     out = subprocess.run(
-        _cmd("evaluate", "--workdir", str(wd), "--split", "val", "--episodes", "30",
-             "--inner-steps", "3"),
-        env=e, capture_output=True, text=True, timeout=600,
+        _cmd(
+            "evaluate",
+            "--workdir",
+            str(wd),
+            "--split",
+            "val",
+            "--episodes",
+            "30",
+            "--inner-steps",
+            "3",
+        ),
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((wd / "eval_val.json").read_text())

@@ -123,8 +123,13 @@ class OmniglotTasks:
         from jaxmeta.data.episodes import sample_episodes
 
         return sample_episodes(
-            key, data, tasks=tasks, ways=self.ways, shots=self.shots,
-            queries=self.queries, rotations=self.rotations,
+            key,
+            data,
+            tasks=tasks,
+            ways=self.ways,
+            shots=self.shots,
+            queries=self.queries,
+            rotations=self.rotations,
         )
 
     def eval_episodes(
@@ -133,9 +138,13 @@ class OmniglotTasks:
         from jaxmeta.data.episodes import eval_episodes
 
         return eval_episodes(
-            self.split_images(split), episodes=episodes, ways=self.ways, shots=self.shots,
+            self.split_images(split),
+            episodes=episodes,
+            ways=self.ways,
+            shots=self.shots,
             queries=self.queries if queries is None else queries,
-            rotations=self.rotations, seed=seed,
+            rotations=self.rotations,
+            seed=seed,
         )
 
     def example_input(self) -> np.ndarray:
@@ -178,7 +187,8 @@ class SinusoidTasks:
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r} (available: {', '.join(self.splits)})")
         return eval_sinusoid_tasks(
-            episodes=episodes, shots=self.shots,
+            episodes=episodes,
+            shots=self.shots,
             queries=self.queries if queries is None else queries,
             seed=seed + self._SPLIT_SEED[split],
         )

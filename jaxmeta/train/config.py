@@ -92,6 +92,8 @@ def omniglot_splits() -> dict[str, dict[str, int]]:
         scheme: {lake_alias.get(k, k): v for k, v in splits.items()}
         for scheme, splits in split_counts(rotations=False).items()
     }
+
+
 DATASETS = ("omniglot", "sinusoid")
 
 
@@ -444,7 +446,9 @@ def _named_section(section: str, raw: Mapping[str, Any], src) -> NamedConfig:
     raw = dict(raw)
     name = raw.pop("name", DEFAULT_NAMED[section])
     if not isinstance(name, str):
-        raise ConfigError(src(f"{section}.name"), f"{section}.name", f"must be a string, got {name!r}")
+        raise ConfigError(
+            src(f"{section}.name"), f"{section}.name", f"must be a string, got {name!r}"
+        )
     opts = []
     for k, v in raw.items():
         if isinstance(v, list):
@@ -465,9 +469,25 @@ def _positive(cfg_section, section: str, keys, src, *, minimum: int = 1) -> None
 def _check_values(cfg: ExperimentConfig, src) -> None:
     d, t, e = cfg.data, cfg.train, cfg.eval
     if d.name not in DATASETS:
-        raise ConfigError(src("data.name"), "data.name", f"unknown dataset {d.name!r}; available: {', '.join(DATASETS)}")
+        raise ConfigError(
+            src("data.name"),
+            "data.name",
+            f"unknown dataset {d.name!r}; available: {', '.join(DATASETS)}",
+        )
     _positive(d, "data", ("shots", "queries", "image_size"), src)
-    _positive(t, "train", ("steps", "meta_batch_size", "steps_per_call", "log_every", "checkpoint_every", "keep_checkpoints"), src)
+    _positive(
+        t,
+        "train",
+        (
+            "steps",
+            "meta_batch_size",
+            "steps_per_call",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ),
+        src,
+    )
     _positive(t, "train", ("eval_every", "seed"), src, minimum=0)
     _positive(e, "eval", ("episodes", "val_episodes", "queries", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
@@ -483,11 +503,14 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
             )
     if d.name == "omniglot":
         if d.ways < 2:
-            raise ConfigError(src("data.ways"), "data.ways", f"must be >= 2 for classification, got {d.ways}")
+            raise ConfigError(
+                src("data.ways"), "data.ways", f"must be >= 2 for classification, got {d.ways}"
+            )
         schemes = omniglot_splits()
         if d.scheme not in schemes:
             raise ConfigError(
-                src("data.scheme"), "data.scheme",
+                src("data.scheme"),
+                "data.scheme",
                 f"unknown split scheme {d.scheme!r}; available: {', '.join(schemes)}",
             )
         mult = 4 if d.rotations else 1
@@ -496,14 +519,16 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
                 continue
             if d.ways > n * mult:
                 raise ConfigError(
-                    src("data.ways"), "data.ways",
+                    src("data.ways"),
+                    "data.ways",
                     f"{d.ways}-way is larger than the {n * mult} classes of the "
                     f"{d.scheme!r} {split} split (rotations={d.rotations})",
                 )
         for key, q in (("data.queries", d.queries), ("eval.queries", e.queries)):
             if q is not None and d.shots + q > OMNIGLOT_DRAWERS:
                 raise ConfigError(
-                    src(key), key,
+                    src(key),
+                    key,
                     f"data.shots + {key.split('.')[0]}.queries = {d.shots} + {q} = "
                     f"{d.shots + q} > {OMNIGLOT_DRAWERS}: an Omniglot class has only "
                     f"{OMNIGLOT_DRAWERS} drawings",
@@ -517,25 +542,36 @@ def _check_mesh(cfg: ExperimentConfig, src) -> None:
     _positive(m, "mesh", ("devices",), src, minimum=0)
     if m.devices and t.meta_batch_size % m.devices:
         raise ConfigError(
-            src("mesh.devices"), "mesh.devices",
+            src("mesh.devices"),
+            "mesh.devices",
             f"train.meta_batch_size {t.meta_batch_size} is not divisible by mesh.devices "
             f"{m.devices}: every device must get the same number of tasks",
         )
     if m.sampler not in SAMPLERS:
-        raise ConfigError(src("mesh.sampler"), "mesh.sampler",
-                          f"unknown sampler {m.sampler!r}; available: {', '.join(SAMPLERS)}")
+        raise ConfigError(
+            src("mesh.sampler"),
+            "mesh.sampler",
+            f"unknown sampler {m.sampler!r}; available: {', '.join(SAMPLERS)}",
+        )
     _positive(dist, "distributed", ("num_processes",), src)
     _positive(dist, "distributed", ("process_id",), src, minimum=0)
-    if (dist.num_processes is not None and dist.process_id is not None
-            and dist.process_id >= dist.num_processes):
+    if (
+        dist.num_processes is not None
+        and dist.process_id is not None
+        and dist.process_id >= dist.num_processes
+    ):
         raise ConfigError(
-            src("distributed.process_id"), "distributed.process_id",
+            src("distributed.process_id"),
+            "distributed.process_id",
             f"must be < distributed.num_processes ({dist.num_processes}), got {dist.process_id}",
         )
     addr = dist.coordinator_address
     if addr is not None and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
-        raise ConfigError(src("distributed.coordinator_address"), "distributed.coordinator_address",
-                          f"expected host:port, got {addr!r}")
+        raise ConfigError(
+            src("distributed.coordinator_address"),
+            "distributed.coordinator_address",
+            f"expected host:port, got {addr!r}",
+        )
 
 
 def _check_registries(cfg: ExperimentConfig, src) -> None:
@@ -544,19 +580,34 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
     from jaxmeta.models import MODELS
 
     if cfg.model.name not in MODELS:
-        raise ConfigError(src("model.name"), "model.name", f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}")
+        raise ConfigError(
+            src("model.name"),
+            "model.name",
+            f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}",
+        )
     model_fields = {
-        f.name: f for f in dataclasses.fields(MODELS[cfg.model.name]) if f.name not in ("parent", "name")
+        f.name: f
+        for f in dataclasses.fields(MODELS[cfg.model.name])
+        if f.name not in ("parent", "name")
     }
     hints = _hints(MODELS[cfg.model.name])
     for key, value in cfg.model.options:
         dotted = f"model.{key}"
         if key not in model_fields:
-            raise ConfigError(src(dotted), dotted, f"unknown key for model {cfg.model.name!r}; valid keys: name, {', '.join(model_fields)}")
+            raise ConfigError(
+                src(dotted),
+                dotted,
+                f"unknown key for model {cfg.model.name!r}; "
+                f"valid keys: name, {', '.join(model_fields)}",
+            )
         _check_kw(dotted, value, hints.get(key), src)
 
     if cfg.algorithm.name not in ALGORITHMS:
-        raise ConfigError(src("algorithm.name"), "algorithm.name", f"unknown algorithm {cfg.algorithm.name!r}; available: {', '.join(sorted(ALGORITHMS))}")
+        raise ConfigError(
+            src("algorithm.name"),
+            "algorithm.name",
+            f"unknown algorithm {cfg.algorithm.name!r}; available: {', '.join(sorted(ALGORITHMS))}",
+        )
     factory = ALGORITHMS[cfg.algorithm.name]
     params = algorithm_parameters(factory)
     hints = _hints(factory)
@@ -564,17 +615,34 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
         dotted = f"algorithm.{key}"
         if key not in params or key in ENGINE_SUPPLIED:
             valid = [p for p in params if p not in ENGINE_SUPPLIED]
-            raise ConfigError(src(dotted), dotted, f"unknown key for algorithm {cfg.algorithm.name!r}; valid keys: name, {', '.join(valid)}")
+            raise ConfigError(
+                src(dotted),
+                dotted,
+                f"unknown key for algorithm {cfg.algorithm.name!r}; "
+                f"valid keys: name, {', '.join(valid)}",
+            )
         _check_kw(dotted, value, hints.get(key), src)
     missing = [
-        p.name for p in params.values()
-        if p.default is inspect.Parameter.empty and p.name not in ENGINE_SUPPLIED
-        and p.name not in cfg.algorithm.kwargs and p.name not in DATA_SUPPLIED
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty
+        and p.name not in ENGINE_SUPPLIED
+        and p.name not in cfg.algorithm.kwargs
+        and p.name not in DATA_SUPPLIED
     ]
     if missing:
-        raise ConfigError(src("algorithm"), "algorithm", f"algorithm {cfg.algorithm.name!r} needs {', '.join(missing)}")
+        raise ConfigError(
+            src("algorithm"),
+            "algorithm",
+            f"algorithm {cfg.algorithm.name!r} needs {', '.join(missing)}",
+        )
     if not cfg.classification and "loss_fn" not in params:
-        raise ConfigError(src("algorithm.name"), "algorithm.name", f"algorithm {cfg.algorithm.name!r} has no loss_fn argument, so it cannot do regression ({cfg.data.name})")
+        raise ConfigError(
+            src("algorithm.name"),
+            "algorithm.name",
+            f"algorithm {cfg.algorithm.name!r} has no loss_fn argument, so it cannot do "
+            f"regression ({cfg.data.name})",
+        )
     # Construct once with a dummy apply_fn: catches values the factory rejects, still
     # before anything is traced or compiled.
     try:
@@ -590,7 +658,8 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
 
     if cfg.eval.inner_steps is not None and not accepts_steps(learner.predict):
         raise ConfigError(
-            src("eval.inner_steps"), "eval.inner_steps",
+            src("eval.inner_steps"),
+            "eval.inner_steps",
             f"algorithm {cfg.algorithm.name!r} does not adapt by inner steps at evaluation "
             "(its predict has no steps= argument); leave eval.inner_steps null",
         )
@@ -600,7 +669,9 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
     opt_name = cfg.optimizer.name
     fn = getattr(optax, opt_name, None)
     if fn is None or not callable(fn):
-        raise ConfigError(src("optimizer.name"), "optimizer.name", f"unknown optax optimizer {opt_name!r}")
+        raise ConfigError(
+            src("optimizer.name"), "optimizer.name", f"unknown optax optimizer {opt_name!r}"
+        )
     sig = inspect.signature(fn).parameters
     for key, value in cfg.optimizer.options:
         dotted = f"optimizer.{key}"
@@ -611,12 +682,20 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
                     raise ConfigError(src(dotted), dotted, f"must be positive, got {value}")
             continue
         if key not in sig:
-            raise ConfigError(src(dotted), dotted, f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, {', '.join(sig)}")
+            raise ConfigError(
+                src(dotted),
+                dotted,
+                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, {', '.join(sig)}",
+            )
     lr = cfg.optimizer.kwargs.get("learning_rate")
     if lr is not None:
         ok, lr = check_type(lr, float)
         if not ok or lr <= 0:
-            raise ConfigError(src("optimizer.learning_rate"), "optimizer.learning_rate", f"must be a positive number, got {cfg.optimizer.kwargs['learning_rate']!r}")
+            raise ConfigError(
+                src("optimizer.learning_rate"),
+                "optimizer.learning_rate",
+                f"must be a positive number, got {cfg.optimizer.kwargs['learning_rate']!r}",
+            )
 
 
 def _check_kw(dotted: str, value: Any, hint: Any, src) -> None:
@@ -624,7 +703,11 @@ def _check_kw(dotted: str, value: Any, hint: Any, src) -> None:
         return
     ok, _ = check_type(value, hint)
     if not ok:
-        raise ConfigError(src(dotted), dotted, f"expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(
+            src(dotted),
+            dotted,
+            f"expected {_describe(hint)}, got {value!r} ({type(value).__name__})",
+        )
 
 
 def _hints(obj) -> dict[str, Any]:
@@ -663,8 +746,12 @@ def algorithm_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     for k, v in cfg.algorithm.kwargs.items():
         kwargs[k] = check_type(v, hints[k])[1] if k in hints else v
     data_values = {
-        "ways": cfg.data.ways, "n_way": cfg.data.ways, "num_classes": cfg.data.ways,
-        "shots": cfg.data.shots, "k_shot": cfg.data.shots, "queries": cfg.data.queries,
+        "ways": cfg.data.ways,
+        "n_way": cfg.data.ways,
+        "num_classes": cfg.data.ways,
+        "shots": cfg.data.shots,
+        "k_shot": cfg.data.shots,
+        "queries": cfg.data.queries,
     }
     for k in DATA_SUPPLIED:
         if k in params and k not in kwargs:
@@ -687,7 +774,9 @@ def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
     cls = MODELS[cfg.model.name]
     hints = _hints(cls)
-    kwargs = {k: (check_type(v, hints[k])[1] if k in hints else v) for k, v in cfg.model.kwargs.items()}
+    kwargs = {
+        k: (check_type(v, hints[k])[1] if k in hints else v) for k, v in cfg.model.kwargs.items()
+    }
     fields = {f.name for f in dataclasses.fields(cls)}
     if cfg.classification:
         for out_key in ("num_classes", "out"):

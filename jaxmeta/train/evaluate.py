@@ -128,4 +128,3 @@ def summarize(per: dict[str, Any], *, classification: bool) -> dict[str, Any]:
         out["loss"] = float(np.mean(np.asarray(per["loss"], np.float64)))
     out["per_episode"] = values
     return out
-

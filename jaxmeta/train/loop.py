@@ -48,22 +48,48 @@ from jaxmeta.train.config import (
     model_kwargs,
 )
 from jaxmeta.train.evaluate import make_evaluator, summarize
-from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, plot_learning_curves, truncate_metrics
+from jaxmeta.train.metrics import (
+    METRICS_FILE,
+    MetricsWriter,
+    plot_learning_curves,
+    truncate_metrics,
+)
 from jaxmeta.train.state import TrainState, init_train_state, make_train_chunk
 
 PACKAGES = (
-    "jaxmeta", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-    "tensorflow-datasets", "array-record", "pyyaml", "tqdm", "matplotlib", "tensorboardX",
+    "jaxmeta",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "tensorflow-datasets",
+    "array-record",
+    "pyyaml",
+    "tqdm",
+    "matplotlib",
+    "tensorboardX",
 )
 # Config keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {
     "name",
-    "data.data_dir", "data.manual_dir", "data.download",
-    "train.steps", "train.steps_per_call", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.tensorboard", "train.plot",
+    "data.data_dir",
+    "data.manual_dir",
+    "data.download",
+    "train.steps",
+    "train.steps_per_call",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.tensorboard",
+    "train.plot",
     # The default (constraint) sampler draws the same episodes on any device count.
-    "mesh.devices", "mesh.shard_params",
-    "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
+    "mesh.devices",
+    "mesh.shard_params",
+    "distributed.coordinator_address",
+    "distributed.num_processes",
+    "distributed.process_id",
     "distributed.auto",
 }
 
@@ -146,7 +172,8 @@ def _check_resumable(workdir: Path, cfg: ExperimentConfig) -> None:
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     new = _flatten(cfg.to_dict())
     changed = sorted(
-        k for k in set(saved) | set(new)
+        k
+        for k in set(saved) | set(new)
         if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
     )
     if changed:
@@ -277,11 +304,15 @@ def train_and_evaluate(
     higher = classification
     main_metric = "accuracy" if classification else "mse"
     if t.eval_every and not has_val:
-        say(f"no validation split in {cfg.data.name}/{cfg.data.scheme}: no best-checkpoint "
-            "selection; the final checkpoint is tested")
+        say(
+            f"no validation split in {cfg.data.name}/{cfg.data.scheme}: no best-checkpoint "
+            "selection; the final checkpoint is tested"
+        )
     # One jitted evaluator for validation and test (one program when the shapes agree).
     evaluator = make_evaluator(
-        exp.learner, classification=classification, batch_size=ev.batch_size,
+        exp.learner,
+        classification=classification,
+        batch_size=ev.batch_size,
         inner_steps=ev.inner_steps,
     )
     val_eps = None
@@ -289,15 +320,18 @@ def train_and_evaluate(
         val_eps = exp.source.eval_episodes(
             "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
         )
-        val_eps = (jax.device_put(val_eps) if mesh is None
-                   else sharding.shard_eval_episodes(val_eps, mesh))
+        val_eps = (
+            jax.device_put(val_eps) if mesh is None else sharding.shard_eval_episodes(val_eps, mesh)
+        )
     eval_key = jax.random.key(ev.seed)
 
     sample = lambda k, d: exp.source.sample(k, d, tasks=t.meta_batch_size)
     if mesh is not None:  # each device draws and differentiates its own tasks
         sample = sharding.sharded_sampler(
-            lambda k, d, n: exp.source.sample(k, d, tasks=n), mesh,
-            tasks=t.meta_batch_size, sampler=cfg.mesh.sampler,
+            lambda k, d, n: exp.source.sample(k, d, tasks=n),
+            mesh,
+            tasks=t.meta_batch_size,
+            sampler=cfg.mesh.sampler,
         )
     chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=t.steps_per_call)
 
@@ -306,20 +340,31 @@ def train_and_evaluate(
         # Compile before the clock starts, so steps/s and the ETA measure training only.
         t0 = time.perf_counter()
         chunk = chunk.lower(state, data, jnp.asarray(1, jnp.int32)).compile()
-        say(f"compiled the fused step ({t.steps_per_call} meta-steps per call) in "
-            f"{time.perf_counter() - t0:.1f} s")
+        say(
+            f"compiled the fused step ({t.steps_per_call} meta-steps per call) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
     window: list[dict[str, np.ndarray]] = []
     last_good = latest
     bar = tqdm(
-        total=t.steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress,
-        desc=cfg.name, smoothing=0.1,
+        total=t.steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress,
+        desc=cfg.name,
+        smoothing=0.1,
     )
     t_start = t_row = time.perf_counter()
     steps_in_row = 0
     try:
         while step < t.steps:
-            stops = [t.steps, step + t.steps_per_call, _next_boundary(step, t.log_every),
-                     _next_boundary(step, t.checkpoint_every)]
+            stops = [
+                t.steps,
+                step + t.steps_per_call,
+                _next_boundary(step, t.log_every),
+                _next_boundary(step, t.checkpoint_every),
+            ]
             if has_val:
                 stops.append(_next_boundary(step, t.eval_every))
             nxt = min(stops)
@@ -336,8 +381,11 @@ def train_and_evaluate(
                         f"training diverged at step {step + i + 1}: metric {name!r} is "
                         f"{values[i]} (non-finite). The run stopped without saving this "
                         "state; the last good checkpoint is "
-                        + (f"step {last_good} in {ckpt.latest_dir}" if last_good is not None
-                           else "none (no checkpoint was written yet)")
+                        + (
+                            f"step {last_good} in {ckpt.latest_dir}"
+                            if last_good is not None
+                            else "none (no checkpoint was written yet)"
+                        )
                         + ". Lower the learning rates (optimizer.learning_rate, "
                         "algorithm.inner_lr) or set optimizer.grad_clip_norm."
                     )
@@ -385,19 +433,29 @@ def train_and_evaluate(
         writer.close()
 
     result: dict[str, Any] = {
-        "start_step": start, "steps": step, "best_step": best_step, "best_val": best_score,
+        "start_step": start,
+        "steps": step,
+        "best_step": best_step,
+        "best_val": best_score,
     }
     if t.plot and primary:
-        if plot_learning_curves(workdir / METRICS_FILE, workdir / "learning_curves.png",
-                                title=cfg.name):
+        if plot_learning_curves(
+            workdir / METRICS_FILE, workdir / "learning_curves.png", title=cfg.name
+        ):
             result["plot"] = str(workdir / "learning_curves.png")
     if "test" in exp.source.splits:
         which = "best" if ckpt.best_step() is not None else "final"
         if which == "best":
             state, _ = ckpt.restore(state, best=True)
         test = run_evaluation(
-            cfg, exp, state.params, split="test", episodes=ev.episodes,
-            inner_steps=ev.inner_steps, mesh=mesh, evaluator=evaluator,
+            cfg,
+            exp,
+            state.params,
+            split="test",
+            episodes=ev.episodes,
+            inner_steps=ev.inner_steps,
+            mesh=mesh,
+            evaluator=evaluator,
         )
         test.update(step=int(state.step), checkpoint=which)
         if primary:
@@ -433,8 +491,10 @@ def run_evaluation(
         split, episodes=episodes, seed=cfg.eval.seed, queries=cfg.eval.queries
     )
     fn = evaluator or make_evaluator(
-        exp.learner, classification=exp.source.classification,
-        batch_size=cfg.eval.batch_size, inner_steps=inner_steps,
+        exp.learner,
+        classification=exp.source.classification,
+        batch_size=cfg.eval.batch_size,
+        inner_steps=inner_steps,
     )
     if mesh is None:
         per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
@@ -444,13 +504,19 @@ def run_evaluation(
     res = summarize(per, classification=exp.source.classification)
     res.pop("per_episode")
     res.update(
-        split=split, algorithm=cfg.algorithm.name, dataset=cfg.data.name,
+        split=split,
+        algorithm=cfg.algorithm.name,
+        dataset=cfg.data.name,
         inner_steps=inner_steps,
     )
     if exp.source.classification:
-        res.update(ways=cfg.data.ways, shots=cfg.data.shots,
-                   queries=cfg.eval.queries or cfg.data.queries, scheme=cfg.data.scheme,
-                   rotations=cfg.data.rotations)
+        res.update(
+            ways=cfg.data.ways,
+            shots=cfg.data.shots,
+            queries=cfg.eval.queries or cfg.data.queries,
+            scheme=cfg.data.scheme,
+            rotations=cfg.data.rotations,
+        )
     return res
 
 
@@ -466,7 +532,11 @@ def write_eval_json(workdir: str | Path, result: dict[str, Any]) -> Path:
 def format_result(res: dict[str, Any]) -> str:
     """``test accuracy: 98.70% ± 0.40% (600 episodes)`` or the MSE equivalent."""
     if "accuracy" in res:
-        return (f"{res['split']} accuracy: {100 * res['accuracy']:.2f}% ± "
-                f"{100 * res['ci95']:.2f}% (95% CI, {res['episodes']} episodes)")
-    return (f"{res['split']} mse: {res['mse']:.4f} ± {res['ci95']:.4f} "
-            f"(95% CI, {res['episodes']} episodes)")
+        return (
+            f"{res['split']} accuracy: {100 * res['accuracy']:.2f}% ± "
+            f"{100 * res['ci95']:.2f}% (95% CI, {res['episodes']} episodes)"
+        )
+    return (
+        f"{res['split']} mse: {res['mse']:.4f} ± {res['ci95']:.4f} "
+        f"(95% CI, {res['episodes']} episodes)"
+    )

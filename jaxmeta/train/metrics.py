@@ -109,7 +109,9 @@ class MetricsWriter:
             self._tb.close()
 
 
-def plot_learning_curves(metrics_path: str | Path, png_path: str | Path, *, title: str = "") -> bool:
+def plot_learning_curves(
+    metrics_path: str | Path, png_path: str | Path, *, title: str = ""
+) -> bool:
     """PNG of the train loss/accuracy (and validation) curves from a metrics JSONL.
 
     Returns:
