@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/scaling.py                       # default sweep, Markdown table
     python benchmarks/scaling.py --devices 1,2,4,8 --workloads conv4 --out results.json
+    python benchmarks/scaling.py --quick                # smoke run (about a minute)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scaling.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scaling" / "scaling.json"
 
 
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +128,15 @@ def main() -> int:
         metavar="JSON",
         help="print the table of earlier result files and exit",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: sinusoid, strong scaling, 1 and 2 devices, short timing",
+    )
     args = p.parse_args()
+    if args.quick:
+        args.workloads, args.modes, args.devices = ["sinusoid"], ["strong"], [1, 2]
+        args.samplers, args.budget_s = ["constraint"], 0.5
     if args.table:
         print(_table([r for f in args.table for r in json.loads(f.read_text())["results"]]))
         return 0
