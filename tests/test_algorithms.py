@@ -35,7 +35,9 @@ def _mlp(out, *, dtype=jnp.float32, hidden=(6,), in_dim=4, seed=0):
     params = model.init(jax.random.key(seed), jnp.zeros((1, in_dim), dtype))
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.key(seed + 99), len(leaves))
-    leaves = [w + 0.1 * jax.random.normal(k, w.shape, w.dtype) for w, k in zip(leaves, keys)]
+    leaves = [
+        w + 0.1 * jax.random.normal(k, w.shape, w.dtype) for w, k in zip(leaves, keys, strict=True)
+    ]
     return model, jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -73,12 +75,13 @@ def _naive_proto_logits(emb_s, sy, emb_q, ways):
 def test_protonets_logits_match_per_class_loop():
     model, params = _mlp(out=5)
     ep = _task(_tasks(jax.random.key(0), ways=4, shots=3, queries=2))
-    ref = _naive_proto_logits(model.apply(params, ep.support_x), ep.support_y,
-                              model.apply(params, ep.query_x), 4)
-    exact = protonets(model.apply, ways=4).predict(params, *ep[:3], None)
+    ref = _naive_proto_logits(
+        model.apply(params, ep.support_x), ep.support_y, model.apply(params, ep.query_x), 4
+    )
+    exact = jax.jit(protonets(model.apply, ways=4).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(exact, ref, rtol=1e-4, atol=1e-4)
     # Shape-derived slots: n_support columns, the absent ones at ABSENT_LOGIT.
-    derived = protonets(model.apply).predict(params, *ep[:3], None)
+    derived = jax.jit(protonets(model.apply).predict)(params, *ep[:3], None)
     assert derived.shape == (8, 12)
     np.testing.assert_allclose(derived[:, :4], ref, rtol=1e-4, atol=1e-4)
     assert np.all(np.asarray(derived[:, 4:]) == ABSENT_LOGIT)
@@ -91,13 +94,15 @@ def test_protonets_trains_many_way_and_tests_few_way():
     model, params = _mlp(out=5)
     learner = protonets(model.apply)
     grads, metrics = jax.jit(learner.meta_grad)(
-        params, _tasks(jax.random.key(1), ways=6, shots=2), jax.random.key(0))
+        params, _tasks(jax.random.key(1), ways=6, shots=2), jax.random.key(0)
+    )
     assert np.isfinite(float(metrics["loss"])) and np.all(np.isfinite(_flat(grads)))
     for shots in (1, 2):
         ep = _task(_tasks(jax.random.key(2), ways=3, shots=shots, queries=2))
-        logits = learner.predict(params, *ep[:3], None)
-        ref = _naive_proto_logits(model.apply(params, ep.support_x), ep.support_y,
-                                  model.apply(params, ep.query_x), 3)
+        logits = jax.jit(learner.predict)(params, *ep[:3], None)
+        ref = _naive_proto_logits(
+            model.apply(params, ep.support_x), ep.support_y, model.apply(params, ep.query_x), 3
+        )
         np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(ref, -1))
 
 
@@ -117,10 +122,10 @@ def test_matching_cosine_attention_matches_explicit_loops():
         att = np.exp(sims) / np.exp(sims).sum()
         for c in range(3):
             ref[i, c] = np.log(sum(att[j] for j in range(len(zs)) if sy[j] == c))
-    logits = matching(model.apply, ways=3).predict(params, *ep[:3], None)
+    logits = jax.jit(matching(model.apply, ways=3).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(ref).sum(-1), 1.0, rtol=1e-6)  # a distribution
-    derived = matching(model.apply).predict(params, *ep[:3], None)
+    derived = jax.jit(matching(model.apply).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(derived[:, :3], ref, rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(derived[:, 3:]) == ABSENT_LOGIT)
 
@@ -128,15 +133,16 @@ def test_matching_cosine_attention_matches_explicit_loops():
 def test_matching_fce_uses_context_and_trains_its_lstms():
     model, params = _mlp(out=5)
     learner = matching(model.apply, fce=True, fce_steps=2, input_shape=(4,))
-    meta = learner.init(params)
+    init = jax.jit(learner.init)
+    meta = init(params)
     assert set(meta) == {"embedding", "fce"}
     # Deterministic default key; another key gives other LSTM weights.
-    np.testing.assert_array_equal(_flat(learner.init(params)), _flat(meta))
-    assert not np.allclose(_flat(learner.init(params, jax.random.key(5))), _flat(meta))
+    np.testing.assert_array_equal(_flat(init(params)), _flat(meta))
+    assert not np.allclose(_flat(init(params, jax.random.key(5))), _flat(meta))
     ep = _task(_tasks(jax.random.key(4), ways=3, shots=2, queries=2))
-    logits = learner.predict(meta, *ep[:3], None)
+    logits = jax.jit(learner.predict)(meta, *ep[:3], None)
     assert logits.shape == (6, 6) and np.all(np.isfinite(logits))
-    plain = matching(model.apply).predict(params, *ep[:3], None)
+    plain = jax.jit(matching(model.apply).predict)(params, *ep[:3], None)
     assert not np.allclose(logits, plain)
     # g is a *bidirectional* context embedding: changing the last support example changes
     # the prediction through every support embedding, including the first one.
@@ -145,8 +151,9 @@ def test_matching_fce_uses_context_and_trains_its_lstms():
     zs = model.apply(params, ep.support_x)
     zq = model.apply(params, ep.query_x)
     fce = FullContextEmbedding(features=5, steps=2)
-    g, _ = fce.apply(meta["fce"], zs, zq)
-    g2, _ = fce.apply(meta["fce"], zs.at[-1].add(1.0), zq)
+    fce_apply = jax.jit(fce.apply)
+    g, _ = fce_apply(meta["fce"], zs, zq)
+    g2, _ = fce_apply(meta["fce"], zs.at[-1].add(1.0), zq)
     assert not np.allclose(g[0], g2[0]) and not np.allclose(g[-1], g2[-1])
     grads, _ = jax.jit(learner.meta_grad)(meta, _tasks(jax.random.key(6)), jax.random.key(0))
     assert float(jnp.linalg.norm(_flat(grads["fce"]))) > 0
@@ -168,18 +175,21 @@ def test_reptile_sgd_update_matches_python_loop():
     model, params = _mlp(out=3)
     eps = _tasks(jax.random.key(7), tasks=3, ways=3, shots=2)
     lr, steps, eps_outer = 0.1, 4, 0.5
-    learner = reptile(model.apply, inner_lr=lr, inner_steps=steps, inner_batch_size=6,
-                      inner_optimizer="sgd")
+    learner = reptile(
+        model.apply, inner_lr=lr, inner_steps=steps, inner_batch_size=6, inner_optimizer="sgd"
+    )
     grads, metrics = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
 
     flat0, unravel = jax.flatten_util.ravel_pytree(params)
+    support_grad = jax.jit(
+        jax.grad(lambda f, x, y: cross_entropy_loss(model.apply(unravel(f), x), y))
+    )
     adapted = []
     for t in range(3):
         ep = _task(eps, t)
         w = np.asarray(flat0, np.float64)
         for _ in range(steps):
-            g = jax.grad(lambda f: cross_entropy_loss(model.apply(unravel(f), ep.support_x),
-                                                      ep.support_y))(jnp.asarray(w, jnp.float32))
+            g = support_grad(jnp.asarray(w, jnp.float32), ep.support_x, ep.support_y)
             w = w - lr * np.asarray(g, np.float64)
         adapted.append(w)
     ref_grad = np.asarray(flat0, np.float64) - np.mean(adapted, axis=0)
@@ -197,16 +207,24 @@ def test_reptile_adam_inner_loop_matches_manual_adam_with_beta1_zero():
     model, params = _mlp(out=3)
     ep = _task(_tasks(jax.random.key(8), ways=3, shots=2))
     lr, steps, b2, eps = 0.01, 3, 0.999, 1e-8
-    learner = reptile(model.apply, inner_lr=lr, inner_steps=steps, inner_batch_size=6,
-                      inner_optimizer="adam", inner_beta1=0.0, inner_beta2=b2)
-    adapted = learner.adapt(params, ep.support_x, ep.support_y)
+    learner = reptile(
+        model.apply,
+        inner_lr=lr,
+        inner_steps=steps,
+        inner_batch_size=6,
+        inner_optimizer="adam",
+        inner_beta1=0.0,
+        inner_beta2=b2,
+    )
+    adapted = jax.jit(learner.adapt)(params, ep.support_x, ep.support_y)
     flat0, unravel = jax.flatten_util.ravel_pytree(params)
+    support_grad = jax.jit(
+        jax.grad(lambda f: cross_entropy_loss(model.apply(unravel(f), ep.support_x), ep.support_y))
+    )
     w = np.asarray(flat0, np.float64)
     v = np.zeros_like(w)
     for t in range(1, steps + 1):
-        g = np.asarray(jax.grad(lambda f: cross_entropy_loss(
-            model.apply(unravel(f), ep.support_x), ep.support_y))(jnp.asarray(w, jnp.float32)),
-            np.float64)
+        g = np.asarray(support_grad(jnp.asarray(w, jnp.float32)), np.float64)
         v = b2 * v + (1 - b2) * g**2
         w = w - lr * g / (np.sqrt(v / (1 - b2**t)) + eps)  # beta1 = 0: m_hat = g
     np.testing.assert_allclose(_flat(adapted), w, rtol=1e-4, atol=1e-6)
@@ -220,24 +238,29 @@ def test_reptile_transductive_and_non_transductive_evaluation():
         return model.apply(p, x - jnp.mean(x, axis=0, keepdims=True))
 
     ep = _task(_tasks(jax.random.key(9), ways=3, shots=2, queries=2))
-    kw = dict(inner_lr=0.1, inner_steps=2, inner_batch_size=6, inner_optimizer="sgd",
-              eval_inner_steps=3)
+    kw = dict(
+        inner_lr=0.1, inner_steps=2, inner_batch_size=6, inner_optimizer="sgd", eval_inner_steps=3
+    )
     trans = reptile(apply_fn, transductive=True, **kw)
     alone = reptile(apply_fn, transductive=False, **kw)
     key = jax.random.key(3)
-    adapted = trans.adapt(params, ep.support_x, ep.support_y, 3, key=key)
-    p_trans = trans.predict(params, *ep[:3], key)
+    adapted = jax.jit(trans.adapt, static_argnums=3)(params, ep.support_x, ep.support_y, 3, key=key)
+    p_trans = jax.jit(trans.predict)(params, *ep[:3], key)
     np.testing.assert_allclose(p_trans, apply_fn(adapted, ep.query_x), rtol=1e-5, atol=1e-6)
-    p_alone = alone.predict(params, *ep[:3], key)
+    p_alone = jax.jit(alone.predict)(params, *ep[:3], key)
     for j in range(ep.query_x.shape[0]):
         batch = jnp.concatenate([ep.support_x, ep.query_x[j : j + 1]])
         np.testing.assert_allclose(p_alone[j], apply_fn(adapted, batch)[-1], rtol=1e-5, atol=1e-6)
     # Non-transductive: a query's prediction ignores the other queries; transductive does not.
     other = ep.query_x.at[1:].add(3.0)
-    np.testing.assert_allclose(alone.predict(params, ep.support_x, ep.support_y, other, key)[0],
-                               p_alone[0], rtol=1e-6)
-    assert not np.allclose(trans.predict(params, ep.support_x, ep.support_y, other, key)[0],
-                           p_trans[0])
+    np.testing.assert_allclose(
+        jax.jit(alone.predict)(params, ep.support_x, ep.support_y, other, key)[0],
+        p_alone[0],
+        rtol=1e-6,
+    )
+    assert not np.allclose(
+        jax.jit(trans.predict)(params, ep.support_x, ep.support_y, other, key)[0], p_trans[0]
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,10 +277,15 @@ def test_metasgd_per_parameter_rates_manual_update():
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.key(11), len(leaves))
     lr = jax.tree_util.tree_unflatten(
-        treedef, [jax.random.uniform(k, w.shape, minval=-0.2, maxval=0.8) for w, k in zip(leaves, keys)])
+        treedef,
+        [
+            jax.random.uniform(k, w.shape, minval=-0.2, maxval=0.8)
+            for w, k in zip(leaves, keys, strict=True)
+        ],
+    )
     meta = {"params": params, "lr": lr}
     ep = _task(_tasks(jax.random.key(10)))
-    adapted = learner.adapt(meta, ep.support_x, ep.support_y)
+    adapted = jax.jit(learner.adapt)(meta, ep.support_x, ep.support_y)
     g = jax.grad(lambda p: cross_entropy_loss(model.apply(p, ep.support_x), ep.support_y))(params)
     ref = np.asarray(_flat(params)) - np.asarray(_flat(lr)) * np.asarray(_flat(g))
     np.testing.assert_allclose(_flat(adapted), ref, rtol=1e-5, atol=1e-7)
@@ -278,8 +306,13 @@ def test_metasgd_learning_rate_gradient_matches_finite_differences_float64():
             return jnp.mean(jnp.stack([learner.outer_loss(m, _task(eps, t))[0] for t in range(2)]))
 
         h = 1e-6
-        fd = np.array([(float(loss_of_lr(flat_lr.at[i].add(h))) - float(loss_of_lr(flat_lr.at[i].add(-h))))
-                       / (2 * h) for i in range(flat_lr.shape[0])])
+        fd = np.array(
+            [
+                (float(loss_of_lr(flat_lr.at[i].add(h))) - float(loss_of_lr(flat_lr.at[i].add(-h))))
+                / (2 * h)
+                for i in range(flat_lr.shape[0])
+            ]
+        )
         g = np.asarray(_flat(grads["lr"]))
         assert np.linalg.norm(fd) > 1e-4
         np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
@@ -297,7 +330,7 @@ def test_anil_adapts_only_the_head_and_equals_masked_maml(first_order):
     lr, steps = 0.5, 2
     learner = anil(model.apply, inner_lr=lr, inner_steps=steps, first_order=first_order)
     ep = _task(eps)
-    adapted = learner.adapt(params, ep.support_x, ep.support_y)
+    adapted = jax.jit(learner.adapt)(params, ep.support_x, ep.support_y)
     for name in params["params"]:
         changed = not np.allclose(_flat(adapted["params"][name]), _flat(params["params"][name]))
         assert changed == (name == head), name
@@ -306,21 +339,30 @@ def test_anil_adapts_only_the_head_and_equals_masked_maml(first_order):
         body = {k: v for k, v in p["params"].items() if k != head}
         h = p["params"][head]
         for _ in range(steps):
-            g = jax.grad(lambda hh: cross_entropy_loss(
-                model.apply({"params": {**body, head: hh}}, ep.support_x), ep.support_y))(h)
+            g = jax.grad(
+                lambda hh: cross_entropy_loss(
+                    model.apply({"params": {**body, head: hh}}, ep.support_x), ep.support_y
+                )
+            )(h)
             if first_order:
                 g = jax.lax.stop_gradient(g)
             h = jax.tree_util.tree_map(lambda w, gi: w - lr * gi, h, g)
-        return cross_entropy_loss(model.apply({"params": {**body, head: h}}, ep.query_x), ep.query_y)
+        return cross_entropy_loss(
+            model.apply({"params": {**body, head: h}}, ep.query_x), ep.query_y
+        )
 
-    ref = jax.grad(lambda p: jnp.mean(jnp.stack([reference_task_loss(p, _task(eps, t))
-                                                 for t in range(3)])))(params)
+    ref = jax.jit(
+        jax.grad(
+            lambda p: jnp.mean(jnp.stack([reference_task_loss(p, _task(eps, t)) for t in range(3)]))
+        )
+    )(params)
     grads, _ = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
     np.testing.assert_allclose(_flat(grads), _flat(ref), rtol=1e-5, atol=1e-7)
     # The body does get an outer gradient, and ANIL differs from full MAML.
     assert float(jnp.linalg.norm(_flat(grads["params"]["Dense_0"]))) > 0
-    full, _ = jax.jit(maml(model.apply, inner_lr=lr, inner_steps=steps,
-                           first_order=first_order).meta_grad)(params, eps, jax.random.key(0))
+    full, _ = jax.jit(
+        maml(model.apply, inner_lr=lr, inner_steps=steps, first_order=first_order).meta_grad
+    )(params, eps, jax.random.key(0))
     assert not np.allclose(_flat(full), _flat(grads))
 
 
@@ -341,13 +383,17 @@ def test_anil_head_resolution():
 def test_snail_blocks_are_causal():
     t, c = 9, 6
     x = jax.random.normal(jax.random.key(14), (t, c))
-    for module in (TCBlock(seq_len=t, features=4), AttentionBlock(5, 3),
-                   SNAIL(ways=3, seq_len=t, tc_filters=4, key_size=4)):
-        p = module.init(jax.random.key(0), x)
-        y = module.apply(p, x)
+    for module in (
+        TCBlock(seq_len=t, features=4),
+        AttentionBlock(5, 3),
+        SNAIL(ways=3, seq_len=t, tc_filters=4, key_size=4),
+    ):
+        p = jax.jit(module.init)(jax.random.key(0), x)
+        apply = jax.jit(module.apply)
+        y = apply(p, x)
         for pos in (0, 3, t - 2):
             x2 = x.at[pos + 1 :].add(jax.random.normal(jax.random.key(pos), (t - pos - 1, c)))
-            y2 = module.apply(p, x2)
+            y2 = apply(p, x2)
             np.testing.assert_allclose(y2[: pos + 1], y[: pos + 1], rtol=1e-5, atol=1e-6)
             assert not np.allclose(y2[pos + 1 :], y[pos + 1 :])  # the test can fail
 
@@ -355,27 +401,36 @@ def test_snail_blocks_are_causal():
 def test_snail_each_query_is_its_own_sequence():
     model, params = _mlp(out=5)  # no batch coupling in the embedding
     ways, shots = 3, 2
-    learner = snail(model.apply, ways=ways, shots=shots, input_shape=(4,), tc_filters=4,
-                    key_size=4)
-    meta = learner.init(params)
+    learner = snail(model.apply, ways=ways, shots=shots, input_shape=(4,), tc_filters=4, key_size=4)
+    meta = jax.jit(learner.init)(params)
     assert set(meta) == {"embedding", "snail"}
     ep = _task(_tasks(jax.random.key(15), ways=ways, shots=shots, queries=2))
-    logits = learner.predict(meta, *ep[:3], None)
+    logits = jax.jit(learner.predict)(meta, *ep[:3], None)
     assert logits.shape == (6, ways)
     # Reference: the paper's per-query sequence, built by hand for query 0.
     zs = model.apply(params, ep.support_x)
     zq = model.apply(params, ep.query_x[:1])
-    seq = jnp.concatenate([
-        jnp.concatenate([zs, jax.nn.one_hot(ep.support_y, ways)], -1),
-        jnp.concatenate([zq, jnp.zeros((1, ways))], -1)])
+    seq = jnp.concatenate(
+        [
+            jnp.concatenate([zs, jax.nn.one_hot(ep.support_y, ways)], -1),
+            jnp.concatenate([zq, jnp.zeros((1, ways))], -1),
+        ]
+    )
     net = SNAIL(ways=ways, seq_len=ways * shots + 1, tc_filters=4, key_size=4)
-    np.testing.assert_allclose(logits[0], net.apply(meta["snail"], seq)[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits[0], jax.jit(net.apply)(meta["snail"], seq)[-1], rtol=1e-5, atol=1e-6
+    )
     # Other queries do not influence query 0.
     other = ep.query_x.at[1:].add(2.0)
-    np.testing.assert_allclose(learner.predict(meta, ep.support_x, ep.support_y, other, None)[0],
-                               logits[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(learner.predict)(meta, ep.support_x, ep.support_y, other, None)[0],
+        logits[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     grads, metrics = jax.jit(learner.meta_grad)(
-        meta, _tasks(jax.random.key(16), ways=ways, shots=shots), jax.random.key(0))
+        meta, _tasks(jax.random.key(16), ways=ways, shots=shots), jax.random.key(0)
+    )
     assert float(jnp.linalg.norm(_flat(grads["snail"]))) > 0
     assert float(jnp.linalg.norm(_flat(grads["embedding"]))) > 0
 

@@ -56,8 +56,10 @@ def snail(
 
     Each query is its own sequence ``[(e(x_1), y_1), ..., (e(x_{NK}), y_{NK}), (e(x), 0)]``
     as in the paper, built by broadcasting the support pairs and run with ``vmap`` over
-    queries; the logits are the network's output at the last (query) position. The
-    embedding is computed once per image (support batch and query batch separately, so
+    queries; the logits are the network's output at the last (query) position. (The
+    SNAIL part thus costs ``n_query * (N*K + 1)`` positions; since the net is causal the
+    support positions are the same in every sequence and could be computed once, an
+    optimisation not done here.) The embedding is computed once per image (support batch and query batch separately, so
     BatchNorm statistics of the query batch are shared: transductive, as for MAML).
 
     Args:
