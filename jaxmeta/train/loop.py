@@ -256,6 +256,8 @@ def train_and_evaluate(
     bar = None
 
     def say(msg: str) -> None:
+        if jax.process_index() != 0:  # one voice in a multi-process run
+            return
         if log is not None:
             log(msg)
         elif bar is not None:
