@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.models import MODELS, Conv4
 from jaxmeta.models.layers import batch_stat_norm, conv3x3, conv_output_size, im2col3x3

@@ -40,7 +40,7 @@ def resolve_conv_impl(conv_impl: str) -> str:
 
 
 def conv_output_size(size: int, stride: int) -> int:
-    """Output size of a 3x3 convolution with padding 1 (PyTorch ``Conv2d(3, stride, padding=1)``)."""
+    """Output size of a 3x3 conv with padding 1 (PyTorch ``Conv2d(3, stride, padding=1)``)."""
     return (size + 2 - 3) // stride + 1
 
 
