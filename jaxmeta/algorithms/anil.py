@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import jax
 
-from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
@@ -139,12 +139,7 @@ def anil(
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True)
-        grad = jax.grad(outer_loss, has_aux=True)
-        return mean_over_tasks(
-            map_tasks(
-                lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
-            )
-        )
+        return mean_task_grad(outer_loss, params, episodes, key, task_batch_size=task_batch_size)
 
     def predict(params, support_x, support_y, query_x, key=None, *, steps=None):
         del key

@@ -85,6 +85,25 @@ def mean_over_tasks(grads_and_metrics: tuple[Params, Metrics]) -> tuple[Params, 
     return mean(grads), mean(metrics)
 
 
+def mean_task_grad(
+    task_loss: Callable[[Params, Episode, PRNGKey], tuple[Array, Metrics]],
+    params: Params,
+    episodes: Episode,
+    key: PRNGKey,
+    *,
+    task_batch_size: int | None = None,
+) -> tuple[Params, Metrics]:
+    """Mean over the task axis of ``grad(task_loss)(params, episode, key)`` and its metrics.
+
+    ``task_loss(params, episode, key) -> (loss, metrics)`` is one task's loss; this is the
+    meta-gradient of every learner whose meta-objective is a mean of per-task losses.
+    """
+    grad = jax.grad(task_loss, has_aux=True)
+    return mean_over_tasks(
+        map_tasks(lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size)
+    )
+
+
 class MetaTrainState(NamedTuple):
     """Everything one meta-training step reads and writes; arrays only (jit never retraces)."""
 

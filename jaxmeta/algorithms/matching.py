@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
 from jaxmeta.algorithms.protonets import ABSENT_LOGIT, class_slots, one_hot_support
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.fce import FullContextEmbedding
@@ -128,14 +128,8 @@ def matching(
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True, num_classes=ways)
-        grad = jax.grad(task_loss, has_aux=True)
-        return mean_over_tasks(
-            map_tasks(
-                lambda ep, k: grad(meta_params, ep, k),
-                episodes,
-                key,
-                task_batch_size=task_batch_size,
-            )
+        return mean_task_grad(
+            task_loss, meta_params, episodes, key, task_batch_size=task_batch_size
         )
 
     return MetaLearner(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int
@@ -129,12 +129,7 @@ def protonets(
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True, num_classes=ways)
-        grad = jax.grad(task_loss, has_aux=True)
-        return mean_over_tasks(
-            map_tasks(
-                lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
-            )
-        )
+        return mean_task_grad(task_loss, params, episodes, key, task_batch_size=task_batch_size)
 
     return MetaLearner(
         init=init,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
 from jaxmeta.types import Array, Episode, Params, PRNGKey
@@ -59,8 +59,9 @@ def snail(
     queries; the logits are the network's output at the last (query) position. (The
     SNAIL part thus costs ``n_query * (N*K + 1)`` positions; since the net is causal the
     support positions are the same in every sequence and could be computed once, an
-    optimisation not done here.) The embedding is computed once per image (support batch and query batch separately, so
-    BatchNorm statistics of the query batch are shared: transductive, as for MAML).
+    optimisation not done here.) The embedding is computed once per image (support batch
+    and query batch separately, so BatchNorm statistics of the query batch are shared:
+    transductive, as for MAML).
 
     Args:
       apply_fn: embedding network ``(params, x[n, ...]) -> [n, d]`` (the paper: Conv-4
@@ -122,14 +123,8 @@ def snail(
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True, num_classes=ways)
-        grad = jax.grad(task_loss, has_aux=True)
-        return mean_over_tasks(
-            map_tasks(
-                lambda ep, k: grad(meta_params, ep, k),
-                episodes,
-                key,
-                task_batch_size=task_batch_size,
-            )
+        return mean_task_grad(
+            task_loss, meta_params, episodes, key, task_batch_size=task_batch_size
         )
 
     return MetaLearner(
