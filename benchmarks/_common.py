@@ -258,7 +258,10 @@ def run_worker(
     cmd = [python or sys.executable, os.fspath(script), "--worker", json.dumps(cfg)]
     try:
         p = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout,
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
     except subprocess.TimeoutExpired:

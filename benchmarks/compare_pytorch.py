@@ -89,10 +89,22 @@ def run_jax_maml_step(cfg: dict[str, Any], args) -> dict[str, Any]:
         return {"error": "benchmarks/maml_step.py not found"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "maml_step.json"
-        cmd = [sys.executable, str(script), "--orders", cfg["order"],
-               "--inner-steps", str(cfg["inner_steps"]), "--queries", str(cfg["queries"]),
-               "--meta-batch", str(cfg["meta_batch"]), "--budget-s", str(args.budget_s),
-               "--json", str(out)]
+        cmd = [
+            sys.executable,
+            str(script),
+            "--orders",
+            cfg["order"],
+            "--inner-steps",
+            str(cfg["inner_steps"]),
+            "--queries",
+            str(cfg["queries"]),
+            "--meta-batch",
+            str(cfg["meta_batch"]),
+            "--budget-s",
+            str(args.budget_s),
+            "--json",
+            str(out),
+        ]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
         except subprocess.TimeoutExpired:
@@ -100,34 +112,62 @@ def run_jax_maml_step(cfg: dict[str, Any], args) -> dict[str, Any]:
         if p.returncode != 0 or not out.exists():
             tail = " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])
             return {"error": f"maml_step.py rc={p.returncode}: {tail[-500:]}"}
-        recs = [r for r in _records(out)
-                if r.get("order") == cfg["order"] and r.get("inner_steps") == cfg["inner_steps"]
-                and r.get("query_per_class", cfg["queries"]) == cfg["queries"]]
+        recs = [
+            r
+            for r in _records(out)
+            if r.get("order") == cfg["order"]
+            and r.get("inner_steps") == cfg["inner_steps"]
+            and r.get("query_per_class", cfg["queries"]) == cfg["queries"]
+        ]
         if not recs:
             return {"error": "maml_step.py wrote no matching record"}
         r = recs[-1]
-        return {"ms": r["ms_per_step"], "peak_rss_mb": r.get("peak_rss_mb"),
-                "steps_peak_mb": r.get("peak_rss_steps_mb"),
-                "compile_s": r.get("compile_s"), "cpu_util": r.get("cpu_util"),
-                "runner": "maml_step", "raw": r}
+        return {
+            "ms": r["ms_per_step"],
+            "peak_rss_mb": r.get("peak_rss_mb"),
+            "steps_peak_mb": r.get("peak_rss_steps_mb"),
+            "compile_s": r.get("compile_s"),
+            "cpu_util": r.get("cpu_util"),
+            "runner": "maml_step",
+            "raw": r,
+        }
 
 
 def run_jax_throughput(cfg: dict[str, Any], args) -> dict[str, Any]:
     """One configuration through ``throughput.py``'s worker (same workload)."""
     wcfg = {
-        "sweep": "compare_pytorch", "algorithm": "maml", "first_order": cfg["order"] == "first",
-        "inner_steps": cfg["inner_steps"], "ways": 5, "shots": 1, "queries": cfg["queries"],
-        "meta_batch": cfg["meta_batch"], "remat": False, "task_batch_size": args.task_batch_size,
-        "filters": cfg["filters"], "head": "flatten", "inner_lr": 0.4, "outer_lr": 1e-3,
-        "warmup": args.warmup, "budget_s": args.budget_s, "min_repeats": args.min_steps,
-        "max_repeats": args.max_steps, "project_steps": None,
+        "sweep": "compare_pytorch",
+        "algorithm": "maml",
+        "first_order": cfg["order"] == "first",
+        "inner_steps": cfg["inner_steps"],
+        "ways": 5,
+        "shots": 1,
+        "queries": cfg["queries"],
+        "meta_batch": cfg["meta_batch"],
+        "remat": False,
+        "task_batch_size": args.task_batch_size,
+        "filters": cfg["filters"],
+        "head": "flatten",
+        "inner_lr": 0.4,
+        "outer_lr": 1e-3,
+        "warmup": args.warmup,
+        "budget_s": args.budget_s,
+        "min_repeats": args.min_steps,
+        "max_repeats": args.max_steps,
+        "project_steps": None,
     }
     r = run_worker(HERE / "throughput.py", wcfg, timeout=args.timeout_s)
     if "error" in r:
         return {"error": r["error"]}
-    return {"ms": r["ms_per_step"], "peak_rss_mb": r["peak_rss_mb"],
-            "steps_peak_mb": r.get("peak_rss_steps_mb"), "compile_s": r["compile_s"],
-            "cpu_util": r["cpu_util"], "runner": "throughput", "raw": r}
+    return {
+        "ms": r["ms_per_step"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "steps_peak_mb": r.get("peak_rss_steps_mb"),
+        "compile_s": r["compile_s"],
+        "cpu_util": r["cpu_util"],
+        "runner": "throughput",
+        "raw": r,
+    }
 
 
 def run_jax(cfg, args) -> dict[str, Any]:
@@ -147,8 +187,11 @@ def torch_available(args) -> str | None:
         return f"no Python at {args.torch_python}"
     if not (Path(args.peers_dir) / "torch_maml.py").exists():
         return f"no torch_maml.py in {args.peers_dir}"
-    p = subprocess.run([args.torch_python, "-c", "import torch, higher; print(torch.__version__)"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [args.torch_python, "-c", "import torch, higher; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         return "torch/higher not importable: " + (p.stderr.strip().splitlines() or ["?"])[-1]
     args.torch_version = p.stdout.strip()
@@ -157,12 +200,34 @@ def torch_available(args) -> str | None:
 
 def run_torch(impl: str, cfg: dict[str, Any], args) -> dict[str, Any]:
     """One implementation x configuration through the peers harness (its own subprocess)."""
-    cmd = [args.torch_python, str(Path(args.peers_dir) / "torch_maml.py"), "--impls", impl,
-           "--orders", cfg["order"], "--inner-steps", str(cfg["inner_steps"]),
-           "--queries", str(cfg["queries"]), "--meta-batch", str(cfg["meta_batch"]),
-           "--budget-s", str(args.budget_s), "--warmup", str(args.warmup),
-           "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps),
-           "--threads", str(args.threads), "--max-tries", "1", "--min-cpu-util", "0"]
+    cmd = [
+        args.torch_python,
+        str(Path(args.peers_dir) / "torch_maml.py"),
+        "--impls",
+        impl,
+        "--orders",
+        cfg["order"],
+        "--inner-steps",
+        str(cfg["inner_steps"]),
+        "--queries",
+        str(cfg["queries"]),
+        "--meta-batch",
+        str(cfg["meta_batch"]),
+        "--budget-s",
+        str(args.budget_s),
+        "--warmup",
+        str(args.warmup),
+        "--min-steps",
+        str(args.min_steps),
+        "--max-steps",
+        str(args.max_steps),
+        "--threads",
+        str(args.threads),
+        "--max-tries",
+        "1",
+        "--min-cpu-util",
+        "0",
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
     except subprocess.TimeoutExpired:
@@ -173,15 +238,20 @@ def run_torch(impl: str, cfg: dict[str, Any], args) -> dict[str, Any]:
     r = json.loads(lines[-1])
     if "error" in r:
         return {"error": r["error"]}
-    return {"ms": r["ms_per_meta_step"], "peak_rss_mb": r["peak_rss_mb"],
-            "cpu_util": r.get("cpu_util"), "raw": r}
+    return {
+        "ms": r["ms_per_meta_step"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "cpu_util": r.get("cpu_util"),
+        "raw": r,
+    }
 
 
 # ------------------------------------------------------------------------------ analysis
 
 
-def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]],
-              args_min_util: float = 1.8) -> dict[str, Any]:
+def summarize(
+    cfg: dict[str, Any], by_impl: dict[str, list[dict]], args_min_util: float = 1.8
+) -> dict[str, Any]:
     """Medians over rounds, speedup over the fastest exact PyTorch impl, memory ratio."""
     row: dict[str, Any] = {k: cfg[k] for k in ("order", "inner_steps", "queries", "meta_batch")}
     med = {}
@@ -190,14 +260,20 @@ def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]],
         if not ok:
             row[f"{impl}_error"] = runs[-1]["error"] if runs else "not run"
             continue
-        med[impl] = {"ms": statistics.median(r["ms"] for r in ok),
-                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in ok
-                                                      if r.get("peak_rss_mb") is not None)
-                     if any(r.get("peak_rss_mb") is not None for r in ok) else None,
-                     "cpu_util": statistics.median(r["cpu_util"] for r in ok
-                                                   if r.get("cpu_util") is not None)
-                     if any(r.get("cpu_util") is not None for r in ok) else None,
-                     "rounds": len(ok)}
+        med[impl] = {
+            "ms": statistics.median(r["ms"] for r in ok),
+            "peak_rss_mb": statistics.median(
+                r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb") is not None
+            )
+            if any(r.get("peak_rss_mb") is not None for r in ok)
+            else None,
+            "cpu_util": statistics.median(
+                r["cpu_util"] for r in ok if r.get("cpu_util") is not None
+            )
+            if any(r.get("cpu_util") is not None for r in ok)
+            else None,
+            "rounds": len(ok),
+        }
         row[f"{impl}_ms"] = med[impl]["ms"]
         row[f"{impl}_peak_mb"] = med[impl]["peak_rss_mb"]
     wrong = {"func_fusedbn"} if cfg["order"] == "second" else set()
@@ -207,12 +283,16 @@ def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]],
         # Per-round ratios too: the interleaving makes them robust to slow load drifts.
         rounds = []
         for j, jr in enumerate(by_impl["jaxmeta"]):
-            ts = [by_impl[i][j]["ms"] for i in exact
-                  if j < len(by_impl[i]) and "error" not in by_impl[i][j]]
+            ts = [
+                by_impl[i][j]["ms"]
+                for i in exact
+                if j < len(by_impl[i]) and "error" not in by_impl[i][j]
+            ]
             if "error" not in jr and ts:
                 rounds.append(min(ts) / jr["ms"])
         row.update(
-            fastest_torch=fastest, fastest_torch_ms=med[fastest]["ms"],
+            fastest_torch=fastest,
+            fastest_torch_ms=med[fastest]["ms"],
             speedup=med[fastest]["ms"] / med["jaxmeta"]["ms"],
             speedup_per_round=[round(x, 2) for x in rounds],
             speedup_ok=med[fastest]["ms"] / med["jaxmeta"]["ms"] >= 3.0,
@@ -241,38 +321,75 @@ def summarize(cfg: dict[str, Any], by_impl: dict[str, list[dict]],
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--orders", type=csv_list, default=["second", "first"])
-    ap.add_argument("--inner-steps", type=lambda s: csv_list(s, int), default=None,
-                    help="default 1,5 (--quick 1)")
-    ap.add_argument("--queries", type=lambda s: csv_list(s, int), default=None,
-                    help="query images per class, default 15,1 (--quick 1)")
+    ap.add_argument(
+        "--inner-steps",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="default 1,5 (--quick 1)",
+    )
+    ap.add_argument(
+        "--queries",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="query images per class, default 15,1 (--quick 1)",
+    )
     ap.add_argument("--meta-batch", type=int, default=None, help="default 32")
-    ap.add_argument("--torch-impls", type=csv_list, default=["higher", "func"],
-                    help=f"comma-separated from {', '.join(TORCH_IMPLS)}")
-    ap.add_argument("--torch-python", default=default_torch_python(),
-                    help="Python with torch + higher ('none' to skip PyTorch)")
-    ap.add_argument("--peers-dir", default=str(REPO.parent / "shared" / "peers"),
-                    help="folder holding torch_maml.py")
+    ap.add_argument(
+        "--torch-impls",
+        type=csv_list,
+        default=["higher", "func"],
+        help=f"comma-separated from {', '.join(TORCH_IMPLS)}",
+    )
+    ap.add_argument(
+        "--torch-python",
+        default=default_torch_python(),
+        help="Python with torch + higher ('none' to skip PyTorch)",
+    )
+    ap.add_argument(
+        "--peers-dir",
+        default=str(REPO.parent / "shared" / "peers"),
+        help="folder holding torch_maml.py",
+    )
     ap.add_argument("--jax-runner", choices=["auto", "maml_step", "throughput"], default="auto")
-    ap.add_argument("--task-batch-size", type=int, default=None,
-                    help="jaxmeta task_batch_size for the throughput runner")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="interleaved rounds (default 3; --quick 1)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="timed seconds per run (default 6; --quick 3)")
+    ap.add_argument(
+        "--task-batch-size",
+        type=int,
+        default=None,
+        help="jaxmeta task_batch_size for the throughput runner",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick 1)"
+    )
+    ap.add_argument(
+        "--budget-s", type=float, default=None, help="timed seconds per run (default 6; --quick 3)"
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--min-steps", type=int, default=5)
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--contended-below", type=float, default=1.8,
-                    help="flag a configuration as contended when any implementation's "
-                         "cpu_util (CPU s / wall s) is below this (2 cores: 2.0 = all ours)")
-    ap.add_argument("--quick", action="store_true",
-                    help="one round of 1 query/class, 1 inner step (both orders)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="meta-batch 2, 8 filters (smoke tests; not the canonical workload)")
+    ap.add_argument(
+        "--contended-below",
+        type=float,
+        default=1.8,
+        help="flag a configuration as contended when any implementation's "
+        "cpu_util (CPU s / wall s) is below this (2 cores: 2.0 = all ours)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round of 1 query/class, 1 inner step (both orders)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="meta-batch 2, 8 filters (smoke tests; not the canonical workload)",
+    )
     ap.add_argument("--timeout-s", type=float, default=None)
-    ap.add_argument("--json", default=None,
-                    help="output (default benchmarks/results/compare_pytorch/compare_pytorch.json)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="output (default benchmarks/results/compare_pytorch/compare_pytorch.json)",
+    )
     args = ap.parse_args(argv)
     bad = [i for i in args.torch_impls if i not in TORCH_IMPLS]
     if bad:
@@ -282,8 +399,11 @@ def parse_args(argv=None):
     args.queries = args.queries or ([1] if q else [15, 1])
     args.meta_batch = args.meta_batch or (2 if args.tiny else 32)
     args.repeats = args.repeats or (1 if q else 3)
-    args.budget_s = args.budget_s if args.budget_s is not None else (
-        0.2 if args.tiny else (3.0 if args.quick else 6.0))
+    args.budget_s = (
+        args.budget_s
+        if args.budget_s is not None
+        else (0.2 if args.tiny else (3.0 if args.quick else 6.0))
+    )
     if args.tiny:
         args.warmup, args.min_steps, args.max_steps = 1, 2, 3
         args.jax_runner = "throughput"  # maml_step runs the full-size net only
@@ -293,46 +413,80 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.json) if args.json else (
-        REPO / "benchmarks/results/compare_pytorch/compare_pytorch.json")
+    out = (
+        Path(args.json)
+        if args.json
+        else (REPO / "benchmarks/results/compare_pytorch/compare_pytorch.json")
+    )
     why_no_torch = torch_available(args)
     impls = ["jaxmeta"] + ([] if why_no_torch else list(args.torch_impls))
     if why_no_torch:
         print(f"PyTorch side skipped: {why_no_torch}", file=sys.stderr)
-    cfgs = [{"order": o, "inner_steps": k, "queries": q, "meta_batch": args.meta_batch,
-             "filters": 8 if args.tiny else 64}
-            for q in args.queries for k in args.inner_steps for o in args.orders]
+    cfgs = [
+        {
+            "order": o,
+            "inner_steps": k,
+            "queries": q,
+            "meta_batch": args.meta_batch,
+            "filters": 8 if args.tiny else 64,
+        }
+        for q in args.queries
+        for k in args.inner_steps
+        for o in args.orders
+    ]
     raw: dict[int, dict[str, list[dict]]] = {i: {m: [] for m in impls} for i in range(len(cfgs))}
     for rnd in range(args.repeats):
         order = impls if rnd % 2 == 0 else impls[::-1]
         for ci, cfg in enumerate(cfgs):
             for impl in order:
-                print(f"[{time.strftime('%H:%M:%S')}] round {rnd + 1}/{args.repeats} "
-                      f"{cfg['order']} K={cfg['inner_steps']} Q={cfg['queries']} {impl}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] round {rnd + 1}/{args.repeats} "
+                    f"{cfg['order']} K={cfg['inner_steps']} Q={cfg['queries']} {impl}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 r = run_jax(cfg, args) if impl == "jaxmeta" else run_torch(impl, cfg, args)
                 r["round"] = rnd
                 raw[ci][impl].append(r)
-                msg = r["error"] if "error" in r else (
-                    f"{r['ms']:.1f} ms/step, peak {r.get('peak_rss_mb') or 0:.0f} MiB, "
-                    f"cpu util {r.get('cpu_util')}")
+                msg = (
+                    r["error"]
+                    if "error" in r
+                    else (
+                        f"{r['ms']:.1f} ms/step, peak {r.get('peak_rss_mb') or 0:.0f} MiB, "
+                        f"cpu util {r.get('cpu_util')}"
+                    )
+                )
                 print(f"  {msg}", file=sys.stderr, flush=True)
     rows = [summarize(cfg, raw[ci], args.contended_below) for ci, cfg in enumerate(cfgs)]
     doc = {
-        "benchmark": "compare_pytorch", "machine": machine(), "torch": args.torch_version,
-        "torch_skipped": why_no_torch, "settings": vars(args), "summary": rows,
-        "runs": [{**cfg, "impl": impl, **{k: v for k, v in r.items()}}
-                 for ci, cfg in enumerate(cfgs) for impl, rs in raw[ci].items() for r in rs],
+        "benchmark": "compare_pytorch",
+        "machine": machine(),
+        "torch": args.torch_version,
+        "torch_skipped": why_no_torch,
+        "settings": vars(args),
+        "summary": rows,
+        "runs": [
+            {**cfg, "impl": impl, **{k: v for k, v in r.items()}}
+            for ci, cfg in enumerate(cfgs)
+            for impl, rs in raw[ci].items()
+            for r in rs
+        ],
     }
     write_json(out, doc)
-    cols = [("order", "order"), ("inner_steps", "K"), ("queries", "Q"),
-            ("jaxmeta_ms", "jaxmeta ms")]
+    cols = [
+        ("order", "order"),
+        ("inner_steps", "K"),
+        ("queries", "Q"),
+        ("jaxmeta_ms", "jaxmeta ms"),
+    ]
     cols += [(f"{i}_ms", f"{i} ms") for i in impls[1:]]
     cols += [("speedup", "speedup vs fastest torch"), ("jaxmeta_peak_mb", "jaxmeta MiB")]
     cols += [(f"{i}_peak_mb", f"{i} MiB") for i in impls[1:] if i in LOOPED]
     cols += [("min_cpu_util", "min cpu util"), ("contended", "contended")]
-    cols += [("memory_ratio", "mem ratio vs looped"),
-             ("memory_ratio_steps", "mem ratio (jaxmeta steps only)")]
+    cols += [
+        ("memory_ratio", "mem ratio vs looped"),
+        ("memory_ratio_steps", "mem ratio (jaxmeta steps only)"),
+    ]
     print(markdown_table(rows, cols))
     print(f"\nwrote {out}", file=sys.stderr)
     failed = any("error" in r for rs in raw.values() for r in rs["jaxmeta"])

@@ -62,8 +62,12 @@ TASKS = {
 ORDERS = ("second", "first")
 # --tiny: the smallest run that still exercises every code path (smoke tests).
 TINY = {
-    "omniglot": ["model.filters=8", "train.meta_batch_size=4", "eval.queries=5",
-                 "eval.batch_size=10"],
+    "omniglot": [
+        "model.filters=8",
+        "train.meta_batch_size=4",
+        "eval.queries=5",
+        "eval.batch_size=10",
+    ],
     "sinusoid": ["train.meta_batch_size=5", "eval.queries=20", "eval.batch_size=10"],
 }
 
@@ -83,8 +87,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     from jaxmeta.train.state import make_train_chunk
 
     task, order = cfg["task"], cfg["order"]
-    overrides = [f"algorithm.first_order={'true' if order == 'first' else 'false'}",
-                 f"train.seed={cfg['seed']}"]
+    overrides = [
+        f"algorithm.first_order={'true' if order == 'first' else 'false'}",
+        f"train.seed={cfg['seed']}",
+    ]
     if cfg.get("meta_batch"):
         overrides.append(f"train.meta_batch_size={cfg['meta_batch']}")
     omniglot = task.startswith("omniglot")
@@ -104,10 +110,14 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t = time.perf_counter()
     data = exp.source.train_data()
-    test_eps = jax.device_put(exp.source.eval_episodes(
-        "test", episodes=cfg["eval_episodes"], seed=exp_cfg.eval.seed,
-        queries=exp_cfg.eval.queries,
-    ))
+    test_eps = jax.device_put(
+        exp.source.eval_episodes(
+            "test",
+            episodes=cfg["eval_episodes"],
+            seed=exp_cfg.eval.seed,
+            queries=exp_cfg.eval.queries,
+        )
+    )
     data_s = time.perf_counter() - t
     state = initial_state(exp_cfg, exp)
     chunk = make_train_chunk(
@@ -116,7 +126,9 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     full = jnp.asarray(spc, jnp.int32)
     train_chunk, compile_s = compile_timed(chunk, state, data, full)
     evaluator = make_evaluator(
-        exp.learner, classification=classification, batch_size=exp_cfg.eval.batch_size,
+        exp.learner,
+        classification=classification,
+        batch_size=exp_cfg.eval.batch_size,
         inner_steps=exp_cfg.eval.inner_steps,
     )
     eval_key = jax.random.key(exp_cfg.eval.seed)
@@ -135,8 +147,15 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         per = jax.device_get(eval_fn(state.params, test_eps, eval_key))
         eval_s += time.perf_counter() - t
         res = summarize(per, classification=classification)
-        curve.append({"step": step, "train_s": train_s, metric: res[metric], "ci95": res["ci95"],
-                      "train_loss": float(np.mean(losses[-spc:])) if losses else None})
+        curve.append(
+            {
+                "step": step,
+                "train_s": train_s,
+                metric: res[metric],
+                "ci95": res["ci95"],
+                "train_loss": float(np.mean(losses[-spc:])) if losses else None,
+            }
+        )
 
     for target in cfg["eval_steps"]:
         if target == 0:
@@ -168,31 +187,54 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         holder[0], m = train_chunk(holder[0], data, full)
         jax.block_until_ready(m)
 
-    timing = time_calls(
-        one_chunk,
-        warmup=1, budget_s=cfg["timing_budget_s"], min_repeats=2, max_repeats=10,
-    ) if cfg["timing_budget_s"] > 0 else None
-    ms_per_step = (timing["ms_median"] / spc) if timing else (
-        float(np.median(chunk_ms)) if chunk_ms else 1e3 * train_s / max(step, 1))
+    timing = (
+        time_calls(
+            one_chunk,
+            warmup=1,
+            budget_s=cfg["timing_budget_s"],
+            min_repeats=2,
+            max_repeats=10,
+        )
+        if cfg["timing_budget_s"] > 0
+        else None
+    )
+    ms_per_step = (
+        (timing["ms_median"] / spc)
+        if timing
+        else (float(np.median(chunk_ms)) if chunk_ms else 1e3 * train_s / max(step, 1))
+    )
 
     final = curve[-1]
     return {
-        "task": task, "order": order, "config": TASKS[task], "steps": step,
-        "meta_batch": mb, "inner_steps": exp_cfg.algorithm.kwargs.get("inner_steps"),
+        "task": task,
+        "order": order,
+        "config": TASKS[task],
+        "steps": step,
+        "meta_batch": mb,
+        "inner_steps": exp_cfg.algorithm.kwargs.get("inner_steps"),
         "inner_lr": exp_cfg.algorithm.kwargs.get("inner_lr"),
         "ways": exp_cfg.data.ways if classification else None,
-        "shots": exp_cfg.data.shots, "train_queries": exp_cfg.data.queries,
-        "eval_queries": exp_cfg.eval.queries, "eval_episodes": cfg["eval_episodes"],
+        "shots": exp_cfg.data.shots,
+        "train_queries": exp_cfg.data.queries,
+        "eval_queries": exp_cfg.eval.queries,
+        "eval_episodes": cfg["eval_episodes"],
         "eval_inner_steps": exp_cfg.eval.inner_steps
         or exp_cfg.algorithm.kwargs.get("eval_inner_steps"),
-        "filters": exp_cfg.model.kwargs.get("filters"), "seed": cfg["seed"],
-        "metric": metric, "higher_is_better": classification,
-        "steps_per_call": spc, "ms_per_step": ms_per_step,
+        "filters": exp_cfg.model.kwargs.get("filters"),
+        "seed": cfg["seed"],
+        "metric": metric,
+        "higher_is_better": classification,
+        "steps_per_call": spc,
+        "ms_per_step": ms_per_step,
         "ms_per_step_during_run": float(np.median(chunk_ms)) if chunk_ms else None,
         "steps_per_s": 1e3 / ms_per_step if ms_per_step else None,
         "tasks_per_s": mb * 1e3 / ms_per_step if ms_per_step else None,
-        "timing": timing, "compile_s": compile_s, "eval_compile_s": eval_compile_s,
-        "train_s": train_s, "eval_s": eval_s, "data_s": data_s,
+        "timing": timing,
+        "compile_s": compile_s,
+        "eval_compile_s": eval_compile_s,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "data_s": data_s,
         "final": {metric: final[metric], "ci95": final["ci95"]},
         "curve": curve,
         **memory_record(peak_train or None),
@@ -229,14 +271,19 @@ def summarize_task(runs: dict[str, dict]) -> dict[str, Any]:
     t_so = time_to_reach(so["curve"], metric, worse, higher)
     t_fo = time_to_reach(fo["curve"], metric, worse, higher)
     return {
-        "task": so["task"], "metric": metric,
+        "task": so["task"],
+        "metric": metric,
         "second_over_first_ms": so["ms_per_step"] / fo["ms_per_step"],
         "second_over_first_compile": so["compile_s"] / max(fo["compile_s"], 1e-9),
         "second_over_first_memory": so["peak_mb"] / max(fo["peak_mb"], 1e-9),
-        "final_second": a, "final_first": b, "final_diff": a - b,
-        "ci95_second": so["final"]["ci95"], "ci95_first": fo["final"]["ci95"],
+        "final_second": a,
+        "final_first": b,
+        "final_diff": a - b,
+        "ci95_second": so["final"]["ci95"],
+        "ci95_first": fo["final"]["ci95"],
         "target": worse,
-        "seconds_to_target_second": t_so, "seconds_to_target_first": t_fo,
+        "seconds_to_target_second": t_so,
+        "seconds_to_target_first": t_fo,
         "score_per_train_s_second": a / so["train_s"] if so["train_s"] else None,
         "score_per_train_s_first": b / fo["train_s"] if fo["train_s"] else None,
     }
@@ -264,12 +311,14 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
             label = f"{r['order']} order ({r['ms_per_step']:.0f} ms/step)"
             for ax, xkey in zip(axes, ("step", "train_s"), strict=True):
                 x = [p[xkey] for p in r["curve"]]
-                ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=label,
-                            color=colors[r["order"]])
+                ax.errorbar(
+                    x, y, yerr=e, marker="o", ms=3, capsize=2, label=label, color=colors[r["order"]]
+                )
         m = runs[0]["metric"] if runs else "accuracy"
         ylabel = "test accuracy (%) ± 95% CI" if m == "accuracy" else "test MSE ± 95% CI"
-        for ax, xl in zip(axes, ("meta-steps", "training wall time (s, excl. compile/eval)"),
-                          strict=True):
+        for ax, xl in zip(
+            axes, ("meta-steps", "training wall time (s, excl. compile/eval)"), strict=True
+        ):
             ax.set_xlabel(xl)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
@@ -290,11 +339,17 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
             rs = {r["task"]: r for r in runs if r["order"] == order}
             xs = [j + (i - 0.5) * width for j in range(len(tasks))]
             for ax, key in zip(axes, ("ms_per_step", "peak_mb"), strict=True):
-                ax.bar(xs, [rs[t][key] if t in rs else 0 for t in tasks], width,
-                       label=f"{order} order", color=colors[order])
+                ax.bar(
+                    xs,
+                    [rs[t][key] if t in rs else 0 for t in tasks],
+                    width,
+                    label=f"{order} order",
+                    color=colors[order],
+                )
         mem_kind = runs[0]["memory_kind"]
-        for ax, yl in zip(axes, ("ms per meta-step (median)", f"peak memory MiB ({mem_kind})"),
-                          strict=True):
+        for ax, yl in zip(
+            axes, ("ms per meta-step (median)", f"peak memory MiB ({mem_kind})"), strict=True
+        ):
             ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
             ax.set_ylabel(yl)
             ax.grid(axis="y", alpha=0.3)
@@ -322,39 +377,76 @@ def eval_schedule(steps: int, evals: int, spc: int) -> list[int]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", type=csv_list, default=None,
-                    help=f"comma-separated, from {', '.join(TASKS)} (default: all; "
-                         "--quick: omniglot_5w1s,sinusoid)")
-    ap.add_argument("--orders", type=csv_list, default=list(ORDERS),
-                    help="comma-separated: second,first")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="meta-steps per run (default 2000 Omniglot / 5000 sinusoid; "
-                         "--quick: 300 / 1000)")
-    ap.add_argument("--evals", type=int, default=None,
-                    help="evaluation points after step 0 (default 8; --quick 4)")
-    ap.add_argument("--eval-episodes", type=int, default=None,
-                    help="fixed test episodes (default 600; --quick 200; --tiny 20)")
+    ap.add_argument(
+        "--tasks",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated, from {', '.join(TASKS)} (default: all; "
+        "--quick: omniglot_5w1s,sinusoid)",
+    )
+    ap.add_argument(
+        "--orders", type=csv_list, default=list(ORDERS), help="comma-separated: second,first"
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="meta-steps per run (default 2000 Omniglot / 5000 sinusoid; --quick: 300 / 1000)",
+    )
+    ap.add_argument(
+        "--evals",
+        type=int,
+        default=None,
+        help="evaluation points after step 0 (default 8; --quick 4)",
+    )
+    ap.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=None,
+        help="fixed test episodes (default 600; --quick 200; --tiny 20)",
+    )
     ap.add_argument("--meta-batch", type=int, default=None, help="override the config's")
-    ap.add_argument("--steps-per-call", type=int, default=10,
-                    help="meta-steps fused per jitted call (and per timing unit)")
-    ap.add_argument("--timing-budget-s", type=float, default=None,
-                    help="seconds of steady-state timing after training (0: use the "
-                         "training chunks; default 5, --quick 3)")
+    ap.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=10,
+        help="meta-steps fused per jitted call (and per timing unit)",
+    )
+    ap.add_argument(
+        "--timing-budget-s",
+        type=float,
+        default=None,
+        help="seconds of steady-state timing after training (0: use the "
+        "training chunks; default 5, --quick 3)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config override for every run (repeatable)")
-    ap.add_argument("--quick", action="store_true",
-                    help="5w1s + sinusoid, short runs: minutes on a laptop CPU")
-    ap.add_argument("--tiny", action="store_true",
-                    help="tiny models/batches/episodes (smoke tests only; numbers meaningless)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (repeatable)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="5w1s + sinusoid, short runs: minutes on a laptop CPU"
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models/batches/episodes (smoke tests only; numbers meaningless)",
+    )
     ap.add_argument("--data-dir", default=None, help="TFDS data dir (default TFDS's)")
-    ap.add_argument("--manual-dir", default=str(default_manual_dir()),
-                    help="folder with the Omniglot zips")
+    ap.add_argument(
+        "--manual-dir", default=str(default_manual_dir()), help="folder with the Omniglot zips"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "first_vs_second_order"))
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--in-process", action="store_true",
-                    help="run every configuration in this process (faster start; memory "
-                         "numbers then cover all runs so far)")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every configuration in this process (faster start; memory "
+        "numbers then cover all runs so far)",
+    )
     ap.add_argument("--timeout-s", type=float, default=None, help="per-run subprocess timeout")
     args = ap.parse_args(argv)
     if args.tasks is None:
@@ -377,19 +469,32 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for task in args.tasks:
-        steps = args.steps or ((300 if args.quick else 2000) if task.startswith("omniglot")
-                               else (1000 if args.quick else 5000))
+        steps = args.steps or (
+            (300 if args.quick else 2000)
+            if task.startswith("omniglot")
+            else (1000 if args.quick else 5000)
+        )
         spc = max(1, min(args.steps_per_call, steps))
         for order in args.orders:
             cfg = {
-                "task": task, "order": order, "steps_per_call": spc, "seed": args.seed,
+                "task": task,
+                "order": order,
+                "steps_per_call": spc,
+                "seed": args.seed,
                 "eval_steps": eval_schedule(steps, args.evals, spc),
-                "eval_episodes": args.eval_episodes, "meta_batch": args.meta_batch,
-                "tiny": args.tiny, "set": args.set, "data_dir": args.data_dir,
-                "manual_dir": args.manual_dir, "timing_budget_s": args.timing_budget_s,
+                "eval_episodes": args.eval_episodes,
+                "meta_batch": args.meta_batch,
+                "tiny": args.tiny,
+                "set": args.set,
+                "data_dir": args.data_dir,
+                "manual_dir": args.manual_dir,
+                "timing_budget_s": args.timing_budget_s,
             }
-            print(f"[{time.strftime('%H:%M:%S')}] {task} / {order} order: {steps} steps ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {task} / {order} order: {steps} steps ...",
+                file=sys.stderr,
+                flush=True,
+            )
             if args.in_process:
                 res = run_one(cfg)
             else:
@@ -398,21 +503,34 @@ def main(argv=None) -> int:
                 print(f"  FAILED: {res['error']}", file=sys.stderr)
             else:
                 m = res["metric"]
-                print(f"  {res['ms_per_step']:.1f} ms/step, compile {res['compile_s']:.1f} s, "
-                      f"peak {res['peak_mb']:.0f} MiB, final {m} {res['final'][m]:.4f} ± "
-                      f"{res['final']['ci95']:.4f}", file=sys.stderr, flush=True)
+                print(
+                    f"  {res['ms_per_step']:.1f} ms/step, compile {res['compile_s']:.1f} s, "
+                    f"peak {res['peak_mb']:.0f} MiB, final {m} {res['final'][m]:.4f} ± "
+                    f"{res['final']['ci95']:.4f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             runs.append(res)
             # Partial results survive an interrupted run.
-            write_json(out / "first_vs_second_order.json",
-                       {"benchmark": "first_vs_second_order", "partial": True,
-                        "settings": vars(args), "runs": runs})
+            write_json(
+                out / "first_vs_second_order.json",
+                {
+                    "benchmark": "first_vs_second_order",
+                    "partial": True,
+                    "settings": vars(args),
+                    "runs": runs,
+                },
+            )
     by_task: dict[str, dict[str, dict]] = {}
     for r in runs:
         by_task.setdefault(r["task"], {})[r["order"]] = r
     summary = [s for s in (summarize_task(v) for v in by_task.values()) if s]
     results = {
-        "benchmark": "first_vs_second_order", "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items()}, "runs": runs, "summary": summary,
+        "benchmark": "first_vs_second_order",
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items()},
+        "runs": runs,
+        "summary": summary,
     }
     if not args.no_plots:
         results["plots"] = plot(results, out)
@@ -421,21 +539,44 @@ def main(argv=None) -> int:
     ok = [r for r in runs if "error" not in r]
     for r in ok:
         m = r["metric"]
-        r["_final"] = (f"{100 * r['final'][m]:.2f} ± {100 * r['final']['ci95']:.2f}%"
-                       if m == "accuracy" else f"{r['final'][m]:.3f} ± {r['final']['ci95']:.3f}")
-    print(markdown_table(ok, [
-        ("task", "task"), ("order", "order"), ("steps", "steps"), ("meta_batch", "meta-batch"),
-        ("inner_steps", "K"), ("ms_per_step", "ms/meta-step"), ("compile_s", "compile s"),
-        ("peak_mb", "peak MiB"), ("train_s", "train s"), ("_final", "final test (±95% CI)"),
-    ]))
+        r["_final"] = (
+            f"{100 * r['final'][m]:.2f} ± {100 * r['final']['ci95']:.2f}%"
+            if m == "accuracy"
+            else f"{r['final'][m]:.3f} ± {r['final']['ci95']:.3f}"
+        )
+    print(
+        markdown_table(
+            ok,
+            [
+                ("task", "task"),
+                ("order", "order"),
+                ("steps", "steps"),
+                ("meta_batch", "meta-batch"),
+                ("inner_steps", "K"),
+                ("ms_per_step", "ms/meta-step"),
+                ("compile_s", "compile s"),
+                ("peak_mb", "peak MiB"),
+                ("train_s", "train s"),
+                ("_final", "final test (±95% CI)"),
+            ],
+        )
+    )
     if summary:
         print()
-        print(markdown_table(summary, [
-            ("task", "task"), ("second_over_first_ms", "SO/FO time"),
-            ("second_over_first_memory", "SO/FO memory"), ("final_diff", "SO - FO final"),
-            ("target", "target (worse final)"), ("seconds_to_target_second", "SO s to target"),
-            ("seconds_to_target_first", "FO s to target"),
-        ]))
+        print(
+            markdown_table(
+                summary,
+                [
+                    ("task", "task"),
+                    ("second_over_first_ms", "SO/FO time"),
+                    ("second_over_first_memory", "SO/FO memory"),
+                    ("final_diff", "SO - FO final"),
+                    ("target", "target (worse final)"),
+                    ("seconds_to_target_second", "SO s to target"),
+                    ("seconds_to_target_first", "FO s to target"),
+                ],
+            )
+        )
     print(f"\nwrote {path}", file=sys.stderr)
     return 1 if len(ok) < len(runs) else 0
 

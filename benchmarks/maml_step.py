@@ -131,13 +131,20 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--orders", type=csv_list, default=["second", "first"])
     ap.add_argument("--inner-steps", type=lambda s: csv_list(s, int), default=None)
-    ap.add_argument("--queries", type=lambda s: csv_list(s, int), default=None,
-                    help="query images per class (default 15,1)")
+    ap.add_argument(
+        "--queries",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="query images per class (default 15,1)",
+    )
     ap.add_argument("--meta-batch", type=int, default=32)
     ap.add_argument("--filters", type=int, default=64)
     ap.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "gemm"])
-    ap.add_argument("--task-batch-size", default="default",
-                    help="'default' (tuned per config), 'none' (vmap all tasks) or an int")
+    ap.add_argument(
+        "--task-batch-size",
+        default="default",
+        help="'default' (tuned per config), 'none' (vmap all tasks) or an int",
+    )
     ap.add_argument("--remat", action="store_true")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (else from budget)")
     ap.add_argument("--budget-s", type=float, default=None, help="timed seconds (default 6)")
@@ -170,27 +177,47 @@ def main(argv=None) -> int:
         for k in args.inner_steps:
             for order in args.orders:
                 cfg = {
-                    "order": order, "inner_steps": k, "query_per_class": q,
-                    "meta_batch": args.meta_batch, "filters": args.filters,
+                    "order": order,
+                    "inner_steps": k,
+                    "query_per_class": q,
+                    "meta_batch": args.meta_batch,
+                    "filters": args.filters,
                     "conv_impl": args.conv_impl,
                     "task_batch_size": _tbs(args.task_batch_size, order, k, q),
-                    "remat": args.remat, "warmup": args.warmup, "budget_s": args.budget_s,
-                    "repeats": args.repeats, "min_repeats": args.min_repeats,
+                    "remat": args.remat,
+                    "warmup": args.warmup,
+                    "budget_s": args.budget_s,
+                    "repeats": args.repeats,
+                    "min_repeats": args.min_repeats,
                     "max_repeats": args.max_repeats,
                 }
                 rec = run_worker(__file__, cfg, timeout=args.timeout_s)
                 records.append(rec)
                 msg = rec.get("error") or (
                     f"{rec['ms_per_step']:.1f} ms/step (compile {rec['compile_s']:.1f} s, "
-                    f"cpu util {rec['cpu_util']})")
-                print(f"{order:6s} K={k} Q={q} tbs={cfg['task_batch_size']}: {msg}",
-                      file=sys.stderr, flush=True)
-    cols = [("order", "order"), ("inner_steps", "K"), ("query_per_class", "Q/class"),
-            ("meta_batch", "tasks"), ("conv_impl_resolved", "conv"),
-            ("task_batch_size", "task_batch_size"), ("ms_per_step", "ms/step (median)"),
-            ("ms_min", "min ms"), ("compile_s", "compile s"), ("tasks_per_s", "tasks/s"),
-            ("peak_rss_mb", "peak RSS MB"), ("peak_mb", "peak (steps) MB"),
-            ("cpu_util", "cpu util"), ("error", "error")]
+                    f"cpu util {rec['cpu_util']})"
+                )
+                print(
+                    f"{order:6s} K={k} Q={q} tbs={cfg['task_batch_size']}: {msg}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    cols = [
+        ("order", "order"),
+        ("inner_steps", "K"),
+        ("query_per_class", "Q/class"),
+        ("meta_batch", "tasks"),
+        ("conv_impl_resolved", "conv"),
+        ("task_batch_size", "task_batch_size"),
+        ("ms_per_step", "ms/step (median)"),
+        ("ms_min", "min ms"),
+        ("compile_s", "compile s"),
+        ("tasks_per_s", "tasks/s"),
+        ("peak_rss_mb", "peak RSS MB"),
+        ("peak_mb", "peak (steps) MB"),
+        ("cpu_util", "cpu util"),
+        ("error", "error"),
+    ]
     print(markdown_table(records, cols))
     if args.json:
         for r in records:

@@ -76,7 +76,9 @@ def build(cfg: dict[str, Any]):
     alg, ways, shots, k = cfg["algorithm"], cfg["ways"], cfg["shots"], cfg["inner_steps"]
     embed = alg in OTHERS
     model = Conv4(
-        num_classes=None if embed else ways, filters=cfg["filters"], head=cfg["head"],
+        num_classes=None if embed else ways,
+        filters=cfg["filters"],
+        head=cfg["head"],
         pool=(alg == "snail"),
     )
     kw: dict[str, Any] = {"task_batch_size": cfg.get("task_batch_size")}
@@ -106,13 +108,17 @@ def synthetic_episodes(key, *, tasks: int, ways: int, shots: int, queries: int, 
     from jaxmeta.types import Episode
 
     ks, kq = jax.random.split(key)
-    sy = jnp.broadcast_to(jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots),
-                          (tasks, ways * shots))
-    qy = jnp.broadcast_to(jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries),
-                          (tasks, ways * queries))
+    sy = jnp.broadcast_to(
+        jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots), (tasks, ways * shots)
+    )
+    qy = jnp.broadcast_to(
+        jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries), (tasks, ways * queries)
+    )
     return Episode(
-        jax.random.uniform(ks, (tasks, ways * shots, size, size, 1), jnp.float32), sy,
-        jax.random.uniform(kq, (tasks, ways * queries, size, size, 1), jnp.float32), qy,
+        jax.random.uniform(ks, (tasks, ways * shots, size, size, 1), jnp.float32),
+        sy,
+        jax.random.uniform(kq, (tasks, ways * queries, size, size, 1), jnp.float32),
+        qy,
     )
 
 
@@ -129,7 +135,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     key = jax.random.key(cfg.get("seed", 0))
     k_init, k_data, k_step = jax.random.split(key, 3)
     eps = synthetic_episodes(
-        k_data, tasks=cfg["meta_batch"], ways=cfg["ways"], shots=cfg["shots"],
+        k_data,
+        tasks=cfg["meta_batch"],
+        ways=cfg["ways"],
+        shots=cfg["shots"],
         queries=cfg["queries"],
     )
     params = jax.jit(model.init)(k_init, eps.support_x[0])
@@ -148,20 +157,43 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     one()  # first call: allocations, before the peak-memory reset
     reset_peak_rss()
     timing = time_calls(
-        one, warmup=cfg["warmup"], budget_s=cfg["budget_s"],
-        min_repeats=cfg["min_repeats"], max_repeats=cfg["max_repeats"],
+        one,
+        warmup=cfg["warmup"],
+        budget_s=cfg["budget_s"],
+        min_repeats=cfg["min_repeats"],
+        max_repeats=cfg["max_repeats"],
     )
     ms = timing.pop("ms_median")
     rec = {
-        **{k: cfg.get(k) for k in ("sweep", "algorithm", "first_order", "inner_steps", "ways",
-                                     "shots", "queries", "meta_batch", "remat",
-                                     "task_batch_size", "filters", "head")},
+        **{
+            k: cfg.get(k)
+            for k in (
+                "sweep",
+                "algorithm",
+                "first_order",
+                "inner_steps",
+                "ways",
+                "shots",
+                "queries",
+                "meta_batch",
+                "remat",
+                "task_batch_size",
+                "filters",
+                "head",
+            )
+        },
         "order": _order(cfg),
-        "ms_per_step": ms, "steps_per_s": 1e3 / ms, "tasks_per_s": cfg["meta_batch"] * 1e3 / ms,
-        **timing, "compile_s": compile_s, "n_params": int(n_params),
-        "rss_before_steps_mb": rss_start, "last_loss": metrics_out.get("loss"),
+        "ms_per_step": ms,
+        "steps_per_s": 1e3 / ms,
+        "tasks_per_s": cfg["meta_batch"] * 1e3 / ms,
+        **timing,
+        "compile_s": compile_s,
+        "n_params": int(n_params),
+        "rss_before_steps_mb": rss_start,
+        "last_loss": metrics_out.get("loss"),
         **memory_record(peak_rss_since_reset_mb()),
-        "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
     }
     if cfg.get("project_steps"):
         rec["project_steps"] = cfg["project_steps"]
@@ -182,11 +214,23 @@ def _order(cfg):
 
 def grid(args) -> list[dict[str, Any]]:
     base = {
-        "algorithm": "maml", "first_order": False, "inner_steps": 1, "ways": args.ways,
-        "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch,
-        "remat": False, "task_batch_size": None, "filters": args.filters, "head": args.head,
-        "inner_lr": 0.4, "outer_lr": 1e-3, "warmup": args.warmup, "budget_s": args.budget_s,
-        "min_repeats": args.min_repeats, "max_repeats": args.max_repeats,
+        "algorithm": "maml",
+        "first_order": False,
+        "inner_steps": 1,
+        "ways": args.ways,
+        "shots": args.shots,
+        "queries": args.queries,
+        "meta_batch": args.meta_batch,
+        "remat": False,
+        "task_batch_size": None,
+        "filters": args.filters,
+        "head": args.head,
+        "inner_lr": 0.4,
+        "outer_lr": 1e-3,
+        "warmup": args.warmup,
+        "budget_s": args.budget_s,
+        "min_repeats": args.min_repeats,
+        "max_repeats": args.max_repeats,
         "project_steps": args.project_steps,
     }
     cfgs: list[dict[str, Any]] = []
@@ -206,7 +250,7 @@ def grid(args) -> list[dict[str, Any]]:
     for sweep in args.sweeps:
         if sweep == "algorithms":
             for alg in args.algorithms:
-                for k in (args.inner_steps if alg in GRADIENT_BASED else [0]):
+                for k in args.inner_steps if alg in GRADIENT_BASED else [0]:
                     add("algorithms", algorithm=alg, inner_steps=k)
         elif sweep == "shape":
             for fo in (False, True):
@@ -230,45 +274,84 @@ def grid(args) -> list[dict[str, Any]]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweeps", type=csv_list, default=None,
-                    help=f"comma-separated from {', '.join(SWEEPS)} (default: all)")
-    ap.add_argument("--preset", choices=["canonical"], default=None,
-                    help="canonical: the PyTorch-peer workload (ignores --sweeps)")
+    ap.add_argument(
+        "--sweeps",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated from {', '.join(SWEEPS)} (default: all)",
+    )
+    ap.add_argument(
+        "--preset",
+        choices=["canonical"],
+        default=None,
+        help="canonical: the PyTorch-peer workload (ignores --sweeps)",
+    )
     ap.add_argument("--algorithms", type=csv_list, default=list(ALL))
-    ap.add_argument("--inner-steps", type=lambda s: csv_list(s, int), default=None,
-                    help="inner steps of the gradient-based algorithms (default 1,5,10; "
-                         "--quick 1,5)")
+    ap.add_argument(
+        "--inner-steps",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="inner steps of the gradient-based algorithms (default 1,5,10; --quick 1,5)",
+    )
     ap.add_argument("--ways", type=int, default=5)
     ap.add_argument("--shots", type=int, default=1)
-    ap.add_argument("--queries", type=int, default=None,
-                    help="query images per class (default 15; --quick/--tiny 1)")
+    ap.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="query images per class (default 15; --quick/--tiny 1)",
+    )
     ap.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (32)")
     ap.add_argument("--filters", type=int, default=None, help="Conv-4 filters (64; --tiny 8)")
     ap.add_argument("--head", choices=["flatten", "mean"], default="flatten")
     ap.add_argument("--shape-ways", type=lambda s: csv_list(s, int), default=[20])
     ap.add_argument("--shape-shots", type=lambda s: csv_list(s, int), default=[5])
-    ap.add_argument("--shape-queries", type=lambda s: csv_list(s, int), default=None,
-                    help="queries per class tried in the shape sweep (default 1,15)")
+    ap.add_argument(
+        "--shape-queries",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="queries per class tried in the shape sweep (default 1,15)",
+    )
     ap.add_argument("--task-batch-sizes", type=lambda s: csv_list(s, int), default=[8, 1])
     ap.add_argument("--canonical-queries", type=lambda s: csv_list(s, int), default=[15, 1])
     ap.add_argument("--canonical-inner-steps", type=lambda s: csv_list(s, int), default=[1, 5])
-    ap.add_argument("--project-steps", type=int, default=60000,
-                    help="report the projected hours of a run of this many meta-steps")
+    ap.add_argument(
+        "--project-steps",
+        type=int,
+        default=60000,
+        help="report the projected hours of a run of this many meta-steps",
+    )
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="timed seconds per configuration (default 5; --quick 2)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="timed seconds per configuration (default 5; --quick 2)",
+    )
     ap.add_argument("--min-repeats", type=int, default=3)
     ap.add_argument("--max-repeats", type=int, default=30)
-    ap.add_argument("--quick", action="store_true",
-                    help="small grid (inner steps 1,5; 1 query/class; meta-batch 16; "
-                         "algorithms + memory sweeps): minutes on a laptop CPU")
-    ap.add_argument("--tiny", action="store_true",
-                    help="tiny net and batch (smoke tests only; numbers meaningless)")
-    ap.add_argument("--in-process", action="store_true",
-                    help="no subprocess per configuration (memory numbers then not per config)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small grid (inner steps 1,5; 1 query/class; meta-batch 16; "
+        "algorithms + memory sweeps): minutes on a laptop CPU",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny net and batch (smoke tests only; numbers meaningless)",
+    )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no subprocess per configuration (memory numbers then not per config)",
+    )
     ap.add_argument("--timeout-s", type=float, default=None, help="per-configuration timeout")
-    ap.add_argument("--json", default=None,
-                    help="output JSON (default benchmarks/results/throughput/throughput.json)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="output JSON (default benchmarks/results/throughput/throughput.json)",
+    )
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     if args.sweeps is None:
@@ -295,11 +378,22 @@ def parse_args(argv=None):
 
 
 COLUMNS = [
-    ("sweep", "sweep"), ("algorithm", "algorithm"), ("order", "order"), ("inner_steps", "K"),
-    ("ways", "N"), ("shots", "shots"), ("queries", "Q"), ("meta_batch", "tasks"),
-    ("remat", "remat"), ("task_batch_size", "task_batch"), ("ms_per_step", "ms/step"),
-    ("steps_per_s", "steps/s"), ("tasks_per_s", "tasks/s"), ("compile_s", "compile s"),
-    ("peak_mb", "peak MiB"), ("cpu_util", "cpu util"),
+    ("sweep", "sweep"),
+    ("algorithm", "algorithm"),
+    ("order", "order"),
+    ("inner_steps", "K"),
+    ("ways", "N"),
+    ("shots", "shots"),
+    ("queries", "Q"),
+    ("meta_batch", "tasks"),
+    ("remat", "remat"),
+    ("task_batch_size", "task_batch"),
+    ("ms_per_step", "ms/step"),
+    ("steps_per_s", "steps/s"),
+    ("tasks_per_s", "tasks/s"),
+    ("compile_s", "compile s"),
+    ("peak_mb", "peak MiB"),
+    ("cpu_util", "cpu util"),
 ]
 
 
@@ -320,16 +414,19 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
         ks = [r["inner_steps"] for r in rs]
         for ax, key in zip(axes, ("ms_per_step", "peak_mb"), strict=True):
             ax.plot(ks, [r[key] for r in rs], marker="o", label=alg)
-    for ax, yl in zip(axes, ("ms per meta-step (median)", f"peak MiB ({rows[0]['memory_kind']})"),
-                      strict=True):
+    for ax, yl in zip(
+        axes, ("ms per meta-step (median)", f"peak MiB ({rows[0]['memory_kind']})"), strict=True
+    ):
         ax.set_xlabel("inner steps (0 = no inner loop)")
         ax.set_ylabel(yl)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     r0 = rows[0]
-    fig.suptitle(f"{r0['ways']}-way {r0['shots']}-shot, {r0['queries']} queries/class, "
-                 f"{r0['meta_batch']} tasks ({r0['device_kind']})")
+    fig.suptitle(
+        f"{r0['ways']}-way {r0['shots']}-shot, {r0['queries']} queries/class, "
+        f"{r0['meta_batch']} tasks ({r0['device_kind']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -342,31 +439,42 @@ def main(argv=None) -> int:
     cfgs = grid(args)
     results = []
     for i, cfg in enumerate(cfgs, 1):
-        desc = (f"{cfg['sweep']}: {cfg['algorithm']} K={cfg['inner_steps']} "
-                f"fo={cfg['first_order']} N={cfg['ways']} K_shot={cfg['shots']} "
-                f"Q={cfg['queries']} tasks={cfg['meta_batch']} remat={cfg['remat']} "
-                f"task_batch={cfg['task_batch_size']}")
+        desc = (
+            f"{cfg['sweep']}: {cfg['algorithm']} K={cfg['inner_steps']} "
+            f"fo={cfg['first_order']} N={cfg['ways']} K_shot={cfg['shots']} "
+            f"Q={cfg['queries']} tasks={cfg['meta_batch']} remat={cfg['remat']} "
+            f"task_batch={cfg['task_batch_size']}"
+        )
         print(f"[{time.strftime('%H:%M:%S')}] {i}/{len(cfgs)} {desc}", file=sys.stderr, flush=True)
         res = run_one(cfg) if args.in_process else run_worker(__file__, cfg, timeout=args.timeout_s)
         if "error" in res:
             print(f"  FAILED: {res['error']}", file=sys.stderr, flush=True)
         else:
-            print(f"  {res['ms_per_step']:.1f} ms/step, {res['tasks_per_s']:.1f} tasks/s, "
-                  f"compile {res['compile_s']:.1f} s, peak {res['peak_mb']:.0f} MiB, "
-                  f"cpu util {res['cpu_util']}", file=sys.stderr, flush=True)
+            print(
+                f"  {res['ms_per_step']:.1f} ms/step, {res['tasks_per_s']:.1f} tasks/s, "
+                f"compile {res['compile_s']:.1f} s, peak {res['peak_mb']:.0f} MiB, "
+                f"cpu util {res['cpu_util']}",
+                file=sys.stderr,
+                flush=True,
+            )
         results.append(res)
         # Partial results survive an interrupted sweep.
         write_json(out, {"benchmark": "throughput", "settings": vars(args), "results": results})
-    doc = {"benchmark": "throughput", "machine": machine(), "settings": vars(args),
-           "results": results}
+    doc = {
+        "benchmark": "throughput",
+        "machine": machine(),
+        "settings": vars(args),
+        "results": results,
+    }
     if not args.no_plots:
         p = plot(doc, out.with_suffix(".png"))
         if p:
             doc["plot"] = p
     write_json(out, doc)
     ok = [r for r in results if "error" not in r]
-    cols = COLUMNS + ([("projected_h", f"{args.project_steps} steps (h)")]
-                      if args.preset == "canonical" else [])
+    cols = COLUMNS + (
+        [("projected_h", f"{args.project_steps} steps (h)")] if args.preset == "canonical" else []
+    )
     print(markdown_table(ok, cols))
     print(f"\nwrote {out}", file=sys.stderr)
     return 1 if len(ok) < len(results) else 0

@@ -39,7 +39,10 @@ def train_sinusoid(
     """
     model = MLP(hidden=(40, 40), out=1)
     learner = maml(
-        model.apply, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order,
+        model.apply,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        first_order=first_order,
         loss_fn=mse_loss,
     )
     optimizer = optax.adam(outer_lr)
@@ -58,8 +61,17 @@ def train_sinusoid(
     return model, state.params, time.perf_counter() - start
 
 
-def sinusoid_mse(model, params, *, shots: int, adapt_steps: int, inner_lr: float,
-                 episodes: int = 600, queries: int = 100, seed: int = 1234):
+def sinusoid_mse(
+    model,
+    params,
+    *,
+    shots: int,
+    adapt_steps: int,
+    inner_lr: float,
+    episodes: int = 600,
+    queries: int = 100,
+    seed: int = 1234,
+):
     """Mean and 95% CI of the query MSE after ``adapt_steps`` SGD steps on K points."""
     learner = maml(model.apply, inner_lr=inner_lr, inner_steps=adapt_steps, loss_fn=mse_loss)
     tasks = eval_sinusoid_tasks(episodes=episodes, shots=shots, queries=queries, seed=seed)
@@ -69,14 +81,21 @@ def sinusoid_mse(model, params, *, shots: int, adapt_steps: int, inner_lr: float
         def one(ep):
             pred = learner.predict(params, ep.support_x, ep.support_y, ep.query_x)
             return mse_loss(pred, ep.query_y)
+
         return jax.vmap(one)(tasks)
 
     mse = per_task(params, tasks)
     return float(jnp.mean(mse)), float(1.96 * jnp.std(mse) / jnp.sqrt(episodes))
 
 
-def sinusoid_maml_vs_pretrained(*, shots: int = 10, steps: int = 10_000, inner_lr: float = 0.01,
-                                eval_steps: tuple[int, ...] = (0, 1, 10), seed: int = 0):
+def sinusoid_maml_vs_pretrained(
+    *,
+    shots: int = 10,
+    steps: int = 10_000,
+    inner_lr: float = 0.01,
+    eval_steps: tuple[int, ...] = (0, 1, 10),
+    seed: int = 0,
+):
     """MAML vs a jointly pretrained baseline on sinusoid regression.
 
     Returns a list of rows ``{"model", "adapt_steps", "mse", "ci95", "train_s"}``.

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def omniglot_zip_dir() -> Path:
-    """Folder with the genuine Omniglot zips (``../shared/data/omniglot`` or $JAXMETA_OMNIGLOT_DIR)."""
-    path = Path(os.environ.get("JAXMETA_OMNIGLOT_DIR", REPO.parent / "shared" / "data" / "omniglot"))
+    """Folder with the genuine Omniglot zips (../shared/data/omniglot or $JAXMETA_OMNIGLOT_DIR)."""
+    path = Path(
+        os.environ.get("JAXMETA_OMNIGLOT_DIR", REPO.parent / "shared" / "data" / "omniglot")
+    )
     if not (path / "images_background.zip").exists():
         pytest.fail(f"Omniglot zips not found in {path}; set JAXMETA_OMNIGLOT_DIR")
     return path

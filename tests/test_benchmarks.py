@@ -19,7 +19,10 @@ BENCH = REPO / "benchmarks"
 def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     p = subprocess.run(
         [sys.executable, str(BENCH / script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
     assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-3000:]}"
     return p
@@ -38,8 +41,18 @@ def check_machine(doc):
 
 def test_first_vs_second_order(tmp_path):
     out = tmp_path / "fvs"
-    run("first_vs_second_order.py", "--quick", "--tiny", "--steps", "3", "--tasks", "sinusoid",
-        "--in-process", "--out", str(out))
+    run(
+        "first_vs_second_order.py",
+        "--quick",
+        "--tiny",
+        "--steps",
+        "3",
+        "--tasks",
+        "sinusoid",
+        "--in-process",
+        "--out",
+        str(out),
+    )
     doc = json.loads((out / "first_vs_second_order.json").read_text())
     check_machine(doc)
     assert doc["benchmark"] == "first_vs_second_order"
@@ -56,8 +69,9 @@ def test_first_vs_second_order(tmp_path):
         for p in r["curve"]:
             assert positive(p["mse"]) and p["ci95"] >= 0 and p["train_s"] >= 0
     # Identical seeds and episodes: the same initial parameters give the same step-0 score.
-    assert math.isclose(runs["second"]["curve"][0]["mse"], runs["first"]["curve"][0]["mse"],
-                        rel_tol=1e-6)
+    assert math.isclose(
+        runs["second"]["curve"][0]["mse"], runs["first"]["curve"][0]["mse"], rel_tol=1e-6
+    )
     (s,) = doc["summary"]
     assert s["task"] == "sinusoid" and positive(s["second_over_first_ms"])
     for png in doc.get("plots", []):
@@ -69,18 +83,38 @@ def test_throughput(tmp_path):
     # The memory sweep (plain, remat, task_batch_size=1) exercises both options; every
     # algorithm's construction is covered by test_throughput_grid_covers_options' grid
     # and tests/test_algorithms.py.
-    run("throughput.py", "--tiny", "--in-process", "--sweeps", "memory",
-        "--task-batch-sizes", "1", "--json", str(out))
+    run(
+        "throughput.py",
+        "--tiny",
+        "--in-process",
+        "--sweeps",
+        "memory",
+        "--task-batch-sizes",
+        "1",
+        "--json",
+        str(out),
+    )
     doc = json.loads(out.read_text())
     check_machine(doc)
     res = doc["results"]
     got = {(r["sweep"], r["algorithm"], r["remat"], r["task_batch_size"]) for r in res}
-    assert got == {("memory", "maml", False, None), ("memory", "maml", True, None),
-                   ("memory", "maml", False, 1)}
+    assert got == {
+        ("memory", "maml", False, None),
+        ("memory", "maml", True, None),
+        ("memory", "maml", False, 1),
+    }
     for r in res:
         assert "error" not in r, r.get("error")
-        for key in ("ms_per_step", "steps_per_s", "tasks_per_s", "compile_s", "peak_mb",
-                    "n_params", "ms_min", "ms_max"):
+        for key in (
+            "ms_per_step",
+            "steps_per_s",
+            "tasks_per_s",
+            "compile_s",
+            "peak_mb",
+            "n_params",
+            "ms_min",
+            "ms_max",
+        ):
             assert positive(r[key]), (key, r[key])
         assert r["ms_min"] <= r["ms_per_step"] <= r["ms_max"]
         assert math.isclose(r["tasks_per_s"], r["meta_batch"] * r["steps_per_s"])
@@ -109,8 +143,16 @@ def test_throughput_grid_covers_options():
 
 def test_compare_pytorch_without_torch(tmp_path):
     out = tmp_path / "cmp.json"
-    p = run("compare_pytorch.py", "--tiny", "--orders", "first", "--torch-python", "none",
-            "--json", str(out))
+    p = run(
+        "compare_pytorch.py",
+        "--tiny",
+        "--orders",
+        "first",
+        "--torch-python",
+        "none",
+        "--json",
+        str(out),
+    )
     assert "PyTorch side skipped" in p.stderr
     doc = json.loads(out.read_text())
     check_machine(doc)
@@ -121,8 +163,9 @@ def test_compare_pytorch_without_torch(tmp_path):
     assert "speedup" not in row  # nothing to compare against
 
 
-@pytest.mark.parametrize("script", ["first_vs_second_order.py", "throughput.py",
-                                    "compare_pytorch.py"])
+@pytest.mark.parametrize(
+    "script", ["first_vs_second_order.py", "throughput.py", "compare_pytorch.py"]
+)
 def test_help(script):
     assert "usage" in run(script, "--help", timeout=120).stdout
 
@@ -140,10 +183,14 @@ def test_compare_pytorch_ratios(tmp_path):
         sys.path.remove(str(BENCH))
     cfg = {"order": "second", "inner_steps": 1, "queries": 15, "meta_batch": 32}
     by_impl = {
-        "jaxmeta": [{"ms": 100.0, "peak_rss_mb": 300.0, "steps_peak_mb": 250.0, "cpu_util": 1.9},
-                    {"ms": 120.0, "peak_rss_mb": 310.0, "cpu_util": 1.9}],
-        "higher": [{"ms": 400.0, "peak_rss_mb": 380.0, "cpu_util": 1.95},
-                   {"ms": 420.0, "peak_rss_mb": 380.0, "cpu_util": 1.95}],
+        "jaxmeta": [
+            {"ms": 100.0, "peak_rss_mb": 300.0, "steps_peak_mb": 250.0, "cpu_util": 1.9},
+            {"ms": 120.0, "peak_rss_mb": 310.0, "cpu_util": 1.9},
+        ],
+        "higher": [
+            {"ms": 400.0, "peak_rss_mb": 380.0, "cpu_util": 1.95},
+            {"ms": 420.0, "peak_rss_mb": 380.0, "cpu_util": 1.95},
+        ],
         "func_fusedbn": [{"ms": 50.0, "peak_rss_mb": 900.0, "cpu_util": 1.9}] * 2,  # wrong SO grads
         "func": [{"error": "boom"}],
     }

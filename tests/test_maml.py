@@ -40,7 +40,9 @@ def _mlp(out, dtype=jnp.float32, hidden=(6, 5), in_dim=4):
     params = model.init(jax.random.key(0), jnp.zeros((1, in_dim), dtype))
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.key(99), len(leaves))
-    leaves = [w + 0.1 * jax.random.normal(k, w.shape, w.dtype) for w, k in zip(leaves, keys)]
+    leaves = [
+        w + 0.1 * jax.random.normal(k, w.shape, w.dtype) for w, k in zip(leaves, keys, strict=True)
+    ]
     return model, jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -66,8 +68,10 @@ def test_second_order_meta_grad_matches_finite_differences_float64(inner_steps):
         grads, _ = jax.jit(learner.meta_grad)(params, eps_, jax.random.key(0))
 
         def mean_outer(p):
-            losses = [learner.outer_loss(p, jax.tree_util.tree_map(lambda x: x[t], eps_))[0]
-                      for t in range(eps_.support_x.shape[0])]
+            losses = [
+                learner.outer_loss(p, jax.tree_util.tree_map(lambda x, t=t: x[t], eps_))[0]
+                for t in range(eps_.support_x.shape[0])
+            ]
             return sum(losses) / len(losses)
 
         fd = _fd_meta_grad(mean_outer, params, eps=1e-6)
@@ -76,7 +80,8 @@ def test_second_order_meta_grad_matches_finite_differences_float64(inner_steps):
         assert rel < 1e-6, rel
         # The check has teeth: the first-order gradient is measurably different.
         fo, _ = jax.jit(fomaml(model.apply, inner_lr=0.5, inner_steps=inner_steps).meta_grad)(
-            params, eps_, jax.random.key(0))
+            params, eps_, jax.random.key(0)
+        )
         assert np.linalg.norm(np.asarray(_flat(fo)) - fd) / np.linalg.norm(fd) > 1e-3
 
 
@@ -89,17 +94,22 @@ def test_first_order_equals_second_order_with_stopped_inner_gradients():
         q = p
         for _ in range(steps):
             g = jax.lax.stop_gradient(
-                jax.grad(lambda w: cross_entropy_loss(model.apply(w, ep.support_x), ep.support_y))(q)
+                jax.grad(lambda w: cross_entropy_loss(model.apply(w, ep.support_x), ep.support_y))(
+                    q
+                )
             )
             q = jax.tree_util.tree_map(lambda w, gi: w - lr * gi, q, g)
         return cross_entropy_loss(model.apply(q, ep.query_x), ep.query_y)
 
-    ref = jax.jit(jax.grad(
-        lambda p: jnp.mean(jax.vmap(lambda ep: reference_task_loss(p, ep))(eps_))))(params)
+    ref = jax.jit(
+        jax.grad(lambda p: jnp.mean(jax.vmap(lambda ep: reference_task_loss(p, ep))(eps_)))
+    )(params)
     fo, _ = jax.jit(fomaml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
-        params, eps_, jax.random.key(0))
+        params, eps_, jax.random.key(0)
+    )
     so, _ = jax.jit(maml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
-        params, eps_, jax.random.key(0))
+        params, eps_, jax.random.key(0)
+    )
     np.testing.assert_allclose(_flat(fo), _flat(ref), rtol=1e-5, atol=1e-6)
     assert float(jnp.linalg.norm(_flat(so) - _flat(fo))) > 1e-4 * float(jnp.linalg.norm(_flat(so)))
 
@@ -108,8 +118,11 @@ def test_zero_inner_steps_is_plain_query_gradient():
     model, params = _mlp(out=3)
     eps_ = _classification_tasks(jax.random.key(3))
     plain = jax.grad(
-        lambda p: jnp.mean(jax.vmap(lambda x, y: cross_entropy_loss(model.apply(p, x), y))(
-            eps_.query_x, eps_.query_y))
+        lambda p: jnp.mean(
+            jax.vmap(lambda x, y: cross_entropy_loss(model.apply(p, x), y))(
+                eps_.query_x, eps_.query_y
+            )
+        )
     )(params)
     for first_order in (False, True):
         learner = maml(model.apply, inner_lr=0.4, inner_steps=0, first_order=first_order)
@@ -119,8 +132,9 @@ def test_zero_inner_steps_is_plain_query_gradient():
 
 def test_inner_loop_scan_equals_python_loop():
     model, params = _mlp(out=1, in_dim=1)
-    ep = jax.tree_util.tree_map(lambda x: x[0], sample_sinusoid_tasks(
-        jax.random.key(4), tasks=1, shots=10, queries=10))
+    ep = jax.tree_util.tree_map(
+        lambda x: x[0], sample_sinusoid_tasks(jax.random.key(4), tasks=1, shots=10, queries=10)
+    )
     learner = maml(model.apply, inner_lr=0.01, inner_steps=4, loss_fn=mse_loss)
     adapted = learner.adapt(params, ep.support_x, ep.support_y)
     ref = params
@@ -132,10 +146,15 @@ def test_inner_loop_scan_equals_python_loop():
     p10 = maml(model.apply, inner_lr=0.01, inner_steps=1, loss_fn=mse_loss, eval_inner_steps=4)
     np.testing.assert_allclose(
         p10.predict(params, ep.support_x, ep.support_y, ep.query_x),
-        model.apply(ref, ep.query_x), rtol=1e-5, atol=1e-6)
+        model.apply(ref, ep.query_x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(
         p10.predict(params, ep.support_x, ep.support_y, ep.query_x, steps=0),
-        model.apply(params, ep.query_x), rtol=1e-6)
+        model.apply(params, ep.query_x),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("task_batch_size", [None, 1, 2])
@@ -145,11 +164,14 @@ def test_vmap_over_tasks_equals_python_loop(task_batch_size):
     learner = maml(model.apply, inner_lr=0.4, inner_steps=2, task_batch_size=task_batch_size)
     grads, metrics = jax.jit(learner.meta_grad)(params, eps_, jax.random.key(0))
     task_grad = jax.jit(jax.grad(learner.outer_loss, has_aux=True))
-    per_task = [task_grad(params, jax.tree_util.tree_map(lambda x: x[t], eps_)) for t in range(5)]
+    per_task = [
+        task_grad(params, jax.tree_util.tree_map(lambda x, t=t: x[t], eps_)) for t in range(5)
+    ]
     ref = jax.tree_util.tree_map(lambda *g: sum(g) / 5, *[g for g, _ in per_task])
     np.testing.assert_allclose(_flat(grads), _flat(ref), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
-        metrics["loss"], np.mean([m["loss"] for _, m in per_task]), rtol=1e-6)
+        metrics["loss"], np.mean([m["loss"] for _, m in per_task]), rtol=1e-6
+    )
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
 
 
@@ -163,8 +185,9 @@ def test_meta_step_compiles_once_and_learns():
 
     learner = maml(apply_fn, inner_lr=0.01, inner_steps=1, loss_fn=mse_loss)
     opt = optax.adam(1e-2)
-    state = jaxmeta.init_meta_train_state(learner, opt, model.init(jax.random.key(0),
-                                                                   jnp.zeros((1, 1))))
+    state = jaxmeta.init_meta_train_state(
+        learner, opt, model.init(jax.random.key(0), jnp.zeros((1, 1)))
+    )
     step = jaxmeta.make_meta_step(learner, opt)
     keys = jax.random.split(jax.random.key(1), 60)
     losses = []
@@ -196,7 +219,8 @@ def test_bad_input_errors():
         learner.meta_grad(params, jax.tree_util.tree_map(lambda x: x[0, 0], eps_), key)
     # Under jit the label values are unknown at trace time: the loss turns NaN, never wrong.
     grads, m = jax.jit(learner.meta_grad)(
-        params, eps_._replace(query_y=eps_.query_y.at[0, 0].set(7)), key)
+        params, eps_._replace(query_y=eps_.query_y.at[0, 0].set(7)), key
+    )
     assert np.isnan(float(m["loss"]))
     for bad in (-1, -5):
         with pytest.raises(ValueError, match="inner_steps must be >= 0"):
@@ -228,7 +252,9 @@ def test_sinusoid_maml_beats_pretrained_baseline():
     adaptation and than a jointly pretrained network fine-tuned with the same step."""
     from jaxmeta.experiments import sinusoid_maml_vs_pretrained
 
-    rows = {(r["model"], r["adapt_steps"]): r["mse"]
-            for r in sinusoid_maml_vs_pretrained(shots=10, steps=2000, eval_steps=(0, 1))}
+    rows = {
+        (r["model"], r["adapt_steps"]): r["mse"]
+        for r in sinusoid_maml_vs_pretrained(shots=10, steps=2000, eval_steps=(0, 1))
+    }
     assert rows[("maml", 1)] < 0.6 * rows[("maml", 0)]
     assert rows[("maml", 1)] < 0.6 * rows[("pretrained", 1)]

@@ -57,6 +57,4 @@ def sample_sinusoid_tasks(key: PRNGKey, *, tasks: int, shots: int, queries: int)
 
 def eval_sinusoid_tasks(*, episodes: int, shots: int, queries: int, seed: int = 0) -> Episode:
     """A fixed, seeded set of evaluation tasks (identical across runs and algorithms)."""
-    return sample_sinusoid_tasks(
-        jax.random.key(seed), tasks=episodes, shots=shots, queries=queries
-    )
+    return sample_sinusoid_tasks(jax.random.key(seed), tasks=episodes, shots=shots, queries=queries)

@@ -21,4 +21,6 @@ def get_model(name: str) -> type[nn.Module]:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}") from None
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}"
+        ) from None
