@@ -18,6 +18,7 @@ import optax
 
 from jaxmeta.losses import accuracy, is_classification
 from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.validation import check_int
 
 Metrics = dict[str, Array]
 
@@ -101,6 +102,68 @@ def mean_task_grad(
     grad = jax.grad(task_loss, has_aux=True)
     return mean_over_tasks(
         map_tasks(lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size)
+    )
+
+
+def gradient_learner(
+    *,
+    name: str,
+    apply_fn: Callable[[Params, Array], Array],
+    loss_fn: Callable[[Array, Array], Array],
+    adapt_fn: Callable[[Params, Array, Array, int], tuple[Params, Array]],
+    init: Callable[[Params], Params],
+    check: Callable[[Params, Episode], None],
+    inner_steps: int,
+    eval_steps: int,
+    task_batch_size: int | None,
+) -> MetaLearner:
+    """The learner of the MAML family, given how one task adapts.
+
+    ``adapt_fn(meta_params, support_x, support_y, steps) -> (adapted_model_params,
+    support_losses[steps])`` is the only thing MAML, ANIL and Meta-SGD differ in; the
+    outer loss (query loss after ``inner_steps``), the meta-gradient (its mean over
+    tasks) and ``predict`` (after ``eval_steps``, or ``steps=``) are shared.
+    ``check(meta_params, episodes)`` validates a batch of episodes before tracing.
+    """
+
+    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None) -> Params:
+        """Adapted model parameters for one task (``support_x: [n_support, ...]``)."""
+        steps = inner_steps if steps is None else check_int("steps", steps, minimum=0)
+        return adapt_fn(meta_params, support_x, support_y, steps)[0]
+
+    def outer_loss(meta_params: Params, episode: Episode, key: PRNGKey | None = None):
+        """Query loss of one task after adaptation on its support set, with metrics."""
+        del key
+        adapted, inner_losses = adapt_fn(
+            meta_params, episode.support_x, episode.support_y, inner_steps
+        )
+        predictions = apply_fn(adapted, episode.query_x)
+        loss = loss_fn(predictions, episode.query_y)
+        metrics = task_metrics(predictions, episode.query_y, loss)
+        if inner_steps:
+            metrics["support_loss_before"] = inner_losses[0]
+        return loss, metrics
+
+    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
+        """Mean meta-gradient and metrics over ``episodes`` (leading task axis)."""
+        check(meta_params, episodes)
+        return mean_task_grad(
+            outer_loss, meta_params, episodes, key, task_batch_size=task_batch_size
+        )
+
+    def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None):
+        """Adapt on one task's support set and predict its queries (``eval_steps``)."""
+        del key
+        adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
+        return apply_fn(adapted, query_x)
+
+    return MetaLearner(
+        init=init,
+        meta_grad=meta_grad,
+        predict=predict,
+        name=name,
+        adapt=adapt,
+        outer_loss=outer_loss,
     )
 
 

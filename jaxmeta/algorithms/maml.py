@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import jax
 
-from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, gradient_learner
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import Array, Episode, Params
 from jaxmeta.validation import check_episode, check_int, check_positive_float
 
 ApplyFn = Callable[[Params, Array], Array]
@@ -67,68 +67,28 @@ def maml(
     def init(params: Params) -> Params:
         return params
 
-    def adapt(
-        params: Params, support_x: Array, support_y: Array, steps: int | None = None
-    ) -> Params:
-        """Adapted parameters for one task (``support_x: [n_support, ...]``)."""
-        steps = inner_steps if steps is None else check_int("steps", steps, minimum=0)
+    def adapt_fn(params: Params, support_x: Array, support_y: Array, steps: int):
         support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
-        adapted, _ = sgd_adapt(
+        return sgd_adapt(
             support_loss, params, lr=inner_lr, steps=steps, first_order=first_order, remat=remat
         )
-        return adapted
 
-    def outer_loss(params: Params, episode: Episode, key: PRNGKey | None = None):
-        """Query loss of one task after adaptation on its support set, with metrics."""
-        del key
-        support_loss = lambda p: loss_fn(apply_fn(p, episode.support_x), episode.support_y)
-        adapted, inner_losses = sgd_adapt(
-            support_loss,
-            params,
-            lr=inner_lr,
-            steps=inner_steps,
-            first_order=first_order,
-            remat=remat,
-        )
-        predictions = apply_fn(adapted, episode.query_x)
-        loss = loss_fn(predictions, episode.query_y)
-        metrics = task_metrics(predictions, episode.query_y, loss)
-        if inner_steps:
-            metrics["support_loss_before"] = inner_losses[0]
-        return loss, metrics
-
-    def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
-        """Mean meta-gradient and metrics over ``episodes`` (leading task axis)."""
-        _check(params, episodes, batched=True)
-        return mean_task_grad(outer_loss, params, episodes, key, task_batch_size=task_batch_size)
-
-    def predict(
-        params: Params,
-        support_x: Array,
-        support_y: Array,
-        query_x: Array,
-        key: PRNGKey | None = None,
-        *,
-        steps: int | None = None,
-    ) -> Array:
-        """Adapt on one task's support set and predict its queries (``eval_inner_steps``)."""
-        del key
-        adapted = adapt(params, support_x, support_y, eval_steps if steps is None else steps)
-        return apply_fn(adapted, query_x)
-
-    def _check(params, episodes, *, batched):
-        check_episode(episodes, batched=batched)  # shapes first: the model needs sane inputs
+    def check(params, episodes):
+        check_episode(episodes, batched=True)  # shapes first: the model needs sane inputs
         if episodes.support_y.dtype.kind in "iu":
-            n_out = _output_dim(apply_fn, params, episodes, batched)
-            check_episode(episodes, batched=batched, num_classes=n_out)
+            n_out = _output_dim(apply_fn, params, episodes, batched=True)
+            check_episode(episodes, batched=True, num_classes=n_out)
 
-    return MetaLearner(
-        init=init,
-        meta_grad=meta_grad,
-        predict=predict,
+    return gradient_learner(
         name="fomaml" if first_order else "maml",
-        adapt=adapt,
-        outer_loss=outer_loss,
+        apply_fn=apply_fn,
+        loss_fn=loss_fn,
+        adapt_fn=adapt_fn,
+        init=init,
+        check=check,
+        inner_steps=inner_steps,
+        eval_steps=eval_steps,
+        task_batch_size=task_batch_size,
     )
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, gradient_learner
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import Array, Params
 from jaxmeta.validation import check_episode, check_int, check_positive_float
 
 ApplyFn = Callable[[Params, Array], Array]
@@ -76,38 +76,14 @@ def metasgd(
             first_order=first_order,
         )
 
-    def adapt(meta_params, support_x, support_y, steps=None):
-        steps = inner_steps if steps is None else check_int("steps", steps, minimum=0)
-        return _adapt(meta_params, support_x, support_y, steps)[0]
-
-    def outer_loss(meta_params, episode: Episode, key=None):
-        del key
-        adapted, inner_losses = _adapt(
-            meta_params, episode.support_x, episode.support_y, inner_steps
-        )
-        logits = apply_fn(adapted, episode.query_x)
-        loss = loss_fn(logits, episode.query_y)
-        metrics = task_metrics(logits, episode.query_y, loss)
-        if inner_steps:
-            metrics["support_loss_before"] = inner_losses[0]
-        return loss, metrics
-
-    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
-        check_episode(episodes, batched=True)
-        return mean_task_grad(
-            outer_loss, meta_params, episodes, key, task_batch_size=task_batch_size
-        )
-
-    def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None):
-        del key
-        adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
-        return apply_fn(adapted, query_x)
-
-    return MetaLearner(
-        init=init,
-        meta_grad=meta_grad,
-        predict=predict,
+    return gradient_learner(
         name="metasgd",
-        adapt=adapt,
-        outer_loss=outer_loss,
+        apply_fn=apply_fn,
+        loss_fn=loss_fn,
+        adapt_fn=_adapt,
+        init=init,
+        check=lambda _params, episodes: check_episode(episodes, batched=True),
+        inner_steps=inner_steps,
+        eval_steps=eval_steps,
+        task_batch_size=task_batch_size,
     )
