@@ -83,7 +83,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from jaxmeta.train.config import load_config
     from jaxmeta.train.evaluate import make_evaluator, summarize
-    from jaxmeta.train.loop import build_experiment, initial_state
+    from jaxmeta.train.loop import build_experiment, eval_shape, initial_state
     from jaxmeta.train.state import make_train_chunk
 
     task, order = cfg["task"], cfg["order"]
@@ -115,7 +115,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
             "test",
             episodes=cfg["eval_episodes"],
             seed=exp_cfg.eval.seed,
-            queries=exp_cfg.eval.queries,
+            **eval_shape(exp_cfg),
         )
     )
     data_s = time.perf_counter() - t

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -114,6 +115,33 @@ def test_config_is_frozen():
         ("optimizer", {"learning_rate": 0}, "optimizer.learning_rate", "positive"),
         ("optimizer", {"betas": 1}, "optimizer.betas", "unknown key for optax.adam"),
         ("train", {"checkpoint_every": 7}, "train.checkpoint_every", "multiple of train.log_every"),
+        ("eval", {"ways": 1}, "eval.ways", ">= 2"),
+        ("eval", {"ways": 2000}, "eval.ways", "larger than"),
+        ("eval", {"shots": 0}, "eval.shots", "positive"),
+        ("eval", {"shots": 18}, "eval.queries", "18 \\+ 5 = 23 > 20"),
+        # MAML's Conv-4 has a data.ways-wide head: it cannot test other ways.
+        ("eval", {"ways": 20}, "eval.ways", "5-way output head"),
+        ("optimizer", {"schedule": {"name": "step"}}, "optimizer.schedule.name", "unknown"),
+        ("optimizer", {"schedule": {"name": "linear"}}, "optimizer.schedule.end_value", "needs"),
+        ("optimizer", {"schedule": 0.5}, "optimizer.schedule", "mapping"),
+        (
+            "optimizer",
+            {"schedule": {"name": "exponential", "transition_steps": 0, "decay_rate": 0.5}},
+            "optimizer.schedule.transition_steps",
+            "positive",
+        ),
+        (
+            "optimizer",
+            {"schedule": {"name": "cosine", "decay_steps": 1.5}},
+            "optimizer.schedule.decay_steps",
+            "integer",
+        ),
+        (
+            "optimizer",
+            {"schedule": {"name": "linear", "end_value": 0, "init_value": 1}},
+            "optimizer.schedule.init_value",
+            "optimizer.learning_rate",
+        ),
     ],
 )
 def test_bad_value_names_key_and_file(tmp_path, section, values, key, needle):
@@ -191,3 +219,55 @@ def test_every_registered_algorithm_accepts_a_config():
             ConfigError, match=f"algorithm.bogus_key: unknown key for algorithm '{name}'"
         ):
             config_from_dict(raw, source="f.yaml")
+
+
+def test_eval_ways_needs_a_head_free_learner():
+    """ProtoNets (embedding model) trains 60-way and tests 5-way; fixed-shape learners refuse."""
+    proto = REPO / "configs" / "omniglot" / "protonets_5w1s.yaml"
+    cfg = load_config(proto)
+    assert (cfg.data.ways, cfg.eval_ways, cfg.eval_shots, cfg.eval_queries) == (60, 5, 1, 15)
+    assert "ways" not in algorithm_kwargs(cfg)  # shape-derived logits, any N
+    same = load_config(proto, ["eval.ways=60"])
+    assert algorithm_kwargs(same)["ways"] == 60  # exact [n_q, N] logits when N is fixed
+    with pytest.raises(ConfigError, match=r"--set: eval.ways: algorithm 'snail' is built for"):
+        load_config(REPO / "configs" / "omniglot" / "snail_5w1s.yaml", ["eval.ways=20"])
+    with pytest.raises(ConfigError, match=r"eval.shots: algorithm 'snail' is built for shots=1"):
+        load_config(REPO / "configs" / "omniglot" / "snail_5w1s.yaml", ["eval.shots=5"])
+    with pytest.raises(ConfigError, match="5-way output head"):
+        load_config(proto, ["model.num_classes=5", "eval.ways=20"])
+    with pytest.raises(ConfigError, match="sinusoid is regression"):
+        load_config(REPO / "configs" / "sinusoid" / "maml_k10.yaml", ["eval.ways=5"])
+    # Other shots at test time are fine for MAML (the head does not depend on K).
+    assert load_config(TINY, ["eval.shots=5"]).eval_shots == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (None, lambda t: 0.5),
+        ({"name": "linear", "end_value": 0.0}, lambda t: 0.5 * max(1 - t / 20, 0.0)),
+        (
+            {"name": "exponential", "transition_steps": 4, "decay_rate": 0.5, "staircase": True},
+            lambda t: 0.5 * 0.5 ** (t // 4),
+        ),
+        ({"name": "cosine"}, lambda t: 0.25 * (1 + np.cos(np.pi * min(t, 20) / 20))),
+        (
+            {"name": "piecewise", "boundaries_and_scales": {5: 0.1, 10: 0.5}},
+            lambda t: 0.5 * (0.1 if t >= 5 else 1) * (0.5 if t >= 10 else 1),
+        ),
+    ],
+)
+def test_schedule_follows_the_formula_and_train_steps(spec, expected):
+    """SGD updates with the configured schedule are -lr(t) * g; step counts default to train.steps."""
+    import jax.numpy as jnp
+
+    sets = ["train.steps=20", "optimizer.learning_rate=0.5"]
+    raw = yaml.safe_load(TINY.read_text())
+    raw["optimizer"] = {"name": "sgd", "learning_rate": 0.5, "schedule": spec}
+    cfg = config_from_dict(raw, source="x", overrides=sets)
+    opt = build_optimizer(cfg)
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    for t in range(25):
+        update, state = opt.update({"w": jnp.ones(())}, state, params)
+        np.testing.assert_allclose(-float(update["w"]), expected(t), atol=1e-6)

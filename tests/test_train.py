@@ -99,14 +99,27 @@ def test_result_independent_of_chunk_boundaries():
         assert _leaves_equal(finals[0], other)
 
 
+# A learning-rate schedule whose position lives in the optimizer state: resume must
+# continue it exactly (the step count is checkpointed with the Adam moments).
+SCHEDULED = {
+    "name": "adam",
+    "learning_rate": 0.01,
+    "schedule": {"name": "exponential", "transition_steps": 7, "decay_rate": 0.5, "staircase": True},
+}
+
+
 def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
-    cfg = _cfg()
+    cfg = _cfg(optimizer=SCHEDULED)
     full = train_and_evaluate(cfg, tmp_path / "full", progress=False)
     assert full["steps"] == 30
-    # Interrupted at 20 (checkpoint) and resumed with other chunk sizes: identical.
+    # Interrupted at 20 (checkpoint) and resumed with other chunk sizes: identical. The
+    # schedule follows train.steps only through explicit step counts, so stopping early
+    # with train.steps=20 and resuming to 30 sees the same rates.
     part = tmp_path / "part"
-    train_and_evaluate(_cfg(train={"steps": 20}), part, progress=False)
-    resumed = train_and_evaluate(_cfg(train={"steps_per_call": 3}), part, progress=False)
+    train_and_evaluate(_cfg(train={"steps": 20}, optimizer=SCHEDULED), part, progress=False)
+    resumed = train_and_evaluate(
+        _cfg(train={"steps_per_call": 3}, optimizer=SCHEDULED), part, progress=False
+    )
     assert resumed["start_step"] == 20 and resumed["steps"] == 30
 
     exp = build_experiment(cfg)
@@ -138,7 +151,49 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
     )
     # A workdir only resumes the same experiment.
     with pytest.raises(ValueError, match="different config.*algorithm.inner_lr"):
-        train_and_evaluate(_cfg(algorithm={"inner_lr": 0.02}), part, progress=False)
+        train_and_evaluate(
+            _cfg(algorithm={"inner_lr": 0.02}, optimizer=SCHEDULED), part, progress=False
+        )
+
+
+def test_protonets_trains_wide_and_evaluates_narrow(omniglot, omniglot_data_dir, tmp_path):
+    """The paper's ProtoNets protocol: meta-train with more ways (here 10) than the 5 tested."""
+    from jaxmeta.train.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        repo / "configs" / "omniglot" / "protonets_5w1s.yaml",
+        [
+            f"data.data_dir={omniglot_data_dir}",
+            "data.download=false",
+            "data.ways=10",
+            "data.queries=2",
+            "model.filters=8",
+            "train.steps=10",
+            "train.steps_per_call=5",
+            "train.log_every=5",
+            "train.eval_every=10",
+            "train.checkpoint_every=10",
+            "train.plot=false",
+            "eval.episodes=10",
+            "eval.val_episodes=4",
+            "eval.queries=3",
+            "eval.batch_size=5",
+        ],
+    )
+    exp = build_experiment(cfg)
+    episodes = exp.source.eval_episodes("test", episodes=2, seed=0, ways=5, queries=3)
+    assert episodes.support_x.shape[:2] == (2, 5) and episodes.query_y.shape == (2, 15)
+    assert exp.source.sample(jax.random.key(0), exp.source.train_data(), tasks=1).query_y.shape == (
+        1,
+        20,
+    )
+    res = train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    test = json.loads((tmp_path / "run" / "eval_test.json").read_text())
+    assert (test["ways"], test["train_ways"], test["shots"], test["queries"]) == (5, 10, 1, 3)
+    assert 0.0 <= test["accuracy"] <= 1.0 and res["steps"] == 10
+    val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val"]
+    assert len(val) == 1 and np.isfinite(val[0]["loss"])
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):

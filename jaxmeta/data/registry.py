@@ -41,7 +41,14 @@ class TaskSource(Protocol):
     def sample(self, key: PRNGKey, data: PyTree, *, tasks: int) -> Episode: ...
 
     def eval_episodes(
-        self, split: str, *, episodes: int, seed: int, queries: int | None = None
+        self,
+        split: str,
+        *,
+        episodes: int,
+        seed: int,
+        queries: int | None = None,
+        ways: int | None = None,
+        shots: int | None = None,
     ) -> Episode: ...
 
     def example_input(self) -> np.ndarray: ...
@@ -96,8 +103,12 @@ class OmniglotTasks:
             self._omniglot = load_omniglot(**self._load_kwargs)
         return self._omniglot
 
-    def split_images(self, split: str) -> np.ndarray:
-        """uint8 ``[classes, 20, S, S]`` of one split (checked against ``ways``)."""
+    def split_images(self, split: str, *, ways: int | None = None) -> np.ndarray:
+        """uint8 ``[classes, 20, S, S]`` of one split (checked against ``ways``).
+
+        ``ways`` defaults to the training ways; evaluation may use other ways.
+        """
+        ways = self.ways if ways is None else ways
         if split not in self.splits:
             raise ValueError(
                 f"split {split!r} does not exist in the {self.scheme!r} scheme "
@@ -106,15 +117,15 @@ class OmniglotTasks:
         if split not in self._split_cache:
             from jaxmeta.data.omniglot import split_images
 
-            images = split_images(self._dataset(), self.scheme, split)
-            n = images.shape[0] * (4 if self.rotations else 1)
-            if self.ways > n:
-                raise ValueError(
-                    f"{self.ways}-way tasks need {self.ways} classes but the {self.scheme!r} "
-                    f"{split} split has {n} (rotations={self.rotations})"
-                )
-            self._split_cache[split] = images
-        return self._split_cache[split]
+            self._split_cache[split] = split_images(self._dataset(), self.scheme, split)
+        images = self._split_cache[split]
+        n = images.shape[0] * (4 if self.rotations else 1)
+        if ways > n:
+            raise ValueError(
+                f"{ways}-way tasks need {ways} classes but the {self.scheme!r} "
+                f"{split} split has {n} (rotations={self.rotations})"
+            )
+        return images
 
     def train_data(self) -> jax.Array:
         return jax.device_put(self.split_images("train"))
@@ -133,15 +144,24 @@ class OmniglotTasks:
         )
 
     def eval_episodes(
-        self, split: str, *, episodes: int, seed: int, queries: int | None = None
+        self,
+        split: str,
+        *,
+        episodes: int,
+        seed: int,
+        queries: int | None = None,
+        ways: int | None = None,
+        shots: int | None = None,
     ) -> Episode:
+        """Fixed episodes of ``split``; ``queries``/``ways``/``shots`` default to training's."""
         from jaxmeta.data.episodes import eval_episodes
 
+        ways = self.ways if ways is None else ways
         return eval_episodes(
-            self.split_images(split),
+            self.split_images(split, ways=ways),
             episodes=episodes,
-            ways=self.ways,
-            shots=self.shots,
+            ways=ways,
+            shots=self.shots if shots is None else shots,
             queries=self.queries if queries is None else queries,
             rotations=self.rotations,
             seed=seed,
@@ -180,15 +200,24 @@ class SinusoidTasks:
         return sample_sinusoid_tasks(key, tasks=tasks, shots=self.shots, queries=self.queries)
 
     def eval_episodes(
-        self, split: str, *, episodes: int, seed: int, queries: int | None = None
+        self,
+        split: str,
+        *,
+        episodes: int,
+        seed: int,
+        queries: int | None = None,
+        ways: int | None = None,
+        shots: int | None = None,
     ) -> Episode:
         from jaxmeta.data.sinusoid import eval_sinusoid_tasks
 
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r} (available: {', '.join(self.splits)})")
+        if ways is not None:
+            raise ValueError("sinusoid regression has no classes: ways must be None")
         return eval_sinusoid_tasks(
             episodes=episodes,
-            shots=self.shots,
+            shots=self.shots if shots is None else shots,
             queries=self.queries if queries is None else queries,
             seed=seed + self._SPLIT_SEED[split],
         )

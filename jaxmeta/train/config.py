@@ -29,6 +29,14 @@ is compiled::
       name: adam
       learning_rate: 0.001
       grad_clip_norm: null          # optional optax.clip_by_global_norm before it
+      schedule: null                # optional learning-rate schedule (optax), e.g.
+                                    #   {name: linear, end_value: 0.0}  (to 0 at train.steps)
+                                    #   {name: exponential, transition_steps: 2000,
+                                    #    decay_rate: 0.5, staircase: true}
+                                    #   {name: cosine, alpha: 0.0}
+                                    #   {name: warmup_cosine, warmup_steps: 500, end_value: 0.0}
+                                    #   peak/initial value = learning_rate; step counts
+                                    #   default to train.steps (see SCHEDULES)
     train:
       steps: 60000                  # meta-iterations
       meta_batch_size: 32           # tasks per meta-step
@@ -44,6 +52,10 @@ is compiled::
       episodes: 600                 # test episodes
       val_episodes: null            # validation episodes (default: episodes)
       queries: null                 # queries per class at evaluation (default: data.queries)
+      ways: null                    # N at evaluation (default: data.ways); a different value
+                                    #   needs a head-free model and algorithm (ProtoNets,
+                                    #   Matching Nets: e.g. 60-way training, 5-way test)
+      shots: null                   # K at evaluation (default: data.shots)
       batch_size: 50                # episodes per vmapped chunk (lax.map)
       seed: 0                       # the fixed evaluation episodes
       inner_steps: null             # override the algorithm's evaluation inner steps
@@ -158,6 +170,8 @@ class EvalConfig:
     episodes: int = 600
     val_episodes: int | None = None
     queries: int | None = None
+    ways: int | None = None
+    shots: int | None = None
     batch_size: int = 50
     seed: int = 0
     inner_steps: int | None = None
@@ -199,6 +213,21 @@ class ExperimentConfig:
     @property
     def classification(self) -> bool:
         return self.data.name != "sinusoid"
+
+    @property
+    def eval_ways(self) -> int:
+        """N of the evaluation episodes (``eval.ways``, default ``data.ways``)."""
+        return self.data.ways if self.eval.ways is None else self.eval.ways
+
+    @property
+    def eval_shots(self) -> int:
+        """K of the evaluation episodes (``eval.shots``, default ``data.shots``)."""
+        return self.data.shots if self.eval.shots is None else self.eval.shots
+
+    @property
+    def eval_queries(self) -> int:
+        """Queries per class of the evaluation episodes (``eval.queries`` or ``data.queries``)."""
+        return self.data.queries if self.eval.queries is None else self.eval.queries
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the resolved config written to the workdir)."""
@@ -489,7 +518,7 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
         src,
     )
     _positive(t, "train", ("eval_every", "seed"), src, minimum=0)
-    _positive(e, "eval", ("episodes", "val_episodes", "queries", "batch_size"), src)
+    _positive(e, "eval", ("episodes", "val_episodes", "queries", "shots", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
     _check_mesh(cfg, src)
     for key in ("checkpoint_every", "eval_every"):
@@ -513,26 +542,43 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
                 "data.scheme",
                 f"unknown split scheme {d.scheme!r}; available: {', '.join(schemes)}",
             )
+        if e.ways is not None and e.ways < 2:
+            raise ConfigError(
+                src("eval.ways"), "eval.ways", f"must be >= 2 for classification, got {e.ways}"
+            )
         mult = 4 if d.rotations else 1
         for split, n in schemes[d.scheme].items():
             if split == "val" and not t.eval_every:
                 continue
-            if d.ways > n * mult:
-                raise ConfigError(
-                    src("data.ways"),
-                    "data.ways",
-                    f"{d.ways}-way is larger than the {n * mult} classes of the "
-                    f"{d.scheme!r} {split} split (rotations={d.rotations})",
-                )
-        for key, q in (("data.queries", d.queries), ("eval.queries", e.queries)):
-            if q is not None and d.shots + q > OMNIGLOT_DRAWERS:
+            key = "data.ways" if split == "train" or e.ways is None else "eval.ways"
+            ways = d.ways if split == "train" else cfg.eval_ways
+            if ways > n * mult:
                 raise ConfigError(
                     src(key),
                     key,
-                    f"data.shots + {key.split('.')[0]}.queries = {d.shots} + {q} = "
-                    f"{d.shots + q} > {OMNIGLOT_DRAWERS}: an Omniglot class has only "
-                    f"{OMNIGLOT_DRAWERS} drawings",
+                    f"{ways}-way is larger than the {n * mult} classes of the "
+                    f"{d.scheme!r} {split} split (rotations={d.rotations})",
                 )
+        for key, k, q in (
+            ("data.queries", d.shots, d.queries),
+            ("eval.queries", cfg.eval_shots, cfg.eval_queries),
+        ):
+            if k + q > OMNIGLOT_DRAWERS:
+                what = "data.shots + data.queries" if key == "data.queries" else (
+                    "eval shots + eval queries"
+                )
+                if key == "eval.queries" and e.queries is None and e.shots is not None:
+                    key = "eval.shots"
+                raise ConfigError(
+                    src(key),
+                    key,
+                    f"{what} = {k} + {q} = {k + q} > {OMNIGLOT_DRAWERS}: an Omniglot class "
+                    f"has only {OMNIGLOT_DRAWERS} drawings",
+                )
+    elif e.ways is not None:
+        raise ConfigError(
+            src("eval.ways"), "eval.ways", f"{d.name} is regression: it has no ways; leave it null"
+        )
 
 
 def _check_mesh(cfg: ExperimentConfig, src) -> None:
@@ -622,6 +668,7 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
                 f"valid keys: name, {', '.join(valid)}",
             )
         _check_kw(dotted, value, hints.get(key), src)
+    _check_eval_shapes(cfg, params, src)
     missing = [
         p.name
         for p in params.values()
@@ -675,6 +722,16 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
     sig = inspect.signature(fn).parameters
     for key, value in cfg.optimizer.options:
         dotted = f"optimizer.{key}"
+        if key == "schedule":
+            if value is not None:
+                from jaxmeta.train.schedules import ScheduleError, schedule_kwargs
+
+                try:
+                    schedule_kwargs(value, 1.0, cfg.train.steps)
+                except ScheduleError as err:
+                    sub = f"{dotted}.{err.key}" if isinstance(value, Mapping) else dotted
+                    raise ConfigError(src(dotted), sub, str(err).split(": ", 1)[1]) from None
+            continue
         if key == "grad_clip_norm":
             if value is not None:
                 _check_kw(dotted, value, float, src)
@@ -685,7 +742,8 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
             raise ConfigError(
                 src(dotted),
                 dotted,
-                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, {', '.join(sig)}",
+                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, schedule, "
+                f"{', '.join(sig)}",
             )
     lr = cfg.optimizer.kwargs.get("learning_rate")
     if lr is not None:
@@ -725,6 +783,57 @@ ENGINE_SUPPLIED = ("apply_fn", "loss_fn")
 DATA_SUPPLIED = ("ways", "shots", "queries", "num_classes", "n_way", "k_shot")
 
 
+WAYS_KEYS = ("ways", "n_way", "num_classes")
+SHOTS_KEYS = ("shots", "k_shot")
+
+
+def eval_differs(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The DATA_SUPPLIED arguments whose evaluation value differs from training's."""
+    out: tuple[str, ...] = ()
+    if cfg.classification and cfg.eval_ways != cfg.data.ways:
+        out += WAYS_KEYS
+    if cfg.eval_shots != cfg.data.shots:
+        out += SHOTS_KEYS
+    if cfg.eval_queries != cfg.data.queries:
+        out += ("queries",)
+    return out
+
+
+def _check_eval_shapes(cfg: ExperimentConfig, params, src) -> None:
+    """eval.ways / eval.shots that differ from data.* need a learner that allows it."""
+    differs = eval_differs(cfg)
+    for key, names, value, train_value in (
+        ("eval.ways", WAYS_KEYS, cfg.eval_ways, cfg.data.ways),
+        ("eval.shots", SHOTS_KEYS, cfg.eval_shots, cfg.data.shots),
+    ):
+        if names[0] not in differs:
+            continue
+        for name in names:
+            p = params.get(name)
+            fixed = cfg.algorithm.kwargs.get(name)
+            if p is None or (p.default is not inspect.Parameter.empty and fixed is None):
+                continue
+            raise ConfigError(
+                src(key),
+                key,
+                f"algorithm {cfg.algorithm.name!r} is built for {name}={fixed or train_value} "
+                f"(its {name!r} argument fixes the network's shapes), so it cannot evaluate "
+                f"{key.split('.')[1]}={value}; leave {key} null",
+            )
+    if "ways" in differs:
+        out = {k: v for k, v in model_kwargs(cfg).items() if k in ("num_classes", "out")}
+        if any(v is not None for v in out.values()):
+            k, v = next(iter(out.items()))
+            raise ConfigError(
+                src("eval.ways"),
+                "eval.ways",
+                f"model {cfg.model.name!r} has a {v}-way output head ({k}={v}), so it cannot "
+                f"evaluate {cfg.eval_ways}-way episodes; evaluating with other ways than "
+                "training needs an embedding model (model.num_classes: null) and a metric-based "
+                "algorithm (protonets, matching)",
+            )
+
+
 def algorithm_parameters(factory) -> dict[str, inspect.Parameter]:
     """Parameters of an algorithm factory (after the first, positional ``apply_fn``)."""
     params = dict(inspect.signature(factory).parameters)
@@ -755,6 +864,11 @@ def algorithm_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     }
     for k in DATA_SUPPLIED:
         if k in params and k not in kwargs:
+            # An optional shape argument (e.g. ProtoNets' ``ways``) that evaluation does
+            # not share stays at its default: the learner then derives it from shapes.
+            optional = params[k].default is not inspect.Parameter.empty
+            if optional and k in eval_differs(cfg):
+                continue
             kwargs[k] = data_values[k]
     if not cfg.classification and "loss_fn" in params:
         kwargs["loss_fn"] = mse_loss
@@ -787,12 +901,15 @@ def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def build_optimizer(cfg: ExperimentConfig):
-    """The optax optimizer (optionally after global-norm clipping)."""
+    """The optax optimizer (optionally after global-norm clipping; ``schedule`` -> optax)."""
     import optax
+
+    from jaxmeta.train.schedules import build_schedule
 
     kwargs = cfg.optimizer.kwargs
     clip = kwargs.pop("grad_clip_norm", None)
-    kwargs["learning_rate"] = float(check_type(kwargs.get("learning_rate", 1e-3), float)[1])
+    lr = float(check_type(kwargs.get("learning_rate", 1e-3), float)[1])
+    kwargs["learning_rate"] = build_schedule(kwargs.pop("schedule", None), lr, cfg.train.steps)
     opt = getattr(optax, cfg.optimizer.name)(**kwargs)
     if clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)

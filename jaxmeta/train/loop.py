@@ -124,6 +124,14 @@ def _source_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     return kwargs
 
 
+def eval_shape(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``queries``/``ways``/``shots`` keyword arguments of ``source.eval_episodes``."""
+    out: dict[str, Any] = {"queries": cfg.eval.queries, "shots": cfg.eval.shots}
+    if cfg.classification:
+        out["ways"] = cfg.eval.ways
+    return out
+
+
 def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:
     """Step-0 state: ``model.init`` on a zero support set with the seed's init key."""
     init_key, run_key = jax.random.split(jax.random.key(cfg.train.seed))
@@ -328,7 +336,7 @@ def train_and_evaluate(
     val_eps = None
     if has_val:
         val_eps = exp.source.eval_episodes(
-            "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, queries=ev.queries
+            "val", episodes=ev.val_episodes or ev.episodes, seed=ev.seed, **eval_shape(cfg)
         )
         val_eps = (
             jax.device_put(val_eps) if mesh is None else sharding.shard_eval_episodes(val_eps, mesh)
@@ -497,9 +505,7 @@ def run_evaluation(
     processes) and the per-episode results gathered on every process. ``evaluator``
     (from :func:`make_evaluator` with the same ``inner_steps``) is reused when given.
     """
-    eps = exp.source.eval_episodes(
-        split, episodes=episodes, seed=cfg.eval.seed, queries=cfg.eval.queries
-    )
+    eps = exp.source.eval_episodes(split, episodes=episodes, seed=cfg.eval.seed, **eval_shape(cfg))
     fn = evaluator or make_evaluator(
         exp.learner,
         classification=exp.source.classification,
@@ -521,9 +527,10 @@ def run_evaluation(
     )
     if exp.source.classification:
         res.update(
-            ways=cfg.data.ways,
-            shots=cfg.data.shots,
-            queries=cfg.eval.queries or cfg.data.queries,
+            ways=cfg.eval_ways,
+            shots=cfg.eval_shots,
+            queries=cfg.eval_queries,
+            train_ways=cfg.data.ways,
             scheme=cfg.data.scheme,
             rotations=cfg.data.rotations,
         )
