@@ -164,7 +164,7 @@ def test_compare_pytorch_without_torch(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["first_vs_second_order.py", "throughput.py", "compare_pytorch.py"]
+    "script", ["first_vs_second_order.py", "throughput.py", "compare_pytorch.py", "accuracy.py"]
 )
 def test_help(script):
     assert "usage" in run(script, "--help", timeout=120).stdout
@@ -207,3 +207,22 @@ def test_compare_pytorch_ratios(tmp_path):
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in recs * 2))
     assert cp._records(tmp_path / "a.json") == recs == cp._records(tmp_path / "b.json")
     assert cp._records(tmp_path / "c.jsonl") == recs * 2
+
+
+def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir):
+    out = tmp_path / "acc"
+    args = ["--tiny", "--algorithms", "protonets", "--out", str(out)]
+    args += ["--data-dir", str(omniglot_data_dir), "--manual-dir", str(omniglot_zip_dir)]
+    p = run("accuracy.py", *args)
+    doc = json.loads((out / "accuracy.json").read_text())
+    check_machine(doc)
+    (rec,) = doc["runs"]
+    assert rec["algorithm"] == "protonets" and rec["steps"] == 4 and rec["full_steps"] == 20000
+    assert (rec["train_ways"], rec["test_ways"]) == (60, 5)  # the paper's protocol
+    assert 0 <= rec["accuracy"] <= 100 and rec["ci95"] >= 0 and rec["episodes"] == 8
+    assert rec["paper"] == 98.8 and math.isclose(rec["gap"], rec["accuracy"] - 98.8)
+    assert positive(rec["cpu_min"]) and "| protonets | 5w1s | vinyals |" in p.stdout
+    # A finished run is kept, not retrained; --table reprints the saved results.
+    again = run("accuracy.py", *args)
+    assert "finished before, kept" in again.stdout
+    assert "| protonets |" in run("accuracy.py", "--table", str(out / "accuracy.json")).stdout

@@ -156,6 +156,17 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
         )
 
 
+def test_resume_refuses_to_change_a_schedule_tied_to_train_steps(tmp_path):
+    """A linear anneal over train.steps: extending the run would rewrite past rates."""
+    tied = {"name": "sgd", "learning_rate": 0.01, "schedule": {"name": "linear", "end_value": 0.0}}
+    train_and_evaluate(_cfg(train={"steps": 10}, optimizer=tied), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="schedule's transition_steps follows train.steps"):
+        train_and_evaluate(_cfg(train={"steps": 20}, optimizer=tied), tmp_path, progress=False)
+    explicit = {**tied, "schedule": {"name": "linear", "end_value": 0.0, "transition_steps": 10}}
+    with pytest.raises(ValueError, match="different config"):  # the schedule itself changed
+        train_and_evaluate(_cfg(train={"steps": 20}, optimizer=explicit), tmp_path, progress=False)
+
+
 def test_protonets_trains_wide_and_evaluates_narrow(omniglot, omniglot_data_dir, tmp_path):
     """The paper's ProtoNets protocol: meta-train with more ways (here 10) than the 5 tested."""
     from jaxmeta.train.config import load_config

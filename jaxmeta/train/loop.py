@@ -190,6 +190,17 @@ def _check_resumable(workdir: Path, cfg: ExperimentConfig) -> None:
             f"{workdir} holds a checkpointed run with a different config ({details}); "
             "resume with the same config or use a new --workdir"
         )
+    from jaxmeta.train.schedules import steps_from_train
+
+    tied = steps_from_train(cfg.optimizer.kwargs.get("schedule"))
+    old_steps, new_steps = saved.get("train.steps"), new.get("train.steps")
+    if tied and old_steps != new_steps:
+        raise ValueError(
+            f"{workdir}: train.steps changed ({old_steps} -> {new_steps}) but the learning-rate "
+            f"schedule's {', '.join(tied)} follows train.steps, so the rates already used would "
+            f"change; set optimizer.schedule.{tied[0]} explicitly (e.g. {old_steps}) to extend "
+            "or shorten this run, or use a new --workdir"
+        )
 
 
 def task_mesh(cfg: ExperimentConfig):

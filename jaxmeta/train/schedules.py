@@ -14,7 +14,9 @@ and the step counts default to ``train.steps``, so a schedule follows a shortene
     schedule: {name: piecewise, boundaries_and_scales: {20000: 0.1, 40000: 0.1}}
 
 The step a schedule sees is the optimizer's update count, which lives in the optimizer
-state and is checkpointed with it, so a resumed run continues the schedule exactly.
+state and is checkpointed with it, so a resumed run continues the schedule exactly. A
+resume that changes ``train.steps`` is refused when a step count of the schedule follows
+``train.steps`` (the rates already used would change); give it explicitly to extend a run.
 """
 
 from __future__ import annotations
@@ -131,6 +133,13 @@ def schedule_kwargs(
             f"got {kwargs['warmup_steps']}",
         )
     return fn, kwargs
+
+
+def steps_from_train(spec: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The step-count arguments of ``spec`` that default to ``train.steps`` (not given)."""
+    if not isinstance(spec, Mapping) or spec.get("name") not in SCHEDULES:
+        return ()
+    return tuple(a for a in SCHEDULES[spec["name"]][2] if a not in spec)
 
 
 def build_schedule(spec: Mapping[str, Any] | None, learning_rate: float, total_steps: int):

@@ -1,0 +1,302 @@
+"""Accuracy of every algorithm on Omniglot, next to its paper's number.
+
+Trains each algorithm from its shipped config (``configs/omniglot/<algorithm>_<setting>.yaml``,
+the paper's protocol) with ``jaxmeta train`` in a fresh subprocess, for a number of
+meta-steps you choose (the papers' lengths, 20k-200k steps, take hours to days on a CPU),
+then reads the test result of the best validation checkpoint (``eval_test.json``: accuracy
+± 95% CI over the fixed test episodes). Reported per run: steps done and the config's
+full length, test accuracy ± CI, episodes, split scheme, wall and CPU time, and the gap to
+the published number (GUIDE §4).
+
+    python benchmarks/accuracy.py --setting 5w1s --steps 2000              # every algorithm
+    python benchmarks/accuracy.py --algorithms protonets,matching --steps protonets=3000,matching=2000
+    python benchmarks/accuracy.py --parallel 2 --cores-per-run 1 ...        # two runs side by side
+    python benchmarks/accuracy.py --table benchmarks/results/accuracy/accuracy.json
+    python benchmarks/accuracy.py --tiny                                    # smoke test (seconds)
+
+A run that exists in ``--out`` (its ``eval_test.json`` is there) is not retrained unless
+``--force``; an interrupted one resumes exactly (the engine's checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import REPO, csv_list, default_manual_dir, machine, markdown_table, write_json  # noqa: E402
+
+ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "matching", "snail")
+SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+
+# Published Omniglot test accuracy (%), GUIDE §4 (5w1s / 5w5s / 20w1s / 20w5s).
+PAPER = {
+    "maml": ("Finn et al. 2017", (98.7, 99.9, 95.8, 98.9)),
+    "fomaml": ("Finn et al. 2017", (98.3, 99.2, 89.4, 97.9)),
+    "reptile": ("Nichol et al. 2018 (transductive)", (97.68, 99.48, 89.43, 97.12)),
+    "protonets": ("Snell et al. 2017", (98.8, 99.7, 96.0, 98.9)),
+    "matching": ("Vinyals et al. 2016", (98.1, 98.9, 93.8, 98.5)),
+    "snail": ("Mishra et al. 2018", (99.07, 99.78, 97.64, 99.36)),
+    "metasgd": ("Li et al. 2017", (99.53, 99.93, 95.93, 98.97)),
+    "anil": ("Raghu et al. 2020 (no Omniglot number published)", (None, None, None, None)),
+}
+
+TINY_SETS = [
+    "model.filters=8",
+    "train.meta_batch_size=2",
+    "train.steps_per_call=2",
+    "train.log_every=2",
+    "eval.val_episodes=4",
+    "eval.batch_size=4",
+    "eval.queries=2",
+    "train.plot=false",
+]
+
+
+def paper_number(algorithm: str, setting: str) -> float | None:
+    return PAPER[algorithm][1][SETTINGS.index(setting)]
+
+
+def config_path(algorithm: str, setting: str) -> Path:
+    return REPO / "configs" / "omniglot" / f"{algorithm}_{setting}.yaml"
+
+
+def parse_steps(text: str | None, algorithms: list[str]) -> dict[str, int | None]:
+    """``"2000"`` (all) or ``"maml=3000,protonets=5000"``; ``None`` = the config's length."""
+    out: dict[str, int | None] = dict.fromkeys(algorithms)
+    if not text:
+        return out
+    for item in csv_list(text):
+        if "=" in item:
+            name, value = item.split("=", 1)
+            if name not in out:
+                raise SystemExit(f"--steps names {name!r}, which is not in --algorithms")
+            out[name] = int(value)
+        else:
+            out = dict.fromkeys(algorithms, int(item))
+    return out
+
+
+def run_settings(steps: int, log_every: int, evals: int) -> list[str]:
+    """Validation/checkpoint cadence for a run of ``steps``: ``evals`` points, whole log windows."""
+    every = max(log_every, (steps // max(evals, 1)) // log_every * log_every)
+    return [f"train.steps={steps}", f"train.eval_every={every}", f"train.checkpoint_every={every}"]
+
+
+def launch(job: dict[str, Any], args) -> subprocess.Popen:
+    from jaxmeta.train.config import load_config
+
+    cfg = load_config(job["config"])
+    sets = [f"data.manual_dir={args.manual_dir}", "data.download=false"]
+    if args.data_dir:
+        sets.append(f"data.data_dir={args.data_dir}")
+    if args.tiny:
+        sets += TINY_SETS
+    log_every = 2 if args.tiny else cfg.train.log_every
+    steps = job["steps"] or cfg.train.steps
+    sets += run_settings(steps, log_every, args.evals)
+    sets += [f"eval.episodes={args.eval_episodes}", *args.set]
+    cmd = [sys.executable, "-m", "jaxmeta.cli", "train", "--config", str(job["config"])]
+    cmd += ["--workdir", str(job["workdir"]), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    if job.get("cores") is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", job["cores"], *cmd]
+    job.update(command=cmd, steps=steps, full_steps=cfg.train.steps, start=time.time())
+    job["workdir"].mkdir(parents=True, exist_ok=True)
+    log = open(job["workdir"] / "train.log", "a")  # noqa: SIM115 (closed in finish)
+    job["log"] = log
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def finish(job: dict[str, Any], rusage, status: int) -> dict[str, Any]:
+    job["log"].close()
+    wd: Path = job["workdir"]
+    rec: dict[str, Any] = {
+        "algorithm": job["algorithm"],
+        "setting": job["setting"],
+        "config": str(Path(job["config"]).relative_to(REPO)),
+        "steps": job["steps"],
+        "full_steps": job["full_steps"],
+        "wall_min": (time.time() - job["start"]) / 60,
+        "cpu_min": (rusage.ru_utime + rusage.ru_stime) / 60,
+        "cores": job.get("cores"),
+        "workdir": str(wd),
+    }
+    res_path = wd / "eval_test.json"
+    if status != 0 or not res_path.exists():
+        tail = (wd / "train.log").read_text().strip().splitlines()[-5:]
+        rec["error"] = f"exit status {status}: " + " | ".join(tail)[-800:]
+        return rec
+    return {**rec, **summarize_workdir(wd, job["algorithm"], job["setting"])}
+
+
+def summarize_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
+    """Test result, training time and split of one finished run directory."""
+    import yaml
+
+    res = json.loads((wd / "eval_test.json").read_text())
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    rows = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines() if ln]
+    train = [r for r in rows if r.get("split") == "train"]
+    acc = 100 * res["accuracy"]
+    paper = paper_number(algorithm, setting)
+    return {
+        "accuracy": acc,
+        "ci95": 100 * res["ci95"],
+        "episodes": res["episodes"],
+        "checkpoint_step": res.get("step"),
+        "eval_inner_steps": res.get("inner_steps"),
+        "scheme": cfg["data"]["scheme"],
+        "train_ways": cfg["data"]["ways"],
+        "test_ways": res.get("ways"),
+        "test_shots": res.get("shots"),
+        "test_queries": res.get("queries"),
+        "train_min": (train[-1]["wall_time"] / 60) if train and "wall_time" in train[-1] else None,
+        "final_train_accuracy": 100 * train[-1]["accuracy"] if train and "accuracy" in train[-1] else None,
+        "paper": paper,
+        "paper_source": PAPER[algorithm][0],
+        "gap": None if paper is None else acc - paper,
+    }
+
+
+def run_all(jobs: list[dict[str, Any]], args) -> list[dict[str, Any]]:
+    """Run ``jobs`` with at most ``--parallel`` at once (each pinned to its own cores)."""
+    pending, running, done = list(jobs), {}, []
+    free = list(core_groups(args))
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            job = pending.pop(0)
+            job["cores"] = free.pop(0) if free else None
+            proc = launch(job, args)
+            running[proc.pid] = (job, proc)
+            print(f"[{time.strftime('%H:%M:%S')}] start {job['name']} ({job['steps']} steps"
+                  f"{', cores ' + job['cores'] if job['cores'] else ''})", flush=True)
+        pid, status, rusage = os.wait4(-1, 0)
+        if pid not in running:
+            continue
+        job, _ = running.pop(pid)
+        if job.get("cores") is not None:
+            free.append(job["cores"])
+        rec = finish(job, rusage, os.waitstatus_to_exitcode(status))
+        done.append(rec)
+        msg = rec.get("error") or f"{rec['accuracy']:.2f} ± {rec['ci95']:.2f}%"
+        print(f"[{time.strftime('%H:%M:%S')}] done {job['name']}: {msg} "
+              f"({rec['wall_min']:.1f} min wall, {rec['cpu_min']:.1f} min CPU)", flush=True)
+    return done
+
+
+def core_groups(args) -> list[str]:
+    if not args.cores_per_run:
+        return []
+    n = os.cpu_count() or 1
+    k = args.cores_per_run
+    return [f"{i}-{i + k - 1}" if k > 1 else str(i) for i in range(0, n - k + 1, k)]
+
+
+COLUMNS = [
+    ("algorithm", "algorithm"),
+    ("setting", "setting"),
+    ("scheme", "split"),
+    ("steps_text", "meta-steps (config's full length)"),
+    ("acc_text", "test accuracy ± 95% CI"),
+    ("episodes", "test episodes"),
+    ("wall_min", "wall min"),
+    ("cpu_min", "CPU min"),
+    ("paper_text", "paper"),
+    ("gap", "gap (points)"),
+]
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in records:
+        row = dict(r)
+        row["steps_text"] = f"{r['steps']} ({r['full_steps']})"
+        if "error" in r:
+            row["acc_text"] = "failed: " + r["error"][:60]
+        else:
+            row["acc_text"] = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}%"
+        row["paper_text"] = "-" if r.get("paper") is None else f"{r['paper']}%"
+        rows.append(row)
+    return markdown_table(rows, COLUMNS)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algorithms", type=csv_list, default=list(ALGORITHMS))
+    p.add_argument("--setting", choices=SETTINGS, default="5w1s")
+    p.add_argument("--steps", help="meta-steps: N for all, or algo=N,...; default: the config's")
+    p.add_argument("--evals", type=int, default=4, help="validation points per run (best kept)")
+    p.add_argument("--eval-episodes", type=int, default=600)
+    p.add_argument("--parallel", type=int, default=1, help="runs at once")
+    p.add_argument("--cores-per-run", type=int, default=0, help="pin each run (taskset); 0: no")
+    p.add_argument("--set", action="append", default=[], help="extra config override")
+    p.add_argument("--manual-dir", default=str(default_manual_dir()))
+    p.add_argument("--data-dir", default=None, help="TFDS data dir (prepared Omniglot)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "accuracy")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--table", type=Path, help="print the table of a results JSON and exit")
+    p.add_argument("--tiny", action="store_true", help="smoke test: 8 filters, few steps")
+    args = p.parse_args(argv)
+    unknown = [a for a in args.algorithms if a not in ALGORITHMS]
+    if unknown:
+        p.error(f"unknown algorithms {unknown}; available: {', '.join(ALGORITHMS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())["runs"]))
+        return 0
+    if args.tiny:
+        args.steps = args.steps or "4"
+        args.eval_episodes = min(args.eval_episodes, 8)
+        args.evals = 1
+    steps = parse_steps(args.steps, args.algorithms)
+    out: Path = args.out
+    json_path = out / "accuracy.json"
+    previous = json.loads(json_path.read_text())["runs"] if json_path.exists() else []
+    jobs, kept = [], []
+    for algo in args.algorithms:
+        name = f"{algo}_{args.setting}"
+        wd = out / "runs" / name
+        if not args.force and (wd / "eval_test.json").exists():
+            old = [r for r in previous if r.get("workdir") == str(wd) and "error" not in r]
+            if old:
+                kept.append(old[-1])
+                print(f"{name}: finished before, kept (--force retrains)")
+                continue
+        if args.force and wd.exists():
+            shutil.rmtree(wd)
+        jobs.append(
+            {
+                "name": name,
+                "algorithm": algo,
+                "setting": args.setting,
+                "config": config_path(algo, args.setting),
+                "workdir": wd,
+                "steps": steps[algo],
+            }
+        )
+    records = run_all(jobs, args)
+    new = {r["workdir"] for r in records}
+    runs = [r for r in previous if r.get("workdir") not in new] + records
+    doc = {"benchmark": "accuracy", "machine": machine(), "runs": runs}
+    write_json(json_path, doc)
+    print(table([*kept, *records]))
+    print(f"\nwrote {json_path}")
+    return 0 if all("error" not in r for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
