@@ -80,10 +80,24 @@ def test_paper_hyperparameters(name, ways, shots, inner_lr, inner_steps, meta_ba
 def test_find_config_relative_to_repo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the repo root
     assert find_config("configs/omniglot/maml_5w1s.yaml").resolve() == (
-        REPO / "configs" / "omniglot" / "maml_5w1s.yaml"
+        REPO / "jaxmeta" / "configs" / "omniglot" / "maml_5w1s.yaml"
     )
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         find_config("configs/nope.yaml")
+
+
+def test_configs_ship_inside_the_package():
+    """configs/ is a link to jaxmeta/configs, which the wheel's package-data includes."""
+    pkg = REPO / "jaxmeta" / "configs"
+    assert pkg.is_dir() and not pkg.is_symlink()
+    assert (REPO / "configs").resolve() == pkg.resolve()
+    assert sorted(p.relative_to(pkg) for p in pkg.rglob("*.yaml")) == sorted(
+        p.relative_to(REPO / "configs") for p in CONFIGS
+    )
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "configs/**/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["jaxmeta"]
 
 
 def test_config_is_frozen():
