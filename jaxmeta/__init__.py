@@ -12,6 +12,7 @@ from jaxmeta.algorithms.base import (
     init_meta_train_state,
     make_meta_step,
     map_tasks,
+    mean_map_tasks,
     meta_update,
 )
 from jaxmeta.algorithms.maml import fomaml, maml
@@ -41,6 +42,7 @@ __all__ = [
     "make_meta_step",
     "maml",
     "map_tasks",
+    "mean_map_tasks",
     "matching",
     "meta_update",
     "metasgd",

@@ -86,6 +86,49 @@ def mean_over_tasks(grads_and_metrics: tuple[Params, Metrics]) -> tuple[Params, 
     return mean(grads), mean(metrics)
 
 
+def mean_map_tasks(
+    fn: Callable[[Episode, PRNGKey], Any],
+    episodes: Episode,
+    key: PRNGKey,
+    *,
+    task_batch_size: int | None = None,
+) -> Any:
+    """Mean over the task axis of ``fn(episode, key)`` (any pytree of arrays).
+
+    The same values as ``mean_over_tasks(map_tasks(...))`` (same per-task keys), but with
+    ``task_batch_size=b`` the per-task results are summed into a running total inside the
+    ``lax.scan`` over chunks instead of being stacked ``[tasks, ...]`` and reduced after
+    the loop: no per-task copy of every gradient is kept, and the separate reduction
+    (measured at 64 ms of a 920 ms canonical second-order step on XLA:CPU, where a
+    ``[32, 1, 3, 3, 64, 64]`` sum ran as a slow library fusion) disappears.
+    """
+    tasks = episodes.support_x.shape[0]
+    keys = jax.random.split(key, tasks)
+    if task_batch_size is None or task_batch_size >= tasks:
+        out = jax.vmap(fn)(episodes, keys)
+        return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), out)
+    b = task_batch_size
+    full = tasks // b * b
+    chunked = jax.tree_util.tree_map(
+        lambda x: x[:full].reshape(full // b, b, *x.shape[1:]), (episodes, keys)
+    )
+    total = lambda out: jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), out)
+    zeros = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(fn, *jax.tree_util.tree_map(lambda x: x[0], (episodes, keys))),
+    )
+
+    def body(acc, chunk):
+        part = total(jax.vmap(fn)(*chunk))
+        return jax.tree_util.tree_map(jnp.add, acc, part), None
+
+    acc, _ = jax.lax.scan(body, zeros, chunked)
+    if full < tasks:
+        rest = jax.tree_util.tree_map(lambda x: x[full:], (episodes, keys))
+        acc = jax.tree_util.tree_map(jnp.add, acc, total(jax.vmap(fn)(*rest)))
+    return jax.tree_util.tree_map(lambda x: x / tasks, acc)
+
+
 def mean_task_grad(
     task_loss: Callable[[Params, Episode, PRNGKey], tuple[Array, Metrics]],
     params: Params,
@@ -100,8 +143,8 @@ def mean_task_grad(
     meta-gradient of every learner whose meta-objective is a mean of per-task losses.
     """
     grad = jax.grad(task_loss, has_aux=True)
-    return mean_over_tasks(
-        map_tasks(lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size)
+    return mean_map_tasks(
+        lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
     )
 
 

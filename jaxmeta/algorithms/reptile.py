@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import MetaLearner, map_tasks, mean_over_tasks, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, mean_map_tasks, task_metrics
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float
@@ -182,13 +182,11 @@ def reptile(
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True)
-        return mean_over_tasks(
-            map_tasks(
-                lambda ep, k: task_update(params, ep, k),
-                episodes,
-                key,
-                task_batch_size=task_batch_size,
-            )
+        return mean_map_tasks(
+            lambda ep, k: task_update(params, ep, k),
+            episodes,
+            key,
+            task_batch_size=task_batch_size,
         )
 
     def outer_loss(params, episode: Episode, key=None):
