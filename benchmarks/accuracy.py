@@ -9,7 +9,7 @@ full length, test accuracy ± CI, episodes, split scheme, wall and CPU time, and
 the published number (GUIDE §4).
 
     python benchmarks/accuracy.py --setting 5w1s --steps 2000              # every algorithm
-    python benchmarks/accuracy.py --algorithms protonets,matching --steps protonets=3000,matching=2000
+    python benchmarks/accuracy.py --algorithms protonets,matching --steps protonets=3000,matching=900
     python benchmarks/accuracy.py --parallel 2 --cores-per-run 1 ...        # two runs side by side
     python benchmarks/accuracy.py --table benchmarks/results/accuracy/accuracy.json
     python benchmarks/accuracy.py --tiny                                    # smoke test (seconds)
@@ -131,6 +131,9 @@ def finish(job: dict[str, Any], rusage, status: int) -> dict[str, Any]:
         "cores": job.get("cores"),
         "workdir": str(wd),
     }
+    (wd / "run_times.json").write_text(
+        json.dumps({k: rec[k] for k in ("wall_min", "cpu_min", "cores")}) + "\n"
+    )
     res_path = wd / "eval_test.json"
     if status != 0 or not res_path.exists():
         tail = (wd / "train.log").read_text().strip().splitlines()[-5:]
@@ -161,11 +164,35 @@ def summarize_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
         "test_shots": res.get("shots"),
         "test_queries": res.get("queries"),
         "train_min": (train[-1]["wall_time"] / 60) if train and "wall_time" in train[-1] else None,
-        "final_train_accuracy": 100 * train[-1]["accuracy"] if train and "accuracy" in train[-1] else None,
+        "final_train_accuracy": 100 * train[-1]["accuracy"]
+        if train and "accuracy" in train[-1]
+        else None,
         "paper": paper,
         "paper_source": PAPER[algorithm][0],
         "gap": None if paper is None else acc - paper,
     }
+
+
+def record_from_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
+    """The record of a finished run found on disk (e.g. trained by an earlier invocation)."""
+    import yaml
+
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    full = yaml.safe_load(config_path(algorithm, setting).read_text())["train"]["steps"]
+    times_path = wd / "run_times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    rec = {
+        "algorithm": algorithm,
+        "setting": setting,
+        "config": str(config_path(algorithm, setting).relative_to(REPO)),
+        "steps": cfg["train"]["steps"],
+        "full_steps": full,
+        "wall_min": times.get("wall_min"),
+        "cpu_min": times.get("cpu_min"),
+        "cores": times.get("cores"),
+        "workdir": str(wd),
+    }
+    return {**rec, **summarize_workdir(wd, algorithm, setting)}
 
 
 def run_all(jobs: list[dict[str, Any]], args) -> list[dict[str, Any]]:
@@ -178,8 +205,11 @@ def run_all(jobs: list[dict[str, Any]], args) -> list[dict[str, Any]]:
             job["cores"] = free.pop(0) if free else None
             proc = launch(job, args)
             running[proc.pid] = (job, proc)
-            print(f"[{time.strftime('%H:%M:%S')}] start {job['name']} ({job['steps']} steps"
-                  f"{', cores ' + job['cores'] if job['cores'] else ''})", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] start {job['name']} ({job['steps']} steps"
+                f"{', cores ' + job['cores'] if job['cores'] else ''})",
+                flush=True,
+            )
         pid, status, rusage = os.wait4(-1, 0)
         if pid not in running:
             continue
@@ -189,8 +219,11 @@ def run_all(jobs: list[dict[str, Any]], args) -> list[dict[str, Any]]:
         rec = finish(job, rusage, os.waitstatus_to_exitcode(status))
         done.append(rec)
         msg = rec.get("error") or f"{rec['accuracy']:.2f} ± {rec['ci95']:.2f}%"
-        print(f"[{time.strftime('%H:%M:%S')}] done {job['name']}: {msg} "
-              f"({rec['wall_min']:.1f} min wall, {rec['cpu_min']:.1f} min CPU)", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] done {job['name']}: {msg} "
+            f"({rec['wall_min']:.1f} min wall, {rec['cpu_min']:.1f} min CPU)",
+            flush=True,
+        )
     return done
 
 
@@ -272,10 +305,9 @@ def main(argv=None) -> int:
         wd = out / "runs" / name
         if not args.force and (wd / "eval_test.json").exists():
             old = [r for r in previous if r.get("workdir") == str(wd) and "error" not in r]
-            if old:
-                kept.append(old[-1])
-                print(f"{name}: finished before, kept (--force retrains)")
-                continue
+            kept.append(old[-1] if old else record_from_workdir(wd, algo, args.setting))
+            print(f"{name}: finished before, kept (--force retrains)")
+            continue
         if args.force and wd.exists():
             shutil.rmtree(wd)
         jobs.append(
@@ -291,6 +323,7 @@ def main(argv=None) -> int:
     records = run_all(jobs, args)
     new = {r["workdir"] for r in records}
     runs = [r for r in previous if r.get("workdir") not in new] + records
+    runs += [r for r in kept if r not in runs]
     doc = {"benchmark": "accuracy", "machine": machine(), "runs": runs}
     write_json(json_path, doc)
     print(table([*kept, *records]))

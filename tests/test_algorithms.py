@@ -468,7 +468,9 @@ def test_omniglot_configs_load_and_build(algo):
     for setting in SETTINGS:
         cfg = load_config(root / f"{algo}_{setting}.yaml")
         ways, shots = (int(s) for s in setting[:-1].split("w"))
-        assert (cfg.data.ways, cfg.data.shots) == (ways, shots)
+        # The setting is the test-time N-way K-shot (ProtoNets meta-trains 60-way).
+        assert (cfg.eval_ways, cfg.eval_shots) == (ways, shots)
+        assert cfg.data.ways == (60 if algo == "protonets" else ways)
         assert cfg.algorithm.name == algo
         model = MODELS[cfg.model.name](**model_kwargs(cfg))
         learner = build_learner(cfg, apply_fn=model.apply)

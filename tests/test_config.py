@@ -272,7 +272,7 @@ def test_eval_ways_needs_a_head_free_learner():
     ],
 )
 def test_schedule_follows_the_formula_and_train_steps(spec, expected):
-    """SGD updates with the configured schedule are -lr(t) * g; step counts default to train.steps."""
+    """SGD updates with a configured schedule are -lr(t) * g; step counts default to train.steps."""
     import jax.numpy as jnp
 
     sets = ["train.steps=20", "optimizer.learning_rate=0.5"]

@@ -104,7 +104,12 @@ def test_result_independent_of_chunk_boundaries():
 SCHEDULED = {
     "name": "adam",
     "learning_rate": 0.01,
-    "schedule": {"name": "exponential", "transition_steps": 7, "decay_rate": 0.5, "staircase": True},
+    "schedule": {
+        "name": "exponential",
+        "transition_steps": 7,
+        "decay_rate": 0.5,
+        "staircase": True,
+    },
 }
 
 

@@ -564,8 +564,10 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
             ("eval.queries", cfg.eval_shots, cfg.eval_queries),
         ):
             if k + q > OMNIGLOT_DRAWERS:
-                what = "data.shots + data.queries" if key == "data.queries" else (
-                    "eval shots + eval queries"
+                what = (
+                    "data.shots + data.queries"
+                    if key == "data.queries"
+                    else ("eval shots + eval queries")
                 )
                 if key == "eval.queries" and e.queries is None and e.shots is not None:
                     key = "eval.shots"

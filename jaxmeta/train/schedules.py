@@ -79,9 +79,7 @@ def schedule_kwargs(
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in SCHEDULES:
-        raise ScheduleError(
-            "name", f"unknown schedule {name!r}; available: {', '.join(SCHEDULES)}"
-        )
+        raise ScheduleError("name", f"unknown schedule {name!r}; available: {', '.join(SCHEDULES)}")
     fn_name, lr_arg, step_args, defaults = SCHEDULES[name]
     fn = getattr(optax, fn_name)
     params = inspect.signature(fn).parameters
