@@ -9,7 +9,8 @@ full length, test accuracy ± CI, episodes, split scheme, wall and CPU time, and
 the published number (GUIDE §4).
 
     python benchmarks/accuracy.py --setting 5w1s --steps 2000              # every algorithm
-    python benchmarks/accuracy.py --algorithms protonets,matching --steps protonets=3000,matching=900
+    python benchmarks/accuracy.py \
+        --algorithms protonets,matching --steps protonets=3000,matching=900
     python benchmarks/accuracy.py --parallel 2 --cores-per-run 1 ...        # two runs side by side
     python benchmarks/accuracy.py --table benchmarks/results/accuracy/accuracy.json
     python benchmarks/accuracy.py --tiny                                    # smoke test (seconds)
