@@ -124,14 +124,18 @@ def mean_map_tasks(
     ``lax.scan`` over chunks instead of being stacked ``[tasks, ...]`` and reduced after
     the loop: no per-task copy of every gradient is kept, and the separate reduction
     (measured at 64 ms of a 920 ms canonical second-order step on XLA:CPU, where a
-    ``[32, 1, 3, 3, 64, 64]`` sum ran as a slow library fusion) disappears. Sums over a
-    task axis use :func:`sum_over_tasks`.
+    ``[32, 1, 3, 3, 64, 64]`` sum ran as a slow library fusion) disappears; the step got
+    13-24% faster (SO K=1 Q=15, ``task_batch_size=1``, benchmarks/README.md). Sums within
+    a chunk use :func:`sum_over_tasks`.
     """
     tasks = episodes.support_x.shape[0]
     keys = jax.random.split(key, tasks)
     total = lambda out: jax.tree_util.tree_map(sum_over_tasks, out)
     if task_batch_size is None or task_batch_size >= tasks:
-        return jax.tree_util.tree_map(lambda x: x / tasks, total(jax.vmap(fn)(episodes, keys)))
+        # All tasks in one vmap: XLA fuses this mean into the producers of the per-task
+        # gradients; a pairwise sum measured 3-4% slower here (SO K=1 Q=1, idle CPU).
+        out = jax.vmap(fn)(episodes, keys)
+        return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), out)
     b = task_batch_size
     full = tasks // b * b
     chunked = jax.tree_util.tree_map(
