@@ -57,6 +57,22 @@ LOOPED = ("higher", "l2l", "func_loop")
 TORCH_IMPLS = ("higher", "func", "l2l", "func_loop", "func_fusedbn")
 
 
+def workload_args(cfg: dict[str, Any], args) -> list[str]:
+    """Command-line options of one configuration, shared by the jaxmeta and torch runners."""
+    return [
+        "--orders",
+        cfg["order"],
+        "--inner-steps",
+        str(cfg["inner_steps"]),
+        "--queries",
+        str(cfg["queries"]),
+        "--meta-batch",
+        str(cfg["meta_batch"]),
+        "--budget-s",
+        str(args.budget_s),
+    ]
+
+
 def default_torch_python() -> str:
     env = os.environ.get("JAXMETA_TORCH_PYTHON")
     return env or str(REPO.parent / "venv-peers" / "bin" / "python")
@@ -92,16 +108,7 @@ def run_jax_maml_step(cfg: dict[str, Any], args) -> dict[str, Any]:
         cmd = [
             sys.executable,
             str(script),
-            "--orders",
-            cfg["order"],
-            "--inner-steps",
-            str(cfg["inner_steps"]),
-            "--queries",
-            str(cfg["queries"]),
-            "--meta-batch",
-            str(cfg["meta_batch"]),
-            "--budget-s",
-            str(args.budget_s),
+            *workload_args(cfg, args),
             "--json",
             str(out),
         ]
@@ -205,16 +212,7 @@ def run_torch(impl: str, cfg: dict[str, Any], args) -> dict[str, Any]:
         str(Path(args.peers_dir) / "torch_maml.py"),
         "--impls",
         impl,
-        "--orders",
-        cfg["order"],
-        "--inner-steps",
-        str(cfg["inner_steps"]),
-        "--queries",
-        str(cfg["queries"]),
-        "--meta-batch",
-        str(cfg["meta_batch"]),
-        "--budget-s",
-        str(args.budget_s),
+        *workload_args(cfg, args),
         "--warmup",
         str(args.warmup),
         "--min-steps",
