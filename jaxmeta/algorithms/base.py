@@ -103,13 +103,6 @@ def sum_over_tasks(x: Array) -> Array:
     return x[0] if rest is None else x[0] + rest
 
 
-def mean_over_tasks(grads_and_metrics: tuple[Params, Metrics]) -> tuple[Params, Metrics]:
-    """Mean over the leading task axis of stacked per-task ``(grads, metrics)``."""
-    grads, metrics = grads_and_metrics
-    mean = lambda t: jax.tree_util.tree_map(lambda x: sum_over_tasks(x) / x.shape[0], t)
-    return mean(grads), mean(metrics)
-
-
 def mean_map_tasks(
     fn: Callable[[Episode, PRNGKey], Any],
     episodes: Episode,
@@ -119,7 +112,7 @@ def mean_map_tasks(
 ) -> Any:
     """Mean over the task axis of ``fn(episode, key)`` (any pytree of arrays).
 
-    The same values as ``mean_over_tasks(map_tasks(...))`` (same per-task keys), but with
+    The mean of ``map_tasks(fn, ...)`` over its task axis (same per-task keys), but with
     ``task_batch_size=b`` the per-task results are summed into a running total inside the
     ``lax.scan`` over chunks instead of being stacked ``[tasks, ...]`` and reduced after
     the loop: no per-task copy of every gradient is kept, and the separate reduction
