@@ -297,7 +297,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plots (pip install 'jaxmeta[plots]')", file=sys.stderr)
+        print("matplotlib not installed: no plots (pip install matplotlib)", file=sys.stderr)
         return []
     written = []
     runs = [r for r in results["runs"] if "error" not in r]

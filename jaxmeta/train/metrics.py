@@ -124,7 +124,7 @@ def plot_learning_curves(
         import matplotlib.pyplot as plt
     except ImportError:
         print(
-            "jaxmeta: matplotlib is not installed (pip install 'jaxmeta[plots]'); "
+            "jaxmeta: matplotlib is not installed (pip install matplotlib); "
             "no learning-curve PNG.",
             file=sys.stderr,
         )
