@@ -124,6 +124,8 @@ def test_config_is_frozen():
         ("algorithm", {"inner_steps": 1.5}, "algorithm.inner_steps", "expected int"),
         ("algorithm", {"inner_lr": -1.0}, "algorithm.inner_lr", "positive"),
         ("algorithm", {"name": "mamal"}, "algorithm.name", "unknown algorithm"),
+        ("algorithm", {"task_batch_size": "fast"}, "algorithm.task_batch_size", "'auto', null"),
+        ("algorithm", {"task_batch_size": 0}, "algorithm.task_batch_size", ">= 1"),
         ("model", {"filterz": 8}, "model.filterz", "unknown key for model"),
         ("model", {"filters": "many"}, "model.filters", "expected int"),
         ("optimizer", {"learning_rate": 0}, "optimizer.learning_rate", "positive"),

@@ -258,3 +258,38 @@ def test_sinusoid_maml_beats_pretrained_baseline():
     }
     assert rows[("maml", 1)] < 0.6 * rows[("maml", 0)]
     assert rows[("maml", 1)] < 0.6 * rows[("pretrained", 1)]
+
+
+def test_auto_task_batch_size_per_backend():
+    from jaxmeta.algorithms.base import check_task_batch_size, resolve_task_batch_size
+
+    # One CPU device: one task at a time (measured faster); GPU: all tasks vmapped.
+    assert resolve_task_batch_size("auto", backend="gpu") is None
+    expected_cpu = 1 if jax.device_count() == 1 else None  # several devices: keep it shardable
+    assert resolve_task_batch_size("auto", backend="cpu") == expected_cpu
+    assert resolve_task_batch_size(None, backend="cpu") is None
+    assert resolve_task_batch_size(4, backend="gpu") == 4
+    assert check_task_batch_size("auto") == "auto"
+    with pytest.raises(ValueError, match="'auto', null or an integer"):
+        maml(lambda p, x: x, inner_lr=0.1, inner_steps=1, task_batch_size="vmap")
+    with pytest.raises(ValueError, match=">= 1"):
+        maml(lambda p, x: x, inner_lr=0.1, inner_steps=1, task_batch_size=0)
+
+
+def test_auto_task_batch_size_equals_explicit_choices():
+    """The default ("auto") computes the same meta-gradient as vmapping all tasks."""
+    model = MLP(hidden=(8,), out=1)
+    eps = sample_sinusoid_tasks(jax.random.key(0), tasks=4, shots=5, queries=5)
+    params = model.init(jax.random.key(1), eps.support_x[0])
+    grads = {}
+    for tbs in ("auto", None, 1):
+        learner = maml(
+            model.apply, inner_lr=0.01, inner_steps=2, loss_fn=mse_loss, task_batch_size=tbs
+        )
+        grads[tbs] = jax.jit(learner.meta_grad)(params, eps, jax.random.key(2))[0]
+    for tbs in (None, 1):
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+            grads["auto"],
+            grads[tbs],
+        )

@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 import jax
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    gradient_learner,
+)
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Params
@@ -72,7 +77,7 @@ def anil(
     head: str = "auto",
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Almost No Inner Loop: MAML with the inner SGD restricted to the head's parameters.
 
@@ -105,8 +110,7 @@ def anil(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
 
     def init(params: Params) -> Params:
         head_mask(params, head)  # fail early when the head cannot be found

@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 import jax
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    gradient_learner,
+)
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params
@@ -29,7 +34,7 @@ def maml(
     first_order: bool = False,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
     remat: bool = False,
 ) -> MetaLearner:
     """Model-Agnostic Meta-Learning as pure functions over a params pytree.
@@ -46,8 +51,11 @@ def maml(
       loss_fn: ``(predictions, targets) -> scalar`` used for inner and outer loss.
       eval_inner_steps: inner steps used by ``predict`` (MAML evaluates Omniglot with
         10); defaults to ``inner_steps``.
-      task_batch_size: ``None`` vmaps all tasks of a meta-batch; ``b`` processes
-        chunks of ``b`` tasks one after another (less memory; on CPU often faster).
+      task_batch_size: how the tasks of a meta-batch are mapped: ``"auto"`` (default)
+        picks the fastest measured way per backend (one task at a time on a CPU, all
+        vmapped on a GPU; :func:`~jaxmeta.algorithms.base.resolve_task_batch_size`),
+        ``None`` vmaps all tasks, ``b`` runs chunks of ``b`` tasks one after another
+        (less memory). Same result up to float rounding.
       remat: recompute inner-step activations in the backward pass to save memory.
 
     Returns:
@@ -61,8 +69,7 @@ def maml(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
 
     def init(params: Params) -> Params:
         return params

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    mean_task_grad,
+    task_metrics,
+)
 from jaxmeta.algorithms.protonets import ABSENT_LOGIT, class_slots, one_hot_support
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.fce import FullContextEmbedding
@@ -56,7 +62,7 @@ def matching(
     temperature: float = 1.0,
     ways: int | None = None,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Matching Networks: attention over support labels with cosine similarity.
 
@@ -94,8 +100,7 @@ def matching(
     temperature = check_positive_float("temperature", temperature)
     if ways is not None:
         ways = check_int("ways", ways, minimum=2)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
     input_shape = tuple(int(s) for s in input_shape)
 
     def fce_module(d: int) -> FullContextEmbedding:

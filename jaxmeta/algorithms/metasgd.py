@@ -12,7 +12,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    gradient_learner,
+)
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Params
@@ -29,7 +34,7 @@ def metasgd(
     first_order: bool = False,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Meta-SGD: ``theta' = theta - alpha * grad`` with ``alpha`` learned elementwise.
 
@@ -59,8 +64,7 @@ def metasgd(
     inner_lr_init = check_positive_float("inner_lr_init", inner_lr_init)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
 
     def init(params: Params) -> Params:
         lr = jax.tree_util.tree_map(lambda w: jnp.full_like(w, inner_lr_init), params)

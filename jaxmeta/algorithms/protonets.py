@@ -12,7 +12,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    mean_task_grad,
+    task_metrics,
+)
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int
@@ -72,7 +78,7 @@ def protonets(
     ways: int | None = None,
     distance: str = "sqeuclidean",
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Prototypical Networks: logits are negative squared distances to class means.
 
@@ -103,8 +109,7 @@ def protonets(
         raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
     if ways is not None:
         ways = check_int("ways", ways, minimum=2)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
 
     def init(params: Params) -> Params:
         return params

@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import MetaLearner, mean_map_tasks, task_metrics
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    mean_map_tasks,
+    task_metrics,
+)
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float
@@ -57,7 +63,7 @@ def reptile(
     eval_inner_batch_size: int | None = None,
     transductive: bool = True,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Reptile: ``grads = meta_params - adapted`` averaged over the tasks of a meta-batch.
 
@@ -119,8 +125,7 @@ def reptile(
     eval_inner_steps = check_int("eval_inner_steps", eval_inner_steps, minimum=0)
     eval_bs = inner_batch_size if eval_inner_batch_size is None else eval_inner_batch_size
     eval_bs = check_int("eval_inner_batch_size", eval_bs, minimum=1)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
     opt = _inner_optimizer(inner_optimizer, inner_lr, float(inner_beta1), float(inner_beta2))
 
     def _fit(params, x, y, steps, batch_size, key):

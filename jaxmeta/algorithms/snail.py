@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, mean_task_grad, task_metrics
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    TaskBatchSize,
+    check_task_batch_size,
+    mean_task_grad,
+    task_metrics,
+)
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
 from jaxmeta.types import Array, Episode, Params, PRNGKey
@@ -50,7 +56,7 @@ def snail(
     key_size: int = 64,
     shuffle_support: bool = True,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: int | None = None,
+    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """SNAIL few-shot classification: the episode is a sequence of (embedding, label) pairs.
 
@@ -91,8 +97,7 @@ def snail(
     shots = check_int("shots", shots, minimum=1)
     tc_filters = check_int("tc_filters", tc_filters, minimum=1)
     key_size = check_int("key_size", key_size, minimum=2)
-    if task_batch_size is not None:
-        check_int("task_batch_size", task_batch_size, minimum=1)
+    task_batch_size = check_task_batch_size(task_batch_size)
     input_shape = tuple(int(s) for s in input_shape)
     net = SNAIL(ways=ways, seq_len=ways * shots + 1, tc_filters=tc_filters, key_size=key_size)
 

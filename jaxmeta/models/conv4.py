@@ -46,8 +46,9 @@ class Conv4(nn.Module):
       pool: ``False``: stride-2 convs (28->14->7->4->2); ``True``: stride-1 convs and
         2x2 max-pool (28->14->7->3->1), the MAML max-pool variant.
       conv_impl: ``"xla"`` (``lax.conv_general_dilated``), ``"gemm"`` (im2col + matmul)
-        or ``"auto"`` (``gemm`` on CPU, ``xla`` on GPU/TPU; chosen at trace time). All
-        give the same function up to float rounding.
+        or ``"auto"`` (the fastest measured on the backend, chosen at trace time: ``gemm``
+        on CPU and GPU; see ``layers.FASTEST_CONV_IMPL``). All give the same function up
+        to float rounding.
       head: ``"flatten"`` (features = h*w*filters, 256 for the strided net) or
         ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
       dtype: parameter and compute dtype (``float64`` for finite-difference tests).

@@ -7,12 +7,13 @@ these functions) and behaves identically under ``vmap``.
 Two convolution lowerings are provided because their speed differs by an order of
 magnitude depending on the backend:
 
-* ``"xla"``: :func:`jax.lax.conv_general_dilated`. Best on GPU (cuDNN). On XLA:CPU a
-  convolution whose kernel is batched (``vmap`` over tasks, each with its own adapted
-  weights) becomes a grouped convolution that runs 10-30x slower than a GEMM.
+* ``"xla"``: :func:`jax.lax.conv_general_dilated`. A convolution whose kernel is batched
+  (``vmap`` over tasks, each with its own adapted weights) becomes a grouped
+  convolution, which XLA:CPU runs 10-30x and cuDNN on an H200 19x slower than the GEMM
+  below (:data:`FASTEST_CONV_IMPL`).
 * ``"gemm"``: im2col by nine shifted (strided) slices concatenated along the channel
   axis, then one matrix multiplication ``[n*ho*wo, 9*c] @ [9*c, features]``. Under
-  ``vmap`` this is a batched ``dot_general``, which XLA:CPU runs at GEMM speed. The
+  ``vmap`` this is a batched ``dot_general``, which XLA:CPU and cuBLAS run at GEMM speed. The
   slices and the concatenation fuse into one loop writing the patch matrix; their
   transpose (col2im) is one fused sum of padded slices.
 """
@@ -28,14 +29,23 @@ from jaxmeta.types import Array
 CONV_IMPLS = ("auto", "xla", "gemm")
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """``"auto"`` -> ``"gemm"`` on CPU, ``"xla"`` elsewhere (decided at trace time)."""
+# The fastest lowering measured on each backend (benchmarks/lowering.py; numbers in
+# benchmarks/README.md, "Convolution lowering"). Under ``vmap`` over tasks each task has its
+# own adapted kernel, so ``lax.conv`` becomes a grouped convolution: 10-30x slower than the
+# GEMM on XLA:CPU (2-core EPYC, jax 0.10.2) and 19x slower on one H200 (cuDNN, jax 0.11.2,
+# MAML training step). Backends not listed here are unmeasured (TPU) and keep ``lax.conv``.
+FASTEST_CONV_IMPL = {"cpu": "gemm", "gpu": "gemm"}
+UNMEASURED_BACKEND_CONV_IMPL = "xla"
+
+
+def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
+    """``"auto"`` -> the fastest measured lowering of ``backend`` (default: JAX's default
+    backend, read at trace time); ``"xla"``/``"gemm"`` are returned unchanged."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if conv_impl == "auto":
-        # XLA:CPU: GEMM lowering measured 30x faster than lax.conv under vmap (GUIDE §4);
-        # GPU/TPU: cuDNN / the TPU convolution emitter are the fast path.
-        return "gemm" if jax.default_backend() == "cpu" else "xla"
+        backend = backend or jax.default_backend()
+        return FASTEST_CONV_IMPL.get(backend, UNMEASURED_BACKEND_CONV_IMPL)
     return conv_impl
 
 

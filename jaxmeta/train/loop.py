@@ -285,13 +285,13 @@ def train_and_evaluate(
             print(msg, file=sys.stderr, flush=True)
 
     mesh = task_mesh(cfg)
-    if mesh is not None and cfg.algorithm.kwargs.get("task_batch_size") is not None:
+    if mesh is not None and cfg.algorithm.kwargs.get("task_batch_size") not in (None, "auto"):
         # lax.map's loop over task chunks is not split across devices by XLA: exact, but
         # every device then runs the whole meta-batch (see docs/scaling.md).
         say(
             "warning: algorithm.task_batch_size is set, so tasks run in a sequential "
             "lax.map that is not parallelised over the mesh; use "
-            "--set algorithm.task_batch_size=null when training on several devices"
+            "--set algorithm.task_batch_size=auto when training on several devices"
         )
     primary = sharding.is_primary()  # only process 0 writes logs, configs and results
     progress = progress and primary

@@ -124,8 +124,7 @@ def plot_learning_curves(
         import matplotlib.pyplot as plt
     except ImportError:
         print(
-            "jaxmeta: matplotlib is not installed (pip install matplotlib); "
-            "no learning-curve PNG.",
+            "jaxmeta: matplotlib is not installed (pip install matplotlib); no learning-curve PNG.",
             file=sys.stderr,
         )
         return False
