@@ -13,7 +13,14 @@ the published number (GUIDE §4).
         --algorithms protonets,matching --steps protonets=3000,matching=900
     python benchmarks/accuracy.py --parallel 2 --cores-per-run 1 ...        # two runs side by side
     python benchmarks/accuracy.py --table benchmarks/results/accuracy/accuracy.json
+    python benchmarks/accuracy.py --report --out DIR       # every run in DIR, finished or not
     python benchmarks/accuracy.py --tiny                                    # smoke test (seconds)
+    python benchmarks/accuracy.py --paper-length --parallel 9 --steps-per-call 100  # on a GPU
+
+``--paper-length`` takes ``<algorithm>_<setting>_paper.yaml`` where one exists (the shipped
+``maml_5w1s.yaml`` is shortened for CPUs). ``--report`` tabulates the runs found in ``--out``
+without training: finished runs with their test result, unfinished ones (e.g. cut by a
+time limit) with their steps and best validation accuracy so far.
 
 A run that exists in ``--out`` (its ``eval_test.json`` is there) is not retrained unless
 ``--force``; an interrupted one resumes exactly (the engine's checkpoints).
@@ -66,8 +73,12 @@ def paper_number(algorithm: str, setting: str) -> float | None:
     return PAPER[algorithm][1][SETTINGS.index(setting)]
 
 
-def config_path(algorithm: str, setting: str) -> Path:
-    return REPO / "configs" / "omniglot" / f"{algorithm}_{setting}.yaml"
+def config_path(algorithm: str, setting: str, *, paper_length: bool = False) -> Path:
+    base = REPO / "configs" / "omniglot"
+    paper = base / f"{algorithm}_{setting}_paper.yaml"
+    if paper_length and paper.exists():
+        return paper
+    return base / f"{algorithm}_{setting}.yaml"
 
 
 def parse_steps(text: str | None, algorithms: list[str]) -> dict[str, int | None]:
@@ -92,6 +103,13 @@ def run_settings(steps: int, log_every: int, evals: int) -> list[str]:
     return [f"train.steps={steps}", f"train.eval_every={every}", f"train.checkpoint_every={every}"]
 
 
+def chunk_settings(steps_per_call: int | None) -> list[str]:
+    """``--steps-per-call N``: N fused meta-steps per host call, one metrics row per call."""
+    if not steps_per_call:
+        return []
+    return [f"train.steps_per_call={steps_per_call}", f"train.log_every={steps_per_call}"]
+
+
 def launch(job: dict[str, Any], args) -> subprocess.Popen:
     from jaxmeta.train.config import load_config
 
@@ -101,7 +119,8 @@ def launch(job: dict[str, Any], args) -> subprocess.Popen:
         sets.append(f"data.data_dir={args.data_dir}")
     if args.tiny:
         sets += TINY_SETS
-    log_every = 2 if args.tiny else cfg.train.log_every
+    sets += chunk_settings(args.steps_per_call)
+    log_every = 2 if args.tiny else (args.steps_per_call or cfg.train.log_every)
     steps = job["steps"] or cfg.train.steps
     sets += run_settings(steps, log_every, args.evals)
     sets += [f"eval.episodes={args.eval_episodes}", *args.set]
@@ -174,18 +193,21 @@ def summarize_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
     }
 
 
-def record_from_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
+def record_from_workdir(
+    wd: Path, algorithm: str, setting: str, *, paper_length: bool = False
+) -> dict[str, Any]:
     """The record of a finished run found on disk (e.g. trained by an earlier invocation)."""
     import yaml
 
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
-    full = yaml.safe_load(config_path(algorithm, setting).read_text())["train"]["steps"]
+    path = config_path(algorithm, setting, paper_length=paper_length)
+    full = yaml.safe_load(path.read_text())["train"]["steps"]
     times_path = wd / "run_times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     rec = {
         "algorithm": algorithm,
         "setting": setting,
-        "config": str(config_path(algorithm, setting).relative_to(REPO)),
+        "config": str(path.relative_to(REPO)),
         "steps": cfg["train"]["steps"],
         "full_steps": full,
         "wall_min": times.get("wall_min"),
@@ -194,6 +216,47 @@ def record_from_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any
         "workdir": str(wd),
     }
     return {**rec, **summarize_workdir(wd, algorithm, setting)}
+
+
+def partial_record(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
+    """An unfinished run: steps done, wall time, best validation accuracy so far."""
+    import yaml
+
+    rec: dict[str, Any] = {"algorithm": algorithm, "setting": setting, "workdir": str(wd)}
+    cfg_path = wd / "config.yaml"
+    if cfg_path.exists():
+        rec["full_steps"] = yaml.safe_load(cfg_path.read_text())["train"]["steps"]
+    metrics = wd / "metrics.jsonl"
+    rows = (
+        [json.loads(ln) for ln in metrics.read_text().splitlines() if ln]
+        if metrics.exists()
+        else []
+    )
+    train = [r for r in rows if r.get("split") == "train"]
+    val = [r for r in rows if r.get("split") == "val" and "accuracy" in r]
+    rec["steps"] = train[-1]["step"] if train else 0
+    rec["train_min"] = train[-1].get("wall_time", 0) / 60 if train else None
+    if val:
+        best = max(val, key=lambda r: r["accuracy"])
+        rec.update(best_val=100 * best["accuracy"], best_val_step=best["step"])
+    rec["error"] = f"unfinished at step {rec['steps']} of {rec.get('full_steps')}" + (
+        f"; best val {rec['best_val']:.2f}% at step {rec['best_val_step']}" if val else ""
+    )
+    return rec
+
+
+def report(out: Path, setting: str, paper_length: bool) -> list[dict[str, Any]]:
+    """Records of every run directory under ``out/runs`` (finished or not)."""
+    records = []
+    for wd in sorted((out / "runs").glob(f"*_{setting}")):
+        algo = wd.name[: -len(setting) - 1]
+        if algo not in ALGORITHMS:
+            continue
+        if (wd / "eval_test.json").exists():
+            records.append(record_from_workdir(wd, algo, setting, paper_length=paper_length))
+        else:
+            records.append(partial_record(wd, algo, setting))
+    return records
 
 
 def run_all(jobs: list[dict[str, Any]], args) -> list[dict[str, Any]]:
@@ -254,7 +317,7 @@ def table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         row = dict(r)
-        row["steps_text"] = f"{r['steps']} ({r['full_steps']})"
+        row["steps_text"] = f"{r.get('steps')} ({r.get('full_steps')})"
         if "error" in r:
             row["acc_text"] = "failed: " + r["error"][:60]
         else:
@@ -280,6 +343,22 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--table", type=Path, help="print the table of a results JSON and exit")
     p.add_argument("--tiny", action="store_true", help="smoke test: 8 filters, few steps")
+    p.add_argument(
+        "--paper-length",
+        action="store_true",
+        help="use <algorithm>_<setting>_paper.yaml where it exists (maml_5w1s.yaml is shortened)",
+    )
+    p.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=None,
+        help="fused meta-steps per host call and per metrics row (e.g. 100 on a GPU)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="tabulate the runs in --out/runs (finished or not) without training",
+    )
     args = p.parse_args(argv)
     unknown = [a for a in args.algorithms if a not in ALGORITHMS]
     if unknown:
@@ -291,6 +370,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
         print(table(json.loads(args.table.read_text())["runs"]))
+        return 0
+    if args.report:
+        records = report(args.out, args.setting, args.paper_length)
+        doc = {"benchmark": "accuracy", "machine": machine(), "runs": records}
+        write_json(args.out / f"report_{args.setting}.json", doc)
+        print(table(records))
         return 0
     if args.tiny:
         args.steps = args.steps or "4"
@@ -306,7 +391,11 @@ def main(argv=None) -> int:
         wd = out / "runs" / name
         if not args.force and (wd / "eval_test.json").exists():
             old = [r for r in previous if r.get("workdir") == str(wd) and "error" not in r]
-            kept.append(old[-1] if old else record_from_workdir(wd, algo, args.setting))
+            kept.append(
+                old[-1]
+                if old
+                else record_from_workdir(wd, algo, args.setting, paper_length=args.paper_length)
+            )
             print(f"{name}: finished before, kept (--force retrains)")
             continue
         if args.force and wd.exists():
@@ -316,7 +405,7 @@ def main(argv=None) -> int:
                 "name": name,
                 "algorithm": algo,
                 "setting": args.setting,
-                "config": config_path(algo, args.setting),
+                "config": config_path(algo, args.setting, paper_length=args.paper_length),
                 "workdir": wd,
                 "steps": steps[algo],
             }

@@ -1,114 +1,166 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run: the canonical MAML workload (Conv-4 strided, 5-way 1-shot,
-# 15 and 1 queries per class, meta-batch 32, 1 and 5 inner steps at lr 0.4, Adam 1e-3,
-# second and first order) -> ms per meta-step, compile time, device memory peak, and the
-# projected time of a 60k-iteration MAML run. Writes JSON; prints a Markdown table.
+# One prepared run on the offline GPU machine (one H100/H200, Python 3.12 with jax + CUDA,
+# flax, optax, orbax, torch; no tensorflow-datasets, no pip, no network): the checkout on
+# PYTHONPATH and the git-ignored .gpu/ bundle from ../shared/gpu/offline-bundle.sh (the
+# prepared Omniglot cache, the PyTorch peers harness, the `higher` wheel).
 #
-# Usage (from the repository root, on the GPU machine):
-#   bash benchmarks/gpu.sh [OUT_DIR]        # default: $OUT if set, else benchmarks/results/gpu
-# Environment:
-#   PYTHON       interpreter to use/extend (default: python3)
-#   WHEELHOUSE   folder of wheels for offline installs (pip --no-index --find-links)
-#   JAX_CUDA     pip requirement for CUDA JAX (default: "jax[cuda12]==<installed jax version>")
-#   BUDGET_S     timed seconds per configuration (default 3)
-#   SKIP_INSTALL=1  never pip install; fail if jax sees no GPU
-#   ALLOW_CPU=1  dry run without a GPU (checks the script; CPU numbers)
-#   RUNNER       auto (maml_step.py if present, else throughput.py) | maml_step | throughput | both
-#   EXTRA_ARGS   more throughput.py options, e.g. "--canonical-queries 1 --canonical-inner-steps 1"
-#   STEP_ARGS    more maml_step.py options, e.g. "--queries 1 --inner-steps 1"
+#   source .gpu/env.sh && bash benchmarks/gpu.sh "$OUT"        # on the GPU machine
+#   ALLOW_CPU=1 bash benchmarks/gpu.sh /tmp/gpu-dry             # dry run anywhere (tiny)
 #
-# Steps: (1) use $PYTHON if its jax already sees a GPU; otherwise (2) make .venv-gpu from
-# $PYTHON (system site packages visible), install CUDA JAX there (plus jaxmeta, editable,
-# without touching its other dependencies when they are already present); (3) run the
-# canonical workload (RUNNER below); (4) write OUT_DIR/maml_step.json or gpu_canonical.json,
-# OUT_DIR/projection.md (ms -> hours for 60k meta-steps) and OUT_DIR/environment.txt.
+# Stages, each bounded in time, each archived into OUT as soon as it ends (so a run cut
+# by the machine's limit still returns what it finished); at most 8 files land in OUT:
+#   1 lowering.tar.gz  benchmarks/lowering.py: lax.conv vs GEMM for every canonical
+#                      meta-step config and the paper-protocol training step (default
+#                      and full-float32 matmul precision), a profile of the default
+#                      step and its per-kernel summary (profile_summary.py)
+#   2 compare.tar.gz   benchmarks/compare_pytorch.py --device cuda: PyTorch (torch.func;
+#                      TORCH_IMPLS) on the same configs, jaxmeta rows from stage 1
+#   3 (in repro)       `jaxmeta train` of maml_5w1s_paper.yaml alone: the wall time of a
+#                      paper-length run, validation and the 600-episode test included
+#   4 repro.tar.gz     benchmarks/accuracy.py --paper-length: every algorithm on Omniglot
+#                      5w1s and MAML + ProtoNets 20w1s, PARALLEL runs at once on the GPU,
+#                      until the deadline; then a report of finished and cut runs
+#     repro_ckpt.tar.gz  the run directories with their checkpoints (resume elsewhere:
+#                      `jaxmeta train --config ... --workdir <unpacked dir>`)
+#   gpu.log            everything printed
+# Environment: DEADLINE_S (seconds for all stages, default 570), ALLOW_CPU=1 (no GPU
+# needed; tiny settings), TORCH_IMPLS (default func), PARALLEL (default 10), STAGES
+# (default "1 2 3 4"), PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${1:-${OUT:-benchmarks/results/gpu}}"
+OUT_DIR="${1:-${OUT:-/tmp/jaxmeta-gpu}}"
 mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/jaxmeta-gpu.XXXX")
 PY="${PYTHON:-python3}"
-BUDGET_S="${BUDGET_S:-3}"
-log() { echo "[gpu.sh $(date -u +%H:%M:%S)] $*" >&2; }
+DEADLINE_S="${DEADLINE_S:-570}"
+PARALLEL="${PARALLEL:-10}"
+STAGES="${STAGES:-1 2 3 4}"
+T0=$(date +%s)
+# Several processes share one GPU (stage 4): no process may take most of its memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT_DIR/gpu.log") 2>&1
 
-has_gpu() {
-  "$1" - <<'EOF' 2>/dev/null
-import jax, sys
-sys.exit(0 if jax.default_backend() == "gpu" else 1)
-EOF
+left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
+log() { echo "[gpu.sh +$(($(date +%s) - T0))s] $*"; }
+# bounded SECONDS CMD...: run CMD with at most SECONDS (and never past the deadline)
+bounded() {
+  local s=$1; shift
+  local l; l=$(left)
+  [ "$s" -gt "$l" ] && s=$l
+  if [ "$s" -le 5 ]; then log "skipped (deadline): $*"; return 124; fi
+  timeout --signal=TERM --kill-after=10 "$s" "$@"
 }
-
-{ date -u; uname -a; nvidia-smi 2>&1 | head -15; "$PY" --version; } > "$OUT_DIR/environment.txt" 2>&1
+stage() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "${ALLOW_CPU:-0}" = 1 ]; then
-  log "ALLOW_CPU=1: dry run on whatever backend $PY's jax has"
-elif ! has_gpu "$PY"; then
-  if [ "${SKIP_INSTALL:-0}" = 1 ]; then log "jax sees no GPU and SKIP_INSTALL=1"; exit 2; fi
-  log "jax (in $PY) sees no GPU: installing CUDA JAX into .venv-gpu"
-  "$PY" -m venv --system-site-packages .venv-gpu || { log "venv failed"; exit 2; }
-  VPY=.venv-gpu/bin/python
-  JAXV=$("$VPY" -c "import jax; print(jax.__version__)" 2>/dev/null || echo "")
-  REQ="${JAX_CUDA:-jax[cuda12]${JAXV:+==$JAXV}}"
-  PIPOPTS=()
-  if [ -n "${WHEELHOUSE:-}" ]; then PIPOPTS=(--no-index --find-links "$WHEELHOUSE"); fi
-  log "pip install $REQ ${PIPOPTS[*]:-}"
-  "$VPY" -m pip install -q "${PIPOPTS[@]}" "$REQ" 2>&1 | tail -5 >&2
-  # jaxmeta itself; its dependencies only if missing (pip resolves what is already there).
-  "$VPY" -c "import jaxmeta" 2>/dev/null || "$VPY" -m pip install -q "${PIPOPTS[@]}" -e . 2>&1 | tail -5 >&2
-  PY="$VPY"
-  if ! has_gpu "$PY"; then
-    log "still no GPU backend after installing; see $OUT_DIR/environment.txt"
-    "$PY" -c "import jax; print(jax.devices())" >> "$OUT_DIR/environment.txt" 2>&1
-    exit 3
+  log "ALLOW_CPU=1: dry run with tiny settings on $("$PY" -c 'import jax; print(jax.default_backend())')"
+  LOWERING=(--quick --orders second --filters 8 --meta-batch 2 --budget-s 0.2 --min-repeats 2 --warmup 1
+    --steps-per-call 2 --precisions default --impls gemm)
+  COMPARE=(--quick --tiny --repeats 1)
+  TINY=(--set model.filters=8 --set train.meta_batch_size=2 --set train.steps=4
+    --set train.steps_per_call=2 --set train.log_every=2 --set train.eval_every=2
+    --set train.checkpoint_every=2 --set eval.episodes=8 --set eval.val_episodes=4
+    --set eval.batch_size=4 --set eval.queries=2 --set train.plot=false)
+  REPRO=(--tiny)
+  PAPER=()
+  SETTINGS_5W1S=protonets
+  SETTINGS_20W1S=""
+else
+  "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' \
+    || { log "jax sees no GPU (ALLOW_CPU=1 for a dry run)"; exit 2; }
+  LOWERING=(--precompile 8 --budget-s 1 --max-repeats 400)
+  COMPARE=(--repeats 1 --budget-s 1)
+  TINY=()
+  REPRO=(--paper-length --steps-per-call 100 --evals 20)
+  PAPER=(--paper-length)
+  SETTINGS_5W1S=maml,fomaml,anil,metasgd,reptile,protonets,matching,snail
+  SETTINGS_20W1S=maml,protonets
+fi
+
+{
+  date -u
+  nvidia-smi 2>&1 | head -15
+  "$PY" --version
+  "$PY" -c 'import jax, jaxlib, flax, optax; print("jax", jax.__version__, "jaxlib",
+jaxlib.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+  git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20
+} > "$OUT_DIR/environment.txt" 2>&1
+log "$(tail -n +1 "$OUT_DIR/environment.txt" | grep '^jax ')"
+
+if stage 1; then
+  log "stage 1: convolution lowering (benchmarks/lowering.py ${LOWERING[*]})"
+  mkdir -p "$WORK/lowering"
+  bounded 120 "$PY" benchmarks/lowering.py "${LOWERING[@]}" --json "$WORK/lowering/lowering.json" \
+    --profile "$WORK/lowering/profile" | tee "$WORK/lowering/lowering.md"
+  log "stage 1 rc=$?"
+  if [ -d "$WORK/lowering/profile/trace" ]; then
+    steps=$(( ${#TINY[@]} ? 10 : 50 ))
+    "$PY" benchmarks/profile_summary.py "$WORK/lowering/profile/trace" --steps "$steps" \
+      --json "$WORK/lowering/profile_summary.json" | tee "$WORK/lowering/profile_summary.md"
+    find "$WORK/lowering/profile" -name '*.xplane.pb' -delete  # 10-100 MB; the JSON trace stays
   fi
-fi
-"$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" \
-  >> "$OUT_DIR/environment.txt" 2>&1
-log "$(tail -1 "$OUT_DIR/environment.txt")"
-
-rc=0
-# One runner for the canonical workload (device time is scarce): maml_step.py (the project's
-# canonical-step script) when present, else throughput.py --preset canonical. RUNNER=
-# maml_step|throughput forces one; RUNNER=both runs both.
-RUNNER="${RUNNER:-auto}"
-if [ "$RUNNER" = auto ]; then
-  if [ -f benchmarks/maml_step.py ]; then RUNNER=maml_step; else RUNNER=throughput; fi
-fi
-RESULTS=()
-if [ "$RUNNER" = maml_step ] || [ "$RUNNER" = both ]; then
-  log "canonical workload via maml_step.py ${STEP_ARGS:-}"
-  timeout 420 "$PY" benchmarks/maml_step.py --budget-s "$BUDGET_S" --timeout-s 200 \
-    --json "$OUT_DIR/maml_step.json" ${STEP_ARGS:-} 2>&1 | tee "$OUT_DIR/maml_step.txt" \
-    || { log "maml_step.py failed (see maml_step.txt)"; rc=1; }
-  RESULTS+=("$OUT_DIR/maml_step.json")
-fi
-if [ "$RUNNER" = throughput ] || [ "$RUNNER" = both ]; then
-  log "canonical workload via throughput.py --preset canonical ${EXTRA_ARGS:-}"
-  timeout 420 "$PY" benchmarks/throughput.py --preset canonical --budget-s "$BUDGET_S" \
-    --project-steps 60000 --timeout-s 200 --no-plots --json "$OUT_DIR/gpu_canonical.json" \
-    ${EXTRA_ARGS:-} | tee "$OUT_DIR/gpu_canonical.md" || rc=1
-  RESULTS+=("$OUT_DIR/gpu_canonical.json")
+  tar -czf "$OUT_DIR/lowering.tar.gz" -C "$WORK" lowering
 fi
 
-# Projection of a 60k-iteration MAML run from the measured step times.
-"$PY" - "${RESULTS[@]}" <<'EOF' | tee "$OUT_DIR/projection.md"
-import json, os, sys
-print("| source | order | K | Q/class | ms/meta-step | 60k meta-steps (h) | device |")
-print("|---|---|---|---|---|---|---|")
-for path in sys.argv[1:]:
-    if not os.path.exists(path):
-        continue
-    doc = json.load(open(path))
-    recs = doc if isinstance(doc, list) else doc.get("results", [])
-    src = os.path.basename(path)
-    for r in recs:
-        q = r.get("query_per_class", r.get("queries"))
-        if "error" in r:
-            print(f"| {src} | {r.get('order')} | {r.get('inner_steps')} | {q} | error: "
-                  f"{str(r['error'])[:80]} | | |")
-            continue
-        ms = r["ms_per_step"]
-        print(f"| {src} | {r['order']} | {r['inner_steps']} | {q} | {ms:.2f} | "
-              f"{ms * 60000 / 3.6e6:.2f} | {r.get('device_kind', r.get('device'))} |")
-EOF
-log "done (rc=$rc); results in $OUT_DIR"
-exit $rc
+if stage 2; then
+  TORCH_PY="${JAXMETA_TORCH_PYTHON:-$PY}"
+  PEERS_DIR=$(dirname "${PEERS:-../shared/peers/torch_maml.py}")
+  DEVICE=cuda; [ "${ALLOW_CPU:-0}" = 1 ] && DEVICE=cpu
+  log "stage 2: PyTorch on the same configs (impls ${TORCH_IMPLS:-func}, $DEVICE)"
+  mkdir -p "$WORK/compare"
+  JAX_FROM=()
+  [ -f "$WORK/lowering/lowering.json" ] && JAX_FROM=(--jax-from "$WORK/lowering/lowering.json")
+  bounded 80 "$PY" benchmarks/compare_pytorch.py "${COMPARE[@]}" --device "$DEVICE" \
+    --torch-python "$TORCH_PY" --peers-dir "$PEERS_DIR" --torch-impls "${TORCH_IMPLS:-func}" \
+    "${JAX_FROM[@]}" --json "$WORK/compare/compare_pytorch.json" | tee "$WORK/compare/compare.md"
+  log "stage 2 rc=$?"
+  tar -czf "$OUT_DIR/compare.tar.gz" -C "$WORK" compare
+fi
+
+R="$WORK/repro"
+if stage 3; then
+  log "stage 3: maml_5w1s_paper.yaml alone (jaxmeta train, wall time)"
+  wd="$R/5w1s/runs/maml_5w1s"
+  mkdir -p "$wd"
+  t=$(date +%s%N)
+  bounded 120 "$PY" -m jaxmeta train --config configs/omniglot/maml_5w1s_paper.yaml \
+    --workdir "$wd" --no-progress --set data.download=false --set train.keep_checkpoints=1 \
+    "${TINY[@]}" > "$wd/train.log" 2>&1
+  rc=$?
+  echo "{\"rc\": $rc, \"wall_ms\": $((($(date +%s%N) - t) / 1000000))}" > "$wd/wall.json"
+  log "stage 3 rc=$rc, $(cat "$wd/wall.json")"; tail -3 "$wd/train.log"
+fi
+
+if stage 4; then
+  log "stage 4: reproductions, $PARALLEL at once, until the deadline"
+  args=(--parallel "$PARALLEL" "${REPRO[@]}" --set train.keep_checkpoints=1)
+  [ -n "${TFDS_DATA_DIR:-}" ] && args+=(--data-dir "$TFDS_DATA_DIR")
+  mkdir -p "$R/5w1s" "$R/20w1s"
+  budget=$(($(left) - 45))
+  bounded "$budget" "$PY" benchmarks/accuracy.py "${args[@]}" --setting 5w1s \
+    --algorithms "$SETTINGS_5W1S" --out "$R/5w1s" > "$R/5w1s.log" 2>&1 &
+  p1=$!
+  p2=""
+  if [ -n "$SETTINGS_20W1S" ]; then
+    bounded "$budget" "$PY" benchmarks/accuracy.py "${args[@]}" --setting 20w1s \
+      --algorithms "$SETTINGS_20W1S" --out "$R/20w1s" > "$R/20w1s.log" 2>&1 &
+    p2=$!
+  fi
+  wait $p1 $p2
+  log "stage 4 ended"
+fi
+
+if [ -d "$R" ]; then
+  for s in 5w1s 20w1s; do
+    [ -d "$R/$s/runs" ] || continue
+    "$PY" benchmarks/accuracy.py --report --setting "$s" --out "$R/$s" "${PAPER[@]}" \
+      | tee "$R/report_$s.md"
+  done
+  # Small files (metrics, results, logs, plots) apart from the checkpoints.
+  (cd "$WORK" && find repro -type f ! -path '*/checkpoints/*' ! -path '*/best/*' -print0 \
+    | tar -czf "$OUT_DIR/repro.tar.gz" --null -T -)
+  tar -czf "$OUT_DIR/repro_ckpt.tar.gz" -C "$WORK" repro
+  ls -la "$OUT_DIR"
+fi
+log "done; results in $OUT_DIR"

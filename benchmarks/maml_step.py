@@ -51,12 +51,15 @@ from _common import (  # noqa: E402
 DEFAULT_TASK_BATCH = {}
 
 
-def default_task_batch_size(order: str, inner_steps: int, queries: int) -> int | None:
+def default_task_batch_size(order: str, inner_steps: int, queries: int, backend: str):
+    """Tuned on the CPU (see above); elsewhere the library's per-backend ``"auto"``."""
+    if backend != "cpu":
+        return "auto"
     return DEFAULT_TASK_BATCH.get((order, inner_steps, queries), 1 if queries >= 15 else None)
 
 
-def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Worker: build, compile and time one configuration; returns its record."""
+def build_meta_step(cfg: dict[str, Any]):
+    """``(jitted step, (state, episodes, key), task_batch_size used)`` of one configuration."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -64,10 +67,12 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     from jaxmeta.algorithms.base import init_meta_train_state, make_meta_step
     from jaxmeta.algorithms.maml import maml
     from jaxmeta.models import Conv4
-    from jaxmeta.models.layers import resolve_conv_impl
     from jaxmeta.types import Episode
 
     ways, shots, q, tasks = 5, 1, cfg["query_per_class"], cfg["meta_batch"]
+    tbs = cfg["task_batch_size"]
+    if tbs == "default":  # resolved here, where the backend is known
+        tbs = default_task_batch_size(cfg["order"], cfg["inner_steps"], q, jax.default_backend())
     model = Conv4(num_classes=ways, filters=cfg["filters"], conv_impl=cfg["conv_impl"])
     k = jax.random.split(jax.random.key(0), 4)
     episodes = Episode(
@@ -82,18 +87,30 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         inner_lr=0.4,
         inner_steps=cfg["inner_steps"],
         first_order=cfg["order"] == "first",
-        task_batch_size=cfg["task_batch_size"],
+        task_batch_size=tbs,
         remat=cfg.get("remat", False),
     )
     optimizer = optax.adam(1e-3)
     state = init_meta_train_state(learner, optimizer, params)
     step = make_meta_step(learner, optimizer, donate=True)
-    compiled, compile_s = compile_timed(step, state, episodes, k[3])
+    return step, (state, episodes, k[3]), tbs
+
+
+def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Worker: build, compile and time one configuration; returns its record."""
+    import jax
+
+    from jaxmeta.algorithms.base import resolve_task_batch_size
+    from jaxmeta.models.layers import resolve_conv_impl
+
+    tasks = cfg["meta_batch"]
+    step, (state, episodes, key), tbs = build_meta_step(cfg)
+    compiled, compile_s = compile_timed(step, state, episodes, key)
 
     box = {"state": state}
 
     def one():
-        box["state"], metrics = compiled(box["state"], episodes, k[3])
+        box["state"], metrics = compiled(box["state"], episodes, key)
         jax.block_until_ready((box["state"], metrics))
 
     one()
@@ -121,6 +138,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         device=jax.devices()[0].device_kind,
         backend=jax.default_backend(),
         conv_impl_resolved=resolve_conv_impl(cfg["conv_impl"]),
+        task_batch_size_used=tbs,
+        task_batch_size_resolved=resolve_task_batch_size(tbs),
         xla_flags=os.environ.get("XLA_FLAGS"),
     )
     rec.update(memory_record(peak_rss_since_reset_mb() if reset else None))
@@ -143,7 +162,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--task-batch-size",
         default="default",
-        help="'default' (tuned per config), 'none' (vmap all tasks) or an int",
+        help="'default' (tuned per config on the CPU, 'auto' elsewhere), 'auto' (the "
+        "library's per-backend choice), 'none' (vmap all tasks) or an int",
     )
     ap.add_argument("--remat", action="store_true")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (else from budget)")
@@ -162,10 +182,11 @@ def parse_args(argv=None):
     return args
 
 
-def _tbs(arg: str, order: str, k: int, q: int) -> int | None:
-    if arg == "default":
-        return default_task_batch_size(order, k, q)
-    if arg.lower() == "none":
+def _tbs(arg: str) -> int | str | None:
+    """``default`` (resolved in the worker), ``auto``, ``none`` or an int."""
+    if arg in ("default", "auto"):
+        return arg
+    if arg.lower() in ("none", "null"):
         return None
     return int(arg)
 
@@ -183,7 +204,7 @@ def main(argv=None) -> int:
                     "meta_batch": args.meta_batch,
                     "filters": args.filters,
                     "conv_impl": args.conv_impl,
-                    "task_batch_size": _tbs(args.task_batch_size, order, k, q),
+                    "task_batch_size": _tbs(args.task_batch_size),
                     "remat": args.remat,
                     "warmup": args.warmup,
                     "budget_s": args.budget_s,
@@ -208,7 +229,7 @@ def main(argv=None) -> int:
         ("query_per_class", "Q/class"),
         ("meta_batch", "tasks"),
         ("conv_impl_resolved", "conv"),
-        ("task_batch_size", "task_batch_size"),
+        ("task_batch_size_resolved", "task_batch_size"),
         ("ms_per_step", "ms/step (median)"),
         ("ms_min", "min ms"),
         ("compile_s", "compile s"),

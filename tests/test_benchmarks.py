@@ -164,7 +164,15 @@ def test_compare_pytorch_without_torch(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["first_vs_second_order.py", "throughput.py", "compare_pytorch.py", "accuracy.py"]
+    "script",
+    [
+        "first_vs_second_order.py",
+        "throughput.py",
+        "compare_pytorch.py",
+        "accuracy.py",
+        "lowering.py",
+        "profile_summary.py",
+    ],
 )
 def test_help(script):
     assert "usage" in run(script, "--help", timeout=120).stdout
@@ -172,6 +180,54 @@ def test_help(script):
 
 def test_gpu_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
+    """benchmarks/gpu.sh end to end with ALLOW_CPU=1 (tiny settings, no PyTorch): every
+    stage runs and leaves its archive, as the GPU run must."""
+    import os
+    import tarfile
+
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "ALLOW_CPU": "1",
+        "PYTHON": sys.executable,
+        "JAXMETA_TORCH_PYTHON": "none",
+        "TFDS_DATA_DIR": str(omniglot_data_dir),
+        "TMPDIR": str(tmp_path),
+    }
+    p = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env=env,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    names = {f.name for f in out.iterdir()}
+    archives = {"lowering.tar.gz", "compare.tar.gz", "repro.tar.gz", "repro_ckpt.tar.gz"}
+    assert archives | {"gpu.log", "environment.txt"} <= names and len(names) <= 8
+    with tarfile.open(out / "lowering.tar.gz") as tar:
+        doc = json.load(tar.extractfile("lowering/lowering.json"))
+        assert "lowering/profile/train_step.hlo.txt" in tar.getnames()
+        assert "lowering/profile_summary.json" in tar.getnames()
+        assert not any(n.endswith(".xplane.pb") for n in tar.getnames())
+    assert doc["auto"] == "gemm" and {r["kind"] for r in doc["records"]} == {
+        "train_step",
+        "meta_step",
+    }
+    assert all(positive(r["ms_per_step"]) for r in doc["records"])
+    assert doc["profile"]["hlo_fusions"] > 0 and "error" not in doc["profile"]
+    with tarfile.open(out / "repro.tar.gz") as tar:
+        wall = json.load(tar.extractfile("repro/5w1s/runs/maml_5w1s/wall.json"))
+        assert wall["rc"] == 0 and wall["wall_ms"] > 0
+        report = tar.extractfile("repro/report_5w1s.md").read().decode()
+        assert "| maml | 5w1s |" in report and "| protonets | 5w1s |" in report
+        assert not any("/checkpoints/" in n for n in tar.getnames())
+    with tarfile.open(out / "repro_ckpt.tar.gz") as tar:
+        assert any("/checkpoints/" in n for n in tar.getnames())  # resumable elsewhere
 
 
 def test_compare_pytorch_ratios(tmp_path):
@@ -209,6 +265,44 @@ def test_compare_pytorch_ratios(tmp_path):
     assert cp._records(tmp_path / "c.jsonl") == recs * 2
 
 
+def test_compare_pytorch_on_gpu_targets_and_memory(tmp_path):
+    """On a GPU the target is 20x and memory is compared as device peaks against torch.func;
+    the jaxmeta rows can come from a lowering.py JSON of the same call."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare_pytorch as cp
+    finally:
+        sys.path.remove(str(BENCH))
+    cfg = {"order": "second", "inner_steps": 1, "queries": 15, "meta_batch": 32, "filters": 64}
+    by_impl = {
+        "jaxmeta": [{"ms": 1.5, "peak_rss_mb": 900.0, "device_peak_mb": 300.0, "cpu_util": 1.0}],
+        "func": [{"ms": 39.0, "peak_rss_mb": 2000.0, "device_peak_mb": 600.0, "cpu_util": 1.0}],
+    }
+    row = cp.summarize(cfg, by_impl, target=20.0, device="cuda")
+    assert math.isclose(row["speedup"], 26.0) and row["speedup_ok"] and row["speedup_target"] == 20
+    assert math.isclose(row["gpu_memory_ratio"], 0.5) and row["gpu_memory_ok"]
+    assert "contended" not in row  # CPU contention is not a GPU notion
+    assert not cp.summarize(cfg, by_impl, target=30.0, device="cuda")["speedup_ok"]
+    rec = {
+        "kind": "meta_step",
+        "order": "second",
+        "inner_steps": 1,
+        "query_per_class": 15,
+        "meta_batch": 32,
+        "filters": 64,
+        "conv_impl": "gemm",
+        "conv_impl_resolved": "gemm",
+        "ms_per_step": 1.5,
+        "program_mb": 300.0,
+    }
+    xla = {**rec, "conv_impl": "xla", "conv_impl_resolved": "xla", "ms_per_step": 14.0}
+    path = tmp_path / "lowering.json"
+    path.write_text(json.dumps({"auto": "gemm", "records": [xla, rec]}))
+    got = cp.jax_from_file(cfg, path)
+    assert got["ms"] == 1.5 and got["device_peak_mb"] == 300.0  # the lowering auto picks
+    assert "error" in cp.jax_from_file({**cfg, "queries": 1}, path)
+
+
 def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir):
     out = tmp_path / "acc"
     args = ["--tiny", "--algorithms", "protonets", "--out", str(out)]
@@ -226,3 +320,20 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
     again = run("accuracy.py", *args)
     assert "finished before, kept" in again.stdout
     assert "| protonets |" in run("accuracy.py", "--table", str(out / "accuracy.json")).stdout
+    # --report: finished runs with their test result, an unfinished one (a run cut by a
+    # time limit) with its steps and best validation accuracy so far.
+    cut = out / "runs" / "maml_5w1s"
+    cut.mkdir(parents=True)
+    (cut / "config.yaml").write_text("train:\n  steps: 60000\n")
+    rows = [
+        {"split": "train", "step": 100, "loss": 1.0, "wall_time": 6.0},
+        {"split": "val", "step": 100, "accuracy": 0.5},
+        {"split": "train", "step": 200, "loss": 0.9, "wall_time": 12.0},
+        {"split": "val", "step": 200, "accuracy": 0.75},
+    ]
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = run("accuracy.py", "--report", "--out", str(out))
+    recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
+    assert recs["protonets"]["accuracy"] == rec["accuracy"]
+    assert recs["maml"]["steps"] == 200 and recs["maml"]["best_val"] == 75.0
+    assert "unfinished at step 200 of 60000; best val 75.00% at step 200" in rep.stdout

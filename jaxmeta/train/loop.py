@@ -79,6 +79,7 @@ RESUMABLE_CHANGES = {
     "data.download",
     "train.steps",
     "train.steps_per_call",
+    "train.log_every",
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
