@@ -168,8 +168,7 @@ def summarize_workdir(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
 
     res = json.loads((wd / "eval_test.json").read_text())
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
-    rows = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines() if ln]
-    train = [r for r in rows if r.get("split") == "train"]
+    train = [r for r in _train_rows(wd) if r.get("split") == "train"]
     acc = 100 * res["accuracy"]
     paper = paper_number(algorithm, setting)
     return {
@@ -218,31 +217,64 @@ def record_from_workdir(
     return {**rec, **summarize_workdir(wd, algorithm, setting)}
 
 
+def _train_rows(wd: Path) -> list[dict[str, Any]]:
+    path = wd / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(ln) for ln in text.splitlines() if ln]
+
+
 def partial_record(wd: Path, algorithm: str, setting: str) -> dict[str, Any]:
-    """An unfinished run: steps done, wall time, best validation accuracy so far."""
+    """An unfinished run (e.g. cut by a time limit): steps done, best validation accuracy
+    so far, and the test result of its best checkpoint when one was evaluated
+    (``jaxmeta evaluate``)."""
     import yaml
 
-    rec: dict[str, Any] = {"algorithm": algorithm, "setting": setting, "workdir": str(wd)}
+    rec: dict[str, Any] = {
+        "algorithm": algorithm,
+        "setting": setting,
+        "workdir": str(wd),
+        "unfinished": True,
+    }
     cfg_path = wd / "config.yaml"
     if cfg_path.exists():
-        rec["full_steps"] = yaml.safe_load(cfg_path.read_text())["train"]["steps"]
-    metrics = wd / "metrics.jsonl"
-    rows = (
-        [json.loads(ln) for ln in metrics.read_text().splitlines() if ln]
-        if metrics.exists()
-        else []
-    )
+        cfg = yaml.safe_load(cfg_path.read_text())
+        rec.update(full_steps=cfg["train"]["steps"], scheme=cfg["data"].get("scheme"))
+    rows = _train_rows(wd)
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val" and "accuracy" in r]
     rec["steps"] = train[-1]["step"] if train else 0
     rec["train_min"] = train[-1].get("wall_time", 0) / 60 if train else None
+    note = f"unfinished at step {rec['steps']} of {rec.get('full_steps')}"
     if val:
         best = max(val, key=lambda r: r["accuracy"])
         rec.update(best_val=100 * best["accuracy"], best_val_step=best["step"])
-    rec["error"] = f"unfinished at step {rec['steps']} of {rec.get('full_steps')}" + (
-        f"; best val {rec['best_val']:.2f}% at step {rec['best_val_step']}" if val else ""
-    )
+        note += f"; best val {rec['best_val']:.2f}% at step {rec['best_val_step']}"
+    test = wd / "eval_test.json"
+    if test.exists():
+        res = json.loads(test.read_text())
+        paper = paper_number(algorithm, setting)
+        rec.update(
+            accuracy=100 * res["accuracy"],
+            ci95=100 * res["ci95"],
+            episodes=res["episodes"],
+            checkpoint_step=res.get("step"),
+            paper=paper,
+            gap=None if paper is None else 100 * res["accuracy"] - paper,
+        )
+        note += f"; test of the step-{res.get('step')} checkpoint"
+    rec["note"] = note
     return rec
+
+
+def is_finished(wd: Path) -> bool:
+    """The run reached its configured steps and was tested."""
+    import yaml
+
+    if not (wd / "eval_test.json").exists() or not (wd / "config.yaml").exists():
+        return False
+    steps = yaml.safe_load((wd / "config.yaml").read_text())["train"]["steps"]
+    train = [r for r in _train_rows(wd) if r.get("split") == "train"]
+    return bool(train) and train[-1]["step"] >= steps
 
 
 def report(out: Path, setting: str, paper_length: bool) -> list[dict[str, Any]]:
@@ -252,7 +284,7 @@ def report(out: Path, setting: str, paper_length: bool) -> list[dict[str, Any]]:
         algo = wd.name[: -len(setting) - 1]
         if algo not in ALGORITHMS:
             continue
-        if (wd / "eval_test.json").exists():
+        if is_finished(wd):
             records.append(record_from_workdir(wd, algo, setting, paper_length=paper_length))
         else:
             records.append(partial_record(wd, algo, setting))
@@ -310,6 +342,7 @@ COLUMNS = [
     ("cpu_min", "CPU min"),
     ("paper_text", "paper"),
     ("gap", "gap (points)"),
+    ("note", "note"),
 ]
 
 
@@ -320,8 +353,10 @@ def table(records: list[dict[str, Any]]) -> str:
         row["steps_text"] = f"{r.get('steps')} ({r.get('full_steps')})"
         if "error" in r:
             row["acc_text"] = "failed: " + r["error"][:60]
-        else:
+        elif "accuracy" in r:
             row["acc_text"] = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}%"
+        else:
+            row["acc_text"] = "-"
         row["paper_text"] = "-" if r.get("paper") is None else f"{r['paper']}%"
         rows.append(row)
     return markdown_table(rows, COLUMNS)

@@ -19,9 +19,10 @@
 #                      paper-length run, validation and the 600-episode test included
 #   4 repro.tar.gz     benchmarks/accuracy.py --paper-length: every algorithm on Omniglot
 #                      5w1s and MAML + ProtoNets 20w1s, PARALLEL runs at once on the GPU,
-#                      until the deadline; then a report of finished and cut runs
-#     repro_ckpt.tar.gz  the run directories with their checkpoints (resume elsewhere:
-#                      `jaxmeta train --config ... --workdir <unpacked dir>`)
+#                      until the deadline; runs the deadline cut are tested from their
+#                      best checkpoint (`jaxmeta evaluate`); a report of all of them
+#     trained_models.tar.gz  the MAML and ProtoNets 5w1s workdirs with their checkpoints
+#                      (portable: `jaxmeta evaluate --workdir <unpacked dir>`, or resume)
 #   gpu.log            everything printed
 # Environment: DEADLINE_S (seconds for all stages, default 570), ALLOW_CPU=1 (no GPU
 # needed; tiny settings), TORCH_IMPLS (default func), PARALLEL (default 10), STAGES
@@ -57,7 +58,7 @@ if [ "${ALLOW_CPU:-0}" = 1 ]; then
   log "ALLOW_CPU=1: dry run with tiny settings on $("$PY" -c 'import jax; print(jax.default_backend())')"
   LOWERING=(--quick --orders second --filters 8 --meta-batch 2 --budget-s 0.2 --min-repeats 2 --warmup 1
     --steps-per-call 2 --precisions default --impls gemm)
-  COMPARE=(--quick --tiny --repeats 1)
+  COMPARE=(--quick --tiny --repeats 1 --orders second)
   TINY=(--set model.filters=8 --set train.meta_batch_size=2 --set train.steps=4
     --set train.steps_per_call=2 --set train.log_every=2 --set train.eval_every=2
     --set train.checkpoint_every=2 --set eval.episodes=8 --set eval.val_episodes=4
@@ -137,7 +138,7 @@ if stage 4; then
   args=(--parallel "$PARALLEL" "${REPRO[@]}" --set train.keep_checkpoints=1)
   [ -n "${TFDS_DATA_DIR:-}" ] && args+=(--data-dir "$TFDS_DATA_DIR")
   mkdir -p "$R/5w1s" "$R/20w1s"
-  budget=$(($(left) - 45))
+  budget=$(($(left) - 75))
   bounded "$budget" "$PY" benchmarks/accuracy.py "${args[@]}" --setting 5w1s \
     --algorithms "$SETTINGS_5W1S" --out "$R/5w1s" > "$R/5w1s.log" 2>&1 &
   p1=$!
@@ -148,7 +149,15 @@ if stage 4; then
     p2=$!
   fi
   wait $p1 $p2
-  log "stage 4 ended"
+  log "stage 4 ended; testing the best checkpoints of runs the deadline cut"
+  pids=()
+  for wd in "$R"/*/runs/*; do
+    [ -f "$wd/eval_test.json" ] || [ ! -d "$wd/best" ] && continue
+    bounded 45 "$PY" -m jaxmeta evaluate --workdir "$wd" > "$wd/evaluate.log" 2>&1 &
+    pids+=($!)
+  done
+  # Named pids: a bare `wait` would also wait for the `tee` of this script's output.
+  [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 fi
 
 if [ -d "$R" ]; then
@@ -157,10 +166,12 @@ if [ -d "$R" ]; then
     "$PY" benchmarks/accuracy.py --report --setting "$s" --out "$R/$s" "${PAPER[@]}" \
       | tee "$R/report_$s.md"
   done
-  # Small files (metrics, results, logs, plots) apart from the checkpoints.
+  # Metrics, results, logs and plots of every run; the checkpoints (SNAIL's alone are
+  # ~70 MB) only of MAML and ProtoNets 5w1s, as trained models to try out.
   (cd "$WORK" && find repro -type f ! -path '*/checkpoints/*' ! -path '*/best/*' -print0 \
     | tar -czf "$OUT_DIR/repro.tar.gz" --null -T -)
-  tar -czf "$OUT_DIR/repro_ckpt.tar.gz" -C "$WORK" repro
+  (cd "$WORK" && tar -czf "$OUT_DIR/trained_models.tar.gz" \
+    $(ls -d repro/5w1s/runs/maml_5w1s repro/5w1s/runs/protonets_5w1s 2>/dev/null))
   ls -la "$OUT_DIR"
 fi
 log "done; results in $OUT_DIR"

@@ -207,7 +207,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     names = {f.name for f in out.iterdir()}
-    archives = {"lowering.tar.gz", "compare.tar.gz", "repro.tar.gz", "repro_ckpt.tar.gz"}
+    archives = {"lowering.tar.gz", "compare.tar.gz", "repro.tar.gz", "trained_models.tar.gz"}
     assert archives | {"gpu.log", "environment.txt"} <= names and len(names) <= 8
     with tarfile.open(out / "lowering.tar.gz") as tar:
         doc = json.load(tar.extractfile("lowering/lowering.json"))
@@ -226,8 +226,8 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
         report = tar.extractfile("repro/report_5w1s.md").read().decode()
         assert "| maml | 5w1s |" in report and "| protonets | 5w1s |" in report
         assert not any("/checkpoints/" in n for n in tar.getnames())
-    with tarfile.open(out / "repro_ckpt.tar.gz") as tar:
-        assert any("/checkpoints/" in n for n in tar.getnames())  # resumable elsewhere
+    with tarfile.open(out / "trained_models.tar.gz") as tar:
+        assert any("maml_5w1s/checkpoints/" in n for n in tar.getnames())  # portable run
 
 
 def test_compare_pytorch_ratios(tmp_path):
@@ -324,7 +324,7 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
     # time limit) with its steps and best validation accuracy so far.
     cut = out / "runs" / "maml_5w1s"
     cut.mkdir(parents=True)
-    (cut / "config.yaml").write_text("train:\n  steps: 60000\n")
+    (cut / "config.yaml").write_text("train:\n  steps: 60000\ndata:\n  scheme: maml\n")
     rows = [
         {"split": "train", "step": 100, "loss": 1.0, "wall_time": 6.0},
         {"split": "val", "step": 100, "accuracy": 0.5},
@@ -337,3 +337,10 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
     assert recs["protonets"]["accuracy"] == rec["accuracy"]
     assert recs["maml"]["steps"] == 200 and recs["maml"]["best_val"] == 75.0
     assert "unfinished at step 200 of 60000; best val 75.00% at step 200" in rep.stdout
+    # ... and with the test result of its best checkpoint (`jaxmeta evaluate`).
+    res = {"accuracy": 0.7, "ci95": 0.01, "episodes": 600, "step": 200}
+    (cut / "eval_test.json").write_text(json.dumps(res))
+    rep = run("accuracy.py", "--report", "--out", str(out))
+    recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
+    assert recs["maml"]["unfinished"] and math.isclose(recs["maml"]["accuracy"], 70.0)
+    assert "test of the step-200 checkpoint" in rep.stdout
