@@ -90,6 +90,8 @@ from typing import Any
 
 import yaml
 
+from jaxmeta import yaml_io
+
 SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval", "mesh", "distributed")
 
 OMNIGLOT_DRAWERS = 20
@@ -299,7 +301,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     file = find_config(path)
     source = str(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml_io.load(yaml_io.read_text(file))
+    except yaml_io.NotUtf8Error as e:
+        raise ConfigError(source, "<encoding>", str(e)) from None
+    except OSError as e:
+        raise ConfigError(source, "<file>", f"cannot read it: {e.strerror or e}") from None
+    except yaml_io.DuplicateKeyError as e:
+        raise ConfigError(source, e.key, e.reason) from None
     except yaml.YAMLError as e:
         raise ConfigError(source, "<yaml>", f"not valid YAML: {e}") from None
     if raw is None:
@@ -316,7 +324,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, value = item.split("=", 1)
     key = key.strip()
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_io.load(value) if value.strip() else None
+    except yaml_io.DuplicateKeyError as e:
+        raise ConfigError("--set", f"{key}.{e.key}", e.reason) from None
     except yaml.YAMLError:
         parsed = value
     return key, parsed
