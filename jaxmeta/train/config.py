@@ -19,7 +19,9 @@ is compiled::
       download: true
     model:                          # name + keyword arguments of the Flax module
       name: conv4                   # jaxmeta.models.MODELS
-      filters: 64                   # any field of the module; checked against it
+      filters: 64                   # any field of the module; checked against it (integers
+                                    #   are sizes, >= 1); the model is built abstractly
+                                    #   before training starts
     algorithm:                      # name + keyword arguments of the factory
       name: maml                    # jaxmeta.algorithms.ALGORITHMS
       inner_lr: 0.4                 # any keyword of the factory, checked against
@@ -659,6 +661,11 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
                 f"valid keys: name, {', '.join(model_fields)}",
             )
         _check_kw(dotted, value, hints.get(key), src)
+        # Every integer of a model is a size (filters, widths, steps): 0 or -1 would fail
+        # deep inside Flax (ZeroDivisionError) or build an empty layer.
+        ints = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in ints):
+            raise ConfigError(src(dotted), dotted, f"must be positive (a size), got {value!r}")
 
     if cfg.algorithm.name not in ALGORITHMS:
         raise ConfigError(

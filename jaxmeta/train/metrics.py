@@ -124,8 +124,7 @@ def plot_learning_curves(
         import matplotlib.pyplot as plt
     except ImportError:
         print(
-            "jaxmeta: matplotlib is not installed (pip install matplotlib); "
-            "no learning-curve PNG.",
+            "jaxmeta: matplotlib is not installed (pip install matplotlib); no learning-curve PNG.",
             file=sys.stderr,
         )
         return False
@@ -150,6 +149,12 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, png_path)  # a reader never sees half a PNG
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return True
