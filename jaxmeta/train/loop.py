@@ -53,6 +53,7 @@ from jaxmeta.train.evaluate import make_evaluator, summarize
 from jaxmeta.train.interrupt import Interrupted, InterruptGuard
 from jaxmeta.train.metrics import (
     METRICS_FILE,
+    DivergenceMonitor,
     MetricsWriter,
     plot_learning_curves,
     truncate_metrics,
@@ -484,6 +485,7 @@ def _train(
         )
     window: list[dict[str, np.ndarray]] = []
     last_good = latest
+    divergence = DivergenceMonitor(cfg.data.ways if classification else None)
     bar = tqdm(
         total=t.steps,
         initial=start,
@@ -527,6 +529,10 @@ def _train(
                         + ". Lower the learning rates (optimizer.learning_rate, "
                         "algorithm.inner_lr) or set optimizer.grad_clip_norm."
                     )
+            warning = divergence.update(metrics["loss"], first_step=step + 1)
+            if warning is not None:
+                writer.write(warning)
+                say(f"warning: {warning['message']}")
             step = nxt
             where["step"] = step
             window.append(metrics)
