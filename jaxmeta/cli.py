@@ -41,7 +41,11 @@ EPILOG_TRAIN = textwrap.dedent(
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
     off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.
 
-    exit status: 0 done, 1 training diverged (NaN/inf), 2 bad config or usage.
+    Ctrl-C (SIGINT) or SIGTERM stops the run between steps (a checkpoint being
+    written is completed first); run the same command to resume.
+
+    exit status: 0 done, 1 training diverged (NaN/inf), 2 bad config, usage, workdir
+    or file problem, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
 )
 
@@ -209,8 +213,10 @@ def _err(msg: str, code: int) -> int:
 
 
 def _train(args) -> int:
+    from jaxmeta.train.checkpoint import CheckpointWriteError
     from jaxmeta.train.config import ConfigError, load_config
-    from jaxmeta.train.loop import TrainingDiverged, train_and_evaluate
+    from jaxmeta.train.loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+    from jaxmeta.train.workdir import describe_os_error
 
     config = args.config
     if config is None:
@@ -247,15 +253,21 @@ def _train(args) -> int:
         train_and_evaluate(cfg, workdir, progress=not args.no_progress)
     except TrainingDiverged as err:
         return _err(str(err), 1)
-    except (ValueError, FileNotFoundError) as err:  # incompatible workdir, missing data...
+    except TrainingInterrupted as err:
+        print(f"jaxmeta: {err}", file=sys.stderr)
+        return err.exit_code
+    # Incompatible or busy workdir, damaged checkpoints, missing data, a failed write.
+    except (ValueError, FileNotFoundError, CheckpointWriteError) as err:
         return _err(str(err), 2)
+    except OSError as err:  # disk full, read-only file system...
+        return _err(describe_os_error(err), 2)
     return 0
 
 
 def _evaluate(args) -> int:
     import jax
 
-    from jaxmeta.train.checkpoint import Checkpoints
+    from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
     from jaxmeta.train.config import ConfigError, load_config, replace
     from jaxmeta.train.loop import (
         build_experiment,
@@ -264,6 +276,7 @@ def _evaluate(args) -> int:
         run_evaluation,
         write_eval_json,
     )
+    from jaxmeta.train.workdir import describe_os_error
 
     workdir = Path(args.workdir)
     if not (workdir / "config.yaml").exists():
@@ -286,15 +299,21 @@ def _evaluate(args) -> int:
             f"(available: {', '.join(exp.source.splits)})",
             2,
         )
-    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    # Read only: no lock (a training run may be writing), nothing created or cleaned up.
+    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
     which = args.checkpoint
     if which == "best" and ckpt.best_step() is None:
         which = "latest"
     if ckpt.latest_step() is None and which == "latest":
         return _err(f"no checkpoint in {workdir}", 2)
     state = jax.eval_shape(lambda: initial_state(cfg, exp))
-    state, _ = ckpt.restore(state, best=which == "best")
-    ckpt.close()
+    try:
+        state, _ = ckpt.restore(state, best=which == "best")
+    except CheckpointError as err:
+        other = "latest" if which == "best" else "best"
+        return _err(f"{err}; --checkpoint {other} evaluates the {other} one", 2)
+    finally:
+        ckpt.close()
     inner = args.inner_steps if args.inner_steps is not None else cfg.eval.inner_steps
     try:
         res = run_evaluation(
@@ -303,9 +322,14 @@ def _evaluate(args) -> int:
     except ValueError as err:
         return _err(str(err), 2)
     res.update(step=int(state.step), checkpoint=which)
-    path = write_eval_json(workdir, res)
-    print(f"{format_result(res)} [checkpoint: {which}, step {int(state.step)}]")
-    print(f"wrote {path}", file=sys.stderr)
+    # The result first: a workdir we cannot write to must not cost the computed accuracy.
+    print(f"{format_result(res)} [checkpoint: {which}, step {int(state.step)}]", flush=True)
+    try:
+        path = write_eval_json(workdir, res)
+    except OSError as err:
+        print(f"jaxmeta: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
+    else:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -369,11 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command in ("train", "evaluate"):
         _enable_compilation_cache()
-    if args.command == "train":
-        return _train(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    return _data(args)
+    try:
+        if args.command == "train":
+            return _train(args)  # handles SIGINT/SIGTERM itself, between steps
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _data(args)
+    except KeyboardInterrupt:
+        print("jaxmeta: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

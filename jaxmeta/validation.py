@@ -2,16 +2,21 @@
 
 Shape checks run at trace time (shapes are static, so they also fire inside ``jit``);
 label-range checks need concrete values and run whenever the labels are not traced.
+Under ``jit`` an out-of-range label instead makes the loss NaN
+(:func:`jaxmeta.losses.label_guard`), which the training loop's NaN guard stops.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from jaxmeta.types import Episode
+
+NumClasses = int | Callable[[], int] | None
 
 
 def check_int(name: str, value, *, minimum: int) -> int:
@@ -35,50 +40,76 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_episode(ep: Episode, *, batched: bool, num_classes: int | None = None) -> None:
+def _check_sets(sets, *, lead: int, num_classes: NumClasses) -> None:
+    """``sets``: ``(name, x, y)`` triples, support first; ``y`` may be ``None`` (queries to
+    predict). ``lead`` leading axes (``[n]`` or ``[tasks, n]``) must agree within a pair."""
+    for name, x, y in sets:
+        for what, a in (("x", x), ("y", y)):
+            if a is not None and a.ndim < lead:
+                raise ValueError(
+                    f"{name}_{what} {a.shape}: expected at least {lead} leading axes "
+                    f"({'[tasks, n, ...]' if lead == 2 else '[n, ...]'})"
+                )
+        if y is not None and x.shape[:lead] != y.shape[:lead]:
+            raise ValueError(
+                f"{name}_x has leading shape {x.shape[:lead]} but {name}_y has {y.shape[:lead]}: "
+                "every example needs exactly one target"
+            )
+    (first, fx, fy), rest = sets[0], sets[1:]
+    for name, x, y in rest:
+        if fx.shape[lead:] != x.shape[lead:]:
+            raise ValueError(
+                f"{first}_x examples have shape {fx.shape[lead:]} but {name}_x examples have "
+                f"{x.shape[lead:]}: support and query must come from the same input space"
+            )
+        if y is not None and (fy.shape[lead:] != y.shape[lead:] or fy.dtype != y.dtype):
+            raise ValueError(
+                f"{first}_y ({fy.shape[lead:]}, {fy.dtype}) and {name}_y "
+                f"({y.shape[lead:]}, {y.dtype}) differ in per-example shape or dtype"
+            )
+        if lead == 2 and fx.shape[0] != x.shape[0]:
+            raise ValueError(f"{first} has {fx.shape[0]} tasks but {name} has {x.shape[0]}")
+    if num_classes is None or not np.issubdtype(fy.dtype, np.integer):
+        return
+    labelled = [(name, y) for name, _, y in sets if y is not None and _is_concrete(y)]
+    if not labelled:
+        return
+    n = num_classes() if callable(num_classes) else num_classes
+    for name, y in labelled:
+        arr = np.asarray(y)
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            raise ValueError(
+                f"{name}_y has labels in [{arr.min()}, {arr.max()}] but the model predicts "
+                f"{n} classes: labels must lie in [0, {n})"
+            )
+
+
+def check_episode(ep: Episode, *, batched: bool, num_classes: NumClasses = None) -> None:
     """Validate an episode (or a batch of episodes when ``batched``).
+
+    Args:
+      ep: the episode.
+      batched: a leading task axis on every field.
+      num_classes: ``N`` (or a function returning it, called only when labels are
+        concrete): labels must lie in ``[0, N)``.
 
     Raises:
       ValueError: mismatched support/query feature shapes, x/y length mismatch, a
         missing task axis, or (when concrete) labels outside ``[0, num_classes)``.
     """
-    lead = 2 if batched else 1
-    names = ("support", "query")
-    xs = (ep.support_x, ep.query_x)
-    ys = (ep.support_y, ep.query_y)
-    for name, x, y in zip(names, xs, ys, strict=True):
-        if x.ndim < lead or y.ndim < lead:
-            raise ValueError(
-                f"{name}_x {x.shape} / {name}_y {y.shape}: expected at least {lead} leading axes "
-                f"({'[tasks, n, ...]' if batched else '[n, ...]'})"
-            )
-        if x.shape[:lead] != y.shape[:lead]:
-            raise ValueError(
-                f"{name}_x has leading shape {x.shape[:lead]} but {name}_y has {y.shape[:lead]}: "
-                "every example needs exactly one target"
-            )
-    if ep.support_x.shape[lead:] != ep.query_x.shape[lead:]:
-        raise ValueError(
-            f"support_x examples have shape {ep.support_x.shape[lead:]} but query_x examples have "
-            f"{ep.query_x.shape[lead:]}: support and query must come from the same input space"
-        )
-    if ep.support_y.shape[lead:] != ep.query_y.shape[lead:] or (
-        ep.support_y.dtype != ep.query_y.dtype
-    ):
-        raise ValueError(
-            f"support_y ({ep.support_y.shape[lead:]}, {ep.support_y.dtype}) and query_y "
-            f"({ep.query_y.shape[lead:]}, {ep.query_y.dtype}) differ in per-example shape or dtype"
-        )
-    if batched and ep.support_x.shape[0] != ep.query_x.shape[0]:
-        raise ValueError(
-            f"support has {ep.support_x.shape[0]} tasks but query has {ep.query_x.shape[0]}"
-        )
-    if num_classes is not None and np.issubdtype(ep.support_y.dtype, np.integer):
-        for name, y in zip(names, ys, strict=True):
-            if _is_concrete(y):
-                arr = np.asarray(y)
-                if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-                    raise ValueError(
-                        f"{name}_y has labels in [{arr.min()}, {arr.max()}] but the model predicts "
-                        f"{num_classes} classes: labels must lie in [0, {num_classes})"
-                    )
+    sets = [("support", ep.support_x, ep.support_y), ("query", ep.query_x, ep.query_y)]
+    _check_sets(sets, lead=2 if batched else 1, num_classes=num_classes)
+
+
+def check_task(
+    support_x, support_y, query_x=None, *, num_classes: NumClasses = None, query_y=None
+) -> None:
+    """Validate one task's arrays (no task axis), as ``adapt``/``predict`` receive them.
+
+    Raises:
+      ValueError: as :func:`check_episode`.
+    """
+    sets = [("support", support_x, support_y)]
+    if query_x is not None:
+        sets.append(("query", query_x, query_y))
+    _check_sets(sets, lead=1, num_classes=num_classes)

@@ -166,9 +166,9 @@ def test_errors_name_the_numbers(images):
         f(ways=25, rotations=True)
     with pytest.raises(ValueError, match=r"shots \+ queries = 5 \+ 16 = 21 exceeds the 20 drawers"):
         sample_episodes(jax.random.key(0), imgs, tasks=2, ways=2, shots=5, queries=16)
-    for name in ("tasks", "ways", "shots", "queries"):
+    for name, minimum in (("tasks", 1), ("ways", 2), ("shots", 1), ("queries", 1)):
         kwargs = {"tasks": 2, "ways": 2, "shots": 1, "queries": 1, name: 0}
-        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        with pytest.raises(ValueError, match=f"{name} must be >= {minimum}, got 0"):
             sample_episodes(jax.random.key(0), imgs, **kwargs)
     with pytest.raises(TypeError, match="ways must be an integer"):
         sample_episodes(jax.random.key(0), imgs, tasks=2, ways=2.0, shots=1, queries=1)

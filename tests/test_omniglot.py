@@ -113,15 +113,8 @@ def test_second_load_uses_the_cache(omniglot, omniglot_data_dir, monkeypatch):
     assert again.cache_path is not None and again.cache_path.is_file()
 
 
-def test_stale_cache_is_rebuilt_from_prepared_tfds_data(
-    omniglot, omniglot_data_dir, tmp_path, monkeypatch
-):
-    # Copy the prepared TFDS data and damage the copied cache: load must rebuild it from the
-    # array_record files, without the zips (empty manual dir, download=False). Decoding is
-    # replaced by a stub here (the session fixture already exercised the real one).
-    shutil.copytree(omniglot_data_dir / om_mod.DATASET_NAME, tmp_path / om_mod.DATASET_NAME)
-    cache = tmp_path / om_mod.DATASET_NAME / om_mod.DATASET_VERSION / omniglot.cache_path.name
-    cache.write_bytes(b"not an npz")
+def _decode_stub(monkeypatch):
+    """Replace decoding by a constant image (the session fixture ran the real one)."""
     decoded = []
 
     def stub(pngs, image_size, **kwargs):
@@ -129,12 +122,52 @@ def test_stale_cache_is_rebuilt_from_prepared_tfds_data(
         return np.full((len(pngs), image_size, image_size), 7, np.uint8)
 
     monkeypatch.setattr(om_mod, "decode_and_resize", stub)
+    return decoded
+
+
+@pytest.mark.parametrize("content", [b"not an npz", b""], ids=["garbage", "0 bytes"])
+def test_stale_cache_is_rebuilt_from_prepared_tfds_data(
+    omniglot, omniglot_data_dir, tmp_path, monkeypatch, content
+):
+    # Copy the prepared TFDS data and damage the copied cache: load must rebuild it from the
+    # array_record files, without the zips (empty manual dir, download=False).
+    shutil.copytree(omniglot_data_dir / om_mod.DATASET_NAME, tmp_path / om_mod.DATASET_NAME)
+    cache = tmp_path / om_mod.DATASET_NAME / om_mod.DATASET_VERSION / omniglot.cache_path.name
+    cache.write_bytes(content)
+    decoded = _decode_stub(monkeypatch)
     again = load_omniglot(data_dir=tmp_path, manual_dir=tmp_path / "empty", download=False)
     assert decoded == [32_460]
     assert again.images.shape == (1623, 20, 28, 28) and (again.images == 7).all()
     np.testing.assert_array_equal(again.character_ids, omniglot.character_ids)
     with np.load(cache) as z:  # and the rebuilt cache was written
         assert (z["images"] == 7).all()
+
+
+def test_corrupt_prepared_tfds_data_is_named_and_rebuilt_from_the_zips(
+    omniglot, omniglot_data_dir, omniglot_zip_dir, tmp_path, monkeypatch, caplog
+):
+    shutil.copytree(omniglot_data_dir / om_mod.DATASET_NAME, tmp_path / om_mod.DATASET_NAME)
+    folder = tmp_path / om_mod.DATASET_NAME / om_mod.DATASET_VERSION
+    for cache in folder.glob("*.npz"):
+        cache.unlink()
+    record = next(folder.glob(f"{om_mod.DATASET_NAME}-background.array_record*"))
+    data = bytearray(record.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(b ^ 0xFF for b in data[middle : middle + 4096])
+    record.write_bytes(bytes(data))
+    # Without the zips: say which file is corrupt and how to rebuild it; delete nothing.
+    with pytest.raises(OmniglotCorruptError) as info:
+        load_omniglot(data_dir=tmp_path, manual_dir=tmp_path / "empty", download=False)
+    msg = str(info.value)
+    assert f"{record} is corrupt" in msg and "to rebuild it, put images_background.zip" in msg
+    assert "\n" not in msg and record.exists()
+    # With them: rebuilt (a warning names the file), and the load succeeds.
+    decoded = _decode_stub(monkeypatch)
+    with caplog.at_level("WARNING", logger=om_mod.log.name):
+        again = load_omniglot(data_dir=tmp_path, manual_dir=omniglot_zip_dir, download=False)
+    assert decoded == [32_460] and again.images.shape == (1623, 20, 28, 28)
+    assert any(f"{record} is corrupt" in r.getMessage() for r in caplog.records)
+    assert record.read_bytes() != bytes(data)  # prepared again
 
 
 # ------------------------------------------------------------------------------------------

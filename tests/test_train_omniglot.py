@@ -91,6 +91,7 @@ def test_train_writes_everything(reference):
     assert [r["step"] for r in train] == list(range(10, STEPS + 1, 10))
     assert {"loss", "accuracy", "steps_per_sec", "wall_time"} <= set(train[0])
     assert [r["step"] for r in rows if r["split"] == "val"] == list(range(40, STEPS + 1, 40))
+    assert not [r for r in rows if r["split"] == "warning"]  # a healthy run: no divergence
     ckpt = Checkpoints(wd, keep=2)
     assert ckpt.latest_step() == STEPS
     assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir()) == [STEPS - 20, STEPS]

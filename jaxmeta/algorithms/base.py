@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.losses import accuracy, is_classification
+from jaxmeta.losses import accuracy, is_classification, label_guard
 from jaxmeta.types import Array, Episode, Params, PRNGKey
-from jaxmeta.validation import check_int
+from jaxmeta.validation import check_episode, check_int, check_task
 
 Metrics = dict[str, Array]
 TaskBatchSize = int | str | None  # None: vmap all tasks; b: chunks of b; "auto": per backend
@@ -85,6 +85,24 @@ def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
     if is_classification(targets):
         out["accuracy"] = accuracy(predictions, targets)
     return out
+
+
+def query_loss(
+    loss_fn: Callable[[Array, Array], Array], predictions: Array, episode: Episode
+) -> tuple[Array, Metrics]:
+    """One task's query loss and metrics, every learner's outer objective.
+
+    For classification, any support or query label outside ``[0, C)`` (``C`` =
+    ``predictions.shape[-1]``, the classes the learner can output) makes the loss and its
+    gradients NaN (:func:`jaxmeta.losses.label_guard`): support labels reach the loss
+    only through the adaptation or a one-hot (prototypes, SNAIL's label channel), where
+    a bad value would otherwise just be ignored.
+    """
+    loss = loss_fn(predictions, episode.query_y)
+    if is_classification(episode.query_y):
+        labels = jnp.concatenate([episode.support_y.ravel(), episode.query_y.ravel()])
+        loss = loss * label_guard(labels, predictions.shape[-1], loss.dtype)
+    return loss, task_metrics(predictions, episode.query_y, loss)
 
 
 def map_tasks(
@@ -207,7 +225,6 @@ def gradient_learner(
     loss_fn: Callable[[Array, Array], Array],
     adapt_fn: Callable[[Params, Array, Array, int], tuple[Params, Array]],
     init: Callable[[Params], Params],
-    check: Callable[[Params, Episode], None],
     inner_steps: int,
     eval_steps: int,
     task_batch_size: TaskBatchSize,
@@ -217,31 +234,39 @@ def gradient_learner(
     ``adapt_fn(meta_params, support_x, support_y, steps) -> (adapted_model_params,
     support_losses[steps])`` is the only thing MAML, ANIL and Meta-SGD differ in; the
     outer loss (query loss after ``inner_steps``), the meta-gradient (its mean over
-    tasks) and ``predict`` (after ``eval_steps``, or ``steps=``) are shared.
-    ``check(meta_params, episodes)`` validates a batch of episodes before tracing.
+    tasks) and ``predict`` (after ``eval_steps``, or ``steps=``) are shared, and so are
+    the input checks of all four (shapes always; label values when concrete, against the
+    model's output width, found abstractly with ``jax.eval_shape``).
     """
+
+    def n_out(meta_params: Params, support_x: Array, support_y: Array) -> int:
+        """The model's output width (what labels must stay below), without computing."""
+        model = jax.eval_shape(lambda p: adapt_fn(p, support_x, support_y, 0)[0], meta_params)
+        return jax.eval_shape(apply_fn, model, support_x).shape[-1]
 
     def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None) -> Params:
         """Adapted model parameters for one task (``support_x: [n_support, ...]``)."""
         steps = inner_steps if steps is None else check_int("steps", steps, minimum=0)
+        check_task(
+            support_x, support_y, num_classes=lambda: n_out(meta_params, support_x, support_y)
+        )
         return adapt_fn(meta_params, support_x, support_y, steps)[0]
 
     def outer_loss(meta_params: Params, episode: Episode, key: PRNGKey | None = None):
         """Query loss of one task after adaptation on its support set, with metrics."""
         del key
-        adapted, inner_losses = adapt_fn(
-            meta_params, episode.support_x, episode.support_y, inner_steps
-        )
-        predictions = apply_fn(adapted, episode.query_x)
-        loss = loss_fn(predictions, episode.query_y)
-        metrics = task_metrics(predictions, episode.query_y, loss)
+        sx, sy = episode.support_x, episode.support_y
+        check_episode(episode, batched=False, num_classes=lambda: n_out(meta_params, sx, sy))
+        adapted, inner_losses = adapt_fn(meta_params, sx, sy, inner_steps)
+        loss, metrics = query_loss(loss_fn, apply_fn(adapted, episode.query_x), episode)
         if inner_steps:
             metrics["support_loss_before"] = inner_losses[0]
         return loss, metrics
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
         """Mean meta-gradient and metrics over ``episodes`` (leading task axis)."""
-        check(meta_params, episodes)
+        sx, sy = episodes.support_x, episodes.support_y
+        check_episode(episodes, batched=True, num_classes=lambda: n_out(meta_params, sx[0], sy[0]))
         return mean_task_grad(
             outer_loss, meta_params, episodes, key, task_batch_size=task_batch_size
         )
@@ -249,6 +274,7 @@ def gradient_learner(
     def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None):
         """Adapt on one task's support set and predict its queries (``eval_steps``)."""
         del key
+        check_task(support_x, support_y, query_x)  # adapt checks the labels
         adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
         return apply_fn(adapted, query_x)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import jax
-
 from jaxmeta.algorithms.base import (
     MetaLearner,
     TaskBatchSize,
@@ -20,8 +18,8 @@ from jaxmeta.algorithms.base import (
 )
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Episode, Params
-from jaxmeta.validation import check_episode, check_int, check_positive_float
+from jaxmeta.types import Array, Params
+from jaxmeta.validation import check_int, check_positive_float
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -80,29 +78,16 @@ def maml(
             support_loss, params, lr=inner_lr, steps=steps, first_order=first_order, remat=remat
         )
 
-    def check(params, episodes):
-        check_episode(episodes, batched=True)  # shapes first: the model needs sane inputs
-        if episodes.support_y.dtype.kind in "iu":
-            n_out = _output_dim(apply_fn, params, episodes, batched=True)
-            check_episode(episodes, batched=True, num_classes=n_out)
-
     return gradient_learner(
         name="fomaml" if first_order else "maml",
         apply_fn=apply_fn,
         loss_fn=loss_fn,
         adapt_fn=adapt_fn,
         init=init,
-        check=check,
         inner_steps=inner_steps,
         eval_steps=eval_steps,
         task_batch_size=task_batch_size,
     )
-
-
-def _output_dim(apply_fn: ApplyFn, params: Params, episodes: Episode, batched: bool) -> int:
-    x = episodes.support_x[0] if batched else episodes.support_x
-    out = jax.eval_shape(apply_fn, params, x)
-    return out.shape[-1]
 
 
 fomaml = functools.partial(maml, first_order=True)

@@ -17,13 +17,13 @@ from jaxmeta.algorithms.base import (
     TaskBatchSize,
     check_task_batch_size,
     mean_task_grad,
-    task_metrics,
+    query_loss,
 )
 from jaxmeta.algorithms.protonets import ABSENT_LOGIT, class_slots, one_hot_support
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.fce import FullContextEmbedding
 from jaxmeta.types import Array, Episode, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_positive_float
+from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -118,6 +118,7 @@ def matching(
     def predict(meta_params, support_x, support_y, query_x, key=None):
         del key
         n_slots = class_slots(support_y, ways)
+        check_task(support_x, support_y, query_x, num_classes=lambda: n_slots)
         emb_params = meta_params["embedding"] if fce else meta_params
         g = apply_fn(emb_params, support_x)
         f = apply_fn(emb_params, query_x)
@@ -127,12 +128,14 @@ def matching(
         return attention_log_probs(scores, support_y, n_slots)
 
     def task_loss(meta_params, episode: Episode, key):
+        n_slots = lambda: class_slots(episode.support_y, ways)
+        check_episode(episode, batched=False, num_classes=n_slots)
         logits = predict(meta_params, episode.support_x, episode.support_y, episode.query_x, key)
-        loss = loss_fn(logits, episode.query_y)
-        return loss, task_metrics(logits, episode.query_y, loss)
+        return query_loss(loss_fn, logits, episode)
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
-        check_episode(episodes, batched=True, num_classes=ways)
+        n_slots = lambda: class_slots(episodes.support_y[0], ways)
+        check_episode(episodes, batched=True, num_classes=n_slots)
         return mean_task_grad(
             task_loss, meta_params, episodes, key, task_batch_size=task_batch_size
         )

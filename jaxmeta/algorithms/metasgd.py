@@ -21,7 +21,7 @@ from jaxmeta.algorithms.base import (
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Params
-from jaxmeta.validation import check_episode, check_int, check_positive_float
+from jaxmeta.validation import check_int, check_positive_float
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -86,7 +86,6 @@ def metasgd(
         loss_fn=loss_fn,
         adapt_fn=_adapt,
         init=init,
-        check=lambda _params, episodes: check_episode(episodes, batched=True),
         inner_steps=inner_steps,
         eval_steps=eval_steps,
         task_batch_size=task_batch_size,

@@ -17,11 +17,11 @@ from jaxmeta.algorithms.base import (
     TaskBatchSize,
     check_task_batch_size,
     mean_task_grad,
-    task_metrics,
+    query_loss,
 )
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int
+from jaxmeta.validation import check_episode, check_int, check_task
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -117,6 +117,7 @@ def protonets(
     def predict(params, support_x, support_y, query_x, key=None):
         del key
         n_slots = class_slots(support_y, ways)
+        check_task(support_x, support_y, query_x, num_classes=lambda: n_slots)
         zs = apply_fn(params, support_x)
         zq = apply_fn(params, query_x)
         protos, present = prototypes(zs, support_y, n_slots)
@@ -128,12 +129,14 @@ def protonets(
         return jnp.where(present[None, :], logits, ABSENT_LOGIT)
 
     def task_loss(params, episode: Episode, key):
+        n_slots = lambda: class_slots(episode.support_y, ways)
+        check_episode(episode, batched=False, num_classes=n_slots)
         logits = predict(params, episode.support_x, episode.support_y, episode.query_x, key)
-        loss = loss_fn(logits, episode.query_y)
-        return loss, task_metrics(logits, episode.query_y, loss)
+        return query_loss(loss_fn, logits, episode)
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
-        check_episode(episodes, batched=True, num_classes=ways)
+        n_slots = lambda: class_slots(episodes.support_y[0], ways)
+        check_episode(episodes, batched=True, num_classes=n_slots)
         return mean_task_grad(task_loss, params, episodes, key, task_batch_size=task_batch_size)
 
     return MetaLearner(

@@ -19,11 +19,11 @@ from jaxmeta.algorithms.base import (
     TaskBatchSize,
     check_task_batch_size,
     mean_map_tasks,
-    task_metrics,
+    query_loss,
 )
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_positive_float
+from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -149,8 +149,13 @@ def reptile(
     def init(params: Params) -> Params:
         return params
 
+    def n_out(params, x) -> int:
+        """The model's output width (what labels must stay below), without computing."""
+        return jax.eval_shape(apply_fn, params, x).shape[-1]
+
     def adapt(params, support_x, support_y, steps=None, *, key=None, batch_size=None):
         steps = inner_steps if steps is None else check_int("steps", steps, minimum=0)
+        check_task(support_x, support_y, num_classes=lambda: n_out(params, support_x))
         bs = inner_batch_size if batch_size is None else batch_size
         key = jax.random.key(0) if key is None else key
         return _fit(params, support_x, support_y, steps, bs, key)[0]
@@ -167,6 +172,7 @@ def reptile(
 
     def predict(params, support_x, support_y, query_x, key=None, *, steps=None):
         steps = eval_inner_steps if steps is None else check_int("steps", steps, minimum=0)
+        check_task(support_x, support_y, query_x, num_classes=lambda: n_out(params, support_x))
         key = jax.random.key(0) if key is None else key
         adapted = _fit(params, support_x, support_y, steps, eval_bs, key)[0]
         return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x))
@@ -178,15 +184,18 @@ def reptile(
             y = jnp.concatenate([y, episode.query_y], axis=0)
         adapted, losses = _fit(params, x, y, inner_steps, inner_batch_size, key)
         logits = apply_fn(adapted, episode.query_x)  # transductive, like MAML's outer loss
-        loss = loss_fn(logits, episode.query_y)
-        metrics = task_metrics(logits, episode.query_y, loss)
+        loss, metrics = query_loss(loss_fn, logits, episode)
         if inner_steps:
             metrics["support_loss_before"] = losses[0]
-        pseudo_grad = jax.tree_util.tree_map(lambda a, b: a - b, params, adapted)
+        # The update does not use the query labels, but a task whose loss is NaN (e.g. an
+        # out-of-range label, see query_loss) must not move the parameters finitely.
+        poison = jnp.where(jnp.isfinite(loss), 1.0, jnp.nan).astype(loss.dtype)
+        pseudo_grad = jax.tree_util.tree_map(lambda a, b: (a - b) * poison, params, adapted)
         return pseudo_grad, metrics
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
-        check_episode(episodes, batched=True)
+        sx = episodes.support_x
+        check_episode(episodes, batched=True, num_classes=lambda: n_out(params, sx[0]))
         return mean_map_tasks(
             lambda ep, k: task_update(params, ep, k),
             episodes,
@@ -198,12 +207,10 @@ def reptile(
         """Query loss after (non-differentiated) adaptation; Reptile has no outer loss to
         differentiate, this is for evaluation and logging."""
         key = jax.random.key(0) if key is None else key
-        adapted, _ = _fit(
-            params, episode.support_x, episode.support_y, inner_steps, inner_batch_size, key
-        )
-        logits = apply_fn(adapted, episode.query_x)
-        loss = loss_fn(logits, episode.query_y)
-        return loss, task_metrics(logits, episode.query_y, loss)
+        sx = episode.support_x
+        check_episode(episode, batched=False, num_classes=lambda: n_out(params, sx))
+        adapted, _ = _fit(params, sx, episode.support_y, inner_steps, inner_batch_size, key)
+        return query_loss(loss_fn, apply_fn(adapted, episode.query_x), episode)
 
     return MetaLearner(
         init=init,

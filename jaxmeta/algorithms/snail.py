@@ -17,12 +17,12 @@ from jaxmeta.algorithms.base import (
     TaskBatchSize,
     check_task_batch_size,
     mean_task_grad,
-    task_metrics,
+    query_loss,
 )
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
 from jaxmeta.types import Array, Episode, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int
+from jaxmeta.validation import check_episode, check_int, check_task
 
 ApplyFn = Callable[[Params, Array], Array]
 
@@ -115,16 +115,16 @@ def snail(
 
     def predict(meta_params, support_x, support_y, query_x, key=None):
         del key
+        check_task(support_x, support_y, query_x, num_classes=ways)
         return _logits(meta_params, support_x, support_y, query_x)
 
     def task_loss(meta_params, episode: Episode, key):
+        check_episode(episode, batched=False, num_classes=ways)
         sx, sy = episode.support_x, episode.support_y
         if shuffle_support:
             perm = jax.random.permutation(key, sx.shape[0])
             sx, sy = sx[perm], sy[perm]
-        logits = _logits(meta_params, sx, sy, episode.query_x)
-        loss = loss_fn(logits, episode.query_y)
-        return loss, task_metrics(logits, episode.query_y, loss)
+        return query_loss(loss_fn, _logits(meta_params, sx, sy, episode.query_x), episode)
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
         check_episode(episodes, batched=True, num_classes=ways)

@@ -48,7 +48,9 @@ def num_classes(images, rotations: bool) -> int:
 def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations: bool) -> None:
     """Static checks: shapes, dtype and the N/K/Q numbers (run at trace time, so also under jit)."""
     check_int("tasks", tasks, minimum=1)
-    check_int("ways", ways, minimum=1)
+    # As data.ways / eval.ways in configs: a 1-way task has nothing to classify (every
+    # prediction is right), so its accuracy would be a silent 100%.
+    check_int("ways", ways, minimum=2)
     check_int("shots", shots, minimum=1)
     check_int("queries", queries, minimum=1)
     if not isinstance(rotations, bool):
@@ -157,7 +159,7 @@ def sample_episodes(
       images: uint8 ``[C, D, S, S]``, one split's characters (strokes = 255), e.g. from
         :func:`jaxmeta.data.omniglot.split_images` put on the device once.
       tasks: number of tasks (meta-batch size).
-      ways: classes per task (N), drawn without replacement from ``C`` (or ``4 C``) classes.
+      ways: classes per task (N >= 2), drawn without replacement from ``C`` (or ``4 C``) classes.
       shots: support images per class (K).
       queries: query images per class (Q); ``shots + queries <= D``.
       rotations: draw from the ``4 C`` classes made by rotating every character by 0/90/180/270
@@ -220,7 +222,7 @@ def eval_episodes(
     Args:
       images: uint8 ``[C, D, S, S]`` (NumPy or JAX), one split's characters.
       episodes: size of the set (MAML: 600).
-      ways: classes per task (N).
+      ways: classes per task (N >= 2).
       shots: support images per class (K).
       queries: query images per class (Q).
       rotations: draw from the ``4 C`` rotated classes.

@@ -93,6 +93,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import socket
 import struct
 import tempfile
@@ -234,6 +235,18 @@ class OmniglotFilesMissingError(FileNotFoundError):
 
 class OmniglotCorruptError(ValueError):
     """A zip is unreadable, truncated, or not genuine Omniglot content (the message names it)."""
+
+
+class PreparedDataCorruptError(OmniglotCorruptError):
+    """The prepared TFDS data (array_record files) cannot be read back; rebuildable from the zips.
+
+    Attributes:
+      folder: the prepared dataset's version folder.
+    """
+
+    def __init__(self, message: str, folder: Path):
+        self.folder = folder
+        super().__init__(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -814,7 +827,8 @@ def _load_cache(path: Path, image_size: int) -> Omniglot | None:
             and arrays["images"].dtype == np.uint8
             and tuple(arrays["characters"].tolist()) == character_names()
         )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # EOFError: a 0-byte file; the others: truncated, garbage or foreign files.
         log.warning("ignoring unreadable Omniglot cache %s (%s); rebuilding it", path, e)
         return None
     if not ok:
@@ -852,39 +866,62 @@ def _save_cache(path: Path, om: Omniglot) -> None:
         raise
 
 
-def _records(sources: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+def _prepared_folder(data_dir: Path) -> Path:
+    return data_dir / DATASET_NAME / DATASET_VERSION
+
+
+def _records(sources: dict[str, Any], data_dir: Path) -> Iterator[tuple[str, Any]]:
     """(origin, tf.train.Example proto) for every stored image.
 
     The sources return raw bytes and we parse them with TFDS's own ``tf_example_pb2`` (upb):
     TFDS's NumPy feature decoding is pure Python and took ~25x longer here.
+
+    Raises:
+      PreparedDataCorruptError: a record cannot be read or parsed (names the split's files).
     """
     from tensorflow_datasets.proto import tf_example_pb2
 
     for origin in ORIGINS:
-        src = sources[origin]
-        n = len(src)
-        for start in range(0, n, 4096):
-            for raw in src.__getitems__(list(range(start, min(start + 4096, n)))):
-                yield origin, tf_example_pb2.Example.FromString(raw)
+        try:
+            src = sources[origin]
+            n = len(src)
+            for start in range(0, n, 4096):
+                for raw in src.__getitems__(list(range(start, min(start + 4096, n)))):
+                    yield origin, tf_example_pb2.Example.FromString(raw)
+        except Exception as e:  # Riegeli RuntimeError, protobuf DecodeError, OSError...
+            folder = _prepared_folder(data_dir)
+            files = sorted(folder.glob(f"{DATASET_NAME}-{origin}.array_record*"))
+            named = ", ".join(str(f) for f in files) or f"the {origin} split in {folder}"
+            raise PreparedDataCorruptError(
+                f"{named} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]})", folder
+            ) from None
 
 
 def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
     import tensorflow_datasets as tfds
 
     builder_class()  # registers the builder under DATASET_NAME
-    sources = tfds.data_source(
-        DATASET_NAME,
-        data_dir=os.fspath(data_dir),
-        download=False,
-        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
-    )
+    folder = _prepared_folder(data_dir)
+    try:
+        sources = tfds.data_source(
+            DATASET_NAME,
+            data_dir=os.fspath(data_dir),
+            download=False,
+            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+        )
+    except Exception as e:
+        raise PreparedDataCorruptError(
+            f"prepared TFDS data in {folder} cannot be opened ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+            folder,
+        ) from None
     row = {key: i for i, key in enumerate(_table())}
     images = np.zeros((NUM_CHARACTERS, DRAWERS, image_size, image_size), np.uint8)
     seen = np.zeros((NUM_CHARACTERS, DRAWERS), np.int32)
     ids = np.zeros(NUM_CHARACTERS, np.int32)
     pngs: list[bytes] = []
     where: list[tuple[int, int]] = []
-    for origin, ex in _records(sources):
+    for origin, ex in _records(sources, data_dir):
         f = ex.features.feature
         key = (
             origin,
@@ -892,8 +929,8 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
             f["character"].bytes_list.value[0].decode(),
         )
         if key not in row:
-            raise OmniglotCorruptError(
-                f"prepared TFDS data in {data_dir / DATASET_NAME}: unknown character {key}"
+            raise PreparedDataCorruptError(
+                f"prepared TFDS data in {folder}: unknown character {key}", folder
             )
         c, d = row[key], int(f["drawer"].int64_list.value[0]) - 1
         pngs.append(f["image"].bytes_list.value[0])
@@ -902,9 +939,10 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
     cs, ds = (np.array(v) for v in zip(*where, strict=True))
     np.add.at(seen, (cs, ds), 1)
     if not (seen == 1).all():
-        raise OmniglotCorruptError(
-            f"prepared TFDS data in {data_dir / DATASET_NAME} is incomplete or has duplicates "
-            f"({len(where)} records for {seen.size} images); delete that folder and load again"
+        raise PreparedDataCorruptError(
+            f"prepared TFDS data in {folder} is incomplete or has duplicates "
+            f"({len(where)} records for {seen.size} images)",
+            folder,
         )
     images[cs, ds] = decode_and_resize(pngs, image_size)
     rows = _table()
@@ -944,10 +982,14 @@ def load_omniglot(
     Returns:
       :class:`Omniglot` with ``images`` uint8 ``[1623, 20, S, S]`` (strokes = 255).
 
+    Prepared TFDS data that cannot be read back (a corrupt array_record file) is deleted and
+    prepared again from the zips, with a warning naming the file.
+
     Raises:
       OmniglotFilesMissingError: zips absent and ``download=False`` or no network (within ~5 s),
         with a message naming the files and the folder to put them in.
-      OmniglotCorruptError: a zip is truncated/corrupt or its content is not genuine Omniglot.
+      OmniglotCorruptError: a zip is truncated/corrupt or its content is not genuine Omniglot;
+        or the prepared data is corrupt and the zips to rebuild it are not available.
       ValueError: ``image_size`` < 1.
 
     References:
@@ -969,16 +1011,31 @@ def load_omniglot(
     builder = builder_class()(
         data_dir=os.fspath(root), download=download, file_format="array_record"
     )
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual), try_download_gcs=False)
     t0 = time.perf_counter()
     if not builder.is_prepared():
         _locate(manual, download=download)  # fail fast, before TFDS creates anything
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=os.fspath(manual), try_download_gcs=False
-            )
-        )
+        builder.download_and_prepare(download_config=config)
     t1 = time.perf_counter()
-    om = _build_from_tfds(root, image_size)
+    try:
+        om = _build_from_tfds(root, image_size)
+    except PreparedDataCorruptError as err:
+        try:
+            _locate(manual, download=download)  # before deleting anything
+        except OmniglotFilesMissingError:
+            names = " and ".join(z.filename for z in _ZIPS.values())
+            raise OmniglotCorruptError(
+                f"{err}; to rebuild it, put {names} into {manual} (or set --manual-dir / "
+                "data.manual_dir) and run again"
+            ) from None
+        log.warning("%s; deleting %s and preparing it again from the zips", err, err.folder)
+        shutil.rmtree(err.folder)  # only prepared (derived) data and caches live there
+        builder = builder_class()(
+            data_dir=os.fspath(root), download=download, file_format="array_record"
+        )
+        builder.download_and_prepare(download_config=config)
+        t1 = time.perf_counter()
+        om = _build_from_tfds(root, image_size)
     _save_cache(cache, om)
     log.info(
         "Omniglot: TFDS prepare %.1f s, decode+resize+cache %.1f s -> %s",

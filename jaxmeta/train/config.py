@@ -19,7 +19,9 @@ is compiled::
       download: true
     model:                          # name + keyword arguments of the Flax module
       name: conv4                   # jaxmeta.models.MODELS
-      filters: 64                   # any field of the module; checked against it
+      filters: 64                   # any field of the module; checked against it (integers
+                                    #   are sizes, >= 1); the model is built abstractly
+                                    #   before training starts
     algorithm:                      # name + keyword arguments of the factory
       name: maml                    # jaxmeta.algorithms.ALGORITHMS
       inner_lr: 0.4                 # any keyword of the factory, checked against
@@ -89,6 +91,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from jaxmeta import yaml_io
 
 SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval", "mesh", "distributed")
 
@@ -299,7 +303,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     file = find_config(path)
     source = str(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml_io.load(yaml_io.read_text(file))
+    except yaml_io.NotUtf8Error as e:
+        raise ConfigError(source, "<encoding>", str(e)) from None
+    except OSError as e:
+        raise ConfigError(source, "<file>", f"cannot read it: {e.strerror or e}") from None
+    except yaml_io.DuplicateKeyError as e:
+        raise ConfigError(source, e.key, e.reason) from None
     except yaml.YAMLError as e:
         raise ConfigError(source, "<yaml>", f"not valid YAML: {e}") from None
     if raw is None:
@@ -316,7 +326,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, value = item.split("=", 1)
     key = key.strip()
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_io.load(value) if value.strip() else None
+    except yaml_io.DuplicateKeyError as e:
+        raise ConfigError("--set", f"{key}.{e.key}", e.reason) from None
     except yaml.YAMLError:
         parsed = value
     return key, parsed
@@ -649,6 +661,11 @@ def _check_registries(cfg: ExperimentConfig, src) -> None:
                 f"valid keys: name, {', '.join(model_fields)}",
             )
         _check_kw(dotted, value, hints.get(key), src)
+        # Every integer of a model is a size (filters, widths, steps): 0 or -1 would fail
+        # deep inside Flax (ZeroDivisionError) or build an empty layer.
+        ints = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in ints):
+            raise ConfigError(src(dotted), dotted, f"must be positive (a size), got {value!r}")
 
     if cfg.algorithm.name not in ALGORITHMS:
         raise ConfigError(

@@ -21,6 +21,7 @@ episodes, fixed key), so best-checkpoint decisions replay identically too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -36,25 +37,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmeta import sharding
+from jaxmeta import sharding, yaml_io
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.data.registry import TaskSource, get_task_source
 from jaxmeta.models import get_model
-from jaxmeta.train.checkpoint import Checkpoints
+from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
 from jaxmeta.train.config import (
+    ConfigError,
     ExperimentConfig,
     build_learner,
     build_optimizer,
     model_kwargs,
 )
 from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.interrupt import Interrupted, InterruptGuard
 from jaxmeta.train.metrics import (
     METRICS_FILE,
+    DivergenceMonitor,
     MetricsWriter,
     plot_learning_curves,
     truncate_metrics,
 )
 from jaxmeta.train.state import TrainState, init_train_state, make_train_chunk
+from jaxmeta.train.workdir import WorkdirLock, atomic_write_text, ensure_workdir
 
 PACKAGES = (
     "jaxmeta",
@@ -97,6 +102,14 @@ RESUMABLE_CHANGES = {
 
 class TrainingDiverged(RuntimeError):
     """A non-finite training metric; the run stopped without saving the bad state."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run between steps (``exit_code``: 130 or 143)."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)
 
 
 class Experiment(NamedTuple):
@@ -172,14 +185,34 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_resumable(workdir: Path, cfg: ExperimentConfig) -> None:
+def _saved_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a run records (launch details such as the process id are per process)."""
+    return dataclasses.replace(cfg, distributed=type(cfg.distributed)())
+
+
+def _check_resumable(workdir: Path, cfg: ExperimentConfig, meta: dict[str, Any] | None) -> None:
+    """``cfg`` may resume the run whose newest checkpoint has ``meta``.
+
+    The config saved inside the checkpoint is the reference (it cannot be lost or edited
+    apart from the state); checkpoints written before it was recorded fall back to the
+    workdir's config.yaml.
+    """
     import yaml
 
-    saved_path = workdir / "config.yaml"
-    if not saved_path.exists():
-        return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    new = _flatten(cfg.to_dict())
+    raw = (meta or {}).get("config")
+    if raw is None:
+        saved_path = workdir / "config.yaml"
+        if not saved_path.exists():
+            return
+        try:
+            raw = yaml_io.load(yaml_io.read_text(saved_path)) or {}
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(
+                f"{saved_path}: cannot read the run's config ({err}); restore it or use a new "
+                "--workdir"
+            ) from None
+    saved = _flatten(raw)
+    new = _flatten(_saved_config(cfg).to_dict())
     changed = sorted(
         k
         for k in set(saved) | set(new)
@@ -266,12 +299,83 @@ def train_and_evaluate(
 
     Raises:
       TrainingDiverged: a non-finite training metric (the last good checkpoint stays).
+      TrainingInterrupted: SIGINT or SIGTERM (the run stops between steps; a checkpoint
+        being written is completed first).
+      ConfigError: the model cannot be built (checked before anything is written).
+      WorkdirError: the workdir is a file, not writable, or in use by another process.
+      CheckpointError: every checkpoint in the workdir is damaged.
+      CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
       ValueError: the workdir holds a run of an incompatible config.
     """
+    exp = check_buildable(cfg)  # before anything is written
+    workdir = ensure_workdir(workdir)
+    primary = sharding.is_primary()  # only process 0 writes logs, configs and results
+    where: dict[str, int | None] = {"step": None, "checkpoint": None}
+    try:  # around the cleanup too: a signal while closing is still one clean message
+        with contextlib.ExitStack() as stack:
+            guard = stack.enter_context(InterruptGuard())
+            lock = stack.enter_context(WorkdirLock(workdir)) if primary else None
+            ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+
+            def close() -> None:
+                with guard.critical():  # orbax's threads must not be cut short either
+                    ckpt.close()
+
+            stack.callback(close)
+            return _train(
+                cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log, lock=lock
+            )
+    except Interrupted as err:
+        step, last = where["step"], where["checkpoint"]
+        if step is None:
+            msg = "interrupted before training started; resume with the same command"
+        else:
+            msg = f"interrupted at step {step}; resume with the same command"
+            if last != step:
+                msg += (
+                    f" (it continues from the checkpoint of step {last})"
+                    if last is not None
+                    else " (no checkpoint was written yet: it starts over)"
+                )
+        raise TrainingInterrupted(msg, err.exit_code) from None
+
+
+def check_buildable(cfg: ExperimentConfig) -> Experiment:
+    """Build the experiment and its initial state abstractly (``jax.eval_shape``).
+
+    Catches model options that pass the config's type checks but cannot make a model
+    (e.g. a filter count the layers cannot use) before a workdir is touched.
+
+    Raises:
+      ConfigError: naming the model section and the error.
+    """
+    exp = build_experiment(cfg)
+    try:
+        jax.eval_shape(lambda: initial_state(cfg, exp))
+    except Exception as err:
+        opts = ", ".join(f"{k}={v!r}" for k, v in cfg.model.options)
+        raise ConfigError(
+            "config",
+            "model",
+            f"{cfg.model.name}({opts}) cannot be built for this data: {type(err).__name__}: {err}",
+        ) from None
+    return exp
+
+
+def _train(
+    cfg: ExperimentConfig,
+    exp: Experiment,
+    workdir: Path,
+    ckpt: Checkpoints,
+    guard: InterruptGuard,
+    where: dict[str, int | None],
+    *,
+    progress: bool,
+    log,
+    lock: WorkdirLock | None,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     t, ev = cfg.train, cfg.eval
     bar = None
 
@@ -294,20 +398,19 @@ def train_and_evaluate(
             "lax.map that is not parallelised over the mesh; use "
             "--set algorithm.task_batch_size=auto when training on several devices"
         )
-    primary = sharding.is_primary()  # only process 0 writes logs, configs and results
+    primary = sharding.is_primary()
     progress = progress and primary
-    ckpt = Checkpoints(workdir, keep=t.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        _check_resumable(workdir, cfg)
+    if lock is not None and lock.warning:
+        say(f"warning: {lock.warning}")
+    resuming = ckpt.latest_step() is not None
+    if resuming:
+        _check_resumable(workdir, cfg, ckpt.saved_meta())
+    saved_config = _saved_config(cfg).to_dict()
     if primary:
-        # Launch details (coordinator, process id) are per process, not the experiment's.
-        saved = dataclasses.replace(cfg, distributed=type(cfg.distributed)())
-        (workdir / "config.yaml").write_text(saved.to_yaml())
+        atomic_write_text(workdir / "config.yaml", _saved_config(cfg).to_yaml())
         env = {**environment(), "mesh": sharding.describe(mesh)}
-        (workdir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+        atomic_write_text(workdir / "environment.json", json.dumps(env, indent=2) + "\n")
 
-    exp = build_experiment(cfg)
     classification = exp.source.classification
     data = exp.source.train_data()
     state = initial_state(cfg, exp)
@@ -316,8 +419,14 @@ def train_and_evaluate(
         state = sharding.place_state(state, mesh, shard_params=cfg.mesh.shard_params)
     best_score: float | None = None
     best_step: int | None = None
-    if latest is not None:
-        state, meta = ckpt.restore(state)
+    latest = None
+    if resuming:
+        # A damaged newest step (truncated or deleted file, torn JSON, checksum mismatch)
+        # is skipped for the newest one that verifies; the metrics log is cut back to it.
+        state, meta, skipped = ckpt.restore_newest(state)
+        for msg in skipped:
+            say(f"warning: {msg}; skipped it")
+        latest = int(state.step)
         best_score, best_step = meta.get("best_score"), meta.get("best_step")
         stale = ckpt.best_step()
         if stale is not None and stale > latest:
@@ -326,6 +435,7 @@ def train_and_evaluate(
             ckpt.delete_best(stale)
         say(f"resuming from step {latest} in {workdir / 'checkpoints'}")
     start = int(state.step)
+    where.update(step=start, checkpoint=latest)
     if primary:
         truncate_metrics(workdir / METRICS_FILE, max_step=start)
     writer = MetricsWriter(workdir, tensorboard=t.tensorboard) if primary else _NoMetrics()
@@ -376,6 +486,7 @@ def train_and_evaluate(
         )
     window: list[dict[str, np.ndarray]] = []
     last_good = latest
+    divergence = DivergenceMonitor(cfg.data.ways if classification else None)
     bar = tqdm(
         total=t.steps,
         initial=start,
@@ -419,7 +530,12 @@ def train_and_evaluate(
                         + ". Lower the learning rates (optimizer.learning_rate, "
                         "algorithm.inner_lr) or set optimizer.grad_clip_norm."
                     )
+            warning = divergence.update(metrics["loss"], first_step=step + 1)
+            if warning is not None:
+                writer.write(warning)
+                say(f"warning: {warning['message']}")
             step = nxt
+            where["step"] = step
             window.append(metrics)
             steps_in_row += n
             bar.update(n)
@@ -449,15 +565,20 @@ def train_and_evaluate(
                 msg = f"step {step}: val {main_metric} {score:.4f} ± {res['ci95']:.4f}"
                 if improved:
                     best_score, best_step = score, step
-                    writer.flush()
-                    ckpt.save(step, state, meta=_meta(step, best_score, best_step, res), best=True)
+                    meta = _meta(step, best_score, best_step, res, saved_config)
+                    with guard.critical():
+                        writer.flush()
+                        ckpt.save(step, state, meta=meta, best=True)
                     msg += " (best so far, saved)"
                 say(msg)
 
             if step % t.checkpoint_every == 0 or step == t.steps:
-                writer.flush()
-                ckpt.save(step, state, meta=_meta(step, best_score, best_step, None))
+                meta = _meta(step, best_score, best_step, None, saved_config)
+                with guard.critical():
+                    writer.flush()
+                    ckpt.save(step, state, meta=meta)
                 last_good = step
+                where["checkpoint"] = step
     finally:
         bar.close()
         writer.close()
@@ -476,7 +597,11 @@ def train_and_evaluate(
     if "test" in exp.source.splits:
         which = "best" if ckpt.best_step() is not None else "final"
         if which == "best":
-            state, _ = ckpt.restore(state, best=True)
+            try:
+                state, _ = ckpt.restore(state, best=True)
+            except CheckpointError as err:
+                say(f"warning: {err}; testing the final state instead")
+                which = "final"
         test = run_evaluation(
             cfg,
             exp,
@@ -492,12 +617,17 @@ def train_and_evaluate(
             write_eval_json(workdir, test)
             say(format_result(test) + f" [checkpoint: {which}, step {int(state.step)}]")
         result["test"] = test
-    ckpt.close()
     return result
 
 
-def _meta(step: int, best_score, best_step, val) -> dict[str, Any]:
-    return {"step": step, "best_score": best_score, "best_step": best_step, "val": val}
+def _meta(step: int, best_score, best_step, val, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "best_score": best_score,
+        "best_step": best_step,
+        "val": val,
+        "config": config,  # the resume check's reference, even if config.yaml is lost
+    }
 
 
 def run_evaluation(
@@ -552,10 +682,7 @@ def run_evaluation(
 def write_eval_json(workdir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``eval_<split>.json`` atomically."""
     path = Path(workdir) / f"eval_{result['split']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def format_result(res: dict[str, Any]) -> str:

@@ -9,6 +9,9 @@ Each line of ``metrics.jsonl`` is one JSON object with ``split`` (``train``, ``v
 On resume from step ``s`` the log is first cut back to the rows with ``step <= s``
 (:func:`truncate_metrics`), so rows of steps that are re-run are not duplicated and
 rows of steps that were checkpointed are not lost.
+
+A ``warning`` row (``split: "warning"``, ``step``, ``warning``, ``message``) records a
+problem the run noticed but survived, e.g. divergence (:class:`DivergenceMonitor`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+
+# Divergence warning (classification): the post-adaptation training loss above
+# DIVERGENCE_FACTOR x the loss of chance, ln(N), for DIVERGENCE_STEPS consecutive
+# meta-steps. A learning run starts near ln(N) and only goes down; 10 x ln(N) means logits
+# of tens to billions (e.g. algorithm.inner_lr=1e6 gives ~4e9) that stay finite, so the NaN
+# guard never fires and the run would end "successfully" at chance accuracy.
+DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_STEPS = 100
 
 
 def _clean(value: Any) -> Any:
@@ -149,6 +160,58 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, png_path)  # a reader never sees half a PNG
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return True
+
+
+class DivergenceMonitor:
+    """Notices a classification run whose training loss stays far above chance.
+
+    Args:
+      ways: N of the training episodes (chance loss ``ln N``); ``None`` (regression)
+        disables the monitor.
+      factor, steps: the threshold, default :data:`DIVERGENCE_FACTOR` x chance for
+        :data:`DIVERGENCE_STEPS` consecutive meta-steps.
+    """
+
+    def __init__(self, ways: int | None, *, factor: float | None = None, steps: int | None = None):
+        self.factor = DIVERGENCE_FACTOR if factor is None else factor
+        self.steps = DIVERGENCE_STEPS if steps is None else steps
+        self.ways = ways
+        self.limit = self.factor * math.log(ways) if ways and ways > 1 else None
+        self._run = 0
+        self._warned = False
+
+    def update(self, losses, *, first_step: int) -> dict[str, Any] | None:
+        """Feed the per-step losses of steps ``first_step, first_step + 1, ...``.
+
+        Returns the ``warning`` metrics row the first time the threshold is crossed.
+        """
+        if self.limit is None or self._warned:
+            return None
+        for i, loss in enumerate(losses):
+            self._run = self._run + 1 if float(loss) > self.limit else 0
+            if self._run >= self.steps:
+                self._warned = True
+                step = first_step + i
+                message = (
+                    f"the training loss has stayed above {self.factor:g} x chance "
+                    f"({self.factor:g} x ln {self.ways} = {self.limit:.3g}) for {self.steps} "
+                    f"consecutive steps (step {step}: {float(loss):.3g}): the run is diverging. "
+                    "Lower algorithm.inner_lr or optimizer.learning_rate, or set "
+                    "optimizer.grad_clip_norm"
+                )
+                return {
+                    "split": "warning",
+                    "step": step,
+                    "warning": "divergence",
+                    "message": message,
+                }
+        return None
