@@ -514,6 +514,30 @@ def main(argv=None) -> int:
         for o in args.orders
     ]
     raw: dict[int, dict[str, list[dict]]] = {i: {m: [] for m in impls} for i in range(len(cfgs))}
+
+    def document(final: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "compare_pytorch",
+            # machine() starts a JAX backend: only once every worker has finished.
+            "machine": machine() if final else None,
+            "complete": final,
+            "torch": args.torch_version,
+            "torch_skipped": why_no_torch,
+            "settings": vars(args),
+            "summary": [
+                summarize(
+                    cfg, raw[ci], args.contended_below, target=args.target, device=args.device
+                )
+                for ci, cfg in enumerate(cfgs)
+            ],
+            "runs": [
+                {**cfg, "impl": impl, **r}
+                for ci, cfg in enumerate(cfgs)
+                for impl, rs in raw[ci].items()
+                for r in rs
+            ],
+        }
+
     for rnd in range(args.repeats):
         order = impls if rnd % 2 == 0 else impls[::-1]
         for ci, cfg in enumerate(cfgs):
@@ -527,6 +551,7 @@ def main(argv=None) -> int:
                 r = run_jax(cfg, args) if impl == "jaxmeta" else run_torch(impl, cfg, args)
                 r["round"] = rnd
                 raw[ci][impl].append(r)
+                write_json(out, document(final=False))  # a run cut short keeps its rows
                 msg = (
                     r["error"]
                     if "error" in r
@@ -536,24 +561,8 @@ def main(argv=None) -> int:
                     )
                 )
                 print(f"  {msg}", file=sys.stderr, flush=True)
-    rows = [
-        summarize(cfg, raw[ci], args.contended_below, target=args.target, device=args.device)
-        for ci, cfg in enumerate(cfgs)
-    ]
-    doc = {
-        "benchmark": "compare_pytorch",
-        "machine": machine(),
-        "torch": args.torch_version,
-        "torch_skipped": why_no_torch,
-        "settings": vars(args),
-        "summary": rows,
-        "runs": [
-            {**cfg, "impl": impl, **{k: v for k, v in r.items()}}
-            for ci, cfg in enumerate(cfgs)
-            for impl, rs in raw[ci].items()
-            for r in rs
-        ],
-    }
+    doc = document(final=True)
+    rows = doc["summary"]
     write_json(out, doc)
     cols = [
         ("order", "order"),

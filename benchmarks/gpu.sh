@@ -26,7 +26,8 @@
 #   gpu.log            everything printed
 # Environment: DEADLINE_S (seconds for all stages, default 570), ALLOW_CPU=1 (no GPU
 # needed; tiny settings), TORCH_IMPLS (default func), PARALLEL (default 10), STAGES
-# (default "1 2 3 4"), PYTHON (default python3).
+# (default "1 2 3 4"), PYTHON (default python3), STAGE1_S / STAGE2_S (stage limits,
+# default 120 / 80), LOWERING_ARGS / COMPARE_ARGS (replace the GPU options of stage 1/2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-/tmp/jaxmeta-gpu}}"
@@ -70,8 +71,8 @@ if [ "${ALLOW_CPU:-0}" = 1 ]; then
 else
   "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' \
     || { log "jax sees no GPU (ALLOW_CPU=1 for a dry run)"; exit 2; }
-  LOWERING=(--precompile 8 --budget-s 1 --max-repeats 400)
-  COMPARE=(--repeats 1 --budget-s 1)
+  read -r -a LOWERING <<< "${LOWERING_ARGS:---precompile 8 --budget-s 1 --max-repeats 400}"
+  read -r -a COMPARE <<< "${COMPARE_ARGS:---repeats 1 --budget-s 1}"
   TINY=()
   REPRO=(--paper-length --steps-per-call 100 --evals 20)
   PAPER=(--paper-length)
@@ -92,7 +93,7 @@ log "$(tail -n +1 "$OUT_DIR/environment.txt" | grep '^jax ')"
 if stage 1; then
   log "stage 1: convolution lowering (benchmarks/lowering.py ${LOWERING[*]})"
   mkdir -p "$WORK/lowering"
-  bounded 120 "$PY" benchmarks/lowering.py "${LOWERING[@]}" --json "$WORK/lowering/lowering.json" \
+  bounded "${STAGE1_S:-120}" "$PY" benchmarks/lowering.py "${LOWERING[@]}" --json "$WORK/lowering/lowering.json" \
     --profile "$WORK/lowering/profile" | tee "$WORK/lowering/lowering.md"
   log "stage 1 rc=$?"
   if [ -d "$WORK/lowering/profile/trace" ]; then
@@ -112,7 +113,7 @@ if stage 2; then
   mkdir -p "$WORK/compare"
   JAX_FROM=()
   [ -f "$WORK/lowering/lowering.json" ] && JAX_FROM=(--jax-from "$WORK/lowering/lowering.json")
-  bounded 80 "$PY" benchmarks/compare_pytorch.py "${COMPARE[@]}" --device "$DEVICE" \
+  bounded "${STAGE2_S:-80}" "$PY" benchmarks/compare_pytorch.py "${COMPARE[@]}" --device "$DEVICE" \
     --torch-python "$TORCH_PY" --peers-dir "$PEERS_DIR" --torch-impls "${TORCH_IMPLS:-func}" \
     "${JAX_FROM[@]}" --json "$WORK/compare/compare_pytorch.json" | tee "$WORK/compare/compare.md"
   log "stage 2 rc=$?"

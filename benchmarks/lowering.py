@@ -285,6 +285,13 @@ def parse_args(argv=None):
         help="jax_default_matmul_precision values of the train-step rows (highest: the "
         "default lowering only)",
     )
+    ap.add_argument(
+        "--both-impls-for",
+        type=csv_list,
+        default=None,
+        help="meta-step configs ORDER:K:Q (e.g. second:1:15) measured with every --impls "
+        "lowering; the others with the backend's auto lowering only (default: all with all)",
+    )
     ap.add_argument("--filters", type=int, default=64, help="Conv-4 filters (64: canonical)")
     ap.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-step")
     ap.add_argument("--steps-per-call", type=int, default=10, help="train-step scan length")
@@ -348,7 +355,8 @@ def rows(args) -> list[dict[str, Any]]:
         for q in args.queries:
             for k in args.inner_steps:
                 for order in args.orders:
-                    for impl in args.impls:
+                    both = args.both_impls_for is None or f"{order}:{k}:{q}" in args.both_impls_for
+                    for impl in args.impls if both else ["auto"]:
                         out.append(
                             {
                                 "kind": "meta_step",
@@ -450,7 +458,10 @@ def main(argv=None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        jsonl = Path(tmp) / "records.jsonl"
+        # Next to --json when given, so that rows measured before a timeout are kept.
+        jsonl = Path(args.json).with_suffix(".jsonl") if args.json else Path(tmp) / "rows.jsonl"
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        jsonl.unlink(missing_ok=True)
         done = run_worker(
             __file__, {"rows": jobs, "jsonl": str(jsonl)}, timeout=args.timeout_s, env=env
         )
