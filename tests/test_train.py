@@ -7,6 +7,7 @@ kill -9 and resume) are in test_train_omniglot.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -120,8 +121,13 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
     # Interrupted at 20 (checkpoint) and resumed with other chunk sizes: identical. The
     # schedule follows train.steps only through explicit step counts, so stopping early
     # with train.steps=20 and resuming to 30 sees the same rates.
-    part = tmp_path / "part"
-    train_and_evaluate(_cfg(train={"steps": 20}, optimizer=SCHEDULED), part, progress=False)
+    # The interrupted workdir is archived, deleted and unpacked elsewhere before resuming
+    # (as when a GPU run's workdir is brought back): workdirs hold no absolute paths.
+    origin, part = tmp_path / "origin", tmp_path / "part"
+    train_and_evaluate(_cfg(train={"steps": 20}, optimizer=SCHEDULED), origin, progress=False)
+    archive = shutil.make_archive(str(tmp_path / "run"), "gztar", root_dir=origin)
+    shutil.rmtree(origin)
+    shutil.unpack_archive(archive, part)
     resumed = train_and_evaluate(
         _cfg(train={"steps_per_call": 3}, optimizer=SCHEDULED), part, progress=False
     )
