@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import MetaLearner, mean_map_tasks, task_metrics
+from jaxmeta.algorithms.base import (
+    MetaLearner,
+    apply_support_query,
+    check_bn_mode,
+    mean_map_tasks,
+    task_metrics,
+)
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float
@@ -78,6 +84,9 @@ def reptile(
     * ``transductive=False``: each query is predicted alone, in a batch made of the
       support set plus that one query (vmapped over queries), so no information flows
       between queries.
+    * ``predict(..., bn_mode="transductive" | "inductive")`` overrides that per call; inductive
+      normalises every query with the support set's statistics
+      (:func:`jaxmeta.algorithms.base.apply_support_query`).
 
     The inner optimizer state (Adam moments) is reset for every task, a pure function
     of the task; the reference code keeps TF's Adam slots across tasks.
@@ -105,8 +114,8 @@ def reptile(
     Returns:
       A :class:`MetaLearner` (``init`` is the identity). ``adapt(params, support_x
       [n_s, ...], support_y [n_s], steps=None, *, key=None, batch_size=None)``;
-      ``predict(params, support_x, support_y, query_x [n_q, ...], key, *, steps=None)
-      -> [n_q, n_way]`` (mini-batches drawn from ``key``; ``None`` means
+      ``predict(params, support_x, support_y, query_x [n_q, ...], key, *, steps=None,
+      bn_mode=None) -> [n_q, n_way]`` (mini-batches drawn from ``key``; ``None`` means
       ``jax.random.key(0)``).
 
     References:
@@ -150,7 +159,9 @@ def reptile(
         key = jax.random.key(0) if key is None else key
         return _fit(params, support_x, support_y, steps, bs, key)[0]
 
-    def _predict_adapted(adapted, support_x, query_x):
+    def _predict_adapted(adapted, support_x, query_x, bn_mode):
+        if bn_mode is not None:
+            return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
         if transductive:
             return apply_fn(adapted, query_x)
         n_s = support_x.shape[0]
@@ -160,11 +171,13 @@ def reptile(
 
         return jax.vmap(one)(query_x)
 
-    def predict(params, support_x, support_y, query_x, key=None, *, steps=None):
+    def predict(params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
         steps = eval_inner_steps if steps is None else check_int("steps", steps, minimum=0)
+        if bn_mode is not None:
+            check_bn_mode(bn_mode)
         key = jax.random.key(0) if key is None else key
         adapted = _fit(params, support_x, support_y, steps, eval_bs, key)[0]
-        return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x))
+        return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x, bn_mode))
 
     def task_update(params, episode: Episode, key):
         x, y = episode.support_x, episode.support_y
@@ -207,4 +220,5 @@ def reptile(
         name="reptile",
         adapt=adapt,
         outer_loss=outer_loss,
+        eval_inner_steps=eval_inner_steps,
     )
