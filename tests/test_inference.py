@@ -1,0 +1,202 @@
+"""``jaxmeta.load``: a trained workdir as a few-shot classifier, for every algorithm.
+
+One tiny MAML run is trained briefly (once per module) to show that the inductive BatchNorm
+mode classifies single images (transductive single-image prediction collapses to chance);
+every other algorithm gets a step-0 workdir written with the real engine's pieces.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+import jaxmeta
+from jaxmeta.algorithms import ALGORITHMS
+from jaxmeta.train import Checkpoints
+from jaxmeta.train.config import config_from_dict, load_config
+from jaxmeta.train.loop import build_experiment, train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tests" / "tiny.yaml"
+EMBEDDING = {"name": "conv4", "num_classes": None, "filters": 8, "pool": True}
+# Tiny versions of each algorithm's section (the shipped configs' choices, smaller).
+ALGORITHM_SECTIONS = {
+    "maml": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
+    "fomaml": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
+    "reptile": ({"inner_steps": 2, "inner_batch_size": 5, "eval_inner_steps": 2}, None),
+    "anil": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
+    "metasgd": ({"inner_steps": 1, "eval_inner_steps": 2}, None),
+    "protonets": ({}, EMBEDDING),
+    "matching": ({}, EMBEDDING),
+    "snail": ({"tc_filters": 8, "key_size": 8}, EMBEDDING),
+}
+
+
+def _raw(data_dir) -> dict:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"].update(data_dir=str(data_dir), download=False)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def trained(omniglot, omniglot_data_dir, tmp_path_factory):
+    """A tiny MAML 5-way 1-shot run, trained briefly (120 steps; no validation)."""
+    wd = tmp_path_factory.mktemp("maml_run")
+    sets = [
+        "train.steps=120",
+        "train.steps_per_call=10",
+        "train.log_every=10",
+        "train.eval_every=0",
+        "train.checkpoint_every=60",
+        "optimizer.learning_rate=0.003",
+        "data.queries=3",
+        f"data.data_dir={omniglot_data_dir}",
+        "data.download=false",
+    ]
+    train_and_evaluate(load_config(TINY, sets), wd, progress=False, log=lambda _: None)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def initialised(omniglot_data_dir, tmp_path_factory):
+    """A step-0 workdir (config.yaml + checkpoint) for every registered algorithm.
+
+    The state is made like ``initial_state`` makes it, but the model parameters are
+    initialised once per model and shared (compiling ``model.init`` is the slow part).
+    """
+    from jaxmeta.train.state import init_train_state
+
+    assert set(ALGORITHM_SECTIONS) == set(ALGORITHMS), "add the new algorithm here"
+    out, model_params = {}, {}
+    for name, (kwargs, model) in ALGORITHM_SECTIONS.items():
+        raw = copy.deepcopy(_raw(omniglot_data_dir))
+        raw["name"] = f"tiny_{name}"
+        raw["algorithm"] = {"name": name, **kwargs}
+        if model is not None:
+            raw["model"] = dict(model)
+        cfg = config_from_dict(raw)
+        exp = build_experiment(cfg)
+        wd = tmp_path_factory.mktemp(name)
+        (wd / "config.yaml").write_text(cfg.to_yaml())
+        key = str(cfg.model.to_dict())
+        if key not in model_params:
+            example = exp.source.example_input()
+            model_params[key] = jax.jit(exp.model.init)(jax.random.key(0), example)
+        state = init_train_state(
+            exp.learner, exp.optimizer, model_params[key], key=jax.random.key(0)
+        )
+        ckpt = Checkpoints(wd)
+        ckpt.save(0, state, meta={"step": 0})
+        ckpt.close()
+        out[name] = wd
+    return out
+
+
+def _test_task(omniglot, *, ways=5, shots=1, queries=4, episodes=1, seed=3):
+    from jaxmeta.data.episodes import eval_episodes
+    from jaxmeta.data.omniglot import split_images
+
+    eps = eval_episodes(
+        split_images(omniglot, "maml", "test"),
+        episodes=episodes,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        rotations=False,
+        seed=seed,
+    )
+    return eps
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_SECTIONS))
+def test_every_algorithm_loads_and_predicts_one_image_like_a_batch(
+    algorithm, initialised, omniglot
+):
+    clf = jaxmeta.load(initialised[algorithm], "latest")
+    assert clf.step == 0 and clf.checkpoint == "latest" and clf.bn_mode == "inductive"
+    assert clf.learner.name == algorithm
+    assert clf.ways == (None if algorithm in ("protonets", "matching") else 5)
+    ep = _test_task(omniglot)
+    sx, sy, qx, _ = (np.asarray(a[0]) for a in ep)
+    u8 = np.rint(sx[..., 0] * 255).astype(np.uint8)  # the cached form, no channel axis
+    batch = clf.predict(u8, sy, qx)
+    assert batch.shape == (20, 5) and bool(np.isfinite(batch).all())
+    adapted = clf.adapt(sx, sy)  # float input with the channel axis: the same model input
+    one = adapted(qx[7:8])
+    np.testing.assert_allclose(one[0], batch[7], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(clf.classify(sx, sy, qx), np.argmax(batch, axis=-1))
+    np.testing.assert_allclose(clf.probabilities(u8, sy, qx).sum(-1), 1.0, rtol=1e-5)
+    assert clf._traces == 2  # one program per query shape, reused by every method
+
+
+def test_metric_learners_take_any_number_of_classes(initialised, omniglot):
+    clf = jaxmeta.load(initialised["protonets"])
+    ep = _test_task(omniglot, ways=3, shots=2, queries=2)
+    sx, sy, qx, _ = (np.asarray(a[0]) for a in ep)
+    assert clf.predict(sx, sy, qx).shape == (6, 3)
+
+
+def test_single_image_prediction_is_inductive(trained, omniglot):
+    clf = jaxmeta.load(trained)  # best -> latest (no validation), inductive
+    assert clf.checkpoint == "latest" and clf.step == 120 and clf.inner_steps == 2
+    ep = _test_task(omniglot, queries=5, episodes=40)
+    acc = {"inductive": [], "transductive": [], "single_t": []}
+    for e in range(40):
+        sx, sy, qx, qy = (np.asarray(a[e]) for a in ep)
+        adapted = clf.adapt(sx, sy)
+        batch = np.asarray(adapted(qx))
+        acc["inductive"].append(np.argmax(batch, -1) == qy)
+        acc["transductive"].append(clf.classify(sx, sy, qx, bn_mode="transductive") == qy)
+        if e < 10:  # one image per call
+            ones = [np.asarray(adapted(qx[i : i + 1]))[0] for i in range(len(qy))]
+            np.testing.assert_allclose(np.stack(ones), batch, rtol=1e-4, atol=1e-4)
+            single_t = [
+                clf.classify(sx, sy, qx[i : i + 1], bn_mode="transductive")[0]
+                for i in range(len(qy))
+            ]
+            acc["single_t"].append(np.asarray(single_t) == qy)
+    acc = {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
+    # Chance is 0.2. Batched, both modes learned something; one query alone collapses
+    # transductively (normalised with its own statistics) but not inductively.
+    assert acc["inductive"] > 0.3 and acc["transductive"] > 0.3, acc
+    assert acc["single_t"] < acc["inductive"] - 0.1, acc
+    assert clf._traces == 4  # adapt batch + single (inductive), classify batch + single
+
+
+def test_clear_errors(initialised, omniglot, tmp_path):
+    clf = jaxmeta.load(initialised["maml"])
+    sx, sy, qx, _ = (np.asarray(a[0]) for a in _test_task(omniglot))
+    with pytest.raises(ValueError, match=r"trained 5-way .* give exactly 5 classes"):
+        clf.predict(sx[:3], sy[:3], qx)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        clf.predict(sx, np.array([0, 1, 2, 3, 7]), qx)
+    with pytest.raises(ValueError, match="negative label"):
+        clf.predict(sx, np.array([0, 1, 2, 3, -1]), qx)
+    with pytest.raises(ValueError, match=r"no example of class\(es\) \[2\]"):
+        clf.predict(sx, np.array([0, 1, 1, 3, 4]), qx)
+    with pytest.raises(ValueError, match=r"support_y must have shape \[5\]"):
+        clf.predict(sx, sy[:4], qx)
+    with pytest.raises(ValueError, match=r"leading axis \(query_x\[None\]\)"):
+        clf.predict(sx, sy, qx[0])
+    with pytest.raises(ValueError, match="preprocess"):
+        clf.predict(sx, sy, np.zeros((2, 105, 105), np.uint8))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        clf.predict(sx, sy, qx * 255.0)
+    with pytest.raises(ValueError, match="dtype int64 not supported"):
+        clf.predict(sx, sy, np.zeros((2, 28, 28), np.int64))
+    with pytest.warns(UserWarning, match="strokes high"):
+        clf.predict(sx, sy, 1.0 - qx)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*steps there: 0"):
+        jaxmeta.load(initialised["maml"], 7)
+    with pytest.raises(FileNotFoundError, match="not a 'jaxmeta train' workdir"):
+        jaxmeta.load(tmp_path)
+    with pytest.raises(ValueError, match="bn_mode must be one of"):
+        jaxmeta.load(initialised["maml"], bn_mode="running")
+    with pytest.raises(ValueError, match="does not adapt by inner steps"):
+        jaxmeta.load(initialised["protonets"], inner_steps=3)
+    assert jax.tree_util.tree_leaves(clf.params)[0].dtype == np.float32
