@@ -28,7 +28,7 @@ def _help(capsys, *args) -> str:
 
 def test_help_texts(capsys):
     top = _help(capsys)
-    for word in ("train", "evaluate", "data", "--version"):
+    for word in ("train", "evaluate", "predict", "plot", "data", "--version", "python -m jaxmeta"):
         assert word in top
     train = _help(capsys, "train")
     for word in (
@@ -51,13 +51,19 @@ def test_help_texts(capsys):
         "--episodes",
         "--inner-steps",
         "--checkpoint",
-        "eval_<split>.json",
+        "--bn-mode",
+        "eval_<split>_<checkpoint>_<episodes>ep",
+        "inductive",
         "95% CI",
     ):
         assert word in ev, word
     data = _help(capsys, "data", "omniglot")
-    for word in ("--manual-dir", "--data-dir", "--no-download", "rotations"):
+    for word in ("--manual-dir", "--data-dir", "--no-download", "rotations", "--export-test"):
         assert word in data, word
+    predict = _help(capsys, "predict")
+    for word in ("--workdir", "--support", "--query", "--out", "--bn-mode", "one subfolder"):
+        assert word in predict, word
+    assert "--workdir" in _help(capsys, "plot")
 
 
 def test_no_command_prints_help(capsys):
@@ -145,9 +151,18 @@ def test_evaluate_regression_json(capsys, tmp_path):
         == 0
     )
     out = capsys.readouterr().out
-    res = json.loads((tmp_path / "eval_test.json").read_text())
+    res = json.loads((tmp_path / "eval_test_latest_12ep.json").read_text())
     assert res["episodes"] == 12 and res["step"] == 10 and res["checkpoint"] == "latest"
+    assert res["inner_steps"] == 10 and "bn_mode" not in res  # eval_inner_steps; no BatchNorm
     assert f"test mse: {res['mse']:.4f} ± {res['ci95']:.4f}" in out
+    assert json.loads((tmp_path / "eval_test.json").read_text())["inner_steps"] == 10
+    # A step number works too; a missing step is a one-line error listing the steps.
+    assert (
+        main(["evaluate", "--workdir", str(tmp_path), "--episodes", "12", "--checkpoint", "5"]) == 0
+    )
+    assert (tmp_path / "eval_test_step5_12ep.json").exists()
+    assert main(["evaluate", "--workdir", str(tmp_path), "--checkpoint", "7"]) == 2
+    assert "no checkpoint of step 7" in capsys.readouterr().err
 
 
 def test_data_omniglot_prints_counts(capsys, omniglot, omniglot_data_dir):

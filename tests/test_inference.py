@@ -8,6 +8,9 @@ every other algorithm gets a step-0 workdir written with the real engine's piece
 from __future__ import annotations
 
 import copy
+import csv
+import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -200,3 +203,76 @@ def test_clear_errors(initialised, omniglot, tmp_path):
     with pytest.raises(ValueError, match="does not adapt by inner steps"):
         jaxmeta.load(initialised["protonets"], inner_steps=3)
     assert jax.tree_util.tree_leaves(clf.params)[0].dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------
+# The commands around a trained run: predict, evaluate (both BatchNorm modes), plot.
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")  # main() would enable a persistent cache
+    from jaxmeta.cli import main
+
+    return main
+
+
+def test_predict_command_on_exported_test_characters(
+    trained, omniglot_data_dir, tmp_path, capsys, cli
+):
+    export = tmp_path / "try"
+    data = ["data", "omniglot", "--data-dir", str(omniglot_data_dir), "--no-download"]
+    assert cli([*data, "--export-test", str(export), "--per-class", "4"]) == 0
+    assert "never seen in training" in capsys.readouterr().out
+    assert "test split" in (export / "README.txt").read_text()
+    support, query = export / "support", export / "query"
+    assert len(list(support.iterdir())) == 5 and len(list(query.rglob("*.png"))) == 15
+    out_csv, out_json = tmp_path / "p.csv", tmp_path / "p.json"
+    args = ["predict", "-w", str(trained), "--support", str(support), "--query", str(query)]
+    assert cli([*args, "--out", str(out_csv)]) == 0
+    printed = capsys.readouterr()
+    assert "inductive BatchNorm" in printed.err and "accuracy:" in printed.out
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 and {r["true"] for r in rows} == {p.name for p in support.iterdir()}
+    assert all(0.0 < float(r["probability"]) <= 1.0 for r in rows)
+    one = next(query.rglob("*.png"))
+    assert cli([*args[:-1], str(one), "--out", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert len(res["predictions"]) == 1 and "accuracy" not in res  # a file: no label
+    assert res["predictions"][0]["predicted"] in res["classes"]
+    capsys.readouterr()
+    # Clear one-line errors.
+    assert cli([*args[:4], str(tmp_path / "nope"), *args[5:]]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli([*args[:6], str(tmp_path / "empty")]) == 2
+    assert "no query images" in capsys.readouterr().err
+    shutil.rmtree(next(support.iterdir()))
+    assert cli(args) == 2
+    assert "has 4 class folders" in capsys.readouterr().err
+
+
+def test_evaluate_reports_both_modes_and_never_overwrites(trained, capsys, cli):
+    args = ["evaluate", "-w", str(trained), "--episodes", "10"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "transductive BatchNorm" in out and "inductive BatchNorm" in out
+    path = trained / "eval_test_latest_10ep.json"  # no validation: best is the latest
+    res = json.loads(path.read_text())
+    assert res["inner_steps"] == 2 and res["bn_mode"] == "transductive"
+    assert {"accuracy_inductive", "ci95_inductive", "loss_inductive"} <= set(res)
+    assert cli(args) == 0
+    assert "nothing written" in capsys.readouterr().err
+    path.write_text(json.dumps({**res, "accuracy": 0.0}))
+    assert cli(args) == 0
+    assert "holds another result, kept" in capsys.readouterr().err
+    assert json.loads(path.read_text())["accuracy"] == 0.0
+    assert json.loads((trained / "eval_test_latest_10ep-2.json").read_text()) == res
+
+
+def test_plot_command(trained, tmp_path, capsys, cli):
+    assert cli(["plot", "-w", str(trained)]) == 0
+    assert (trained / "learning_curves.png").stat().st_size > 0
+    assert cli(["plot", "-w", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

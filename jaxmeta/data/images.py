@@ -290,7 +290,7 @@ def read_support_folder(
 def read_query(
     paths: Iterable[str | os.PathLike], *, image_size: int = 28
 ) -> tuple[list[Path], np.ndarray]:
-    """Query images from files and/or folders (a folder's image files, sorted, not recursive).
+    """Query images from files and/or folders (a folder's image files, recursively, sorted).
 
     Returns:
       ``(files [n], images uint8 [n, S, S])``.
@@ -302,7 +302,11 @@ def read_query(
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += _image_files(p)
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
         elif p.is_file():
             files.append(p)
         else:

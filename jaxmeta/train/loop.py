@@ -507,6 +507,7 @@ def run_evaluation(
     split: str,
     episodes: int,
     inner_steps: int | None = None,
+    bn_mode: str | None = None,
     mesh=None,
     evaluator=None,
 ) -> dict[str, Any]:
@@ -514,7 +515,10 @@ def run_evaluation(
 
     With a ``mesh`` (:func:`task_mesh`) the episodes are split over its devices (of all
     processes) and the per-episode results gathered on every process. ``evaluator``
-    (from :func:`make_evaluator` with the same ``inner_steps``) is reused when given.
+    (from :func:`make_evaluator` with the same ``inner_steps`` and ``bn_mode``) is reused
+    when given. The result records the inner steps actually used (the learner's
+    evaluation steps unless overridden) and, for models with batch statistics, the
+    BatchNorm mode (``transductive`` unless ``bn_mode`` says otherwise).
     """
     eps = exp.source.eval_episodes(split, episodes=episodes, seed=cfg.eval.seed, **eval_shape(cfg))
     fn = evaluator or make_evaluator(
@@ -522,6 +526,7 @@ def run_evaluation(
         classification=exp.source.classification,
         batch_size=cfg.eval.batch_size,
         inner_steps=inner_steps,
+        bn_mode=bn_mode,
     )
     if mesh is None:
         per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
@@ -534,8 +539,10 @@ def run_evaluation(
         split=split,
         algorithm=cfg.algorithm.name,
         dataset=cfg.data.name,
-        inner_steps=inner_steps,
+        inner_steps=exp.learner.eval_inner_steps if inner_steps is None else inner_steps,
     )
+    if getattr(exp.model, "uses_batch_statistics", False):
+        res["bn_mode"] = bn_mode or "transductive"
     if exp.source.classification:
         res.update(
             ways=cfg.eval_ways,
