@@ -2,8 +2,8 @@
 
 One run in a workdir::
 
-    config.yaml           the resolved config (rewritten on each start)
-    environment.json      package versions, Python, devices
+    config.yaml           the resolved config (kept on resume unless train.steps etc. changed)
+    environment.json      package versions, Python, devices; a resume appends to "resumes"
     metrics.jsonl         train rows every log_every steps, val rows every eval_every
     checkpoints/, best/   orbax checkpoints (see jaxmeta.train.checkpoint)
     eval_test.json        test result (from the best checkpoint, else the final one)
@@ -51,7 +51,9 @@ from jaxmeta.train.evaluate import make_evaluator, summarize
 from jaxmeta.train.metrics import (
     METRICS_FILE,
     MetricsWriter,
+    logged_wall_time,
     plot_learning_curves,
+    record_run_start,
     truncate_metrics,
 )
 from jaxmeta.train.state import TrainState, init_train_state, make_train_chunk
@@ -302,9 +304,8 @@ def train_and_evaluate(
     if primary:
         # Launch details (coordinator, process id) are per process, not the experiment's.
         saved = dataclasses.replace(cfg, distributed=type(cfg.distributed)())
-        (workdir / "config.yaml").write_text(saved.to_yaml())
         env = {**environment(), "mesh": sharding.describe(mesh)}
-        (workdir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+        record_run_start(workdir, config_yaml=saved.to_yaml(), env=env, resume_step=latest)
 
     exp = build_experiment(cfg)
     classification = exp.source.classification
@@ -325,8 +326,10 @@ def train_and_evaluate(
             ckpt.delete_best(stale)
         say(f"resuming from step {latest} in {workdir / 'checkpoints'}")
     start = int(state.step)
+    time_before = 0.0  # training time of earlier sessions: wall_time continues from it
     if primary:
         truncate_metrics(workdir / METRICS_FILE, max_step=start)
+        time_before = logged_wall_time(workdir / METRICS_FILE, max_step=start)
     writer = MetricsWriter(workdir, tensorboard=t.tensorboard) if primary else _NoMetrics()
 
     has_val = bool(t.eval_every) and "val" in exp.source.splits
@@ -375,6 +378,7 @@ def train_and_evaluate(
         )
     window: list[dict[str, np.ndarray]] = []
     last_good = latest
+    acc_label = train_accuracy_label(cfg)
     bar = tqdm(
         total=t.steps,
         initial=start,
@@ -424,7 +428,7 @@ def train_and_evaluate(
             bar.update(n)
             post = {"loss": f"{metrics['loss'].mean():.4f}"}
             if "accuracy" in metrics:
-                post["acc"] = f"{metrics['accuracy'].mean():.3f}"
+                post[acc_label] = f"{metrics['accuracy'].mean():.3f}"
             bar.set_postfix(post, refresh=False)
 
             if step % t.log_every == 0 or step == t.steps:
@@ -433,7 +437,8 @@ def train_and_evaluate(
                 for name in window[0]:
                     row[name] = float(np.concatenate([w[name] for w in window]).mean())
                 row["steps_per_sec"] = steps_in_row / max(now - t_row, 1e-9)
-                row["wall_time"] = now - t_start
+                row["wall_time"] = time_before + (now - t_start)
+                row["session_time"] = now - t_start
                 writer.write(row)
                 window, t_row, steps_in_row = [], now, 0
 
@@ -493,6 +498,22 @@ def train_and_evaluate(
         result["test"] = test
     ckpt.close()
     return result
+
+
+def train_accuracy_label(cfg: ExperimentConfig) -> str:
+    """The progress bar's name for the training accuracy, e.g. ``train_acc(q,K=1)``.
+
+    It is the accuracy on the training tasks' queries after the training inner steps
+    ``K`` (gradient learners), not the validation accuracy, which the status lines print.
+    """
+    from jaxmeta.algorithms import ALGORITHMS
+    from jaxmeta.train.config import algorithm_parameters
+
+    param = algorithm_parameters(ALGORITHMS[cfg.algorithm.name]).get("inner_steps")
+    if param is None:
+        return "train_acc(q)"
+    steps = cfg.algorithm.kwargs.get("inner_steps", param.default)
+    return f"train_acc(q,K={steps})"
 
 
 def _meta(step: int, best_score, best_step, val) -> dict[str, Any]:
