@@ -87,6 +87,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -97,6 +98,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -593,6 +595,14 @@ def builder_class() -> type:
             self._allow_download = download
             super().__init__(**kwargs)
 
+        # TFDS announces "Downloading and preparing dataset Unknown size ..." even when the
+        # zips are local; load_omniglot prints what really happens instead.
+        def _log_download_bytes(self) -> None:
+            pass
+
+        def _log_download_done(self) -> None:
+            pass
+
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
@@ -863,6 +873,22 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
     )
 
 
+@contextlib.contextmanager
+def _quiet_tfds(*, progress: bool):
+    """Silence absl warnings (and TFDS's progress bars unless ``progress``) for a while."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl = logging.getLogger("absl")
+    level, bars = absl.level, getattr(tqdm_utils, "_active", True)
+    absl.setLevel(logging.ERROR)
+    tqdm_utils.display_progress_bar(progress and bars)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        tqdm_utils.display_progress_bar(bars)
+
+
 def load_omniglot(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -911,24 +937,39 @@ def load_omniglot(
     manual = (
         Path(manual_dir).expanduser() if manual_dir is not None else root / "downloads" / "manual"
     )
-    builder = builder_class()(
-        data_dir=os.fspath(root), download=download, file_format="array_record"
-    )
-    t0 = time.perf_counter()
-    if not builder.is_prepared():
-        _locate(manual, download=download)  # fail fast, before TFDS creates anything
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=os.fspath(manual), try_download_gcs=False
-            )
+    with _quiet_tfds(progress=True):  # absl: "Variant folder ... has no dataset_info.json"
+        builder = builder_class()(
+            data_dir=os.fspath(root), download=download, file_format="array_record"
         )
+        prepared = builder.is_prepared()
+    t0 = time.perf_counter()
+    if not prepared:
+        found = _locate(manual, download=download)  # fail fast, before TFDS creates anything
+        fetch = [_ZIPS[o].filename for o, p in found.items() if p is None]
+        how = (
+            f"by downloading {', '.join(fetch)} from github.com/brendenlake/omniglot"
+            if fetch
+            else f"from the local zips in {manual} (no download)"
+        )
+        print(
+            f"jaxmeta: preparing Omniglot (once) into {root / DATASET_NAME} {how}",
+            file=sys.stderr,
+            flush=True,
+        )
+        local = not fetch
+        with _quiet_tfds(progress=not local):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=os.fspath(manual), try_download_gcs=False
+                )
+            )
     t1 = time.perf_counter()
     om = _build_from_tfds(root, image_size)
     _save_cache(cache, om)
-    log.info(
-        "Omniglot: TFDS prepare %.1f s, decode+resize+cache %.1f s -> %s",
-        t1 - t0,
-        time.perf_counter() - t1,
-        cache,
+    print(
+        f"jaxmeta: Omniglot ready ({'TFDS prepare %.1f s, ' % (t1 - t0) if not prepared else ''}"
+        f"decode + resize {time.perf_counter() - t1:.1f} s); later loads read {cache}",
+        file=sys.stderr,
+        flush=True,
     )
     return dataclasses.replace(om, cache_path=cache)
