@@ -276,3 +276,27 @@ def test_plot_command(trained, tmp_path, capsys, cli):
     assert (trained / "learning_curves.png").stat().st_size > 0
     assert cli(["plot", "-w", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_fewshot_example(trained, omniglot_data_dir):
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "fewshot_my_images.py"),
+            "--workdir",
+            str(trained),
+            "--data-dir",
+            str(omniglot_data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "FewShotClassifier(maml, step 120" in p.stdout
+    assert p.stdout.count(" -> ") == 15 and "of 15 right (chance: 1 in 5)" in p.stdout
