@@ -67,7 +67,7 @@ def main() -> None:
         seed=0,
     )
 
-    model = Conv4(num_classes=5, filters=filters, head="mean")
+    model = Conv4(num_classes=5, filters=filters, head="mean")  # the README's model
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     learner = jaxmeta.maml(model.apply, inner_lr=0.4, inner_steps=1, eval_inner_steps=10)
     optimizer = optax.adam(1e-3)

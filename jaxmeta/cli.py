@@ -32,12 +32,16 @@ EPILOG_TRAIN = textwrap.dedent(
       data.manual_dir=DIR      folder with the Omniglot zips (offline preparation)
       data.data_dir=DIR        TFDS data dir (default ~/tensorflow_datasets)
       algorithm.inner_lr=0.4   any algorithm keyword (checked against its signature)
+      train.tensorboard=true   also TensorBoard event files in <workdir>/tensorboard
+                               (pip install 'jaxmeta[tensorboard]')
     Every key is documented in jaxmeta/train/config.py.
 
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
-    best/, eval_test.json and learning_curves.png. Running train again on a workdir
-    with a checkpoint resumes it exactly (same final parameters as an uninterrupted
-    run); --config may then be omitted.
+    best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
+    train again on a workdir with a checkpoint resumes it exactly (same final
+    parameters as an uninterrupted run); --config may then be omitted. The progress
+    bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
+    inner steps; validation accuracy is printed on its own lines.
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
     off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.

@@ -174,3 +174,31 @@ def test_data_omniglot_prints_counts(capsys, omniglot, omniglot_data_dir):
     assert lines[("maml", "val")] == ["100", "400"]
     assert lines[("vinyals", "train")] == ["1028", "4112"]
     assert lines[("vinyals", "test")] == ["423", "1692"]
+
+
+def test_readme_synopsis_defaults_match_the_parser():
+    """``[--opt value]`` in the README's command synopsis is that option's real default."""
+    import argparse
+    import re
+
+    from jaxmeta.cli import _parser
+
+    def sub(parser, name):
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices[name]
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## The `jaxmeta` command", 1)[1].split("```", 2)[1]
+    checked = 0
+    for line in block.splitlines():
+        if not line.startswith("jaxmeta "):
+            continue
+        words = line.split()[1:]
+        parser = sub(_parser(), words[0])
+        if words[0] == "data":
+            parser = sub(parser, words[1])
+        for opt, value in re.findall(r"\[--([a-z-]+) ([a-z0-9]+)\]?", line):
+            default = parser._option_string_actions[f"--{opt}"].default
+            assert str(default) == value, (line, opt, default)
+            checked += 1
+    assert checked >= 6
