@@ -46,10 +46,8 @@ def _raw(data_dir) -> dict:
     return raw
 
 
-@pytest.fixture(scope="module")
-def trained(omniglot, omniglot_data_dir, tmp_path_factory):
+def _train(omniglot_data_dir, wd: Path) -> Path:
     """A tiny MAML 5-way 1-shot run, trained briefly (120 steps; no validation)."""
-    wd = tmp_path_factory.mktemp("maml_run")
     sets = [
         "train.steps=120",
         "train.steps_per_call=10",
@@ -65,8 +63,7 @@ def trained(omniglot, omniglot_data_dir, tmp_path_factory):
     return wd
 
 
-@pytest.fixture(scope="module")
-def initialised(omniglot_data_dir, tmp_path_factory):
+def _initialised(omniglot_data_dir, root: Path) -> dict[str, Path]:
     """A step-0 workdir (config.yaml + checkpoint) for every registered algorithm.
 
     The state is made like ``initial_state`` makes it, but the model parameters are
@@ -84,7 +81,8 @@ def initialised(omniglot_data_dir, tmp_path_factory):
             raw["model"] = dict(model)
         cfg = config_from_dict(raw)
         exp = build_experiment(cfg)
-        wd = tmp_path_factory.mktemp(name)
+        wd = root / name
+        wd.mkdir()
         (wd / "config.yaml").write_text(cfg.to_yaml())
         key = str(cfg.model.to_dict())
         if key not in model_params:
@@ -116,11 +114,8 @@ def _test_task(omniglot, *, ways=5, shots=1, queries=4, episodes=1, seed=3):
     return eps
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_SECTIONS))
-def test_every_algorithm_loads_and_predicts_one_image_like_a_batch(
-    algorithm, initialised, omniglot
-):
-    clf = jaxmeta.load(initialised[algorithm], "latest")
+def _check_algorithm(algorithm: str, workdir: Path, omniglot):
+    clf = jaxmeta.load(workdir, "latest")
     assert clf.step == 0 and clf.checkpoint == "latest" and clf.bn_mode == "inductive"
     assert clf.learner.name == algorithm
     assert clf.ways == (None if algorithm in ("protonets", "matching") else 5)
@@ -129,22 +124,26 @@ def test_every_algorithm_loads_and_predicts_one_image_like_a_batch(
     u8 = np.rint(sx[..., 0] * 255).astype(np.uint8)  # the cached form, no channel axis
     batch = clf.predict(u8, sy, qx)
     assert batch.shape == (20, 5) and bool(np.isfinite(batch).all())
+    # Inductive: a query's logits do not depend on the other queries of the batch (the same
+    # query among other images; one compiled program, where a 1-image batch would need a
+    # second: the trained-run test predicts single images).
+    others = np.concatenate([qx[10:], qx[:10]])  # query 7 now at 17, among other neighbours
     adapted = clf.adapt(sx, sy)  # float input with the channel axis: the same model input
-    one = adapted(qx[7:8])
-    np.testing.assert_allclose(one[0], batch[7], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(adapted(others)[17], batch[7], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(clf.classify(sx, sy, qx), np.argmax(batch, axis=-1))
     np.testing.assert_allclose(clf.probabilities(u8, sy, qx).sum(-1), 1.0, rtol=1e-5)
-    assert clf._traces == 2  # one program per query shape, reused by every method
+    assert clf._traces == 1  # one program per shape, reused by every method and call
+    return clf
 
 
-def test_metric_learners_take_any_number_of_classes(initialised, omniglot):
-    clf = jaxmeta.load(initialised["protonets"])
+def _check_metric_learners_take_any_number_of_classes(workdir: Path, omniglot):
+    clf = jaxmeta.load(workdir)
     ep = _test_task(omniglot, ways=3, shots=2, queries=2)
     sx, sy, qx, _ = (np.asarray(a[0]) for a in ep)
     assert clf.predict(sx, sy, qx).shape == (6, 3)
 
 
-def test_single_image_prediction_is_inductive(trained, omniglot):
+def _check_single_image_prediction_is_inductive(trained: Path, omniglot):
     clf = jaxmeta.load(trained)  # best -> latest (no validation), inductive
     assert clf.checkpoint == "latest" and clf.step == 120 and clf.inner_steps == 2
     ep = _test_task(omniglot, queries=5, episodes=40)
@@ -171,8 +170,7 @@ def test_single_image_prediction_is_inductive(trained, omniglot):
     assert clf._traces == 4  # adapt batch + single (inductive), classify batch + single
 
 
-def test_clear_errors(initialised, omniglot, tmp_path):
-    clf = jaxmeta.load(initialised["maml"])
+def _check_clear_errors(clf, initialised: dict[str, Path], omniglot, tmp_path: Path):
     sx, sy, qx, _ = (np.asarray(a[0]) for a in _test_task(omniglot))
     with pytest.raises(ValueError, match=r"trained 5-way .* give exactly 5 classes"):
         clf.predict(sx[:3], sy[:3], qx)
@@ -209,17 +207,7 @@ def test_clear_errors(initialised, omniglot, tmp_path):
 # The commands around a trained run: predict, evaluate (both BatchNorm modes), plot.
 
 
-@pytest.fixture
-def cli(monkeypatch):
-    monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")  # main() would enable a persistent cache
-    from jaxmeta.cli import main
-
-    return main
-
-
-def test_predict_command_on_exported_test_characters(
-    trained, omniglot_data_dir, tmp_path, capsys, cli
-):
+def _check_predict_command(trained, omniglot_data_dir, tmp_path, capsys, cli):
     export = tmp_path / "try"
     data = ["data", "omniglot", "--data-dir", str(omniglot_data_dir), "--no-download"]
     assert cli([*data, "--export-test", str(export), "--per-class", "4"]) == 0
@@ -253,7 +241,7 @@ def test_predict_command_on_exported_test_characters(
     assert "has 4 class folders" in capsys.readouterr().err
 
 
-def test_evaluate_reports_both_modes_and_never_overwrites(trained, capsys, cli):
+def _check_evaluate_reports_both_modes(trained, capsys, cli):
     args = ["evaluate", "-w", str(trained), "--episodes", "10"]
     assert cli(args) == 0
     out = capsys.readouterr().out
@@ -261,24 +249,36 @@ def test_evaluate_reports_both_modes_and_never_overwrites(trained, capsys, cli):
     path = trained / "eval_test_latest_10ep.json"  # no validation: best is the latest
     res = json.loads(path.read_text())
     assert res["inner_steps"] == 2 and res["bn_mode"] == "transductive"
+    assert res["step"] == 120 and res["checkpoint"] == "latest"
     assert {"accuracy_inductive", "ci95_inductive", "loss_inductive"} <= set(res)
-    assert cli(args) == 0
-    assert "nothing written" in capsys.readouterr().err
-    path.write_text(json.dumps({**res, "accuracy": 0.0}))
-    assert cli(args) == 0
-    assert "holds another result, kept" in capsys.readouterr().err
-    assert json.loads(path.read_text())["accuracy"] == 0.0
-    assert json.loads((trained / "eval_test_latest_10ep-2.json").read_text()) == res
 
 
-def test_plot_command(trained, tmp_path, capsys, cli):
+def test_result_files_are_never_silently_replaced(tmp_path):
+    from jaxmeta.commands import eval_result_name, write_new_json
+
+    name = eval_result_name(split="test", checkpoint="best", episodes=600)
+    assert name == "eval_test_best_600ep.json"
+    assert eval_result_name(
+        split="val", checkpoint="step40", episodes=30, inner_steps=3, bn_mode="inductive"
+    ) == ("eval_val_step40_30ep_3steps_inductive.json")
+    path = tmp_path / name
+    assert write_new_json(path, {"accuracy": 0.5}) == (path, "new")
+    assert write_new_json(path, {"accuracy": 0.5}) == (path, "unchanged")
+    other = tmp_path / "eval_test_best_600ep-2.json"
+    assert write_new_json(path, {"accuracy": 0.6}) == (other, "kept")
+    assert json.loads(path.read_text()) == {"accuracy": 0.5}
+    assert json.loads(other.read_text()) == {"accuracy": 0.6}
+    assert write_new_json(path, {"accuracy": 0.6}) == (other, "unchanged")
+
+
+def _check_plot_command(trained, tmp_path, capsys, cli):
     assert cli(["plot", "-w", str(trained)]) == 0
     assert (trained / "learning_curves.png").stat().st_size > 0
     assert cli(["plot", "-w", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 
-def test_fewshot_example(trained, omniglot_data_dir):
+def _check_fewshot_example(trained, omniglot_data_dir):
     import os
     import subprocess
     import sys
@@ -300,3 +300,31 @@ def test_fewshot_example(trained, omniglot_data_dir):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "FewShotClassifier(maml, step 120" in p.stdout
     assert p.stdout.count(" -> ") == 15 and "of 15 right (chance: 1 in 5)" in p.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# Two tests, each building its workdirs once: xdist would run a module fixture once per
+# worker that gets one of its tests, and the training/initialisation is the slow part.
+
+
+def test_every_algorithm_loads_and_predicts_each_query_on_its_own(
+    omniglot, omniglot_data_dir, tmp_path
+):
+    workdirs = _initialised(omniglot_data_dir, tmp_path)
+    clfs = {name: _check_algorithm(name, wd, omniglot) for name, wd in sorted(workdirs.items())}
+    _check_metric_learners_take_any_number_of_classes(workdirs["protonets"], omniglot)
+    _check_clear_errors(clfs["maml"], workdirs, omniglot, tmp_path / "not_a_run")
+
+
+def test_a_trained_run_classifies_images(
+    omniglot, omniglot_data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")  # main() would enable a persistent cache
+    from jaxmeta.cli import main as cli
+
+    trained = _train(omniglot_data_dir, tmp_path / "maml_run")
+    _check_single_image_prediction_is_inductive(trained, omniglot)
+    _check_evaluate_reports_both_modes(trained, capsys, cli)
+    _check_predict_command(trained, omniglot_data_dir, tmp_path, capsys, cli)
+    _check_plot_command(trained, tmp_path, capsys, cli)
+    _check_fewshot_example(trained, omniglot_data_dir)
