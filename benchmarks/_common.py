@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# Where a benchmark writes unless --out/--json says otherwise: a git-ignored scratch folder.
+# benchmarks/results/ holds the curated results the READMEs quote; update them on purpose
+# (--out benchmarks/results/<benchmark>), never by default.
+SCRATCH = REPO / "bench-out"
+
+
+def scratch(name: str) -> Path:
+    """Default output folder of benchmark ``name``: ``<repo>/bench-out/<name>`` (git-ignored)."""
+    return SCRATCH / name
+
 
 # ------------------------------------------------------------------------------ data
 

@@ -148,31 +148,50 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--orders", type=csv_list, default=["second", "first"])
-    ap.add_argument("--inner-steps", type=lambda s: csv_list(s, int), default=None)
+    ap.add_argument(
+        "--orders",
+        type=csv_list,
+        default=["second", "first"],
+        help="MAML orders, comma-separated (default second,first)",
+    )
+    ap.add_argument(
+        "--inner-steps",
+        type=lambda s: csv_list(s, int),
+        default=None,
+        help="inner steps, comma-separated (default 1,5; --quick 1)",
+    )
     ap.add_argument(
         "--queries",
         type=lambda s: csv_list(s, int),
         default=None,
         help="query images per class (default 15,1)",
     )
-    ap.add_argument("--meta-batch", type=int, default=32)
-    ap.add_argument("--filters", type=int, default=64)
-    ap.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "gemm"])
+    ap.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-step (32)")
+    ap.add_argument("--filters", type=int, default=64, help="Conv-4 filters (64)")
+    ap.add_argument(
+        "--conv-impl",
+        default="auto",
+        choices=["auto", "xla", "gemm"],
+        help="convolution lowering (auto: gemm on CPU, lax.conv on GPU/TPU)",
+    )
     ap.add_argument(
         "--task-batch-size",
         default="default",
         help="'default' (tuned per config on the CPU, 'auto' elsewhere), 'auto' (the "
         "library's per-backend choice), 'none' (vmap all tasks) or an int",
     )
-    ap.add_argument("--remat", action="store_true")
+    ap.add_argument(
+        "--remat", action="store_true", help="rematerialise inner steps (memory for time)"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (else from budget)")
     ap.add_argument("--budget-s", type=float, default=None, help="timed seconds (default 6)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--min-repeats", type=int, default=5)
-    ap.add_argument("--max-repeats", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (2)")
+    ap.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps (5)")
+    ap.add_argument("--max-repeats", type=int, default=40, help="most timed steps (40)")
     ap.add_argument("--quick", action="store_true", help="Q=1, K=1, both orders, short budget")
-    ap.add_argument("--timeout-s", type=float, default=1800)
+    ap.add_argument(
+        "--timeout-s", type=float, default=1800, help="per-configuration timeout (1800 s)"
+    )
     ap.add_argument("--json", default=None, help="write the list of records here")
     args = ap.parse_args(argv)
     args.inner_steps = args.inner_steps or ([1] if args.quick else [1, 5])

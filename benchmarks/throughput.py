@@ -44,7 +44,6 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    REPO,
     compile_timed,
     csv_list,
     machine,
@@ -54,6 +53,7 @@ from _common import (  # noqa: E402
     reset_peak_rss,
     rss_mb,
     run_worker,
+    scratch,
     time_calls,
     worker_main,
     write_json,
@@ -286,15 +286,20 @@ def parse_args(argv=None):
         default=None,
         help="canonical: the PyTorch-peer workload (ignores --sweeps)",
     )
-    ap.add_argument("--algorithms", type=csv_list, default=list(ALL))
+    ap.add_argument(
+        "--algorithms",
+        type=csv_list,
+        default=list(ALL),
+        help=f"algorithms of the algorithms sweep (default all: {','.join(ALL)})",
+    )
     ap.add_argument(
         "--inner-steps",
         type=lambda s: csv_list(s, int),
         default=None,
         help="inner steps of the gradient-based algorithms (default 1,5,10; --quick 1,5)",
     )
-    ap.add_argument("--ways", type=int, default=5)
-    ap.add_argument("--shots", type=int, default=1)
+    ap.add_argument("--ways", type=int, default=5, help="N-way (5)")
+    ap.add_argument("--shots", type=int, default=1, help="K-shot (1)")
     ap.add_argument(
         "--queries",
         type=int,
@@ -303,33 +308,60 @@ def parse_args(argv=None):
     )
     ap.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (32)")
     ap.add_argument("--filters", type=int, default=None, help="Conv-4 filters (64; --tiny 8)")
-    ap.add_argument("--head", choices=["flatten", "mean"], default="flatten")
-    ap.add_argument("--shape-ways", type=lambda s: csv_list(s, int), default=[20])
-    ap.add_argument("--shape-shots", type=lambda s: csv_list(s, int), default=[5])
+    ap.add_argument(
+        "--head", choices=["flatten", "mean"], default="flatten", help="Conv-4 head (flatten)"
+    )
+    ap.add_argument(
+        "--shape-ways",
+        type=lambda s: csv_list(s, int),
+        default=[20],
+        help="N-way values of the shape sweep (20)",
+    )
+    ap.add_argument(
+        "--shape-shots",
+        type=lambda s: csv_list(s, int),
+        default=[5],
+        help="K-shot values of the shape sweep (5)",
+    )
     ap.add_argument(
         "--shape-queries",
         type=lambda s: csv_list(s, int),
         default=None,
         help="queries per class tried in the shape sweep (default 1,15)",
     )
-    ap.add_argument("--task-batch-sizes", type=lambda s: csv_list(s, int), default=[8, 1])
-    ap.add_argument("--canonical-queries", type=lambda s: csv_list(s, int), default=[15, 1])
-    ap.add_argument("--canonical-inner-steps", type=lambda s: csv_list(s, int), default=[1, 5])
+    ap.add_argument(
+        "--task-batch-sizes",
+        type=lambda s: csv_list(s, int),
+        default=[8, 1],
+        help="task_batch_size values of the memory sweep (8,1)",
+    )
+    ap.add_argument(
+        "--canonical-queries",
+        type=lambda s: csv_list(s, int),
+        default=[15, 1],
+        help="queries per class of --preset canonical (15,1)",
+    )
+    ap.add_argument(
+        "--canonical-inner-steps",
+        type=lambda s: csv_list(s, int),
+        default=[1, 5],
+        help="inner steps of --preset canonical (1,5)",
+    )
     ap.add_argument(
         "--project-steps",
         type=int,
         default=60000,
         help="report the projected hours of a run of this many meta-steps",
     )
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per configuration (2)")
     ap.add_argument(
         "--budget-s",
         type=float,
         default=None,
         help="timed seconds per configuration (default 5; --quick 2)",
     )
-    ap.add_argument("--min-repeats", type=int, default=3)
-    ap.add_argument("--max-repeats", type=int, default=30)
+    ap.add_argument("--min-repeats", type=int, default=3, help="fewest timed calls (3)")
+    ap.add_argument("--max-repeats", type=int, default=30, help="most timed calls (30)")
     ap.add_argument(
         "--quick",
         action="store_true",
@@ -350,9 +382,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--json",
         default=None,
-        help="output JSON (default benchmarks/results/throughput/throughput.json)",
+        help="output JSON (default bench-out/throughput/throughput.json, git-ignored)",
     )
-    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-plots", action="store_true", help="write the JSON only, no PNG")
     args = ap.parse_args(argv)
     if args.sweeps is None:
         args.sweeps = ["algorithms", "memory"] if (args.quick or args.tiny) else list(SWEEPS)
@@ -435,7 +467,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.json) if args.json else REPO / "benchmarks/results/throughput/throughput.json"
+    out = Path(args.json) if args.json else scratch("throughput") / "throughput.json"
     cfgs = grid(args)
     results = []
     for i, cfg in enumerate(cfgs, 1):

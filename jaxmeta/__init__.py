@@ -3,6 +3,7 @@
 Algorithms are factories returning a :class:`MetaLearner` of pure functions over a
 parameter pytree (``init``, ``meta_grad``, ``predict``, ...); the shared
 :func:`make_meta_step` applies an optax optimizer in one jit-compiled step.
+:func:`load` turns a trained ``jaxmeta train`` workdir into a few-shot classifier.
 """
 
 from jaxmeta.algorithms.anil import anil
@@ -21,6 +22,7 @@ from jaxmeta.algorithms.metasgd import metasgd
 from jaxmeta.algorithms.protonets import protonets
 from jaxmeta.algorithms.reptile import reptile
 from jaxmeta.algorithms.snail import snail
+from jaxmeta.inference import FewShotClassifier, load
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
 from jaxmeta.models.mlp import MLP
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "Episode",
+    "FewShotClassifier",
     "MetaLearner",
     "MetaTrainState",
     "__version__",
@@ -39,6 +42,7 @@ __all__ = [
     "cross_entropy_loss",
     "fomaml",
     "init_meta_train_state",
+    "load",
     "make_meta_step",
     "maml",
     "map_tasks",

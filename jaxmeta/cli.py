@@ -1,7 +1,8 @@
-"""The ``jaxmeta`` command: ``train``, ``evaluate`` and ``data``.
+"""The ``jaxmeta`` command: ``train``, ``evaluate``, ``predict``, ``plot`` and ``data``.
 
 A thin layer: it reads a config (YAML + ``--set`` overrides), and calls the engine
-(:func:`jaxmeta.train.train_and_evaluate`) or the data module with keyword arguments.
+(:func:`jaxmeta.train.train_and_evaluate`), :func:`jaxmeta.load`, the data module or
+:mod:`jaxmeta.commands` with keyword arguments. Also runs as ``python -m jaxmeta``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ EPILOG_TRAIN = textwrap.dedent(
       data.manual_dir=DIR      folder with the Omniglot zips (offline preparation)
       data.data_dir=DIR        TFDS data dir (default ~/tensorflow_datasets)
       algorithm.inner_lr=0.4   any algorithm keyword (checked against its signature)
+      train.tensorboard=true   also TensorBoard event files in <workdir>/tensorboard
+                               (pip install 'jaxmeta[tensorboard]')
     Every key is documented in jaxmeta/train/config.py.
 
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
-    best/, eval_test.json and learning_curves.png. Running train again on a workdir
-    with a checkpoint resumes it exactly (same final parameters as an uninterrupted
-    run); --config may then be omitted.
+    best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
+    train again on a workdir with a checkpoint resumes it exactly (same final
+    parameters as an uninterrupted run); --config may then be omitted. The progress
+    bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
+    inner steps; validation accuracy is printed on its own lines.
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
     off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.
@@ -52,9 +57,36 @@ EPILOG_TRAIN = textwrap.dedent(
 EPILOG_EVAL = textwrap.dedent(
     """\
     Prints accuracy ± 95% CI (1.96 std / sqrt(episodes)), or MSE for regression, and
-    writes eval_<split>.json in the workdir (accuracy|mse, ci95, episodes, step,
-    checkpoint, inner_steps, ...). The episodes are fixed by eval.seed, so results
-    are comparable between runs and algorithms.
+    writes eval_<split>_<checkpoint>_<episodes>ep[_<N>steps][_<bn-mode>].json in the
+    workdir (accuracy|mse, ci95, episodes, step, checkpoint, inner_steps = the inner
+    steps actually used, bn_mode, ...); _<N>steps only with --inner-steps, _<bn-mode>
+    only with a single --bn-mode. An existing file with another result is never
+    replaced: the new one gets a -2, -3, ... suffix. (The training run's own final test
+    is eval_test.json.) The episodes are fixed by eval.seed, so results are comparable
+    between runs and algorithms.
+
+    BatchNorm modes (Conv-4 models): "transductive" normalises each task's queries with
+    their own batch statistics, the MAML paper's protocol and the published numbers
+    (reported as accuracy/ci95); "inductive" normalises every query with the support
+    set's statistics, so a query's prediction does not depend on the other queries, as
+    jaxmeta.load() and 'jaxmeta predict' classify (accuracy_inductive/ci95_inductive).
+    Both are computed by default.
+    """
+)
+
+EPILOG_PREDICT = textwrap.dedent(
+    """\
+    The support folder holds one subfolder per class (its name is the class name) with
+    that class's images; any size, dark strokes on light paper, as the Omniglot PNGs
+    (they are inverted and resized exactly as the training data was). Models with an
+    output layer (MAML, FOMAML, ANIL, Meta-SGD, Reptile, SNAIL) need exactly the N
+    classes they were trained for; ProtoNets and Matching Nets take any number.
+
+    Queries inside a subfolder named like a support class count as labelled and the
+    accuracy is printed. To try it on characters no model trained on the default split
+    has seen:
+      jaxmeta data omniglot --export-test try --classes 5 --per-class 6
+      jaxmeta predict --workdir runs/maml_5w1s --support try/support --query try/query
     """
 )
 
@@ -66,13 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxmeta",
         description="jaxmeta: fast functional meta-learning in JAX (MAML, FOMAML, ...). "
         "Train from a YAML config, evaluate a run with a 95% confidence interval, "
-        "prepare datasets.",
+        "classify your own images with a trained run, prepare datasets.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'jaxmeta <command> --help' for the options of each command.\n"
-        "Example: jaxmeta train --config configs/omniglot/maml_5w1s.yaml --workdir runs/5w1s",
+        "Example: jaxmeta train --config configs/omniglot/maml_5w1s.yaml --workdir runs/5w1s\n"
+        "Also runs as: python -m jaxmeta <command> ...",
     )
     p.add_argument("--version", action="version", version=f"jaxmeta {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,data}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,plot,data}")
 
     t = sub.add_parser(
         "train",
@@ -162,9 +195,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--checkpoint",
-        choices=("best", "latest"),
         default="best",
-        help="which checkpoint (default: best; latest when there is no best)",
+        metavar="{best,latest,STEP}",
+        help="which checkpoint: best (default; latest when there is no best), latest, or a "
+        "step number",
+    )
+    e.add_argument(
+        "--bn-mode",
+        choices=("both", "transductive", "inductive"),
+        default="both",
+        help="BatchNorm mode of the queries (Conv-4 models; see below): both (default), "
+        "transductive (the published protocol) or inductive",
     )
     e.add_argument(
         "--set",
@@ -174,6 +215,66 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a key of the run's config, e.g. data.manual_dir=DIR or "
         "eval.batch_size=20 (model/algorithm changes will not match the checkpoint)",
+    )
+
+    pr = sub.add_parser(
+        "predict",
+        help="classify your own images with a trained run",
+        description="Adapt a trained run to a folder of labelled example images (one "
+        "subfolder per class) and print each query image's predicted class and probability.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_PREDICT,
+    )
+    pr.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
+    pr.add_argument(
+        "--support",
+        required=True,
+        metavar="DIR",
+        help="folder with one subfolder of images per class",
+    )
+    pr.add_argument(
+        "--query",
+        required=True,
+        nargs="+",
+        metavar="DIR_OR_FILE",
+        help="query images: files and/or folders (searched recursively)",
+    )
+    pr.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the predictions to FILE.csv or FILE.json",
+    )
+    pr.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="{best,latest,STEP}",
+        help="which checkpoint (default: best; latest when there is no best)",
+    )
+    pr.add_argument(
+        "--bn-mode",
+        choices=("inductive", "transductive"),
+        default="inductive",
+        help="inductive (default): each query normalised with the support set's BatchNorm "
+        "statistics, so a prediction does not depend on the other queries; transductive: "
+        "the queries normalised together (the evaluation protocol)",
+    )
+    pr.add_argument(
+        "--inner-steps",
+        type=int,
+        default=None,
+        help="adaptation steps of gradient-based learners (default: the algorithm's "
+        "evaluation steps)",
+    )
+
+    pl = sub.add_parser(
+        "plot",
+        help="re-render learning_curves.png of a run (no training)",
+        description="Draw learning_curves.png again from a workdir's metrics.jsonl, e.g. "
+        "after installing matplotlib or while a run is training.",
+    )
+    pl.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
+    pl.add_argument(
+        "--out", metavar="PNG", help="output file (default: <workdir>/learning_curves.png)"
     )
 
     d = sub.add_parser(
@@ -204,6 +305,31 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never use the network; fail if the zips are not in the manual dir",
     )
+    x = o.add_argument_group(
+        "export test images",
+        "write PNGs of characters of a scheme's test split (never seen by a run trained with "
+        "that scheme) as DIR/support/<class>/ and DIR/query/<class>/, ready for "
+        "'jaxmeta predict'",
+    )
+    x.add_argument("--export-test", metavar="DIR", help="export into DIR (a new folder)")
+    x.add_argument(
+        "--scheme",
+        choices=("maml", "vinyals", "lake"),
+        default="maml",
+        help="split scheme whose test split to draw from (default: maml, as the shipped "
+        "MAML-family configs; ProtoNets/Matching/SNAIL configs use vinyals)",
+    )
+    x.add_argument("--classes", type=int, default=5, help="characters to export (default 5)")
+    x.add_argument(
+        "--per-class",
+        type=int,
+        default=6,
+        help="drawings per character (default 6): --shots support + the rest as queries",
+    )
+    x.add_argument(
+        "--shots", type=int, default=1, help="support drawings per character (default 1)"
+    )
+    x.add_argument("--seed", type=int, default=0, help="which characters/drawers (default 0)")
     return p
 
 
@@ -267,15 +393,11 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import jax
 
+    from jaxmeta.commands import eval_result_name, write_new_json
+    from jaxmeta.inference import resolve_checkpoint
     from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
     from jaxmeta.train.config import ConfigError, load_config, replace
-    from jaxmeta.train.loop import (
-        build_experiment,
-        format_result,
-        initial_state,
-        run_evaluation,
-        write_eval_json,
-    )
+    from jaxmeta.train.loop import build_experiment, format_result, initial_state, run_evaluation
     from jaxmeta.train.workdir import describe_os_error
 
     workdir = Path(args.workdir)
@@ -301,35 +423,122 @@ def _evaluate(args) -> int:
         )
     # Read only: no lock (a training run may be writing), nothing created or cleaned up.
     ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
-    which = args.checkpoint
-    if which == "best" and ckpt.best_step() is None:
-        which = "latest"
-    if ckpt.latest_step() is None and which == "latest":
-        return _err(f"no checkpoint in {workdir}", 2)
-    state = jax.eval_shape(lambda: initial_state(cfg, exp))
     try:
-        state, _ = ckpt.restore(state, best=which == "best")
+        which, step = resolve_checkpoint(ckpt, args.checkpoint)
+        state = jax.eval_shape(lambda: initial_state(cfg, exp))
+        state, _ = ckpt.restore(state, step=step, best=which == "best")
     except CheckpointError as err:
-        other = "latest" if which == "best" else "best"
+        other = "latest" if args.checkpoint == "best" else "best"
         return _err(f"{err}; --checkpoint {other} evaluates the {other} one", 2)
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
     finally:
         ckpt.close()
+    label = which if str(args.checkpoint) in ("best", "latest") else f"step{step}"
     inner = args.inner_steps if args.inner_steps is not None else cfg.eval.inner_steps
+    batch_stats = getattr(exp.model, "uses_batch_statistics", False)
+    modes = ["transductive", "inductive"] if args.bn_mode == "both" else [args.bn_mode]
+    if not batch_stats:
+        modes = [None]  # no BatchNorm: the modes agree
     try:
-        res = run_evaluation(
-            cfg, exp, state.params, split=args.split, episodes=cfg.eval.episodes, inner_steps=inner
-        )
+        results = [
+            run_evaluation(
+                cfg,
+                exp,
+                state.params,
+                split=args.split,
+                episodes=cfg.eval.episodes,
+                inner_steps=inner,
+                bn_mode=mode,
+            )
+            for mode in modes
+        ]
     except ValueError as err:
         return _err(str(err), 2)
+    res = results[0]
     res.update(step=int(state.step), checkpoint=which)
+    for extra in results[1:]:  # the inductive numbers next to the protocol's
+        metric = "accuracy" if "accuracy" in extra else "mse"
+        for key in (metric, "ci95", "loss"):
+            if key in extra:
+                res[f"{key}_{extra['bn_mode']}"] = extra[key]
+    name = eval_result_name(
+        split=args.split,
+        checkpoint=label,
+        episodes=cfg.eval.episodes,
+        inner_steps=args.inner_steps,
+        bn_mode=None if args.bn_mode == "both" or not batch_stats else args.bn_mode,
+    )
+    where = f"[checkpoint: {which}, step {int(state.step)}]"
+    if len(results) > 1:
+        print(f"{format_result(res)} {where} (transductive BatchNorm: the published protocol)")
+        ind = results[1]
+        print(
+            f"{args.split} accuracy: {100 * ind['accuracy']:.2f}% ± {100 * ind['ci95']:.2f}% "
+            "(inductive BatchNorm: queries normalised with the support set's statistics, "
+            "as jaxmeta.load and 'jaxmeta predict')"
+        )
+    else:
+        mode = f" ({res['bn_mode']} BatchNorm)" if "bn_mode" in res else ""
+        print(f"{format_result(res)} {where}{mode}")
     # The result first: a workdir we cannot write to must not cost the computed accuracy.
-    print(f"{format_result(res)} [checkpoint: {which}, step {int(state.step)}]", flush=True)
     try:
-        path = write_eval_json(workdir, res)
+        path, status = write_new_json(workdir / name, res)
     except OSError as err:
         print(f"jaxmeta: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
+        return 0
+    if status == "unchanged":
+        print(f"same result as the existing {path}; nothing written", file=sys.stderr)
+    elif status == "kept":
+        print(
+            f"{workdir / name} holds another result, kept; wrote {path}",
+            file=sys.stderr,
+        )
     else:
         print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _predict(args) -> int:
+    from jaxmeta.commands import format_predictions, predict_folders, write_predictions
+
+    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        return _err(f"--out {args.out}: use a .csv or .json file name", 2)
+    if args.inner_steps is not None and args.inner_steps < 0:
+        return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
+    try:
+        result = predict_folders(
+            workdir=args.workdir,
+            support=args.support,
+            query=args.query,
+            checkpoint=args.checkpoint,
+            bn_mode=args.bn_mode,
+            inner_steps=args.inner_steps,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    names = result["classes"]
+    print(
+        f"{result['algorithm']} (step {result['step']}, {result['checkpoint']} checkpoint"
+        + (f", {result['bn_mode']} BatchNorm" if result["bn_mode"] else "")
+        + f"); {len(names)} classes from {result['support_images']} support images: "
+        + ", ".join(names),
+        file=sys.stderr,
+    )
+    print(format_predictions(result))
+    if args.out is not None:
+        print(f"wrote {write_predictions(result, args.out)}", file=sys.stderr)
+    return 0
+
+
+def _plot(args) -> int:
+    from jaxmeta.commands import replot
+
+    try:
+        path = replot(args.workdir, args.out)
+    except (FileNotFoundError, RuntimeError) as err:
+        return _err(str(err), 2)
+    print(f"wrote {path}")
     return 0
 
 
@@ -363,6 +572,26 @@ def _data(args) -> int:
     for scheme, splits in plain.items():
         for split, n in splits.items():
             print(f"{scheme:<9} {split:<11} {n:>8} {rot[scheme][split]:>15}")
+    if args.export_test:
+        from jaxmeta.commands import export_test_images
+
+        try:
+            info = export_test_images(
+                om,
+                args.export_test,
+                scheme=args.scheme,
+                classes=args.classes,
+                per_class=args.per_class,
+                shots=args.shots,
+                seed=args.seed,
+            )
+        except ValueError as err:
+            return _err(str(err), 2)
+        print(
+            f"exported {len(info['characters'])} characters of the {args.scheme} {info['split']} "
+            f"split (never seen in training with data.scheme={args.scheme}) to "
+            f"{info['support']} and {info['query']}; see {args.export_test}/README.txt"
+        )
     return 0
 
 
@@ -391,14 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("train", "evaluate"):
+    if args.command in ("train", "evaluate", "predict"):
         _enable_compilation_cache()
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "plot": _plot}
     try:
-        if args.command == "train":
-            return _train(args)  # handles SIGINT/SIGTERM itself, between steps
-        if args.command == "evaluate":
-            return _evaluate(args)
-        return _data(args)
+        # train handles SIGINT/SIGTERM itself, between steps
+        return handlers.get(args.command, _data)(args)
     except KeyboardInterrupt:
         print("jaxmeta: interrupted", file=sys.stderr)
         return 130

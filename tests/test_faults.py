@@ -214,7 +214,7 @@ def test_evaluate_on_a_read_only_workdir_prints_first_and_creates_nothing(
     assert main(["evaluate", "--workdir", str(wd), "--episodes", "4"]) == 0
     out, err = capsys.readouterr()
     assert "test mse:" in out and "checkpoint: latest, step 30" in out
-    assert "jaxmeta: warning: result not saved:" in err and "eval_test.json" in err
+    assert "jaxmeta: warning: result not saved:" in err and "eval_test_latest_4ep.json" in err
     assert "Read-only file system" in err and "Traceback" not in err
     assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before  # no best/, no .tmp
 

@@ -374,3 +374,21 @@ def test_download_branch_checks_the_official_sha256(omniglot_zip_dir, tmp_path, 
     with pytest.raises(OmniglotCorruptError, match=r"images_background\.zip has sha256 4c4a7dd4"):
         load_omniglot(data_dir=tmp_path / "data", download=True)
     assert fetched == [om_mod._ZIPS["background"].url]
+
+
+def test_offline_preparation_says_what_it_does_and_nothing_misleading(
+    omniglot_zip_dir, tmp_path, monkeypatch, capfd
+):
+    # A fresh data dir prepared from the local zips (decoding stubbed: the session fixture
+    # ran the real one): no TFDS "Downloading ... Unknown size", no absl warnings.
+    monkeypatch.setattr(
+        om_mod,
+        "decode_and_resize",
+        lambda pngs, size, **kw: np.zeros((len(pngs), size, size), np.uint8),
+    )
+    load_omniglot(data_dir=tmp_path / "data", manual_dir=omniglot_zip_dir, download=False)
+    out, err = capfd.readouterr()
+    text = out + err
+    assert f"from the local zips in {omniglot_zip_dir} (no download)" in text
+    for noise in ("Downloading", "Unknown size", "absl", "dataset_info.json", "Shuffling"):
+        assert noise not in text, (noise, text)

@@ -69,6 +69,11 @@ class MetaLearner(NamedTuple):
         steps=None) -> adapted model params`` of one task; ``None`` otherwise.
       outer_loss: for gradient-based learners, ``(meta_params, episode, key) ->
         (loss, metrics)`` of one task after adaptation; ``None`` otherwise.
+      eval_inner_steps: the inner steps ``predict`` adapts with by default (what an
+        evaluation reports); ``None`` for learners that do not adapt by gradient steps.
+
+    Every shipped learner's ``predict`` also takes ``bn_mode=`` (:data:`BN_MODES`): how a
+    model with batch statistics normalises the queries (see :func:`apply_support_query`).
     """
 
     init: Callable[[Params], Params]
@@ -77,6 +82,57 @@ class MetaLearner(NamedTuple):
     name: str = "metalearner"
     adapt: Callable[..., Params] | None = None
     outer_loss: Callable[..., tuple[Array, Metrics]] | None = None
+    eval_inner_steps: int | None = None
+
+
+# How queries are normalised at prediction time by models with batch statistics (Conv-4).
+BN_MODES = ("transductive", "inductive")
+
+
+def check_bn_mode(bn_mode: str) -> str:
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    return bn_mode
+
+
+def apply_support_query(
+    apply_fn: Callable[..., Array],
+    params: Params,
+    support_x: Array,
+    query_x: Array,
+    *,
+    bn_mode: str = "transductive",
+) -> tuple[Array, Array]:
+    """A model's outputs on one task's support and query sets, in a BatchNorm mode.
+
+    ``"transductive"``: ``apply_fn(params, support_x)`` and ``apply_fn(params, query_x)``,
+    each set normalised with its own batch statistics (the MAML paper's protocol; how every
+    learner trains). A query's output depends on the other queries of the batch, and a single
+    query is normalised with its own statistics (predictions collapse towards chance).
+
+    ``"inductive"``: one pass over ``concat([support_x, query_x])`` with
+    ``apply_fn(..., stats_rows=n_support)``: every normalisation layer takes its statistics
+    from the support set, so the support outputs equal the transductive ones and each query
+    is normalised with the support's statistics, independently of the other queries (one
+    query alone gives the same output as in a batch). ``apply_fn`` must accept
+    ``stats_rows=`` (:class:`~jaxmeta.models.conv4.Conv4` and
+    :class:`~jaxmeta.models.mlp.MLP` do; models without batch statistics ignore it).
+
+    Args:
+      apply_fn: ``(params, x[n, ...]) -> [n, ...]``.
+      params: model parameters.
+      support_x: ``[n_s, ...]``.
+      query_x: ``[n_q, ...]``.
+      bn_mode: one of :data:`BN_MODES`.
+
+    Returns:
+      ``(support_out [n_s, ...], query_out [n_q, ...])``.
+    """
+    if check_bn_mode(bn_mode) == "transductive":
+        return apply_fn(params, support_x), apply_fn(params, query_x)
+    n_s = support_x.shape[0]
+    out = apply_fn(params, jnp.concatenate([support_x, query_x], axis=0), stats_rows=n_s)
+    return out[:n_s], out[n_s:]
 
 
 def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
@@ -271,12 +327,18 @@ def gradient_learner(
             outer_loss, meta_params, episodes, key, task_batch_size=task_batch_size
         )
 
-    def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None):
-        """Adapt on one task's support set and predict its queries (``eval_steps``)."""
+    def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
+        """Adapt on one task's support set and predict its queries (``eval_steps``).
+
+        ``bn_mode`` (:data:`BN_MODES`, default transductive) normalises the queries with
+        their own batch statistics or with the support set's (:func:`apply_support_query`).
+        """
         del key
         check_task(support_x, support_y, query_x)  # adapt checks the labels
         adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
-        return apply_fn(adapted, query_x)
+        if bn_mode in (None, "transductive"):
+            return apply_fn(adapted, query_x)
+        return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
 
     return MetaLearner(
         init=init,
@@ -285,6 +347,7 @@ def gradient_learner(
         name=name,
         adapt=adapt,
         outer_loss=outer_loss,
+        eval_inner_steps=eval_steps,
     )
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxmeta.algorithms.base import (
     MetaLearner,
     TaskBatchSize,
+    apply_support_query,
     check_task_batch_size,
     mean_task_grad,
     query_loss,
@@ -91,7 +92,8 @@ def matching(
       with ``fce=True`` ``init(model_params, key=None)`` returns ``{"embedding":
       model_params, "fce": lstm_params}`` with the LSTMs initialised from ``key``
       (default ``jax.random.key(0)``, deterministic). ``predict(meta_params,
-      support_x [n_s, ...], support_y [n_s], query_x [n_q, ...], key) -> [n_q, n_slots]``.
+      support_x [n_s, ...], support_y [n_s], query_x [n_q, ...], key, *, bn_mode) -> [n_q,
+      n_slots]`` (``bn_mode``: see :func:`jaxmeta.algorithms.base.apply_support_query`).
 
     References:
       Vinyals et al., NeurIPS 2016, Section 2.1 (Eq. 1-2) and Appendix A.2 (FCE).
@@ -115,13 +117,12 @@ def matching(
         z = jnp.zeros((2, d), emb.dtype)
         return {"embedding": model_params, "fce": fce_module(d).init(key, z, z)}
 
-    def predict(meta_params, support_x, support_y, query_x, key=None):
+    def predict(meta_params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
         del key
         n_slots = class_slots(support_y, ways)
         check_task(support_x, support_y, query_x, num_classes=lambda: n_slots)
         emb_params = meta_params["embedding"] if fce else meta_params
-        g = apply_fn(emb_params, support_x)
-        f = apply_fn(emb_params, query_x)
+        g, f = apply_support_query(apply_fn, emb_params, support_x, query_x, bn_mode=bn_mode)
         if fce:
             g, f = fce_module(g.shape[-1]).apply(meta_params["fce"], g, f)
         scores = cosine_similarity(f, g) / temperature

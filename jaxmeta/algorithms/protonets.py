@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxmeta.algorithms.base import (
     MetaLearner,
     TaskBatchSize,
+    apply_support_query,
     check_task_batch_size,
     mean_task_grad,
     query_loss,
@@ -100,7 +101,8 @@ def protonets(
     Returns:
       A :class:`MetaLearner`; ``init`` returns the embedding params unchanged and
       ``predict(params, support_x [n_s, ...], support_y [n_s], query_x [n_q, ...],
-      key) -> logits [n_q, n_slots]``.
+      key, *, bn_mode="transductive") -> logits [n_q, n_slots]`` (``bn_mode``: see
+      :func:`jaxmeta.algorithms.base.apply_support_query`).
 
     References:
       Snell et al., NeurIPS 2017, Eq. (1)-(2) and Algorithm 1.
@@ -114,12 +116,11 @@ def protonets(
     def init(params: Params) -> Params:
         return params
 
-    def predict(params, support_x, support_y, query_x, key=None):
+    def predict(params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
         del key
         n_slots = class_slots(support_y, ways)
         check_task(support_x, support_y, query_x, num_classes=lambda: n_slots)
-        zs = apply_fn(params, support_x)
-        zq = apply_fn(params, query_x)
+        zs, zq = apply_support_query(apply_fn, params, support_x, query_x, bn_mode=bn_mode)
         protos, present = prototypes(zs, support_y, n_slots)
         if distance == "sqeuclidean":
             logits = -squared_euclidean(zq, protos)

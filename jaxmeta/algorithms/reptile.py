@@ -17,6 +17,8 @@ import optax
 from jaxmeta.algorithms.base import (
     MetaLearner,
     TaskBatchSize,
+    apply_support_query,
+    check_bn_mode,
     check_task_batch_size,
     mean_map_tasks,
     query_loss,
@@ -84,6 +86,9 @@ def reptile(
     * ``transductive=False``: each query is predicted alone, in a batch made of the
       support set plus that one query (vmapped over queries), so no information flows
       between queries.
+    * ``predict(..., bn_mode="transductive" | "inductive")`` overrides that per call; inductive
+      normalises every query with the support set's statistics
+      (:func:`jaxmeta.algorithms.base.apply_support_query`).
 
     The inner optimizer state (Adam moments) is reset for every task, a pure function
     of the task; the reference code keeps TF's Adam slots across tasks.
@@ -111,8 +116,8 @@ def reptile(
     Returns:
       A :class:`MetaLearner` (``init`` is the identity). ``adapt(params, support_x
       [n_s, ...], support_y [n_s], steps=None, *, key=None, batch_size=None)``;
-      ``predict(params, support_x, support_y, query_x [n_q, ...], key, *, steps=None)
-      -> [n_q, n_way]`` (mini-batches drawn from ``key``; ``None`` means
+      ``predict(params, support_x, support_y, query_x [n_q, ...], key, *, steps=None,
+      bn_mode=None) -> [n_q, n_way]`` (mini-batches drawn from ``key``; ``None`` means
       ``jax.random.key(0)``).
 
     References:
@@ -160,7 +165,9 @@ def reptile(
         key = jax.random.key(0) if key is None else key
         return _fit(params, support_x, support_y, steps, bs, key)[0]
 
-    def _predict_adapted(adapted, support_x, query_x):
+    def _predict_adapted(adapted, support_x, query_x, bn_mode):
+        if bn_mode is not None:
+            return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
         if transductive:
             return apply_fn(adapted, query_x)
         n_s = support_x.shape[0]
@@ -170,12 +177,14 @@ def reptile(
 
         return jax.vmap(one)(query_x)
 
-    def predict(params, support_x, support_y, query_x, key=None, *, steps=None):
+    def predict(params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
         steps = eval_inner_steps if steps is None else check_int("steps", steps, minimum=0)
         check_task(support_x, support_y, query_x, num_classes=lambda: n_out(params, support_x))
+        if bn_mode is not None:
+            check_bn_mode(bn_mode)
         key = jax.random.key(0) if key is None else key
         adapted = _fit(params, support_x, support_y, steps, eval_bs, key)[0]
-        return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x))
+        return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x, bn_mode))
 
     def task_update(params, episode: Episode, key):
         x, y = episode.support_x, episode.support_y
@@ -219,4 +228,5 @@ def reptile(
         name="reptile",
         adapt=adapt,
         outer_loss=outer_loss,
+        eval_inner_steps=eval_inner_steps,
     )

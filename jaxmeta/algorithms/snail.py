@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxmeta.algorithms.base import (
     MetaLearner,
     TaskBatchSize,
+    apply_support_query,
     check_task_batch_size,
     mean_task_grad,
     query_loss,
@@ -88,7 +89,8 @@ def snail(
       A :class:`MetaLearner`. ``init(model_params, key=None) -> {"embedding":
       model_params, "snail": snail_params}``, SNAIL initialised from ``key`` (default
       ``jax.random.key(0)``, deterministic). ``predict(meta_params, support_x [n_s, ...],
-      support_y [n_s], query_x [n_q, ...], key) -> logits [n_q, ways]``.
+      support_y [n_s], query_x [n_q, ...], key, *, bn_mode) -> logits [n_q, ways]``
+      (``bn_mode``: see :func:`jaxmeta.algorithms.base.apply_support_query`).
 
     References:
       Mishra et al., ICLR 2018, Section 4.1 and Appendix B.
@@ -107,16 +109,17 @@ def snail(
         x = jnp.zeros((ways * shots + 1, emb.shape[-1] + ways), emb.dtype)
         return {"embedding": model_params, "snail": net.init(key, x)}
 
-    def _logits(meta_params, support_x, support_y, query_x):
-        emb_s = apply_fn(meta_params["embedding"], support_x)
-        emb_q = apply_fn(meta_params["embedding"], query_x)
+    def _logits(meta_params, support_x, support_y, query_x, bn_mode="transductive"):
+        emb_s, emb_q = apply_support_query(
+            apply_fn, meta_params["embedding"], support_x, query_x, bn_mode=bn_mode
+        )
         seqs = episode_sequences(emb_s, support_y, emb_q, ways)  # [n_q, n_s + 1, d + ways]
         return jax.vmap(lambda s: net.apply(meta_params["snail"], s)[-1])(seqs)
 
-    def predict(meta_params, support_x, support_y, query_x, key=None):
+    def predict(meta_params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
         del key
         check_task(support_x, support_y, query_x, num_classes=ways)
-        return _logits(meta_params, support_x, support_y, query_x)
+        return _logits(meta_params, support_x, support_y, query_x, bn_mode)
 
     def task_loss(meta_params, episode: Episode, key):
         check_episode(episode, batched=False, num_classes=ways)

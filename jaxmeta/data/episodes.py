@@ -30,7 +30,14 @@ import numpy as np
 from jaxmeta.types import Episode
 from jaxmeta.validation import check_int
 
-__all__ = ["ROTATIONS", "eval_episode_keys", "eval_episodes", "num_classes", "sample_episodes"]
+__all__ = [
+    "ROTATIONS",
+    "eval_episode_keys",
+    "eval_episodes",
+    "num_classes",
+    "sample_episodes",
+    "to_float",
+]
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -73,6 +80,15 @@ def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations
             f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {shape[1]} "
             "drawers per class; support and query images are distinct drawers"
         )
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """The model input of cached uint8 images: ``float32(u8) * (1 / 255)``, strokes 1.0.
+
+    The one conversion used by training, evaluation and :func:`jaxmeta.load` (same shape
+    as ``images``).
+    """
+    return jnp.asarray(images).astype(jnp.float32) * (1.0 / 255.0)
 
 
 def _rotate(x: jax.Array, k: jax.Array) -> jax.Array:
@@ -120,7 +136,7 @@ def _one_task(
     x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, S, S] uint8
     if rotations:
         x = _rotate(x, classes // n_char)
-    x = (x.astype(jnp.float32) * (1.0 / 255.0))[..., None]
+    x = to_float(x)[..., None]
     labels = jnp.arange(ways, dtype=jnp.int32)
     return Episode(
         support_x=x[:, :shots].reshape(ways * shots, s, s, 1),

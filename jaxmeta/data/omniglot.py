@@ -39,6 +39,8 @@ with strokes high. Float images are ``u8 / 255``. The default path does this vec
 (all 1-bit, unfiltered rows) are inflated with :mod:`zlib` and bit-unpacked, and Pillow's
 fixed-point LANCZOS is reproduced as two exact matrix products; the result is bit-identical to
 ``Image.resize(..., Image.LANCZOS)`` (tested), and any PNG of another kind goes through PIL.
+:func:`preprocess` (from :mod:`jaxmeta.data.images`, where the resize lives) applies the same
+transformation to any decoded image, so your own drawings reach a model in the training form.
 
 Cost (2-core CPU shared with other jobs; CPU seconds, which is what an idle machine pays):
 TFDS prepare (read + verify zips, write array_record) ~4 s; read back with ``tfds.data_source``,
@@ -85,6 +87,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -96,6 +99,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -107,6 +111,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxmeta.data.images import preprocess, resize_ink
 
 __all__ = [
     "BACKGROUND_ALPHABETS",
@@ -120,6 +126,7 @@ __all__ = [
     "SCHEMES",
     "character_names",
     "load_omniglot",
+    "preprocess",
     "split_counts",
     "split_images",
     "split_indices",
@@ -601,6 +608,14 @@ def builder_class() -> type:
             self._allow_download = download
             super().__init__(**kwargs)
 
+        # TFDS announces "Downloading and preparing dataset Unknown size ..." even when the
+        # zips are local; load_omniglot prints what really happens instead.
+        def _log_download_bytes(self) -> None:
+            pass
+
+        def _log_download_done(self) -> None:
+            pass
+
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
@@ -721,64 +736,6 @@ def _ink_fast(pngs: Sequence[bytes]) -> np.ndarray | None:
     return bits == 0  # 0 = black = ink
 
 
-def _lanczos3(x: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sinc = np.where(x == 0.0, 1.0, np.sin(np.pi * x) / (np.pi * x))
-        sinc3 = np.where(x == 0.0, 1.0, np.sin(np.pi * x / 3.0) / (np.pi * x / 3.0))
-    return np.where((x >= -3.0) & (x < 3.0), sinc * sinc3, 0.0)
-
-
-_PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit resampling (Resample.c)
-
-
-@functools.cache
-def _pil_lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's fixed-point LANCZOS weights ``[out_size, in_size]`` (integers, as float64).
-
-    Mirrors ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in Pillow's
-    ``src/libImaging/Resample.c`` so that :func:`_resize_like_pil` is bit-exact with
-    ``Image.resize(..., Image.LANCZOS)`` (checked against PIL in the tests).
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    k = np.zeros((out_size, in_size), np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        w = _lanczos3((np.arange(lo, hi) - center + 0.5) / filterscale)
-        if w.sum() != 0.0:
-            w = w / w.sum()
-        one = float(1 << _PIL_PRECISION_BITS)
-        k[xx, lo:hi] = np.where(w < 0, np.trunc(w * one - 0.5), np.trunc(w * one + 0.5))
-    return k
-
-
-def _resize_like_pil(ink: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
-    """LANCZOS resize of ink masks ``[n, h, w]`` to uint8 ``[n, size, size]`` (ink 255).
-
-    Pillow's two fixed-point passes (horizontal, then vertical, each rounded and clipped to
-    uint8) as two matrix products; sums of integers stay exact (float32 for the 0/1 first pass,
-    float64 for the second), so the result equals PIL's bit for bit.
-    """
-    n, h, w = ink.shape
-    kh = _pil_lanczos_weights(w, size).T.astype(np.float32)  # [w, size]; |sums| < 2^24
-    kv = _pil_lanczos_weights(h, size).T  # [h, size]
-    half, shift = 1 << (_PIL_PRECISION_BITS - 1), _PIL_PRECISION_BITS
-    out = np.empty((n, size, size), np.uint8)
-    for s in range(0, n, chunk):
-        c = min(chunk, n - s)
-        x = ink[s : s + c].reshape(c * h, w).astype(np.float32)
-        acc = (x @ kh).astype(np.int64) * 255  # [c*h, size]
-        t = np.clip((acc + half) >> shift, 0, 255).astype(np.float64)
-        t = t.reshape(c, h, size).transpose(0, 2, 1).reshape(c * size, h)
-        acc = (t @ kv).astype(np.int64)  # [c*size_x, size_y]
-        y = np.clip((acc + half) >> shift, 0, 255).astype(np.uint8)
-        out[s : s + c] = y.reshape(c, size, size).transpose(0, 2, 1)
-    return out
-
-
 def decode_and_resize(
     pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False
 ) -> np.ndarray:
@@ -799,9 +756,7 @@ def decode_and_resize(
 
     ink = None if use_pil else _ink_fast(pngs)
     if ink is not None:
-        if image_size == PNG_SIZE:
-            return ink.astype(np.uint8) * np.uint8(255)
-        return _resize_like_pil(ink, image_size)
+        return resize_ink(ink, image_size)  # the code path of preprocess()
     out = np.empty((len(pngs), image_size, image_size), np.uint8)
     for i, png in enumerate(pngs):
         im = decode_png(png).astype(np.uint8) * np.uint8(255)
@@ -956,6 +911,22 @@ def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
     )
 
 
+@contextlib.contextmanager
+def _quiet_tfds(*, progress: bool):
+    """Silence absl warnings (and TFDS's progress bars unless ``progress``) for a while."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl = logging.getLogger("absl")
+    level, bars = absl.level, getattr(tqdm_utils, "_active", True)
+    absl.setLevel(logging.ERROR)
+    tqdm_utils.display_progress_bar(progress and bars)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        tqdm_utils.display_progress_bar(bars)
+
+
 def load_omniglot(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -1008,14 +979,29 @@ def load_omniglot(
     manual = (
         Path(manual_dir).expanduser() if manual_dir is not None else root / "downloads" / "manual"
     )
-    builder = builder_class()(
-        data_dir=os.fspath(root), download=download, file_format="array_record"
-    )
+    with _quiet_tfds(progress=True):  # absl: "Variant folder ... has no dataset_info.json"
+        builder = builder_class()(
+            data_dir=os.fspath(root), download=download, file_format="array_record"
+        )
+        prepared = builder.is_prepared()
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual), try_download_gcs=False)
     t0 = time.perf_counter()
-    if not builder.is_prepared():
-        _locate(manual, download=download)  # fail fast, before TFDS creates anything
-        builder.download_and_prepare(download_config=config)
+    if not prepared:
+        found = _locate(manual, download=download)  # fail fast, before TFDS creates anything
+        fetch = [_ZIPS[o].filename for o, p in found.items() if p is None]
+        how = (
+            f"by downloading {', '.join(fetch)} from github.com/brendenlake/omniglot"
+            if fetch
+            else f"from the local zips in {manual} (no download)"
+        )
+        print(
+            f"jaxmeta: preparing Omniglot (once) into {root / DATASET_NAME} {how}",
+            file=sys.stderr,
+            flush=True,
+        )
+        local = not fetch
+        with _quiet_tfds(progress=not local):
+            builder.download_and_prepare(download_config=config)
     t1 = time.perf_counter()
     try:
         om = _build_from_tfds(root, image_size)
@@ -1037,10 +1023,10 @@ def load_omniglot(
         t1 = time.perf_counter()
         om = _build_from_tfds(root, image_size)
     _save_cache(cache, om)
-    log.info(
-        "Omniglot: TFDS prepare %.1f s, decode+resize+cache %.1f s -> %s",
-        t1 - t0,
-        time.perf_counter() - t1,
-        cache,
+    print(
+        f"jaxmeta: Omniglot ready ({'TFDS prepare %.1f s, ' % (t1 - t0) if not prepared else ''}"
+        f"decode + resize {time.perf_counter() - t1:.1f} s); later loads read {cache}",
+        file=sys.stderr,
+        flush=True,
     )
     return dataclasses.replace(om, cache_path=cache)

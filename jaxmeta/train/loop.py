@@ -2,8 +2,8 @@
 
 One run in a workdir::
 
-    config.yaml           the resolved config (rewritten on each start)
-    environment.json      package versions, Python, devices
+    config.yaml           the resolved config (kept on resume unless train.steps etc. changed)
+    environment.json      package versions, Python, devices; a resume appends to "resumes"
     metrics.jsonl         train rows every log_every steps, val rows every eval_every
     checkpoints/, best/   orbax checkpoints (see jaxmeta.train.checkpoint)
     eval_test.json        test result (from the best checkpoint, else the final one)
@@ -55,7 +55,9 @@ from jaxmeta.train.metrics import (
     METRICS_FILE,
     DivergenceMonitor,
     MetricsWriter,
+    logged_wall_time,
     plot_learning_curves,
+    record_run_start,
     truncate_metrics,
 )
 from jaxmeta.train.state import TrainState, init_train_state, make_train_chunk
@@ -406,10 +408,6 @@ def _train(
     if resuming:
         _check_resumable(workdir, cfg, ckpt.saved_meta())
     saved_config = _saved_config(cfg).to_dict()
-    if primary:
-        atomic_write_text(workdir / "config.yaml", _saved_config(cfg).to_yaml())
-        env = {**environment(), "mesh": sharding.describe(mesh)}
-        atomic_write_text(workdir / "environment.json", json.dumps(env, indent=2) + "\n")
 
     classification = exp.source.classification
     data = exp.source.train_data()
@@ -436,8 +434,14 @@ def _train(
         say(f"resuming from step {latest} in {workdir / 'checkpoints'}")
     start = int(state.step)
     where.update(step=start, checkpoint=latest)
+    time_before = 0.0  # training time of earlier sessions: wall_time continues from it
     if primary:
+        env = {**environment(), "mesh": sharding.describe(mesh)}
+        record_run_start(
+            workdir, config_yaml=_saved_config(cfg).to_yaml(), env=env, resume_step=latest
+        )
         truncate_metrics(workdir / METRICS_FILE, max_step=start)
+        time_before = logged_wall_time(workdir / METRICS_FILE, max_step=start)
     writer = MetricsWriter(workdir, tensorboard=t.tensorboard) if primary else _NoMetrics()
 
     has_val = bool(t.eval_every) and "val" in exp.source.splits
@@ -487,6 +491,7 @@ def _train(
     window: list[dict[str, np.ndarray]] = []
     last_good = latest
     divergence = DivergenceMonitor(cfg.data.ways if classification else None)
+    acc_label = train_accuracy_label(cfg)
     bar = tqdm(
         total=t.steps,
         initial=start,
@@ -541,7 +546,7 @@ def _train(
             bar.update(n)
             post = {"loss": f"{metrics['loss'].mean():.4f}"}
             if "accuracy" in metrics:
-                post["acc"] = f"{metrics['accuracy'].mean():.3f}"
+                post[acc_label] = f"{metrics['accuracy'].mean():.3f}"
             bar.set_postfix(post, refresh=False)
 
             if step % t.log_every == 0 or step == t.steps:
@@ -550,7 +555,8 @@ def _train(
                 for name in window[0]:
                     row[name] = float(np.concatenate([w[name] for w in window]).mean())
                 row["steps_per_sec"] = steps_in_row / max(now - t_row, 1e-9)
-                row["wall_time"] = now - t_start
+                row["wall_time"] = time_before + (now - t_start)
+                row["session_time"] = now - t_start
                 writer.write(row)
                 window, t_row, steps_in_row = [], now, 0
 
@@ -620,6 +626,22 @@ def _train(
     return result
 
 
+def train_accuracy_label(cfg: ExperimentConfig) -> str:
+    """The progress bar's name for the training accuracy, e.g. ``train_acc(q,K=1)``.
+
+    It is the accuracy on the training tasks' queries after the training inner steps
+    ``K`` (gradient learners), not the validation accuracy, which the status lines print.
+    """
+    from jaxmeta.algorithms import ALGORITHMS
+    from jaxmeta.train.config import algorithm_parameters
+
+    param = algorithm_parameters(ALGORITHMS[cfg.algorithm.name]).get("inner_steps")
+    if param is None:
+        return "train_acc(q)"
+    steps = cfg.algorithm.kwargs.get("inner_steps", param.default)
+    return f"train_acc(q,K={steps})"
+
+
 def _meta(step: int, best_score, best_step, val, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "step": step,
@@ -638,6 +660,7 @@ def run_evaluation(
     split: str,
     episodes: int,
     inner_steps: int | None = None,
+    bn_mode: str | None = None,
     mesh=None,
     evaluator=None,
 ) -> dict[str, Any]:
@@ -645,7 +668,10 @@ def run_evaluation(
 
     With a ``mesh`` (:func:`task_mesh`) the episodes are split over its devices (of all
     processes) and the per-episode results gathered on every process. ``evaluator``
-    (from :func:`make_evaluator` with the same ``inner_steps``) is reused when given.
+    (from :func:`make_evaluator` with the same ``inner_steps`` and ``bn_mode``) is reused
+    when given. The result records the inner steps actually used (the learner's
+    evaluation steps unless overridden) and, for models with batch statistics, the
+    BatchNorm mode (``transductive`` unless ``bn_mode`` says otherwise).
     """
     eps = exp.source.eval_episodes(split, episodes=episodes, seed=cfg.eval.seed, **eval_shape(cfg))
     fn = evaluator or make_evaluator(
@@ -653,6 +679,7 @@ def run_evaluation(
         classification=exp.source.classification,
         batch_size=cfg.eval.batch_size,
         inner_steps=inner_steps,
+        bn_mode=bn_mode,
     )
     if mesh is None:
         per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
@@ -665,8 +692,10 @@ def run_evaluation(
         split=split,
         algorithm=cfg.algorithm.name,
         dataset=cfg.data.name,
-        inner_steps=inner_steps,
+        inner_steps=exp.learner.eval_inner_steps if inner_steps is None else inner_steps,
     )
+    if getattr(exp.model, "uses_batch_statistics", False):
+        res["bn_mode"] = bn_mode or "transductive"
     if exp.source.classification:
         res.update(
             ways=cfg.eval_ways,
