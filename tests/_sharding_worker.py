@@ -55,7 +55,7 @@ def step(devices: int) -> dict:
     """Params after 3 fused meta-steps: 1 device vs a ``devices`` mesh, two models."""
     import optax
 
-    from jaxmeta.algorithms import maml
+    from jaxmeta import maml
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.models.conv4 import Conv4
     from jaxmeta.train import build_experiment, config_from_dict, make_train_chunk

@@ -124,8 +124,8 @@ def test_config_is_frozen():
         ("algorithm", {"inner_steps": 1.5}, "algorithm.inner_steps", "expected int"),
         ("algorithm", {"inner_lr": -1.0}, "algorithm.inner_lr", "positive"),
         ("algorithm", {"name": "mamal"}, "algorithm.name", "unknown algorithm"),
-        ("algorithm", {"task_batch_size": "fast"}, "algorithm.task_batch_size", "'auto', null"),
-        ("algorithm", {"task_batch_size": 0}, "algorithm.task_batch_size", ">= 1"),
+        ("execution", {"task_chunk": "fast"}, "execution.task_chunk", "'auto', null"),
+        ("execution", {"task_chunk": 0}, "execution.task_chunk", ">= 1"),
         ("model", {"filterz": 8}, "model.filterz", "unknown key for model"),
         ("model", {"filters": "many"}, "model.filters", "expected int"),
         ("optimizer", {"learning_rate": 0}, "optimizer.learning_rate", "positive"),
@@ -287,3 +287,13 @@ def test_schedule_follows_the_formula_and_train_steps(spec, expected):
     for t in range(25):
         update, state = opt.update({"w": jnp.ones(())}, state, params)
         np.testing.assert_allclose(-float(update["w"]), expected(t), atol=1e-6)
+
+
+def test_task_batch_size_moved_to_execution(tmp_path):
+    """``algorithm.task_batch_size`` (before issue 14) is read as ``execution.task_chunk``."""
+    path = _tiny_with(tmp_path, "algorithm", task_batch_size=2)
+    with pytest.warns(FutureWarning, match="algorithm.task_batch_size is now execution.task_chunk"):
+        cfg = load_config(path)
+    assert cfg.execution.task_chunk == 2 and "task_batch_size" not in cfg.algorithm.kwargs
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="execution.task_chunk"):
+        load_config(TINY, ["algorithm.task_batch_size=0"])

@@ -86,6 +86,7 @@ import inspect
 import numbers
 import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,17 @@ import yaml
 
 from jaxmeta import yaml_io
 
-SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval", "mesh", "distributed")
+SECTIONS = (
+    "data",
+    "model",
+    "algorithm",
+    "optimizer",
+    "train",
+    "eval",
+    "execution",
+    "mesh",
+    "distributed",
+)
 
 OMNIGLOT_DRAWERS = 20
 
@@ -182,6 +193,17 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How the computation is mapped, without changing what it computes.
+
+    ``task_chunk``: how the tasks of a meta-batch run (:mod:`jaxmeta.execution`): ``auto``
+    (per backend), ``null`` (all vmapped) or ``b`` (chunks of ``b`` tasks in a ``lax.map``).
+    """
+
+    task_chunk: int | str | None = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Task-axis data parallelism (see :mod:`jaxmeta.sharding`)."""
 
@@ -211,6 +233,7 @@ class ExperimentConfig:
     optimizer: NamedConfig
     train: TrainConfig
     eval: EvalConfig
+    execution: ExecutionConfig = ExecutionConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
 
@@ -243,6 +266,7 @@ class ExperimentConfig:
             "optimizer": self.optimizer.to_dict(),
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
+            "execution": dataclasses.asdict(self.execution),
             "mesh": dataclasses.asdict(self.mesh),
             "distributed": dataclasses.asdict(self.distributed),
         }
@@ -319,6 +343,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(raw, source=source, overrides=overrides)
 
 
+# Keys that moved: (section, old key) -> (section, new key).
+MOVED_KEYS = {("algorithm", "task_batch_size"): ("execution", "task_chunk")}
+
+
+def migrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rewrite keys that moved (:data:`MOVED_KEYS`) in a raw config, in place.
+
+    Returns the ``(old, new)`` dotted keys rewritten. A value already at the new place wins.
+    """
+    done = []
+    for (sec, key), (new_sec, new_key) in MOVED_KEYS.items():
+        section = raw.get(sec)
+        if isinstance(section, dict) and key in section:
+            value = section.pop(key)
+            target = raw.setdefault(new_sec, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+            done.append((f"{sec}.{key}", f"{new_sec}.{new_key}"))
+    return done
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.steps=100"`` -> ``("train.steps", 100)`` (value parsed as YAML)."""
     if "=" not in item:
@@ -365,6 +410,15 @@ def config_from_dict(
             )
         origin[key] = "--set"
 
+    for old, new in migrate(raw):
+        origin[new] = origin.get(old, source)
+        warnings.warn(
+            f"{origin[new]}: {old} is now {new} (how tasks are mapped is an execution "
+            f"setting, not an algorithm's); the config was read as {new}",
+            FutureWarning,
+            stacklevel=2,
+        )
+
     def src(key: str) -> str:
         return origin.get(key, source)
 
@@ -386,9 +440,12 @@ def config_from_dict(
     model = _named_section("model", raw.get("model") or {}, src)
     algorithm = _named_section("algorithm", raw.get("algorithm") or {}, src)
     optimizer = _named_section("optimizer", raw.get("optimizer") or {}, src)
+    execution = _dataclass_section(ExecutionConfig, "execution", raw.get("execution") or {}, src)
     mesh = _dataclass_section(MeshConfig, "mesh", raw.get("mesh") or {}, src)
     dist = _dataclass_section(DistributedConfig, "distributed", raw.get("distributed") or {}, src)
-    cfg = ExperimentConfig(name, data, model, algorithm, optimizer, train, evalc, mesh, dist)
+    cfg = ExperimentConfig(
+        name, data, model, algorithm, optimizer, train, evalc, execution, mesh, dist
+    )
     _check_values(cfg, src)
     _check_registries(cfg, src)
     return cfg
@@ -533,6 +590,12 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
     _positive(e, "eval", ("episodes", "val_episodes", "queries", "shots", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
     _check_mesh(cfg, src)
+    from jaxmeta.execution import check_task_chunk
+
+    try:
+        check_task_chunk(cfg.execution.task_chunk)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(src("execution.task_chunk"), "execution.task_chunk", str(err)) from None
     for key in ("checkpoint_every", "eval_every"):
         value = getattr(t, key)
         if value and value % t.log_every:

@@ -47,6 +47,7 @@ from jaxmeta.train.config import (
     ExperimentConfig,
     build_learner,
     build_optimizer,
+    migrate,
     model_kwargs,
 )
 from jaxmeta.train.evaluate import make_evaluator, summarize
@@ -92,6 +93,8 @@ RESUMABLE_CHANGES = {
     "train.keep_checkpoints",
     "train.tensorboard",
     "train.plot",
+    # Same computation, other task mapping (float rounding aside), like mesh.devices.
+    "execution.task_chunk",
     # The default (constraint) sampler draws the same episodes on any device count.
     "mesh.devices",
     "mesh.shard_params",
@@ -213,6 +216,8 @@ def _check_resumable(workdir: Path, cfg: ExperimentConfig, meta: dict[str, Any] 
                 f"{saved_path}: cannot read the run's config ({err}); restore it or use a new "
                 "--workdir"
             ) from None
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    migrate(raw)  # keys that moved since the run was saved
     saved = _flatten(raw)
     new = _flatten(_saved_config(cfg).to_dict())
     changed = sorted(
@@ -392,13 +397,13 @@ def _train(
             print(msg, file=sys.stderr, flush=True)
 
     mesh = task_mesh(cfg)
-    if mesh is not None and cfg.algorithm.kwargs.get("task_batch_size") not in (None, "auto"):
+    if mesh is not None and cfg.execution.task_chunk not in (None, "auto"):
         # lax.map's loop over task chunks is not split across devices by XLA: exact, but
         # every device then runs the whole meta-batch (see docs/scaling.md).
         say(
-            "warning: algorithm.task_batch_size is set, so tasks run in a sequential "
+            "warning: execution.task_chunk is set, so tasks run in a sequential "
             "lax.map that is not parallelised over the mesh; use "
-            "--set algorithm.task_batch_size=auto when training on several devices"
+            "--set execution.task_chunk=auto when training on several devices"
         )
     primary = sharding.is_primary()
     progress = progress and primary
@@ -477,7 +482,13 @@ def _train(
             tasks=t.meta_batch_size,
             sampler=cfg.mesh.sampler,
         )
-    chunk = make_train_chunk(exp.learner, exp.optimizer, sample, length=t.steps_per_call)
+    chunk = make_train_chunk(
+        exp.learner,
+        exp.optimizer,
+        sample,
+        length=t.steps_per_call,
+        task_chunk=cfg.execution.task_chunk,
+    )
 
     step = start
     if step < t.steps:
