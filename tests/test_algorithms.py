@@ -464,7 +464,8 @@ def test_omniglot_configs_load_and_build(algo):
     from pathlib import Path
 
     from jaxmeta.models import MODELS
-    from jaxmeta.train.config import build_learner, load_config, model_kwargs
+    from jaxmeta.train import load_config
+    from jaxmeta.train.build import build_learner, model_kwargs
 
     root = Path(__file__).resolve().parents[1] / "configs" / "omniglot"
     for setting in SETTINGS:

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxmeta.train.config import (
-    ConfigError,
-    algorithm_kwargs,
-    build_optimizer,
-    config_from_dict,
-    find_config,
-    load_config,
-    model_kwargs,
-)
+from jaxmeta.train.build import algorithm_kwargs, build_optimizer, model_kwargs
+from jaxmeta.train.config import ConfigError, config_from_dict, find_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -224,7 +217,7 @@ def test_engine_fills_outputs_and_loss():
 def test_every_registered_algorithm_accepts_a_config():
     """Factories are built from config keys checked against their signatures."""
     from jaxmeta.algorithms import ALGORITHMS
-    from jaxmeta.train.config import algorithm_parameters
+    from jaxmeta.train.build import algorithm_parameters
 
     for name, factory in ALGORITHMS.items():
         params = algorithm_parameters(factory)
