@@ -25,6 +25,8 @@ EPILOG_TRAIN = textwrap.dedent(
       configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol;
         <algorithm>: maml fomaml reptile anil metasgd protonets matching snail
       configs/omniglot/maml_5w1s.yaml        default run, shortened for a laptop CPU
+      configs/omniglot/base_5w1s.yaml        the MAML protocol every Omniglot config
+                                             extends (base: FILE, then what differs)
       configs/omniglot/maml_5w1s_paper.yaml  the same at paper length (60k steps)
       configs/sinusoid/maml_k{5,10,20}.yaml  MAML sinusoid regression
       configs/tests/tiny.yaml                tiny Conv-4, a few steps (tests)
