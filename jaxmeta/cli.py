@@ -485,12 +485,18 @@ def _data(args) -> int:
     return 0
 
 
-def _prepare_options(cls) -> dict[str, inspect.Parameter]:
-    """The keyword options of ``cls.prepare`` (else of its constructor): the command's flags."""
+def _prepare_function(cls):
+    """``cls.prepare``, or the constructor when ``prepare`` takes the constructor's options."""
     params = inspect.signature(cls.prepare).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        params = inspect.signature(cls).parameters
-    return {n: p for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        return cls.__init__
+    return cls.prepare
+
+
+def _prepare_options(cls) -> dict[str, inspect.Parameter]:
+    """The keyword options of ``jaxmeta data NAME`` (see :func:`_prepare_function`)."""
+    params = inspect.signature(_prepare_function(cls)).parameters
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
 
 
 def _arg_help(doc: str) -> dict[str, str]:
@@ -515,8 +521,10 @@ def _arg_help(doc: str) -> dict[str, str]:
 
 
 def _add_data_command(dsub, name: str, cls) -> None:
-    """``jaxmeta data NAME``: one flag per keyword option of the source's ``prepare``."""
-    doc = inspect.getdoc(cls.prepare) or ""
+    """``jaxmeta data NAME``: one flag per keyword option of the source's ``prepare`` (or of
+    its constructor), with the help of that function's (or the class's) ``Args:``."""
+    fn = _prepare_function(cls)
+    doc = (fn.__doc__ and inspect.cleandoc(fn.__doc__)) or inspect.getdoc(cls) or ""
     paragraphs = doc.split("Args:")[0].strip()
     first = paragraphs.split("\n\n")[0].replace("\n", " ")
     p = dsub.add_parser(
@@ -527,7 +535,10 @@ def _add_data_command(dsub, name: str, cls) -> None:
     )
     _add_plugin_flag(p)
     helps = _arg_help(doc)
-    hints = typing.get_type_hints(cls.prepare) if "prepare" in vars(cls) else {}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: options are read as text
+        hints = {}
     for opt, param in _prepare_options(cls).items():
         flag = "--" + opt.replace("_", "-")
         text = helps.get(opt, "")
@@ -550,7 +561,7 @@ def _add_data_command(dsub, name: str, cls) -> None:
                 type=kind,
                 default=None if required else param.default,
                 required=required,
-                metavar=opt.upper() if kind is str else None,
+                metavar=opt.upper(),
                 help=text,
             )
 
@@ -601,12 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     plugins = _plugins_in(argv)
     if plugins:
-        from jaxmeta.train.config import ConfigError, load_plugins
+        from jaxmeta.plugins import PluginError, load_plugins
 
         try:
             load_plugins([p if not p.endswith(".py") else str(Path(p).resolve()) for p in plugins])
-        except ConfigError as err:
-            return _err(str(err).replace("config: plugins: ", "--plugin: "), 2)
+        except PluginError as err:
+            return _err(f"--plugin: {err}", 2)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

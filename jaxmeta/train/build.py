@@ -28,15 +28,10 @@ from jaxmeta.data.source import TaskSource, TaskSourceError
 from jaxmeta.losses import mse_loss
 from jaxmeta.models import MODELS
 from jaxmeta.step import TrainState, init_train_state
-from jaxmeta.train.config import (
-    ConfigError,
-    DataConfig,
-    ExperimentConfig,
-    check_type,
-    describe_type,
-)
+from jaxmeta.train.config import ConfigError, DataConfig, ExperimentConfig
 from jaxmeta.train.evaluate import accepts_steps
 from jaxmeta.train.schedules import ScheduleError, build_schedule, schedule_kwargs
+from jaxmeta.yaml_io import check_type, describe_type
 
 __all__ = [
     "DATA_SUPPLIED",

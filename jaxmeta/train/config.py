@@ -93,14 +93,7 @@ Overrides (``--set key=value``, value parsed as YAML) use the same dotted keys, 
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import importlib
-import importlib.util
-import inspect
-import numbers
-import sys
-import types
 import typing
 import warnings
 from collections.abc import Callable, Mapping
@@ -110,6 +103,8 @@ from typing import Any
 import yaml
 
 from jaxmeta import yaml_io
+from jaxmeta.plugins import PluginError, load_plugins
+from jaxmeta.yaml_io import check_type, describe_type
 
 SECTIONS = (
     "data",
@@ -487,40 +482,6 @@ def migrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return done
 
 
-def load_plugins(plugins: tuple[str, ...] | list[str], *, source: str = "config") -> None:
-    """Import plug-in modules (names) and files (``.py`` paths), once each.
-
-    A plug-in registers what it brings (``jaxmeta.data.register_task_source``,
-    ``jaxmeta.algorithms.register_algorithm``, ``jaxmeta.models.register_model``) when imported.
-
-    Raises:
-      ConfigError: a plug-in cannot be found or fails to import (key ``plugins``).
-    """
-    for entry in plugins:
-        try:
-            if entry.endswith(".py"):
-                path = Path(entry).resolve()
-                name = "jaxmeta_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
-                if name in sys.modules:
-                    continue
-                spec = importlib.util.spec_from_file_location(name, path)
-                if spec is None or spec.loader is None or not path.is_file():
-                    raise FileNotFoundError(f"no such file {path}")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-            else:
-                importlib.import_module(entry)
-        except Exception as err:
-            raise ConfigError(
-                source, "plugins", f"cannot import {entry!r}: {type(err).__name__}: {err}"
-            ) from None
-
-
 def config_from_dict(
     raw: Mapping[str, Any],
     *,
@@ -581,7 +542,10 @@ def config_from_dict(
     plugins = raw.get("plugins") or []
     if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(src("plugins"), "plugins", f"expected a list, got {plugins!r}")
-    load_plugins(plugins, source=src("plugins"))
+    try:
+        load_plugins(plugins)
+    except PluginError as err:
+        raise ConfigError(src("plugins"), "plugins", str(err)) from None
 
     section = lambda k: raw.get(k) or {}
     cfg = ExperimentConfig(
@@ -608,72 +572,6 @@ def config_from_dict(
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Does ``value`` fit annotation ``tp``? Returns ``(ok, coerced value)``.
-
-    Handles the annotations configs use (int, float, bool, str, ``X | None``, tuples
-    and sequences of those); anything else is accepted as is. ``bool`` is not an int
-    here, an int is a float, and a string such as ``"1e-3"`` is a float (YAML 1.1
-    reads ``1e-3`` without a dot as a string).
-    """
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            return (type(None) in args), value
-        for a in args:
-            if a is type(None):
-                continue
-            ok, v = check_type(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if tp is Any or tp is inspect.Parameter.empty:
-        return True, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        return ok, (int(value) if ok else value)
-    if tp is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin in (tuple, list, collections.abc.Sequence) or tp in (tuple, list):
-        if not isinstance(value, list | tuple):
-            return False, value
-        args = typing.get_args(tp)
-        item = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else Any
-        out = []
-        for v in value:
-            ok, v = check_type(v, item)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, tuple(out)
-    return True, value
-
-
-def describe_type(tp) -> str:
-    """``int or null``-style text for an annotation (error messages)."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(describe_type(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return _type_name(tp)
 
 
 def _dataclass_section(cls, section: str, raw: Mapping[str, Any], src: Callable[[str], str]):

@@ -120,8 +120,8 @@ class OmniglotTasks(ImageTasks):
             <data-dir>/downloads/manual)
           data_dir: TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)
           image_size: image side (default 28)
-          download: use the network when the zips are not in the manual dir (--no-download:
-            never; fail instead)
+          download: --no-download: never use the network; fail if the zips are not in the
+            manual dir
           export_test: export test characters into DIR (a new folder)
           scheme: split scheme whose test split to draw from (default: maml, as the shipped
             MAML-family configs; ProtoNets/Matching configs use vinyals)
