@@ -26,7 +26,7 @@ def train_sinusoid(
     inner_steps: int,
     shots: int = 10,
     steps: int = 10_000,
-    meta_batch: int = 25,
+    meta_batch_size: int = 25,
     inner_lr: float = 0.01,
     outer_lr: float = 1e-3,
     first_order: bool = False,
@@ -53,7 +53,7 @@ def train_sinusoid(
 
     def body(state, key):
         k_data, k_step = jax.random.split(key)
-        episodes = sample_sinusoid_tasks(k_data, tasks=meta_batch, shots=shots, queries=shots)
+        episodes = sample_sinusoid_tasks(k_data, tasks=meta_batch_size, shots=shots, queries=shots)
         state, metrics = meta_update(learner, optimizer, state, episodes, k_step)
         return state, metrics["loss"]
 
