@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 TaskChunk = int | str | None  # None: vmap all tasks; b: chunks of b; "auto": per backend
+TaskFn = Callable[[Episode, PRNGKey], Any]  # one task's computation: (episode, key) -> pytree
 
 
 def check_task_chunk(value: TaskChunk) -> TaskChunk:
@@ -66,13 +67,16 @@ def resolve_task_chunk(value: TaskChunk, backend: str | None = None) -> int | No
     return 1 if backend == "cpu" and jax.device_count() == 1 else None
 
 
-def map_tasks(
-    fn: Callable[[Episode, PRNGKey], Any],
-    episodes: Episode,
-    key: PRNGKey,
-    *,
-    task_chunk: TaskChunk = "auto",
-) -> Any:
+def _chunk_and_keys(episodes: Episode, key: PRNGKey, task_chunk: TaskChunk):
+    """``(chunk, keys)``: the resolved chunk (``None``: all tasks in one vmap) and the key of
+    each task, ``jax.random.split(key, tasks)`` whatever the chunk."""
+    chunk = resolve_task_chunk(task_chunk)
+    tasks = episodes.support_x.shape[0]
+    keys = jax.random.split(key, tasks)
+    return (None if chunk is None or chunk >= tasks else chunk), keys
+
+
+def map_tasks(fn: TaskFn, episodes: Episode, key: PRNGKey, *, task_chunk: TaskChunk = "auto"):
     """``fn(episode, key)`` for every task of ``episodes``, stacked on a leading task axis.
 
     Task ``t`` gets ``jax.random.split(key, tasks)[t]``, whatever ``task_chunk`` is.
@@ -86,12 +90,10 @@ def map_tasks(
     Returns:
       ``fn``'s pytree with a leading ``[tasks]`` axis.
     """
-    task_chunk = resolve_task_chunk(task_chunk)
-    tasks = episodes.support_x.shape[0]
-    keys = jax.random.split(key, tasks)
-    if task_chunk is None or task_chunk >= tasks:
+    chunk, keys = _chunk_and_keys(episodes, key, task_chunk)
+    if chunk is None:
         return jax.vmap(fn)(episodes, keys)
-    return jax.lax.map(lambda a: fn(*a), (episodes, keys), batch_size=task_chunk)
+    return jax.lax.map(lambda a: fn(*a), (episodes, keys), batch_size=chunk)
 
 
 def sum_over_tasks(x: Array) -> Array:
@@ -115,13 +117,7 @@ def sum_over_tasks(x: Array) -> Array:
     return x[0] if rest is None else x[0] + rest
 
 
-def mean_map_tasks(
-    fn: Callable[[Episode, PRNGKey], Any],
-    episodes: Episode,
-    key: PRNGKey,
-    *,
-    task_chunk: TaskChunk = "auto",
-) -> Any:
+def mean_map_tasks(fn: TaskFn, episodes: Episode, key: PRNGKey, *, task_chunk: TaskChunk = "auto"):
     """Mean over the task axis of ``fn(episode, key)`` (any pytree of arrays).
 
     The mean of :func:`map_tasks` (same per-task keys), but with ``task_chunk=b`` the
@@ -130,16 +126,14 @@ def mean_map_tasks(
     every gradient is kept and no separate reduction runs (the faster step on XLA:CPU;
     benchmarks/README.md). Sums within a chunk use :func:`sum_over_tasks`.
     """
-    task_chunk = resolve_task_chunk(task_chunk)
-    tasks = episodes.support_x.shape[0]
-    keys = jax.random.split(key, tasks)
+    b, keys = _chunk_and_keys(episodes, key, task_chunk)
+    tasks = keys.shape[0]
     total = lambda out: jax.tree_util.tree_map(sum_over_tasks, out)
-    if task_chunk is None or task_chunk >= tasks:
+    if b is None:
         # All tasks in one vmap: XLA fuses this mean into the producers of the per-task
         # results (a pairwise sum was measured slower here).
         out = jax.vmap(fn)(episodes, keys)
         return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), out)
-    b = task_chunk
     full = tasks // b * b
     chunked = jax.tree_util.tree_map(
         lambda x: x[:full].reshape(full // b, b, *x.shape[1:]), (episodes, keys)

@@ -17,13 +17,13 @@ import jax
 import numpy as np
 
 from jaxmeta.data.episodes import ROTATIONS, eval_episodes, sample_episodes
-from jaxmeta.data.source import TaskSourceError, check_option
+from jaxmeta.data.source import TaskSource, TaskSourceError, check_option
 from jaxmeta.types import Episode, PRNGKey
 
 __all__ = ["ImageTasks"]
 
 
-class ImageTasks:
+class ImageTasks(TaskSource):
     """Base of the few-shot image classification sources (see the module docstring).
 
     Args:
@@ -37,10 +37,7 @@ class ImageTasks:
     """
 
     classification: ClassVar[bool] = True
-    resumable_options: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str] = "images"
-    splits: tuple[str, ...] = ("train", "val", "test")
-    input_shape: tuple[int, ...]
     examples_per_class: int
 
     def __init__(self, *, ways: int, shots: int, queries: int, rotations: bool = False):
@@ -102,9 +99,10 @@ class ImageTasks:
         """One split's images (loaded once), checked against ``ways`` (default: training's)."""
         ways = self.ways if ways is None else ways
         if split not in self.splits:
+            desc = ", ".join(f"{k}={v}" for k, v in self.describe().items())
             raise ValueError(
-                f"split {split!r} does not exist for {self.split_label(split).rsplit(' ', 2)[0]}"
-                f" (available: {', '.join(self.splits)})"
+                f"split {split!r} does not exist for {self.name}{f' ({desc})' if desc else ''} "
+                f"(available: {', '.join(self.splits)})"
             )
         if split not in self._split_cache:
             self._split_cache[split] = self.load_split(split)
@@ -131,31 +129,19 @@ class ImageTasks:
             rotations=self.rotations,
         )
 
-    def eval_episodes(
-        self,
-        split: str,
-        *,
-        episodes: int,
-        seed: int,
-        queries: int | None = None,
-        ways: int | None = None,
-        shots: int | None = None,
+    def fixed_episodes(
+        self, split: str, *, episodes: int, seed: int, ways: int | None, shots: int, queries: int
     ) -> Episode:
-        """Fixed episodes of ``split``; ``queries``/``ways``/``shots`` default to training's."""
-        ways = self.ways if ways is None else ways
+        """Fixed, seeded episodes of ``split`` (:func:`jaxmeta.data.episodes.eval_episodes`)."""
         return eval_episodes(
             self.split_images(split, ways=ways),
             episodes=episodes,
             ways=ways,
-            shots=self.shots if shots is None else shots,
-            queries=self.queries if queries is None else queries,
+            shots=shots,
+            queries=queries,
             rotations=self.rotations,
             seed=seed,
         )
-
-    def example_input(self) -> np.ndarray:
-        """A zero support set ``[ways*shots, *input_shape]`` for model initialisation."""
-        return np.zeros((self.ways * self.shots, *self.input_shape), np.float32)
 
     @classmethod
     def prepare(cls, **options: Any) -> list[str]:

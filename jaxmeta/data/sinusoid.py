@@ -16,9 +16,8 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxmeta.data.source import TaskSourceError, check_option
+from jaxmeta.data.source import TaskSource, TaskSourceError, check_option
 from jaxmeta.types import Array, Episode, PRNGKey
 from jaxmeta.validation import check_int
 
@@ -63,7 +62,7 @@ def eval_sinusoid_tasks(*, episodes: int, shots: int, queries: int, seed: int = 
     return sample_sinusoid_tasks(jax.random.key(seed), tasks=episodes, shots=shots, queries=queries)
 
 
-class SinusoidTasks:
+class SinusoidTasks(TaskSource):
     """Sinusoid regression (MAML paper, Section 5.1) as a task source: K support points, Q
     query points per task, drawn on the device (no data).
 
@@ -77,8 +76,6 @@ class SinusoidTasks:
 
     name: ClassVar[str] = "sinusoid"
     classification: ClassVar[bool] = False
-    resumable_options: ClassVar[tuple[str, ...]] = ()
-    splits = ("train", "val", "test")
     input_shape = (1,)
     # Distinct fixed seeds per split so validation and test tasks differ.
     _SPLIT_SEED = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -86,9 +83,6 @@ class SinusoidTasks:
     def __init__(self, *, shots: int = 1, queries: int = 15):
         self.shots = check_option("shots", shots, minimum=1)
         self.queries = check_option("queries", queries, minimum=1)
-
-    def split_classes(self) -> dict[str, int]:
-        return {}
 
     def check_episodes(self, split: str, *, ways: int | None, shots: int, queries: int) -> None:
         if ways is not None:
@@ -101,32 +95,14 @@ class SinusoidTasks:
         del data
         return sample_sinusoid_tasks(key, tasks=tasks, shots=self.shots, queries=self.queries)
 
-    def eval_episodes(
-        self,
-        split: str,
-        *,
-        episodes: int,
-        seed: int,
-        queries: int | None = None,
-        ways: int | None = None,
-        shots: int | None = None,
+    def fixed_episodes(
+        self, split: str, *, episodes: int, seed: int, ways: int | None, shots: int, queries: int
     ) -> Episode:
-        if split not in self.splits:
-            raise ValueError(f"unknown split {split!r} (available: {', '.join(self.splits)})")
         if ways is not None:
             raise ValueError("sinusoid regression has no classes: ways must be None")
         return eval_sinusoid_tasks(
-            episodes=episodes,
-            shots=self.shots if shots is None else shots,
-            queries=self.queries if queries is None else queries,
-            seed=seed + self._SPLIT_SEED[split],
+            episodes=episodes, shots=shots, queries=queries, seed=seed + self._SPLIT_SEED[split]
         )
-
-    def example_input(self) -> np.ndarray:
-        return np.zeros((self.shots, 1), np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
 
     @classmethod
     def prepare(cls) -> list[str]:

@@ -19,7 +19,7 @@ datasets stored as one uint8 array per split get most of it from
 from __future__ import annotations
 
 import numbers
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,8 +37,11 @@ class TaskSourceError(ValueError):
         super().__init__(message)
 
 
-class TaskSource(Protocol):
+class TaskSource:
     """What the engine needs from a dataset (the one place this contract is written down).
+
+    Subclass it (image classification from one uint8 array per split: subclass
+    :class:`~jaxmeta.data.image_tasks.ImageTasks`, which does most of it).
 
     Construction: ``cls(**options)``, the config's ``data:`` keys but ``name``, checked
     against the constructor's signature and annotations like an algorithm's keywords. It must
@@ -53,44 +56,49 @@ class TaskSource(Protocol):
       resumable_options: options that may change when a run is resumed because they do not
         change the tasks (where the files are, whether to download them).
 
-    Attributes:
+    Attributes (set by the constructor):
       input_shape: one example's shape: ``(H, W, C)`` for images, ``(features,)`` otherwise.
       splits: split names (a subset of ``train``, ``val``, ``test``); ``val`` is needed for
         validation and best-checkpoint selection, ``test`` for the final evaluation.
+      ways (classification), shots, queries: the training episodes' shape.
 
-    Methods:
-      split_classes: classes per split (after augmentation such as rotations), without
-        reading the data; ``{}`` for regression.
-      check_episodes: ``(split, *, ways, shots, queries)`` raises :class:`TaskSourceError` if
-        such episodes cannot be drawn from ``split`` (N-way larger than its classes, shots +
-        queries above the examples per class, ...); the engine calls it for the evaluation
-        splits before anything is compiled (the constructor checks training's).
-      train_data: the training split as a pytree of arrays (put on the device once).
-      sample: ``(key, data, *, tasks) -> Episode`` with a leading ``[tasks]`` axis; jittable.
-      eval_episodes: a fixed, seeded set of episodes of a split, as host arrays; ``ways``,
-        ``shots``, ``queries`` default to training's.
-      example_input: a zero support set ``[ways*shots, *input_shape]`` for ``model.init``.
-      describe: what an evaluation result should record about the data besides its name and
-        the episode shape (e.g. Omniglot's ``scheme`` and ``rotations``).
-      prepare: a classmethod: acquire, verify and cache the data, and return lines to print
-        (e.g. the classes of every split). ``jaxmeta data NAME`` runs it; its keyword
-        arguments become that command's flags (``manual_dir`` -> ``--manual-dir``, a ``bool``
-        defaulting to true -> ``--no-<name>``), documented by its docstring's ``Args:``.
+    A subclass implements :meth:`train_data`, :meth:`sample` and :meth:`fixed_episodes`; the
+    other methods have defaults.
     """
 
     name: ClassVar[str]
     classification: ClassVar[bool]
-    resumable_options: ClassVar[tuple[str, ...]]
+    resumable_options: ClassVar[tuple[str, ...]] = ()
     input_shape: tuple[int, ...]
-    splits: tuple[str, ...]
+    splits: tuple[str, ...] = ("train", "val", "test")
+    ways: int | None = None
+    shots: int
+    queries: int
 
-    def split_classes(self) -> dict[str, int]: ...
+    def split_classes(self) -> dict[str, int]:
+        """Classes per split (after augmentation such as rotations), without reading the data;
+        ``{}`` for regression."""
+        return {}
 
-    def check_episodes(self, split: str, *, ways: int | None, shots: int, queries: int) -> None: ...
+    def check_episodes(self, split: str, *, ways: int | None, shots: int, queries: int) -> None:
+        """Raise :class:`TaskSourceError` if such episodes cannot be drawn from ``split`` (N-way
+        larger than its classes, shots + queries above the examples per class, ...). The engine
+        calls it for the evaluation splits before anything is compiled; the constructor checks
+        training's."""
 
-    def train_data(self) -> PyTree: ...
+    def train_data(self) -> PyTree:
+        """The training split as a pytree of arrays (put on the device once)."""
+        raise NotImplementedError
 
-    def sample(self, key: PRNGKey, data: PyTree, *, tasks: int) -> Episode: ...
+    def sample(self, key: PRNGKey, data: PyTree, *, tasks: int) -> Episode:
+        """A batch of ``tasks`` episodes (leading ``[tasks]`` axis) from ``data``; jittable."""
+        raise NotImplementedError
+
+    def fixed_episodes(
+        self, split: str, *, episodes: int, seed: int, ways: int | None, shots: int, queries: int
+    ) -> Episode:
+        """The fixed, seeded evaluation episodes of ``split`` (host arrays), of this shape."""
+        raise NotImplementedError
 
     def eval_episodes(
         self,
@@ -101,14 +109,48 @@ class TaskSource(Protocol):
         queries: int | None = None,
         ways: int | None = None,
         shots: int | None = None,
-    ) -> Episode: ...
+    ) -> Episode:
+        """:meth:`fixed_episodes` of ``split``; ``queries``/``ways``/``shots`` default to
+        training's.
 
-    def example_input(self) -> np.ndarray: ...
+        Raises:
+          ValueError: ``split`` does not exist.
+        """
+        if split not in self.splits:
+            raise ValueError(
+                f"split {split!r} does not exist for {self.name} "
+                f"(available: {', '.join(self.splits)})"
+            )
+        return self.fixed_episodes(
+            split,
+            episodes=episodes,
+            seed=seed,
+            ways=self.ways if ways is None else ways,
+            shots=self.shots if shots is None else shots,
+            queries=self.queries if queries is None else queries,
+        )
 
-    def describe(self) -> dict[str, Any]: ...
+    def example_input(self) -> np.ndarray:
+        """A zero support set ``[ways*shots, *input_shape]`` (``[shots, ...]`` for regression)
+        for ``model.init``."""
+        n = self.shots * (self.ways or 1)
+        return np.zeros((n, *self.input_shape), np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """What an evaluation result records about the data besides its name and the episode
+        shape (e.g. Omniglot's ``scheme`` and ``rotations``)."""
+        return {}
 
     @classmethod
-    def prepare(cls, **options: Any) -> list[str]: ...
+    def prepare(cls, **options: Any) -> list[str]:
+        """Acquire, verify and cache the data; lines to print (e.g. the classes of every split).
+
+        ``jaxmeta data NAME`` runs it; its keyword arguments become that command's flags
+        (``manual_dir`` -> ``--manual-dir``, a ``bool`` defaulting to true -> ``--no-<name>``),
+        documented by its docstring's ``Args:``; a ``prepare(**options)`` takes the
+        constructor's options instead.
+        """
+        return [f"{cls.name}: nothing to prepare"]
 
 
 def check_option(option: str, value: Any, *, minimum: int) -> int:

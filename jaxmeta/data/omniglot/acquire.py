@@ -50,21 +50,22 @@ class ZipSpec:
 
 
 _OFFICIAL_BASE = "https://github.com/brendenlake/omniglot/raw/master/python/"
+# origin: (official zip bytes, their sha256 (TFDS url_checksums/omniglot.txt), content manifest)
+_OFFICIAL = {
+    "background": (
+        9464212,
+        "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
+        "deaa02f758afda524b3a045c7af40311f2d9ded3e2a39f715ece8470d474bc6a",
+    ),
+    "evaluation": (
+        6462886,
+        "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
+        "3d5e035f27423c362bf9a181af649b43cda64c1008f842177ddc5203269c901e",
+    ),
+}
 ZIPS = {
-    "background": ZipSpec(
-        filename="images_background.zip",
-        url=_OFFICIAL_BASE + "images_background.zip",
-        size=9464212,
-        sha256="ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
-        manifest_sha256="deaa02f758afda524b3a045c7af40311f2d9ded3e2a39f715ece8470d474bc6a",
-    ),
-    "evaluation": ZipSpec(
-        filename="images_evaluation.zip",
-        url=_OFFICIAL_BASE + "images_evaluation.zip",
-        size=6462886,
-        sha256="1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
-        manifest_sha256="3d5e035f27423c362bf9a181af649b43cda64c1008f842177ddc5203269c901e",
-    ),
+    origin: ZipSpec(f"images_{origin}.zip", f"{_OFFICIAL_BASE}images_{origin}.zip", *spec)
+    for origin, spec in _OFFICIAL.items()
 }
 # The same manifest over both sets together, as published in the data README (cross-check).
 FULL_MANIFEST_SHA256 = "8745d3284205c70953ebeacd9061b7dfdadc5961afab7b71a1553c9aa5bcb1af"
