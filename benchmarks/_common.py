@@ -103,6 +103,31 @@ def time_calls(
     }
 
 
+def time_state_calls(compiled, state, args: tuple, cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`time_calls` of ``state = compiled(state, *args)`` (the state is donated and
+    replaced by each call's new state); ``cfg`` holds ``warmup``, ``budget_s``,
+    ``min_repeats``, ``max_repeats`` and optionally ``repeats``."""
+    import jax
+
+    box = {"state": state}
+
+    def one():
+        box["state"], metrics = compiled(box["state"], *args)
+        jax.block_until_ready((box["state"], metrics))
+
+    one()
+    timing = time_calls(
+        one,
+        warmup=cfg["warmup"],
+        budget_s=cfg["budget_s"],
+        repeats=cfg.get("repeats"),
+        min_repeats=cfg["min_repeats"],
+        max_repeats=cfg["max_repeats"],
+    )
+    timing["call"] = one  # for a profile of the same calls
+    return timing
+
+
 def compile_timed(jitted, *args, **kwargs):
     """``(compiled, seconds)``: ahead-of-time lowering + compilation of a jitted function."""
     t = time.perf_counter()

@@ -49,7 +49,7 @@ from _common import (  # noqa: E402
     machine,
     markdown_table,
     run_worker,
-    time_calls,
+    time_state_calls,
     worker_main,
     write_json,
 )
@@ -149,19 +149,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from jaxmeta.models.layers import resolve_conv_impl
 
     compiled, args, length, compile_s = _compile(cfg)
-    box = {"state": args[0]}
-
-    def one():
-        box["state"], metrics = compiled(box["state"], *args[1:])
-        jax.block_until_ready((box["state"], metrics))
-
-    timing = time_calls(
-        one,
-        warmup=cfg["warmup"],
-        budget_s=cfg["budget_s"],
-        min_repeats=cfg["min_repeats"],
-        max_repeats=cfg["max_repeats"],
-    )
+    timing = time_state_calls(compiled, args[0], args[1:], cfg)
     rec = dict(cfg)
     rec.update(
         ms_per_step=round(timing["ms_median"] / length, 4),
@@ -189,8 +177,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         *_, compile_s = _compile(job["compile"])
         return {"compile_s": round(compile_s, 2)}
     import json
-
-    import jax
 
     def append(rec):
         with open(job["jsonl"], "a") as f:
@@ -225,13 +211,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     if target is not None:
         try:
             compiled, args, _, _ = _compile(target)
-            box = {"state": args[0]}
-
-            def one():
-                box["state"], metrics = compiled(box["state"], *args[1:])
-                jax.block_until_ready((box["state"], metrics))
-
-            one()
+            one = time_state_calls(compiled, args[0], args[1:], {**target, "budget_s": 0})["call"]
             append({"kind": "profile", **_profile(compiled, one, target["profile_dir"])})
         except Exception as e:  # noqa: BLE001
             append({"kind": "profile", "error": f"{type(e).__name__}: {str(e)[:300]}"})

@@ -41,7 +41,7 @@ from _common import (  # noqa: E402
     peak_rss_since_reset_mb,
     reset_peak_rss,
     run_worker,
-    time_calls,
+    time_state_calls,
     worker_main,
     write_json,
 )
@@ -106,22 +106,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     step, (state, episodes, key), tbs = build_meta_step(cfg)
     compiled, compile_s = compile_timed(step, state, episodes, key)
 
-    box = {"state": state}
-
-    def one():
-        box["state"], metrics = compiled(box["state"], episodes, key)
-        jax.block_until_ready((box["state"], metrics))
-
-    one()
-    reset = reset_peak_rss()
-    timing = time_calls(
-        one,
-        warmup=cfg["warmup"],
-        budget_s=cfg["budget_s"],
-        repeats=cfg["repeats"],
-        min_repeats=cfg["min_repeats"],
-        max_repeats=cfg["max_repeats"],
-    )
+    reset = reset_peak_rss()  # compiled ahead of time: the peak of the calls alone
+    timing = time_state_calls(compiled, state, (episodes, key), cfg)
     rec = dict(cfg)
     rec.update(
         ms_per_step=round(timing["ms_median"], 2),
