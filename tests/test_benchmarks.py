@@ -92,7 +92,6 @@ def test_throughput(tmp_path):
         "--sweeps",
         "memory",
         "--task-chunks",
-        "--task-batch-sizes",
         "1",
         "--json",
         str(out),
