@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -37,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, task_metrics
+from jaxmeta.algorithms.base import MetaLearner, apply_support_query, task_metrics
 from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import label_guard
 from jaxmeta.types import ApplyFn, Array, Episode, Params, PRNGKey
@@ -45,6 +46,7 @@ from jaxmeta.validation import check_episode, check_int, check_task
 
 __all__ = [
     "LEOWeights",
+    "clip_per_tensor",
     "gaussian",
     "kl_divergence",
     "leo",
@@ -132,6 +134,16 @@ def support_loss(x: Array, y: Array, w: Array) -> Array:
     """
     logp = jax.nn.log_softmax(_logits(x, w), axis=-1)
     return -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+
+def clip_per_tensor(g: Array, *, value: float, norm: float) -> Array:
+    """Clip one gradient tensor by value to ``[-value, value]``, then to L2 norm ``<= norm``
+    (``tf.clip_by_value`` then ``tf.clip_by_norm``, the reference runner's order; 0 skips)."""
+    if value > 0:
+        g = jnp.clip(g, -value, value)
+    if norm > 0:
+        g = g * jnp.minimum(1.0, norm / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g))), 1e-30))
+    return g
 
 
 def _split(key: PRNGKey | None, n: int):
@@ -267,7 +279,7 @@ def leo(
             return support_loss(_dropout(k_drop, x, rate), y, decode(w, z, k_dec)[0])
 
         def step(z, k):
-            return z - w.inner_lr * jax.grad(loss)(z, k), None
+            return z - w.inner_lr[None, None, :] * jax.grad(loss)(z, k), None
 
         keys = None if key is None else jax.random.split(key, steps)
         if steps:
@@ -281,19 +293,18 @@ def leo(
 
         def step(cw, k):
             g = jax.grad(lambda c: support_loss(_dropout(k, x, rate), y, c))(cw)
-            return cw - w.finetune_lr * g, None
+            return cw - w.finetune_lr[None, None, :] * g, None
 
         keys = None if key is None else jax.random.split(key, steps)
         if steps:
             weights, _ = jax.lax.scan(step, weights, keys, length=steps)
         return weights
 
-    def run(meta_params: Params, sx: Array, sy: Array, key):
-        """Encode, adapt the codes, decode, fine-tune: ``(weights, z0, z, kl)``."""
-        w = meta_params["leo"]
-        x = apply_fn(meta_params["model"], sx)
+    def run(w: LEOWeights, x: Array, sy: Array, key):
+        """Encode, adapt the codes, decode, fine-tune on support embeddings ``x [N*K, d]``:
+        ``(weights [N, K, d], z0, z, kl)``."""
         k_enc, k_lat, k_dec, k_ft = _split(key, 4)
-        z0, kl = encode(w, x, sy, shots_of(sx), k_enc)
+        z0, kl = encode(w, x, sy, shots_of(x), k_enc)
         z = adapt_latents(w, z0, x, sy, k_lat, inner_steps)
         weights = finetune(w, decode(w, z, k_dec)[0], x, sy, k_ft, finetune_steps)
         return weights, z0, z, kl
@@ -309,7 +320,8 @@ def leo(
         check_episode(episode, batched=False, num_classes=ways)
         sx, sy = episode.support_x, episode.support_y
         k_run, k_query = jax.random.split(key)
-        weights, z0, z, kl = run(meta_params, sx, sy, k_run)
+        x = apply_fn(meta_params["model"], sx)
+        weights, z0, z, kl = run(meta_params["leo"], x, sy, k_run)
         xq = _dropout(k_query, apply_fn(meta_params["model"], episode.query_x), rate)
         logits = _logits(xq, weights)
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -323,29 +335,49 @@ def leo(
         metrics.update(query_loss=ce, kl=kl, encoder_penalty=penalty, orthogonality=orth)
         return loss, metrics
 
-    def clip(g: Array) -> Array:
-        if grad_clip_value > 0:
-            g = jnp.clip(g, -grad_clip_value, grad_clip_value)
-        if grad_clip_norm > 0:
-            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
-            g = g * jnp.minimum(1.0, grad_clip_norm / jnp.maximum(norm, 1e-30))
-        return g
+    clip = functools.partial(clip_per_tensor, value=grad_clip_value, norm=grad_clip_norm)
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
-        """Mean meta-gradient over ``episodes`` (leading task axis), clipped per tensor."""
+        """Mean meta-gradient over ``episodes`` (leading task axis), clipped per tensor.
+
+        As the reference code (``LEO.grads_and_vars``): when the loss or a gradient is not
+        finite, the step only decays the network weights (the gradient of
+        ``1e-4 * sum(w^2) / 2``), which pulls them back where the loss is defined; that
+        step's metrics are zeros and ``nonfinite`` is 1.
+        """
         check_episode(episodes, batched=True, num_classes=ways)
         shots_of(episodes.support_x[0])
         grads, metrics = mean_task_grad(
             outer_loss, meta_params, episodes, key, task_chunk=task_chunk
         )
+        leaves = jax.tree_util.tree_leaves((grads, metrics["loss"]))
+        bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
+        w = meta_params["leo"]
+        zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
+        decay = {
+            "model": zeros(meta_params["model"]),
+            "leo": LEOWeights(
+                encoder=1e-4 * w.encoder,
+                relation=tuple(1e-4 * r for r in w.relation),
+                decoder=1e-4 * w.decoder,
+                inner_lr=jnp.zeros_like(w.inner_lr),
+                finetune_lr=jnp.zeros_like(w.finetune_lr),
+            ),
+        }
+        grads = jax.tree_util.tree_map(lambda g, f: jnp.where(bad, f, g), grads, decay)
+        metrics = {k: jnp.where(bad, jnp.zeros_like(v), v) for k, v in metrics.items()}
+        metrics["nonfinite"] = bad.astype(metrics["loss"].dtype)
         return jax.tree_util.tree_map(clip, grads), metrics
 
-    def predict(meta_params, support_x, support_y, query_x, key=None):
-        """Logits ``[n_q, N]`` (means, no dropout: the paper's evaluation)."""
+    def predict(meta_params, support_x, support_y, query_x, key=None, *, bn_mode=None):
+        """Logits ``[n_q, N]`` (means, no dropout: the paper's evaluation). ``bn_mode``:
+        how a model with batch statistics normalises the queries (:data:`BN_MODES`)."""
         del key
         check_task(support_x, support_y, query_x, num_classes=ways)
-        weights = run(meta_params, support_x, support_y, None)[0]
-        return _logits(apply_fn(meta_params["model"], query_x), weights)
+        xs, xq = apply_support_query(
+            apply_fn, meta_params["model"], support_x, query_x, bn_mode=bn_mode or "transductive"
+        )
+        return _logits(xq, run(meta_params["leo"], xs, support_y, None)[0])
 
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="leo", outer_loss=outer_loss
