@@ -63,7 +63,7 @@ SETUPS = {
     # (the paper's fixed features are the identity model; tests/test_leo.py).
     "leo": (
         _EMB,
-        dict(ways=WAYS, input_shape=(28, 28, 1), num_latents=16, kl_weight=1e-3),
+        dict(ways=WAYS, input_shape=(28, 28, 1), num_latents=16, normalize=True),
         optax.adam(3e-3),
         STEPS,
     ),

@@ -170,6 +170,7 @@ def leo(
     orthogonality_penalty_weight: float = 1e-3,
     grad_clip_value: float = 0.1,
     grad_clip_norm: float = 0.1,
+    normalize: bool = False,
     dtype: str = "float32",
 ) -> MetaLearner:
     """LEO for N-way K-shot classification of feature vectors.
@@ -192,6 +193,9 @@ def leo(
         beta, gamma, lambda_1, lambda_2 of Eq. 7.
       grad_clip_value, grad_clip_norm: meta-gradient clipping per tensor, by value then by
         L2 norm (0 disables each); the reference code's 0.1 and 0.1.
+      normalize: L2-normalise the model's embeddings (what the paper's data pipeline does
+        to its features; the feature sources already do it, so this is for learned
+        embeddings, e.g. a Conv-4 trained with LEO).
       dtype: dtype of LEO's weights (``float64`` for finite-difference tests).
 
     Returns:
@@ -221,6 +225,12 @@ def leo(
     input_shape = tuple(int(s) for s in input_shape)
     dtype = jnp.dtype(dtype)
     rate = float(dropout_rate)
+
+    def embed(model_params: Params, x: Array, **kwargs) -> Array:
+        z = apply_fn(model_params, x, **kwargs)
+        if normalize:
+            z = z / jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True) + 1e-12)
+        return z
 
     def init(key: PRNGKey, model_params: Params) -> Params:
         emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *input_shape), dtype))
@@ -320,9 +330,9 @@ def leo(
         check_episode(episode, batched=False, num_classes=ways)
         sx, sy = episode.support_x, episode.support_y
         k_run, k_query = jax.random.split(key)
-        x = apply_fn(meta_params["model"], sx)
+        x = embed(meta_params["model"], sx)
         weights, z0, z, kl = run(meta_params["leo"], x, sy, k_run)
-        xq = _dropout(k_query, apply_fn(meta_params["model"], episode.query_x), rate)
+        xq = _dropout(k_query, embed(meta_params["model"], episode.query_x), rate)
         logits = _logits(xq, weights)
         logp = jax.nn.log_softmax(logits, axis=-1)
         ce = -jnp.mean(jnp.take_along_axis(logp, episode.query_y[:, None], axis=-1))
@@ -343,7 +353,7 @@ def leo(
         As the reference code (``LEO.grads_and_vars``): when the loss or a gradient is not
         finite, the step only decays the network weights (the gradient of
         ``1e-4 * sum(w^2) / 2``), which pulls them back where the loss is defined; that
-        step's metrics are zeros and ``nonfinite`` is 1.
+        step's non-finite metrics read 0 and ``nonfinite`` is 1.
         """
         check_episode(episodes, batched=True, num_classes=ways)
         shots_of(episodes.support_x[0])
@@ -365,7 +375,7 @@ def leo(
             ),
         }
         grads = jax.tree_util.tree_map(lambda g, f: jnp.where(bad, f, g), grads, decay)
-        metrics = {k: jnp.where(bad, jnp.zeros_like(v), v) for k, v in metrics.items()}
+        metrics = {k: jnp.where(jnp.isfinite(v), v, jnp.zeros_like(v)) for k, v in metrics.items()}
         metrics["nonfinite"] = bad.astype(metrics["loss"].dtype)
         return jax.tree_util.tree_map(clip, grads), metrics
 
@@ -375,7 +385,7 @@ def leo(
         del key
         check_task(support_x, support_y, query_x, num_classes=ways)
         xs, xq = apply_support_query(
-            apply_fn, meta_params["model"], support_x, query_x, bn_mode=bn_mode or "transductive"
+            embed, meta_params["model"], support_x, query_x, bn_mode=bn_mode or "transductive"
         )
         return _logits(xq, run(meta_params["leo"], xs, support_y, None)[0])
 
