@@ -4,6 +4,7 @@ exact format) and features exported from a run; the on-device sampler; clear fai
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -151,3 +152,45 @@ def test_exported_features_source(tmp_path):
         source.eval_episodes("val", episodes=2, seed=0)
     with pytest.raises(FeaturesError, match="export-features"):
         ExportedFeatures(path=str(tmp_path / "none")).input_shape
+
+
+def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):
+    """configs/leo/omniglot_5w1s.yaml, shrunk, on small exported-format files: the engine
+    trains and tests it; ``jaxmeta.load`` classifies raw (unnormalised, signed) features."""
+    import yaml
+
+    import jaxmeta
+    from jaxmeta.cli import main
+    from jaxmeta.train import train_and_evaluate
+    from jaxmeta.train.config import config_from_dict
+
+    rng = np.random.default_rng(1)
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for split, n in SPLITS.items():
+        centers = rng.normal(size=(n, 1, 8))
+        x = centers + 0.3 * rng.normal(size=(n, 6, 8))
+        np.savez(
+            feats / f"{split}_features.npz",
+            features=x.reshape(-1, 8).astype(np.float32),
+            labels=np.repeat(np.arange(n), 6),
+        )
+    raw = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs/leo/omniglot_5w1s.yaml").read_text()
+    )
+    raw["data"].update(path=str(feats), queries=3)
+    raw["algorithm"].update(num_latents=4, inner_steps=1, finetune_steps=1)
+    raw["train"].update(
+        steps=4, steps_per_call=2, log_every=2, eval_every=2, checkpoint_every=2, meta_batch_size=2
+    )
+    raw["eval"].update(episodes=4, val_episodes=4, queries=3, batch_size=2)
+    wd = tmp_path / "run"
+    result = train_and_evaluate(config_from_dict(raw), wd, progress=False, log=lambda _: None)
+    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    clf = jaxmeta.load(wd)
+    assert clf.ways == 5 and clf.input_shape == (8,)
+    x = rng.normal(size=(5, 8)).astype(np.float32) * 4.0  # outside [0, 1]: features, not pixels
+    logits = clf.predict(x, np.arange(5), x)
+    assert logits.shape == (5, 5) and np.isfinite(np.asarray(logits)).all()
+    # export-features on something that is not a run: one line, exit 2.
+    assert main(["export-features", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
