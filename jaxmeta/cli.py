@@ -113,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
         "Also runs as: python -m jaxmeta <command> ...",
     )
     p.add_argument("--version", action="version", version=f"jaxmeta {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,plot,data,export-features}")
+    sub = p.add_subparsers(
+        dest="command", metavar="{train,evaluate,predict,plot,data,export-features}"
+    )
 
     t = sub.add_parser(
         "train",

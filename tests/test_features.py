@@ -9,11 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from leo_pickles import write_leo_embeddings
 
 from jaxmeta.data import ExportedFeatures, FeaturesError, LEOEmbeddings, TaskSourceError
 from jaxmeta.data.features import index_classes, sample_feature_episodes
 from jaxmeta.data.leo_embeddings import read_leo_pickle
-from leo_pickles import write_leo_embeddings
 
 SPLITS = {"train": 7, "val": 5, "test": 6}
 
@@ -36,7 +36,7 @@ def test_reads_the_paper_layout_and_samples_distinct_examples(mini):
     np.testing.assert_allclose(np.linalg.norm(ep.support_x, axis=-1), 1.0, rtol=1e-5)
     # Every example of a task is a distinct row, each class's from one class.
     data = source.split_data("train")
-    rows = {tuple(np.round(r, 5)) : c for c in range(7) for r in data["x"][data["index"][c]]}
+    rows = {tuple(np.round(r, 5)): c for c in range(7) for r in data["x"][data["index"][c]]}
     for t in range(4):
         x = np.concatenate([ep.support_x[t], ep.query_x[t]])
         y = np.concatenate([ep.support_y[t], ep.query_y[t]])
@@ -54,8 +54,11 @@ def test_reads_the_paper_layout_and_samples_distinct_examples(mini):
 def test_classes_of_different_sizes_are_sampled_within_their_size(tmp_path):
     counts = {"train": [3, 9, 4, 6], "val": [4] * 3, "test": [4] * 3}
     root = write_leo_embeddings(
-        tmp_path, classes={k: len(v) for k, v in counts.items()}, per_class=counts,
-        dataset="tieredImageNet", dim=640,
+        tmp_path,
+        classes={k: len(v) for k, v in counts.items()},
+        per_class=counts,
+        dataset="tieredImageNet",
+        dim=640,
     )
     source = LEOEmbeddings(
         manual_dir=str(root), dataset="tieredImageNet", ways=3, shots=1, queries=2
@@ -151,7 +154,7 @@ def test_exported_features_source(tmp_path):
     with pytest.raises(FeaturesError, match="is not a features file"):
         source.eval_episodes("val", episodes=2, seed=0)
     with pytest.raises(FeaturesError, match="export-features"):
-        ExportedFeatures(path=str(tmp_path / "none")).input_shape
+        _ = ExportedFeatures(path=str(tmp_path / "none")).input_shape
 
 
 def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):

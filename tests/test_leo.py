@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 from jax.test_util import check_grads
+from leo_pickles import write_leo_embeddings
 
 import jaxmeta
-from jaxmeta.data import LEOEmbeddings
 from jaxmeta.algorithms.leo import (
     clip_per_tensor,
     gaussian,
@@ -23,9 +23,9 @@ from jaxmeta.algorithms.leo import (
     leo,
     orthogonality_penalty,
 )
+from jaxmeta.data import LEOEmbeddings
 from jaxmeta.models.identity import Identity
 from jaxmeta.types import Episode
-from leo_pickles import write_leo_embeddings
 
 IDENTITY = Identity()
 
@@ -37,9 +37,7 @@ def _task(key, ways, shots, queries, d, dtype=jnp.float32):
     x = centers + 0.3 * jax.random.normal(kx, (ways, shots + queries, d), dtype)
     y = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots)
     yq = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries)
-    return Episode(
-        x[:, :shots].reshape(-1, d), y, x[:, shots:].reshape(-1, d), yq
-    )
+    return Episode(x[:, :shots].reshape(-1, d), y, x[:, shots:].reshape(-1, d), yq)
 
 
 # ----------------------------------------------------------------------------- hand checks
@@ -54,7 +52,7 @@ def test_kl_matches_a_hand_computation():
     eps = (np.asarray(z) - np.asarray(mean)) / std
     np.testing.assert_allclose(eps, jax.random.normal(jax.random.key(0), (2, 2), jnp.float64))
     hand = []
-    for zi, mi, si in zip(np.ravel(z), np.ravel(mean), np.ravel(std)):
+    for zi, mi, si in zip(np.ravel(z), np.ravel(mean), np.ravel(std), strict=True):
         log_q = -0.5 * ((zi - mi) / si) ** 2 - math.log(si) - 0.5 * math.log(2 * math.pi)
         log_p = -0.5 * zi**2 - 0.5 * math.log(2 * math.pi)
         hand.append(log_q - log_p)
@@ -116,9 +114,7 @@ def _naive_predict(w, sx, sy, qx, *, ways, inner_steps, finetune_steps):
         )
 
     def logits(x, cw):
-        return jnp.stack(
-            [sum(x @ cw[c, k] for k in range(shots)) / shots for c in range(ways)]
-        )
+        return jnp.stack([sum(x @ cw[c, k] for k in range(shots)) / shots for c in range(ways)])
 
     def loss(cw):
         total = 0.0
@@ -159,15 +155,25 @@ def test_latent_inner_loop_and_finetuning_match_a_naive_loop():
         ep = _task(jax.random.key(1), ways, shots, 3, d, jnp.float64)
         got = learner.predict(params, ep.support_x, ep.support_y, ep.query_x)
         want = _naive_predict(
-            w, ep.support_x, np.asarray(ep.support_y), ep.query_x, ways=ways, inner_steps=2,
+            w,
+            ep.support_x,
+            np.asarray(ep.support_y),
+            ep.query_x,
+            ways=ways,
+            inner_steps=2,
             finetune_steps=2,
         )
         assert got.shape == (ways * 3, ways) and got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
         # The loops did something: no adaptation gives other logits.
         still = leo(
-            IDENTITY.apply, ways=ways, input_shape=(d,), num_latents=4, inner_steps=0,
-            finetune_steps=0, dtype="float64",
+            IDENTITY.apply,
+            ways=ways,
+            input_shape=(d,),
+            num_latents=4,
+            inner_steps=0,
+            finetune_steps=0,
+            dtype="float64",
         ).predict(params, ep.support_x, ep.support_y, ep.query_x)
         assert float(jnp.max(jnp.abs(still - got))) > 1e-3
         # Labels order does not matter (codes are averaged per class by label).
@@ -185,16 +191,28 @@ def test_meta_gradient_matches_finite_differences():
         # gradient through the adapted codes (the paper's definition), so its autodiff
         # gradient is by design not the derivative finite differences measure.
         learner = leo(
-            IDENTITY.apply, ways=ways, input_shape=(d,), num_latents=3, inner_steps=2,
-            finetune_steps=1, inner_lr_init=0.3, finetune_lr_init=0.1, dropout_rate=0.2,
-            kl_weight=0.0, encoder_penalty_weight=0.0, l2_penalty_weight=0.01,
-            orthogonality_penalty_weight=0.2, dtype="float64",
+            IDENTITY.apply,
+            ways=ways,
+            input_shape=(d,),
+            num_latents=3,
+            inner_steps=2,
+            finetune_steps=1,
+            inner_lr_init=0.3,
+            finetune_lr_init=0.1,
+            dropout_rate=0.2,
+            kl_weight=0.0,
+            encoder_penalty_weight=0.0,
+            l2_penalty_weight=0.01,
+            orthogonality_penalty_weight=0.2,
+            dtype="float64",
         )
         params = learner.init(jax.random.key(2), {})
         ep = _task(jax.random.key(3), ways, shots, 2, d, jnp.float64)
         key = jax.random.key(4)  # fixed noise: a smooth function of the parameters
         loss = lambda p: learner.outer_loss(p, ep, key)[0]  # noqa: E731
-        check_grads(jax.jit(loss), (params,), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+        check_grads(
+            jax.jit(loss), (params,), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6
+        )
         _, m = learner.outer_loss(params, ep, key)
         for name in ("kl", "encoder_penalty", "orthogonality", "query_loss", "accuracy"):
             assert np.isfinite(float(m[name]))
@@ -203,8 +221,13 @@ def test_meta_gradient_matches_finite_differences():
             [jax.random.normal(key, (2, 3, 4)), jax.random.uniform(key, (2, 3, 4)) + 0.5], -1
         )
         check_grads(
-            lambda p: gaussian(p, key, offset=0.1)[1], (dist,), order=1, modes=["rev"],
-            eps=1e-6, atol=1e-7, rtol=1e-7,
+            lambda p: gaussian(p, key, offset=0.1)[1],
+            (dist,),
+            order=1,
+            modes=["rev"],
+            eps=1e-6,
+            atol=1e-7,
+            rtol=1e-7,
         )
 
 
@@ -215,7 +238,9 @@ def test_gradients_are_clipped_per_tensor_by_value_then_norm():
         want = np.clip(g, -0.5, 0.5)
         want = want * min(1.0, 0.8 / np.linalg.norm(want))
         np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert np.abs(clip_per_tensor(jnp.asarray(rng.normal(size=(9,))), value=0.0, norm=0.0)).max() > 0.5
+    assert (
+        np.abs(clip_per_tensor(jnp.asarray(rng.normal(size=(9,))), value=0.0, norm=0.0)).max() > 0.5
+    )
 
 
 def test_bad_arguments_are_one_line_errors():
@@ -274,9 +299,7 @@ def test_shapes_and_a_short_run_learns_on_synthetic_embeddings(tmp_path):
         state, metrics = step(state, sample(ks, data), kt)
     assert step._cache_size() == 1
     assert {"loss", "accuracy", "kl", "encoder_penalty", "orthogonality"} <= set(metrics)
-    logits = learner.predict(
-        state.params, test.support_x[0], test.support_y[0], test.query_x[0]
-    )
+    logits = learner.predict(state.params, test.support_x[0], test.support_y[0], test.query_x[0])
     assert logits.shape == (25, 5)
     acc = float(evaluate(state.params))
     print(f"LEO synthetic 5-way 1-shot test accuracy: {before:.3f} at init, {acc:.3f} after")

@@ -64,7 +64,7 @@ def index_classes(features: np.ndarray, labels: np.ndarray, *, normalize: bool) 
     rows = np.argsort(cls, kind="stable")
     index = np.zeros((len(count), int(count.max())), np.int32)
     starts = np.concatenate([[0], np.cumsum(count)[:-1]])
-    for c, (s, k) in enumerate(zip(starts, count)):  # once per split, on the host
+    for c, (s, k) in enumerate(zip(starts, count, strict=True)):  # once per split, on the host
         index[c, :k] = rows[s : s + k]
     return {"x": x, "index": index, "count": count}
 
@@ -244,12 +244,15 @@ class ExportedFeatures(FeatureTasks):
                 with np.load(file, allow_pickle=False) as f, f.zip.open("features.npy") as h:
                     fmt = np.lib.format
                     version = fmt.read_magic(h)
-                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    read = (
+                        fmt.read_array_header_1_0
+                        if version == (1, 0)
+                        else fmt.read_array_header_2_0
+                    )
                     shape = read(h)[0]
             except FileNotFoundError:
                 raise FeaturesError(
-                    f"{file} not found; write it with `jaxmeta export-features WORKDIR "
-                    f"{self.path}`"
+                    f"{file} not found; write it with `jaxmeta export-features WORKDIR {self.path}`"
                 ) from None
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
                 raise FeaturesError(f"{file} is not a features file: {err}") from None
