@@ -130,19 +130,22 @@ def _naive_predict(w, sx, sy, qx, *, ways, inner_steps, finetune_steps):
     return jnp.stack([logits(qx[q], cw) for q in range(qx.shape[0])])
 
 
+def _leo64(ways: int, d: int, **kw):
+    """A float64 LEO on ``d``-d features (call inside ``jax.enable_x64``)."""
+    return leo(IDENTITY.apply, ways=ways, input_shape=(d,), dtype="float64", **kw)
+
+
 def test_latent_inner_loop_and_finetuning_match_a_naive_loop():
     with jax.enable_x64(True):
         ways, shots, d = 2, 2, 6
-        learner = leo(
-            IDENTITY.apply,
-            ways=ways,
-            input_shape=(d,),
+        learner = _leo64(
+            ways,
+            d,
             num_latents=4,
             inner_steps=2,
             finetune_steps=2,
             inner_lr_init=0.5,
             finetune_lr_init=0.3,
-            dtype="float64",
         )
         params = learner.init(jax.random.key(0), {})
         w = params["leo"]
@@ -166,15 +169,9 @@ def test_latent_inner_loop_and_finetuning_match_a_naive_loop():
         assert got.shape == (ways * 3, ways) and got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
         # The loops did something: no adaptation gives other logits.
-        still = leo(
-            IDENTITY.apply,
-            ways=ways,
-            input_shape=(d,),
-            num_latents=4,
-            inner_steps=0,
-            finetune_steps=0,
-            dtype="float64",
-        ).predict(params, ep.support_x, ep.support_y, ep.query_x)
+        still = _leo64(ways, d, num_latents=4, inner_steps=0, finetune_steps=0).predict(
+            params, ep.support_x, ep.support_y, ep.query_x
+        )
         assert float(jnp.max(jnp.abs(still - got))) > 1e-3
         # Labels order does not matter (codes are averaged per class by label).
         perm = jnp.array([2, 0, 3, 1])
@@ -190,10 +187,9 @@ def test_meta_gradient_matches_finite_differences():
         # scales away from the floor. encoder_penalty_weight 0: the penalty stops the
         # gradient through the adapted codes (the paper's definition), so its autodiff
         # gradient is by design not the derivative finite differences measure.
-        learner = leo(
-            IDENTITY.apply,
-            ways=ways,
-            input_shape=(d,),
+        learner = _leo64(
+            ways,
+            d,
             num_latents=3,
             inner_steps=2,
             finetune_steps=1,
@@ -204,7 +200,6 @@ def test_meta_gradient_matches_finite_differences():
             encoder_penalty_weight=0.0,
             l2_penalty_weight=0.01,
             orthogonality_penalty_weight=0.2,
-            dtype="float64",
         )
         params = learner.init(jax.random.key(2), {})
         ep = _task(jax.random.key(3), ways, shots, 2, d, jnp.float64)

@@ -191,6 +191,23 @@ class FeatureTasks(TaskSource):
     def describe(self) -> dict[str, Any]:
         return {"normalize": self.normalize}
 
+    def file(self, split: str) -> Path:
+        """The file ``split`` is read from."""
+        raise NotImplementedError
+
+    @classmethod
+    def prepare(cls, **options: Any) -> list[str]:
+        """Read and check every split; list its classes, examples and file."""
+        source = cls(**options)
+        lines = [f"{'split':<8} {'classes':>8} {'examples':>9}  file"]
+        for split in source.splits:
+            data = source.split_data(split)
+            lines.append(
+                f"{split:<8} {len(data['count']):>8} {int(data['count'].sum()):>9}  "
+                f"{source.file(split)}"
+            )
+        return lines
+
 
 def read_npz_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(features, labels)`` of an ``export-features`` file, or a one-line FeaturesError."""
@@ -262,25 +279,15 @@ class ExportedFeatures(FeatureTasks):
     def split_classes(self) -> dict[str, int]:
         out = {}
         for split in self.splits:
-            labels = read_npz_split(self.path / f"{split}_features.npz")[1]
+            labels = read_npz_split(self.file(split))[1]
             out[split] = len(np.unique(labels))
         return out
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return read_npz_split(self.path / f"{split}_features.npz")
+        return read_npz_split(self.file(split))
+
+    def file(self, split: str) -> Path:
+        return self.path / f"{split}_features.npz"
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "normalize": self.normalize}
-
-    @classmethod
-    def prepare(cls, **options: Any) -> list[str]:
-        """Read every split and list its classes and examples."""
-        source = cls(**options)
-        lines = [f"{'split':<8} {'classes':>8} {'examples':>9}  features"]
-        for split in source.splits:
-            data = source.split_data(split)
-            lines.append(
-                f"{split:<8} {len(data['count']):>8} {int(data['count'].sum()):>9}  "
-                f"{data['x'].shape[1]}-d"
-            )
-        return lines

@@ -181,16 +181,3 @@ class LEOEmbeddings(FeatureTasks):
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "crop": self.crop, "normalize": self.normalize}
-
-    @classmethod
-    def prepare(cls, **options: Any) -> list[str]:
-        """Read and check every split of the embeddings in ``manual_dir``; list them."""
-        source = cls(**options)
-        lines = [f"{'split':<8} {'classes':>8} {'examples':>9}  file"]
-        for split in source.splits:
-            data = source.split_data(split)
-            lines.append(
-                f"{split:<8} {len(data['count']):>8} {int(data['count'].sum()):>9}  "
-                f"{source.file(split)}"
-            )
-        return lines
