@@ -155,6 +155,9 @@ def test_exported_features_source(tmp_path):
         source.eval_episodes("val", episodes=2, seed=0)
     with pytest.raises(FeaturesError, match="export-features"):
         _ = ExportedFeatures(path=str(tmp_path / "none")).input_shape
+    assert ExportedFeatures(path=str(tmp_path / "none"), dim=7).input_shape == (7,)
+    with pytest.raises(FeaturesError, match=r"\(12,\) features, expected \(7,\)"):
+        ExportedFeatures(path=str(tmp_path), dim=7).train_data()
 
 
 def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):
@@ -181,7 +184,7 @@ def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):
     raw = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "configs/leo/omniglot_5w1s.yaml").read_text()
     )
-    raw["data"].update(path=str(feats), queries=3)
+    raw["data"].update(path=str(feats), queries=3, dim=8)
     raw["algorithm"].update(num_latents=4, inner_steps=1, finetune_steps=1)
     raw["train"].update(
         steps=4, steps_per_call=2, log_every=2, eval_every=2, checkpoint_every=2, meta_batch_size=2

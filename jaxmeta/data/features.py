@@ -231,6 +231,8 @@ class ExportedFeatures(FeatureTasks):
     Args:
       path: the folder holding ``{train,val,test}_features.npz`` (``features`` float32
         ``[n, d]``, ``labels`` int ``[n]``).
+      dim: ``d``, the feature width; 0 reads it from the train file's header. Giving it lets
+        a config be checked (and a trained run be loaded) without the files.
       ways, shots, queries: the episode shape.
       normalize: L2-normalise every feature vector (as the LEO pipeline does).
     """
@@ -246,12 +248,14 @@ class ExportedFeatures(FeatureTasks):
         shots: int = 1,
         queries: int = 15,
         normalize: bool = True,
+        dim: int = 0,
     ):
         super().__init__(ways=ways, shots=shots, queries=queries, normalize=normalize)
         if not path:
             raise TaskSourceError("path", "give the folder written by `jaxmeta export-features`")
         self.path = Path(path).expanduser()
-        self._input_shape: tuple[int, ...] | None = None
+        dim = check_option("dim", dim, minimum=0)
+        self._input_shape: tuple[int, ...] | None = (dim,) if dim else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:  # type: ignore[override]
