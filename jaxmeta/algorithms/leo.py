@@ -58,9 +58,9 @@ __all__ = [
 class LEOWeights(NamedTuple):
     """LEO's own networks (no biases, as in the paper).
 
-    encoder: ``[d, L]``; relation: three ``[2L, 2L]`` layers (ReLU between); decoder
-    ``[L, 2d]`` (means and pre-softplus scales of the weights); inner_lr ``[L]``;
-    finetune_lr ``[d]``.
+    encoder: ``[d, L]``; relation: three ``[2L, 2L]`` layers (ReLU between; outputs the
+    means and scale parameters ``u`` of the codes); decoder ``[L, 2d]`` (means and ``u`` of
+    the weights; see :func:`gaussian`); inner_lr ``[L]``; finetune_lr ``[d]``.
     """
 
     encoder: Array
