@@ -200,3 +200,24 @@ def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):
     assert logits.shape == (5, 5) and np.isfinite(np.asarray(logits)).all()
     # export-features on something that is not a run: one line, exit 2.
     assert main(["export-features", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+
+
+def test_feature_model_drops_the_head_and_finds_the_model_parameters():
+    import jax.numpy as jnp
+
+    from jaxmeta.feature_export import feature_model
+    from jaxmeta.models.conv4 import Conv4
+
+    model = Conv4(num_classes=5, filters=4, head="mean")
+    x = jnp.zeros((2, 28, 28, 1))
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    lr = jax.tree_util.tree_map(lambda a: a, params)
+    module, candidates = feature_model(model, {"params": params, "lr": lr})  # Meta-SGD's form
+    assert module.num_classes is None and model.num_classes == 5
+    fits = []
+    for cand in candidates:
+        try:
+            fits.append(jax.eval_shape(module.apply, cand, x).shape)
+        except Exception:
+            fits.append(None)
+    assert fits[0] is None and fits[1] == (2, 4)  # the model's entry gives 4-d features
