@@ -1,0 +1,22 @@
+"""Meta-reinforcement learning: environments in JAX, rollouts, MAML with a TRPO outer step.
+
+Everything is a pure function over arrays, so one meta-iteration (rollouts of every task,
+inner policy-gradient steps, the second-order meta-gradient, conjugate gradient and the
+line search) is one compiled program, and many are fused with ``lax.scan``.
+"""
+
+from jaxmeta.rl.envs import ENVIRONMENTS, Environment, make_env
+from jaxmeta.rl.policy import GaussianMLPPolicy
+from jaxmeta.rl.rollout import Batch, Trajectories, advantages, linear_baseline, rollout
+
+__all__ = [
+    "ENVIRONMENTS",
+    "Batch",
+    "Environment",
+    "GaussianMLPPolicy",
+    "Trajectories",
+    "advantages",
+    "linear_baseline",
+    "make_env",
+    "rollout",
+]
