@@ -6,6 +6,14 @@ line search) is one compiled program, and many are fused with ``lax.scan``.
 """
 
 from jaxmeta.rl.envs import ENVIRONMENTS, Environment, make_env
+from jaxmeta.rl.maml import (
+    MetaBatch,
+    MetaRL,
+    make_train_chunk,
+    maml_rl,
+    maml_trpo,
+    train,
+)
 from jaxmeta.rl.policy import GaussianMLPPolicy
 from jaxmeta.rl.rollout import Batch, Trajectories, advantages, linear_baseline, rollout
 
@@ -14,9 +22,15 @@ __all__ = [
     "Batch",
     "Environment",
     "GaussianMLPPolicy",
+    "MetaBatch",
+    "MetaRL",
     "Trajectories",
     "advantages",
     "linear_baseline",
     "make_env",
+    "make_train_chunk",
+    "maml_rl",
+    "maml_trpo",
     "rollout",
+    "train",
 ]
