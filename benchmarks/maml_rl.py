@@ -41,10 +41,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import REPO, csv_list, machine, time_calls, write_json  # noqa: E402
 
-# Published/measured times of the reference implementations, quoted as found (none of
-# them publishes the 2D-navigation wall time; see benchmarks/README.md, "Meta-RL").
-PEERS: list[dict[str, str]] = []
-
 
 def build(args):
     import jax
@@ -251,7 +247,6 @@ def main(argv=None) -> int:
             "train_env_steps_per_s": steps_per_iter * args.iterations / max(m["train_s"], 1e-9),
             "rollout_only": throughput,
         },
-        "peers": PEERS,
     }
     if not args.no_plot:
         results["plots"] = [plot(results, out)]
