@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# Where a benchmark writes unless --out/--json says otherwise: a git-ignored scratch folder.
+# benchmarks/results/ holds the curated results the READMEs quote; update them on purpose
+# (--out benchmarks/results/<benchmark>), never by default.
+SCRATCH = REPO / "bench-out"
+
+
+def scratch(name: str) -> Path:
+    """Default output folder of benchmark ``name``: ``<repo>/bench-out/<name>`` (git-ignored)."""
+    return SCRATCH / name
+
 
 # ------------------------------------------------------------------------------ data
 
@@ -91,6 +101,31 @@ def time_calls(
         "warmup_ms": [round(1e3 * w, 2) for w in warm],
         "cpu_util": round(cpu_util, 2),
     }
+
+
+def time_state_calls(compiled, state, args: tuple, cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`time_calls` of ``state = compiled(state, *args)`` (the state is donated and
+    replaced by each call's new state); ``cfg`` holds ``warmup``, ``budget_s``,
+    ``min_repeats``, ``max_repeats`` and optionally ``repeats``."""
+    import jax
+
+    box = {"state": state}
+
+    def one():
+        box["state"], metrics = compiled(box["state"], *args)
+        jax.block_until_ready((box["state"], metrics))
+
+    one()
+    timing = time_calls(
+        one,
+        warmup=cfg["warmup"],
+        budget_s=cfg["budget_s"],
+        repeats=cfg.get("repeats"),
+        min_repeats=cfg["min_repeats"],
+        max_repeats=cfg["max_repeats"],
+    )
+    timing["call"] = one  # for a profile of the same calls
+    return timing
 
 
 def compile_timed(jitted, *args, **kwargs):
@@ -196,7 +231,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """Date, CPU, load, Python, package versions and JAX devices (engine's ``environment()``)."""
-    from jaxmeta.train.loop import environment
+    from jaxmeta.train.run import environment
 
     env = environment()
     env.pop("command", None)

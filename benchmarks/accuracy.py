@@ -6,7 +6,7 @@ meta-steps you choose (the papers' lengths, 20k-200k steps, take hours to days o
 then reads the test result of the best validation checkpoint (``eval_test.json``: accuracy
 ± 95% CI over the fixed test episodes). Reported per run: steps done and the config's
 full length, test accuracy ± CI, episodes, split scheme, wall and CPU time, and the gap to
-the published number (GUIDE §4).
+the published number (``PAPER``: each paper's Omniglot table).
 
     python benchmarks/accuracy.py --setting 5w1s --steps 2000              # every algorithm
     python benchmarks/accuracy.py \
@@ -14,6 +14,9 @@ the published number (GUIDE §4).
     python benchmarks/accuracy.py --parallel 2 --cores-per-run 1 ...        # two runs side by side
     python benchmarks/accuracy.py --table benchmarks/results/accuracy/accuracy.json
     python benchmarks/accuracy.py --report --out DIR       # every run in DIR, finished or not
+
+Runs go to ``--out`` (default ``bench-out/accuracy``, git-ignored); the curated results the
+READMEs quote are in ``benchmarks/results/accuracy``.
     python benchmarks/accuracy.py --tiny                                    # smoke test (seconds)
     python benchmarks/accuracy.py --paper-length --parallel 9 --steps-per-call 100  # on a GPU
 
@@ -40,12 +43,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, csv_list, default_manual_dir, machine, markdown_table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    csv_list,
+    default_manual_dir,
+    machine,
+    markdown_table,
+    scratch,
+    write_json,
+)
 
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "matching", "snail")
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 
-# Published Omniglot test accuracy (%), GUIDE §4 (5w1s / 5w5s / 20w1s / 20w5s).
+# Published Omniglot test accuracy (%) from each paper's results table (5w1s / 5w5s / 20w1s /
+# 20w5s).
 PAPER = {
     "maml": ("Finn et al. 2017", (98.7, 99.9, 95.8, 98.9)),
     "fomaml": ("Finn et al. 2017", (98.3, 99.2, 89.4, 97.9)),
@@ -364,17 +376,36 @@ def table(records: list[dict[str, Any]]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algorithms", type=csv_list, default=list(ALGORITHMS))
-    p.add_argument("--setting", choices=SETTINGS, default="5w1s")
+    p.add_argument(
+        "--algorithms",
+        type=csv_list,
+        default=list(ALGORITHMS),
+        help=f"comma-separated (default: all: {','.join(ALGORITHMS)})",
+    )
+    p.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="5w1s",
+        help="N-way K-shot setting: configs/omniglot/<algorithm>_<setting>.yaml (default 5w1s)",
+    )
     p.add_argument("--steps", help="meta-steps: N for all, or algo=N,...; default: the config's")
     p.add_argument("--evals", type=int, default=4, help="validation points per run (best kept)")
-    p.add_argument("--eval-episodes", type=int, default=600)
+    p.add_argument(
+        "--eval-episodes", type=int, default=600, help="test (and validation) episodes (600)"
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs at once")
     p.add_argument("--cores-per-run", type=int, default=0, help="pin each run (taskset); 0: no")
     p.add_argument("--set", action="append", default=[], help="extra config override")
-    p.add_argument("--manual-dir", default=str(default_manual_dir()))
+    p.add_argument(
+        "--manual-dir", default=str(default_manual_dir()), help="folder with the Omniglot zips"
+    )
     p.add_argument("--data-dir", default=None, help="TFDS data dir (prepared Omniglot)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "accuracy")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=scratch("accuracy"),
+        help="folder of the runs and accuracy.json (default bench-out/accuracy, git-ignored)",
+    )
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--table", type=Path, help="print the table of a results JSON and exit")
     p.add_argument("--tiny", action="store_true", help="smoke test: 8 filters, few steps")

@@ -51,7 +51,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REPO, csv_list, machine, markdown_table, run_worker, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    csv_list,
+    machine,
+    markdown_table,
+    run_worker,
+    scratch,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
 LOOPED = ("higher", "l2l", "func_loop")
@@ -154,7 +162,7 @@ def run_jax_throughput(cfg: dict[str, Any], args) -> dict[str, Any]:
         "queries": cfg["queries"],
         "meta_batch": cfg["meta_batch"],
         "remat": False,
-        "task_batch_size": args.task_batch_size,
+        "task_chunk": args.task_chunk,
         "filters": cfg["filters"],
         "head": "flatten",
         "inner_lr": 0.4,
@@ -227,17 +235,33 @@ def torch_available(args) -> str | None:
     """``None`` if the torch Python and the peers harness work, else the reason."""
     if args.torch_python in ("", "none"):
         return "disabled (--torch-python none)"
-    if not (Path(args.torch_python).exists() or shutil.which(args.torch_python)):
-        return f"no Python at {args.torch_python}"
     if not (Path(args.peers_dir) / "torch_maml.py").exists():
-        return f"no torch_maml.py in {args.peers_dir}"
+        return (
+            f"the PyTorch harness {Path(args.peers_dir) / 'torch_maml.py'} is missing. It is not "
+            "part of this repository: it lives in the project's shared folder, "
+            "../shared/peers/ next to the checkout (torch_maml.py, with a README.md on how "
+            "to set up its Python). Put that folder there, or pass --peers-dir DIR; "
+            "../shared/gpu/offline-bundle.sh also packs it into .gpu/peers for a machine "
+            "without the shared folder"
+        )
+    if not (Path(args.torch_python).exists() or shutil.which(args.torch_python)):
+        return (
+            f"no Python at {args.torch_python} (--torch-python; default "
+            "$JAXMETA_TORCH_PYTHON or ../venv-peers/bin/python): make one with "
+            "`python3 -m venv ../venv-peers && ../venv-peers/bin/pip install torch higher` "
+            f"(details in {Path(args.peers_dir) / 'README.md'})"
+        )
     p = subprocess.run(
         [args.torch_python, "-c", "import torch, higher; print(torch.__version__)"],
         capture_output=True,
         text=True,
     )
     if p.returncode != 0:
-        return "torch/higher not importable: " + (p.stderr.strip().splitlines() or ["?"])[-1]
+        return (
+            f"torch/higher not importable with {args.torch_python} ("
+            + (p.stderr.strip().splitlines() or ["?"])[-1]
+            + f"): install them into it, `{args.torch_python} -m pip install torch higher`"
+        )
     args.torch_version = p.stdout.strip()
     return None
 
@@ -374,7 +398,12 @@ def summarize(
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--orders", type=csv_list, default=["second", "first"])
+    ap.add_argument(
+        "--orders",
+        type=csv_list,
+        default=["second", "first"],
+        help="MAML orders to time, comma-separated (default second,first)",
+    )
     ap.add_argument(
         "--inner-steps",
         type=lambda s: csv_list(s, int),
@@ -402,13 +431,15 @@ def parse_args(argv=None):
     ap.add_argument(
         "--peers-dir",
         default=str(REPO.parent / "shared" / "peers"),
-        help="folder holding torch_maml.py",
+        help="folder holding the PyTorch harness torch_maml.py (not in this repository; "
+        "default ../shared/peers next to the checkout, the project's shared folder)",
     )
     ap.add_argument(
         "--jax-runner",
         choices=["auto", "maml_step", "throughput"],
         default="auto",
-        help="how the jaxmeta side is measured (auto: maml_step.py, else throughput.py)",
+        help="which jaxmeta benchmark times the jaxmeta side (auto: maml_step for the "
+        "full-size net, throughput with --tiny)",
     )
     ap.add_argument(
         "--jax-from",
@@ -417,10 +448,11 @@ def parse_args(argv=None):
         "same call, e.g. by benchmarks/gpu.sh) instead of measuring them again",
     )
     ap.add_argument(
+        "--task-chunk",
         "--task-batch-size",
         type=int,
         default=None,
-        help="jaxmeta task_batch_size for the throughput runner",
+        help="jaxmeta task_chunk for the throughput runner",
     )
     ap.add_argument(
         "--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick 1)"
@@ -428,9 +460,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--budget-s", type=float, default=None, help="timed seconds per run (default 6; --quick 3)"
     )
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--min-steps", type=int, default=5)
-    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per run (3)")
+    ap.add_argument("--min-steps", type=int, default=5, help="fewest timed steps per run (5)")
+    ap.add_argument("--max-steps", type=int, default=40, help="most timed steps per run (40)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument(
         "--device",
@@ -461,11 +493,12 @@ def parse_args(argv=None):
         action="store_true",
         help="meta-batch 2, 8 filters (smoke tests; not the canonical workload)",
     )
-    ap.add_argument("--timeout-s", type=float, default=None)
+    ap.add_argument("--timeout-s", type=float, default=None, help="per-run timeout (none)")
     ap.add_argument(
         "--json",
         default=None,
-        help="output (default benchmarks/results/compare_pytorch/compare_pytorch.json)",
+        help="output (default bench-out/compare_pytorch/compare_pytorch.json, git-ignored; "
+        "benchmarks/results/compare_pytorch holds the curated results)",
     )
     args = ap.parse_args(argv)
     bad = [i for i in args.torch_impls if i not in TORCH_IMPLS]
@@ -492,11 +525,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = (
-        Path(args.json)
-        if args.json
-        else (REPO / "benchmarks/results/compare_pytorch/compare_pytorch.json")
-    )
+    out = Path(args.json) if args.json else scratch("compare_pytorch") / "compare_pytorch.json"
     why_no_torch = torch_available(args)
     impls = ["jaxmeta"] + ([] if why_no_torch else list(args.torch_impls))
     if why_no_torch:

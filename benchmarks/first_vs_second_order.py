@@ -7,8 +7,9 @@ MAML twice from the same config file (``configs/omniglot/maml_5w1s.yaml``,
 initial parameters and the same training episodes (the key of step ``s`` is
 ``fold_in(base_key, s)``), same number of meta-steps, and the same fixed test episodes
 (``eval.seed``) evaluated at the same steps. Training uses the engine's own pieces
-(``build_experiment``, ``initial_state``, ``make_train_chunk`` for the fused on-device
-sampling + meta-update, ``make_evaluator`` + ``summarize`` for accuracy ± 95% CI), each
+(``jaxmeta.train.build_experiment``, ``initial_state``, and the one fused train step
+``jaxmeta.step.make_train_chunk`` for the on-device sampling + meta-update;
+``make_evaluator`` + ``summarize`` for accuracy ± 95% CI), each
 run in its own subprocess so that peak memory is the run's own.
 
 Reported per run: ms per meta-step (median over fused chunks), compile time, peak memory
@@ -17,9 +18,11 @@ sinusoid) ± 95% CI at every evaluation point against steps and against training
 time, and the accuracy-per-second trade-off: how long each order takes to reach the final
 score of the worse one.
 
-Outputs in ``--out`` (default ``benchmarks/results/first_vs_second_order``):
-``first_vs_second_order.json``, ``curves_<task>.png`` (accuracy vs steps and vs seconds),
-``cost.png`` (ms per meta-step and peak memory bars).
+Outputs in ``--out`` (default ``bench-out/first_vs_second_order``, git-ignored; the curated
+results quoted in the READMEs are in ``benchmarks/results/first_vs_second_order``):
+``first_vs_second_order.json``, ``curves_<task>.png`` (test accuracy, or MSE for sinusoid,
+vs steps and vs seconds), ``cost.png`` (ms per meta-step and peak memory bars). The script
+ends by printing the paths it wrote.
 
 Examples::
 
@@ -49,6 +52,7 @@ from _common import (  # noqa: E402
     peak_rss_since_reset_mb,
     reset_peak_rss,
     run_worker,
+    scratch,
     time_calls,
     worker_main,
     write_json,
@@ -81,10 +85,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmeta.train.config import load_config
+    from jaxmeta.step import make_train_chunk
+    from jaxmeta.train import build_experiment, initial_state, load_config
+    from jaxmeta.train.build import eval_episode_shape
     from jaxmeta.train.evaluate import make_evaluator, summarize
-    from jaxmeta.train.loop import build_experiment, eval_shape, initial_state
-    from jaxmeta.train.state import make_train_chunk
 
     task, order = cfg["task"], cfg["order"]
     overrides = [
@@ -115,13 +119,17 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
             "test",
             episodes=cfg["eval_episodes"],
             seed=exp_cfg.eval.seed,
-            **eval_shape(exp_cfg),
+            **eval_episode_shape(exp_cfg, exp.source),
         )
     )
     data_s = time.perf_counter() - t
     state = initial_state(exp_cfg, exp)
     chunk = make_train_chunk(
-        exp.learner, exp.optimizer, lambda k, d: exp.source.sample(k, d, tasks=mb), length=spc
+        exp.learner,
+        exp.optimizer,
+        lambda k, d: exp.source.sample(k, d, tasks=mb),
+        length=spc,
+        task_chunk=exp_cfg.execution.task_chunk,
     )
     full = jnp.asarray(spc, jnp.int32)
     train_chunk, compile_s = compile_timed(chunk, state, data, full)
@@ -308,13 +316,13 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
             m = r["metric"]
             y = [p[m] * (100 if m == "accuracy" else 1) for p in r["curve"]]
             e = [p["ci95"] * (100 if m == "accuracy" else 1) for p in r["curve"]]
-            label = f"{r['order']} order ({r['ms_per_step']:.0f} ms/step)"
+            label = f"{r['order']} order ({_ms(r['ms_per_step'])} ms/step)"
             for ax, xkey in zip(axes, ("step", "train_s"), strict=True):
                 x = [p[xkey] for p in r["curve"]]
                 ax.errorbar(
                     x, y, yerr=e, marker="o", ms=3, capsize=2, label=label, color=colors[r["order"]]
                 )
-        m = runs[0]["metric"] if runs else "accuracy"
+        m = next(r["metric"] for r in runs if r["task"] == task)
         ylabel = "test accuracy (%) ± 95% CI" if m == "accuracy" else "test MSE ± 95% CI"
         for ax, xl in zip(
             axes, ("meta-steps", "training wall time (s, excl. compile/eval)"), strict=True
@@ -360,6 +368,11 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def _ms(ms: float) -> str:
+    """Milliseconds with 3 significant digits (sinusoid steps take well under 1 ms)."""
+    return f"{ms:.3g}"
 
 
 # ------------------------------------------------------------------------------ main
@@ -419,7 +432,9 @@ def parse_args(argv=None):
         help="seconds of steady-state timing after training (0: use the "
         "training chunks; default 5, --quick 3)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="train.seed of every run (same for both orders)"
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -439,8 +454,13 @@ def parse_args(argv=None):
     ap.add_argument(
         "--manual-dir", default=str(default_manual_dir()), help="folder with the Omniglot zips"
     )
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "first_vs_second_order"))
-    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--out",
+        default=str(scratch("first_vs_second_order")),
+        help="output folder (default bench-out/first_vs_second_order, git-ignored; "
+        "benchmarks/results/first_vs_second_order holds the curated results)",
+    )
+    ap.add_argument("--no-plots", action="store_true", help="write the JSON only, no PNGs")
     ap.add_argument(
         "--in-process",
         action="store_true",
@@ -577,7 +597,9 @@ def main(argv=None) -> int:
                 ],
             )
         )
-    print(f"\nwrote {path}", file=sys.stderr)
+    print("\nwrote:")
+    for written in [str(path), *results.get("plots", [])]:
+        print(f"  {written}")
     return 1 if len(ok) < len(runs) else 0
 
 

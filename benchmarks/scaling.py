@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scaling" / "scaling.json"
+DEFAULT_OUT = C.scratch("scaling") / "scaling.json"  # curated: benchmarks/results/scaling
 
 
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -45,13 +45,12 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from jaxmeta import sharding
-    from jaxmeta.algorithms import maml
+    from jaxmeta import maml, sharding
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.data.sinusoid import sample_sinusoid_tasks
     from jaxmeta.losses import mse_loss
     from jaxmeta.models import get_model
-    from jaxmeta.train.state import init_train_state, make_train_chunk
+    from jaxmeta.step import init_train_state, make_train_chunk
 
     d, tasks, length = cfg["devices"], cfg["meta_batch"], cfg["steps_per_call"]
     if cfg["workload"] == "conv4":
@@ -109,18 +108,43 @@ def main() -> int:
     if "--worker" in sys.argv:
         return C.worker_main(worker)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--devices", type=lambda s: C.csv_list(s, int), default=[1, 2, 4])
-    p.add_argument("--workloads", type=C.csv_list, default=["conv4", "sinusoid"])
-    p.add_argument("--modes", type=C.csv_list, default=["strong", "weak"])
-    p.add_argument("--samplers", type=C.csv_list, default=["constraint", "shard_map"])
-    p.add_argument("--meta-batch", type=int, default=16)
-    p.add_argument("--tasks-per-device", type=int, default=4)
-    p.add_argument("--filters", type=int, default=32)
-    p.add_argument("--queries", type=int, default=5)
-    p.add_argument("--steps-per-call", type=int, default=5)
-    p.add_argument("--budget-s", type=float, default=4.0)
-    p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--devices",
+        type=lambda s: C.csv_list(s, int),
+        default=[1, 2, 4],
+        help="device counts, comma-separated (default 1,2,4; simulated CPU devices)",
+    )
+    p.add_argument(
+        "--workloads",
+        type=C.csv_list,
+        default=["conv4", "sinusoid"],
+        help="conv4 and/or sinusoid (default both)",
+    )
+    p.add_argument(
+        "--modes",
+        type=C.csv_list,
+        default=["strong", "weak"],
+        help="strong (fixed meta-batch) and/or weak (fixed tasks per device) scaling",
+    )
+    p.add_argument(
+        "--samplers",
+        type=C.csv_list,
+        default=["constraint", "shard_map"],
+        help="mesh.sampler values (default constraint,shard_map)",
+    )
+    p.add_argument("--meta-batch", type=int, default=16, help="strong scaling meta-batch (16)")
+    p.add_argument("--tasks-per-device", type=int, default=4, help="weak scaling tasks (4)")
+    p.add_argument("--filters", type=int, default=32, help="Conv-4 filters (32)")
+    p.add_argument("--queries", type=int, default=5, help="query images per class (5)")
+    p.add_argument("--steps-per-call", type=int, default=5, help="fused meta-steps (5)")
+    p.add_argument("--budget-s", type=float, default=4.0, help="timed seconds per run (4)")
+    p.add_argument("--timeout", type=float, default=900, help="per-run timeout in s (900)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output JSON (default bench-out/scaling/scaling.json, git-ignored)",
+    )
     p.add_argument(
         "--table",
         type=Path,

@@ -17,7 +17,7 @@ Sweeps (``--sweeps``, comma-separated):
   varies from the base configuration.
 * ``memory``: second-order MAML at the largest ``--inner-steps``, plain and with each
   memory-saving option, to show its cost: ``remat=True`` (inner steps recomputed in the
-  backward pass) and ``task_batch_size=b`` (tasks processed in chunks of ``b`` with
+  backward pass) and ``task_chunk=b`` (tasks processed in chunks of ``b`` with
   ``lax.map``) for b in ``--task-batch-sizes`` (default 8, 1).
 
 Presets: ``--preset canonical`` is the PyTorch-peer workload (Conv-4 strided, flatten
@@ -44,7 +44,6 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    REPO,
     compile_timed,
     csv_list,
     machine,
@@ -54,6 +53,7 @@ from _common import (  # noqa: E402
     reset_peak_rss,
     rss_mb,
     run_worker,
+    scratch,
     time_calls,
     worker_main,
     write_json,
@@ -81,7 +81,7 @@ def build(cfg: dict[str, Any]):
         head=cfg["head"],
         pool=(alg == "snail"),
     )
-    kw: dict[str, Any] = {"task_batch_size": cfg.get("task_batch_size")}
+    kw: dict[str, Any] = {}
     if alg in ("maml", "fomaml"):
         kw.update(inner_lr=cfg["inner_lr"], inner_steps=k, remat=bool(cfg.get("remat")))
     elif alg == "anil":
@@ -128,7 +128,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from jaxmeta.algorithms.base import init_meta_train_state, make_meta_step
+    from jaxmeta.step import init_train_state, make_meta_step
 
     rss_start = rss_mb()
     learner, model = build(cfg)
@@ -143,9 +143,9 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     params = jax.jit(model.init)(k_init, eps.support_x[0])
     optimizer = optax.adam(cfg["outer_lr"])
-    state = init_meta_train_state(learner, optimizer, params)
+    state = init_train_state(learner, optimizer, params, key=k_init)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    step = make_meta_step(learner, optimizer, donate=True)
+    step = make_meta_step(learner, optimizer, task_chunk=cfg.get("task_chunk"), donate=True)
     compiled, compile_s = compile_timed(step, state, eps, k_step)
     holder = [state]
     metrics_out: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
                 "queries",
                 "meta_batch",
                 "remat",
-                "task_batch_size",
+                "task_chunk",
                 "filters",
                 "head",
             )
@@ -222,7 +222,7 @@ def grid(args) -> list[dict[str, Any]]:
         "queries": args.queries,
         "meta_batch": args.meta_batch,
         "remat": False,
-        "task_batch_size": None,
+        "task_chunk": None,
         "filters": args.filters,
         "head": args.head,
         "inner_lr": 0.4,
@@ -267,8 +267,8 @@ def grid(args) -> list[dict[str, Any]]:
             k = max(args.inner_steps)
             add("memory", inner_steps=k)
             add("memory", inner_steps=k, remat=True)
-            for tbs in args.task_batch_sizes:
-                add("memory", inner_steps=k, task_batch_size=tbs)
+            for tbs in args.task_chunks:
+                add("memory", inner_steps=k, task_chunk=tbs)
     return cfgs
 
 
@@ -286,15 +286,20 @@ def parse_args(argv=None):
         default=None,
         help="canonical: the PyTorch-peer workload (ignores --sweeps)",
     )
-    ap.add_argument("--algorithms", type=csv_list, default=list(ALL))
+    ap.add_argument(
+        "--algorithms",
+        type=csv_list,
+        default=list(ALL),
+        help=f"algorithms of the algorithms sweep (default all: {','.join(ALL)})",
+    )
     ap.add_argument(
         "--inner-steps",
         type=lambda s: csv_list(s, int),
         default=None,
         help="inner steps of the gradient-based algorithms (default 1,5,10; --quick 1,5)",
     )
-    ap.add_argument("--ways", type=int, default=5)
-    ap.add_argument("--shots", type=int, default=1)
+    ap.add_argument("--ways", type=int, default=5, help="N-way (5)")
+    ap.add_argument("--shots", type=int, default=1, help="K-shot (1)")
     ap.add_argument(
         "--queries",
         type=int,
@@ -303,33 +308,61 @@ def parse_args(argv=None):
     )
     ap.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (32)")
     ap.add_argument("--filters", type=int, default=None, help="Conv-4 filters (64; --tiny 8)")
-    ap.add_argument("--head", choices=["flatten", "mean"], default="flatten")
-    ap.add_argument("--shape-ways", type=lambda s: csv_list(s, int), default=[20])
-    ap.add_argument("--shape-shots", type=lambda s: csv_list(s, int), default=[5])
+    ap.add_argument(
+        "--head", choices=["flatten", "mean"], default="flatten", help="Conv-4 head (flatten)"
+    )
+    ap.add_argument(
+        "--shape-ways",
+        type=lambda s: csv_list(s, int),
+        default=[20],
+        help="N-way values of the shape sweep (20)",
+    )
+    ap.add_argument(
+        "--shape-shots",
+        type=lambda s: csv_list(s, int),
+        default=[5],
+        help="K-shot values of the shape sweep (5)",
+    )
     ap.add_argument(
         "--shape-queries",
         type=lambda s: csv_list(s, int),
         default=None,
         help="queries per class tried in the shape sweep (default 1,15)",
     )
-    ap.add_argument("--task-batch-sizes", type=lambda s: csv_list(s, int), default=[8, 1])
-    ap.add_argument("--canonical-queries", type=lambda s: csv_list(s, int), default=[15, 1])
-    ap.add_argument("--canonical-inner-steps", type=lambda s: csv_list(s, int), default=[1, 5])
+    ap.add_argument(
+        "--task-chunks",
+        "--task-batch-sizes",
+        type=lambda s: csv_list(s, int),
+        default=[8, 1],
+        help="task_chunk values of the memory sweep (8,1)",
+    )
+    ap.add_argument(
+        "--canonical-queries",
+        type=lambda s: csv_list(s, int),
+        default=[15, 1],
+        help="queries per class of --preset canonical (15,1)",
+    )
+    ap.add_argument(
+        "--canonical-inner-steps",
+        type=lambda s: csv_list(s, int),
+        default=[1, 5],
+        help="inner steps of --preset canonical (1,5)",
+    )
     ap.add_argument(
         "--project-steps",
         type=int,
         default=60000,
         help="report the projected hours of a run of this many meta-steps",
     )
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per configuration (2)")
     ap.add_argument(
         "--budget-s",
         type=float,
         default=None,
         help="timed seconds per configuration (default 5; --quick 2)",
     )
-    ap.add_argument("--min-repeats", type=int, default=3)
-    ap.add_argument("--max-repeats", type=int, default=30)
+    ap.add_argument("--min-repeats", type=int, default=3, help="fewest timed calls (3)")
+    ap.add_argument("--max-repeats", type=int, default=30, help="most timed calls (30)")
     ap.add_argument(
         "--quick",
         action="store_true",
@@ -350,9 +383,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--json",
         default=None,
-        help="output JSON (default benchmarks/results/throughput/throughput.json)",
+        help="output JSON (default bench-out/throughput/throughput.json, git-ignored)",
     )
-    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-plots", action="store_true", help="write the JSON only, no PNG")
     args = ap.parse_args(argv)
     if args.sweeps is None:
         args.sweeps = ["algorithms", "memory"] if (args.quick or args.tiny) else list(SWEEPS)
@@ -371,7 +404,7 @@ def parse_args(argv=None):
         args.budget_s = 0.2 if args.tiny else (2.0 if args.quick else 5.0)
     if args.tiny:
         args.warmup, args.min_repeats, args.max_repeats = 1, 2, 3
-        args.task_batch_sizes = [1]
+        args.task_chunks = [1]
     if args.shape_queries is None:
         args.shape_queries = [1, 15]
     return args
@@ -387,7 +420,7 @@ COLUMNS = [
     ("queries", "Q"),
     ("meta_batch", "tasks"),
     ("remat", "remat"),
-    ("task_batch_size", "task_batch"),
+    ("task_chunk", "task_chunk"),
     ("ms_per_step", "ms/step"),
     ("steps_per_s", "steps/s"),
     ("tasks_per_s", "tasks/s"),
@@ -435,7 +468,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.json) if args.json else REPO / "benchmarks/results/throughput/throughput.json"
+    out = Path(args.json) if args.json else scratch("throughput") / "throughput.json"
     cfgs = grid(args)
     results = []
     for i, cfg in enumerate(cfgs, 1):
@@ -443,7 +476,7 @@ def main(argv=None) -> int:
             f"{cfg['sweep']}: {cfg['algorithm']} K={cfg['inner_steps']} "
             f"fo={cfg['first_order']} N={cfg['ways']} K_shot={cfg['shots']} "
             f"Q={cfg['queries']} tasks={cfg['meta_batch']} remat={cfg['remat']} "
-            f"task_batch={cfg['task_batch_size']}"
+            f"task_chunk={cfg['task_chunk']}"
         )
         print(f"[{time.strftime('%H:%M:%S')}] {i}/{len(cfgs)} {desc}", file=sys.stderr, flush=True)
         res = run_one(cfg) if args.in_process else run_worker(__file__, cfg, timeout=args.timeout_s)

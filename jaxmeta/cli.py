@@ -1,15 +1,22 @@
-"""The ``jaxmeta`` command: ``train``, ``evaluate`` and ``data``.
+"""The ``jaxmeta`` command: ``train``, ``evaluate``, ``predict``, ``plot`` and ``data``.
 
 A thin layer: it reads a config (YAML + ``--set`` overrides), and calls the engine
-(:func:`jaxmeta.train.train_and_evaluate`) or the data module with keyword arguments.
+(:func:`jaxmeta.train.train_and_evaluate`), :func:`jaxmeta.load`, the data module or
+:mod:`jaxmeta.commands` with keyword arguments. Also runs as ``python -m jaxmeta``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
 import textwrap
+import typing
 from pathlib import Path
+
+from jaxmeta.data.registry import TASK_SOURCES
+from jaxmeta.data.source import TaskSourceError
 
 EPILOG_TRAIN = textwrap.dedent(
     """\
@@ -18,6 +25,8 @@ EPILOG_TRAIN = textwrap.dedent(
       configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol;
         <algorithm>: maml fomaml reptile anil metasgd protonets matching snail
       configs/omniglot/maml_5w1s.yaml        default run, shortened for a laptop CPU
+      configs/omniglot/base_5w1s.yaml        the MAML protocol every Omniglot config
+                                             extends (base: FILE, then what differs)
       configs/omniglot/maml_5w1s_paper.yaml  the same at paper length (60k steps)
       configs/sinusoid/maml_k{5,10,20}.yaml  MAML sinusoid regression
       configs/tests/tiny.yaml                tiny Conv-4, a few steps (tests)
@@ -31,12 +40,16 @@ EPILOG_TRAIN = textwrap.dedent(
       data.manual_dir=DIR      folder with the Omniglot zips (offline preparation)
       data.data_dir=DIR        TFDS data dir (default ~/tensorflow_datasets)
       algorithm.inner_lr=0.4   any algorithm keyword (checked against its signature)
+      train.tensorboard=true   also TensorBoard event files in <workdir>/tensorboard
+                               (pip install 'jaxmeta[tensorboard]')
     Every key is documented in jaxmeta/train/config.py.
 
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
-    best/, eval_test.json and learning_curves.png. Running train again on a workdir
-    with a checkpoint resumes it exactly (same final parameters as an uninterrupted
-    run); --config may then be omitted.
+    best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
+    train again on a workdir with a checkpoint resumes it exactly (same final
+    parameters as an uninterrupted run); --config may then be omitted. The progress
+    bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
+    inner steps; validation accuracy is printed on its own lines.
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
     off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.
@@ -52,9 +65,36 @@ EPILOG_TRAIN = textwrap.dedent(
 EPILOG_EVAL = textwrap.dedent(
     """\
     Prints accuracy ± 95% CI (1.96 std / sqrt(episodes)), or MSE for regression, and
-    writes eval_<split>.json in the workdir (accuracy|mse, ci95, episodes, step,
-    checkpoint, inner_steps, ...). The episodes are fixed by eval.seed, so results
-    are comparable between runs and algorithms.
+    writes eval_<split>_<checkpoint>_<episodes>ep[_<N>steps][_<bn-mode>].json in the
+    workdir (accuracy|mse, ci95, episodes, step, checkpoint, inner_steps = the inner
+    steps actually used, bn_mode, ...); _<N>steps only with --inner-steps, _<bn-mode>
+    only with a single --bn-mode. An existing file with another result is never
+    replaced: the new one gets a -2, -3, ... suffix. (The training run's own final test
+    is eval_test.json.) The episodes are fixed by eval.seed, so results are comparable
+    between runs and algorithms.
+
+    BatchNorm modes (Conv-4 models): "transductive" normalises each task's queries with
+    their own batch statistics, the MAML paper's protocol and the published numbers
+    (reported as accuracy/ci95); "inductive" normalises every query with the support
+    set's statistics, so a query's prediction does not depend on the other queries, as
+    jaxmeta.load() and 'jaxmeta predict' classify (accuracy_inductive/ci95_inductive).
+    Both are computed by default.
+    """
+)
+
+EPILOG_PREDICT = textwrap.dedent(
+    """\
+    The support folder holds one subfolder per class (its name is the class name) with
+    that class's images; any size, dark strokes on light paper, as the Omniglot PNGs
+    (they are inverted and resized exactly as the training data was). Models with an
+    output layer (MAML, FOMAML, ANIL, Meta-SGD, Reptile, SNAIL) need exactly the N
+    classes they were trained for; ProtoNets and Matching Nets take any number.
+
+    Queries inside a subfolder named like a support class count as labelled and the
+    accuracy is printed. To try it on characters no model trained on the default split
+    has seen:
+      jaxmeta data omniglot --export-test try --classes 5 --per-class 6
+      jaxmeta predict --workdir runs/maml_5w1s --support try/support --query try/query
     """
 )
 
@@ -66,13 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxmeta",
         description="jaxmeta: fast functional meta-learning in JAX (MAML, FOMAML, ...). "
         "Train from a YAML config, evaluate a run with a 95% confidence interval, "
-        "prepare datasets.",
+        "classify your own images with a trained run, prepare datasets.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'jaxmeta <command> --help' for the options of each command.\n"
-        "Example: jaxmeta train --config configs/omniglot/maml_5w1s.yaml --workdir runs/5w1s",
+        "Example: jaxmeta train --config configs/omniglot/maml_5w1s.yaml --workdir runs/5w1s\n"
+        "Also runs as: python -m jaxmeta <command> ...",
     )
     p.add_argument("--version", action="version", version=f"jaxmeta {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,data}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,plot,data}")
 
     t = sub.add_parser(
         "train",
@@ -162,9 +203,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--checkpoint",
-        choices=("best", "latest"),
         default="best",
-        help="which checkpoint (default: best; latest when there is no best)",
+        metavar="{best,latest,STEP}",
+        help="which checkpoint: best (default; latest when there is no best), latest, or a "
+        "step number",
+    )
+    e.add_argument(
+        "--bn-mode",
+        choices=("both", "transductive", "inductive"),
+        default="both",
+        help="BatchNorm mode of the queries (Conv-4 models; see below): both (default), "
+        "transductive (the published protocol) or inductive",
     )
     e.add_argument(
         "--set",
@@ -176,34 +225,77 @@ def _parser() -> argparse.ArgumentParser:
         "eval.batch_size=20 (model/algorithm changes will not match the checkpoint)",
     )
 
+    pr = sub.add_parser(
+        "predict",
+        help="classify your own images with a trained run",
+        description="Adapt a trained run to a folder of labelled example images (one "
+        "subfolder per class) and print each query image's predicted class and probability.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_PREDICT,
+    )
+    pr.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
+    pr.add_argument(
+        "--support",
+        required=True,
+        metavar="DIR",
+        help="folder with one subfolder of images per class",
+    )
+    pr.add_argument(
+        "--query",
+        required=True,
+        nargs="+",
+        metavar="DIR_OR_FILE",
+        help="query images: files and/or folders (searched recursively)",
+    )
+    pr.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the predictions to FILE.csv or FILE.json",
+    )
+    pr.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="{best,latest,STEP}",
+        help="which checkpoint (default: best; latest when there is no best)",
+    )
+    pr.add_argument(
+        "--bn-mode",
+        choices=("inductive", "transductive"),
+        default="inductive",
+        help="inductive (default): each query normalised with the support set's BatchNorm "
+        "statistics, so a prediction does not depend on the other queries; transductive: "
+        "the queries normalised together (the evaluation protocol)",
+    )
+    pr.add_argument(
+        "--inner-steps",
+        type=int,
+        default=None,
+        help="adaptation steps of gradient-based learners (default: the algorithm's "
+        "evaluation steps)",
+    )
+
+    pl = sub.add_parser(
+        "plot",
+        help="re-render learning_curves.png of a run (no training)",
+        description="Draw learning_curves.png again from a workdir's metrics.jsonl, e.g. "
+        "after installing matplotlib or while a run is training.",
+    )
+    pl.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
+    pl.add_argument(
+        "--out", metavar="PNG", help="output file (default: <workdir>/learning_curves.png)"
+    )
+
     d = sub.add_parser(
         "data",
         help="prepare a dataset and print its splits",
-        description="Prepare a dataset (download or read local files, build the TFDS "
-        "dataset and the uint8 cache) and print the classes of every split.",
+        description="Prepare a registered dataset (download or read local files, verify "
+        "them, build the cache) and print the classes of every split. A dataset of your own: "
+        "--plugin FILE_OR_MODULE registers it first.",
     )
-    dsub = d.add_subparsers(dest="dataset", metavar="{omniglot}")
-    o = dsub.add_parser(
-        "omniglot",
-        help="prepare Omniglot and print split/class counts per scheme",
-        description="Prepare Omniglot (from the zips in --manual-dir, else downloaded) and "
-        "print the classes of each split of the maml, vinyals and lake schemes, without "
-        "and with rotations (x4).",
-    )
-    o.add_argument(
-        "--manual-dir",
-        help="folder with images_background.zip and "
-        "images_evaluation.zip (default: <data-dir>/downloads/manual)",
-    )
-    o.add_argument(
-        "--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
-    )
-    o.add_argument("--image-size", type=int, default=28, help="image side (default 28)")
-    o.add_argument(
-        "--no-download",
-        action="store_true",
-        help="never use the network; fail if the zips are not in the manual dir",
-    )
+    _add_plugin_flag(d)
+    dsub = d.add_subparsers(dest="dataset", metavar="{" + ",".join(sorted(TASK_SOURCES)) + "}")
+    for name in sorted(TASK_SOURCES):
+        _add_data_command(dsub, name, TASK_SOURCES[name])
     return p
 
 
@@ -213,9 +305,14 @@ def _err(msg: str, code: int) -> int:
 
 
 def _train(args) -> int:
-    from jaxmeta.train.checkpoint import CheckpointWriteError
-    from jaxmeta.train.config import ConfigError, load_config
-    from jaxmeta.train.loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+    from jaxmeta.train import (
+        CheckpointWriteError,
+        ConfigError,
+        TrainingDiverged,
+        TrainingInterrupted,
+        load_config,
+        train_and_evaluate,
+    )
     from jaxmeta.train.workdir import describe_os_error
 
     config = args.config
@@ -265,17 +362,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import jax
-
-    from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
-    from jaxmeta.train.config import ConfigError, load_config, replace
-    from jaxmeta.train.loop import (
-        build_experiment,
-        format_result,
-        initial_state,
-        run_evaluation,
-        write_eval_json,
-    )
+    from jaxmeta.commands import eval_result_name, write_new_json
+    from jaxmeta.train import CheckpointError, ConfigError, evaluate_run, format_result, restore_run
     from jaxmeta.train.workdir import describe_os_error
 
     workdir = Path(args.workdir)
@@ -286,84 +374,219 @@ def _evaluate(args) -> int:
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
     try:
-        cfg = load_config(workdir / "config.yaml", args.overrides)
+        run = restore_run(
+            workdir, args.checkpoint, overrides=args.overrides, episodes=args.episodes
+        )
     except ConfigError as err:
         return _err(str(err), 2)
-    if args.episodes is not None:
-        cfg = replace(cfg, eval={"episodes": args.episodes})
-    exp = build_experiment(cfg)
-    if args.split not in exp.source.splits:
-        return _err(
-            f"split {args.split!r} does not exist for {cfg.data.name}"
-            f"{'/' + cfg.data.scheme if cfg.classification else ''} "
-            f"(available: {', '.join(exp.source.splits)})",
-            2,
-        )
-    # Read only: no lock (a training run may be writing), nothing created or cleaned up.
-    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
-    which = args.checkpoint
-    if which == "best" and ckpt.best_step() is None:
-        which = "latest"
-    if ckpt.latest_step() is None and which == "latest":
-        return _err(f"no checkpoint in {workdir}", 2)
-    state = jax.eval_shape(lambda: initial_state(cfg, exp))
-    try:
-        state, _ = ckpt.restore(state, best=which == "best")
     except CheckpointError as err:
-        other = "latest" if which == "best" else "best"
+        other = "latest" if args.checkpoint == "best" else "best"
         return _err(f"{err}; --checkpoint {other} evaluates the {other} one", 2)
-    finally:
-        ckpt.close()
-    inner = args.inner_steps if args.inner_steps is not None else cfg.eval.inner_steps
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
     try:
-        res = run_evaluation(
-            cfg, exp, state.params, split=args.split, episodes=cfg.eval.episodes, inner_steps=inner
+        res = evaluate_run(
+            run, split=args.split, inner_steps=args.inner_steps, bn_mode=args.bn_mode
         )
     except ValueError as err:
         return _err(str(err), 2)
-    res.update(step=int(state.step), checkpoint=which)
+    batch_stats = "bn_mode" in res
+    label = run.checkpoint if str(args.checkpoint) in ("best", "latest") else f"step{run.step}"
+    name = eval_result_name(
+        split=args.split,
+        checkpoint=label,
+        episodes=run.config.eval.episodes,
+        inner_steps=args.inner_steps,
+        bn_mode=None if args.bn_mode == "both" or not batch_stats else args.bn_mode,
+    )
+    where = f"[checkpoint: {run.checkpoint}, step {run.step}]"
+    if "accuracy_inductive" in res:
+        print(f"{format_result(res)} {where} (transductive BatchNorm: the published protocol)")
+        print(
+            f"{args.split} accuracy: {100 * res['accuracy_inductive']:.2f}% ± "
+            f"{100 * res['ci95_inductive']:.2f}% (inductive BatchNorm: queries normalised with "
+            "the support set's statistics, as jaxmeta.load and 'jaxmeta predict')"
+        )
+    else:
+        mode = f" ({res['bn_mode']} BatchNorm)" if batch_stats else ""
+        print(f"{format_result(res)} {where}{mode}")
     # The result first: a workdir we cannot write to must not cost the computed accuracy.
-    print(f"{format_result(res)} [checkpoint: {which}, step {int(state.step)}]", flush=True)
     try:
-        path = write_eval_json(workdir, res)
+        path, status = write_new_json(workdir / name, res)
     except OSError as err:
         print(f"jaxmeta: warning: result not saved: {describe_os_error(err)}", file=sys.stderr)
+        return 0
+    if status == "unchanged":
+        print(f"same result as the existing {path}; nothing written", file=sys.stderr)
+    elif status == "kept":
+        print(f"{workdir / name} holds another result, kept; wrote {path}", file=sys.stderr)
     else:
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
-def _data(args) -> int:
-    if args.dataset != "omniglot":
-        return _err("choose a dataset: jaxmeta data omniglot [--manual-dir DIR]", 2)
-    from jaxmeta.data.omniglot import (
-        OmniglotCorruptError,
-        OmniglotFilesMissingError,
-        load_omniglot,
-        split_counts,
+def _predict(args) -> int:
+    from jaxmeta.commands import format_predictions, predict_folders, write_predictions
+
+    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        return _err(f"--out {args.out}: use a .csv or .json file name", 2)
+    if args.inner_steps is not None and args.inner_steps < 0:
+        return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
+    try:
+        result = predict_folders(
+            workdir=args.workdir,
+            support=args.support,
+            query=args.query,
+            checkpoint=args.checkpoint,
+            bn_mode=args.bn_mode,
+            inner_steps=args.inner_steps,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    names = result["classes"]
+    print(
+        f"{result['algorithm']} (step {result['step']}, {result['checkpoint']} checkpoint"
+        + (f", {result['bn_mode']} BatchNorm" if result["bn_mode"] else "")
+        + f"); {len(names)} classes from {result['support_images']} support images: "
+        + ", ".join(names),
+        file=sys.stderr,
     )
+    print(format_predictions(result))
+    if args.out is not None:
+        print(f"wrote {write_predictions(result, args.out)}", file=sys.stderr)
+    return 0
+
+
+def _plot(args) -> int:
+    from jaxmeta.commands import replot
 
     try:
-        om = load_omniglot(
-            data_dir=args.data_dir,
-            manual_dir=args.manual_dir,
-            image_size=args.image_size,
-            download=not args.no_download,
-        )
-    except (OmniglotFilesMissingError, OmniglotCorruptError, ValueError) as err:
+        path = replot(args.workdir, args.out)
+    except (FileNotFoundError, RuntimeError) as err:
         return _err(str(err), 2)
-    print(
-        f"Omniglot: {om.images.shape[0]} characters x {om.images.shape[1]} drawers, "
-        f"{om.image_size}x{om.image_size} uint8"
-    )
-    if om.cache_path is not None:
-        print(f"cache: {om.cache_path}")
-    plain, rot = split_counts(rotations=False), split_counts(rotations=True)
-    print(f"{'scheme':<9} {'split':<11} {'classes':>8} {'with rotations':>15}")
-    for scheme, splits in plain.items():
-        for split, n in splits.items():
-            print(f"{scheme:<9} {split:<11} {n:>8} {rot[scheme][split]:>15}")
+    print(f"wrote {path}")
     return 0
+
+
+def _data(args) -> int:
+    if args.dataset is None:
+        names = " | ".join(sorted(TASK_SOURCES))
+        return _err(f"choose a dataset: jaxmeta data {{{names}}} [options]", 2)
+    cls = TASK_SOURCES[args.dataset]
+    options = {k: getattr(args, f"opt_{k}") for k in _prepare_options(cls)}
+    try:
+        lines = cls.prepare(**options)
+    except TaskSourceError as err:
+        return _err(f"--{err.option.replace('_', '-')}: {err}", 2)
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _prepare_function(cls):
+    """``cls.prepare``, or the constructor when ``prepare`` takes the constructor's options."""
+    params = inspect.signature(cls.prepare).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return cls.__init__
+    return cls.prepare
+
+
+def _prepare_options(cls) -> dict[str, inspect.Parameter]:
+    """The keyword options of ``jaxmeta data NAME`` (see :func:`_prepare_function`)."""
+    params = inspect.signature(_prepare_function(cls)).parameters
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def _arg_help(doc: str) -> dict[str, str]:
+    """``{name: text}`` from a Google-style ``Args:`` section."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = lines.index("Args:") + 1
+    except ValueError:
+        return out
+    name = None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break
+        m = re.match(r"^ {2}(\w+)(?: \(.*?\))?: ?(.*)$", line)
+        if m:
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif name is not None and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
+def _add_data_command(dsub, name: str, cls) -> None:
+    """``jaxmeta data NAME``: one flag per keyword option of the source's ``prepare`` (or of
+    its constructor), with the help of that function's (or the class's) ``Args:``."""
+    fn = _prepare_function(cls)
+    doc = (fn.__doc__ and inspect.cleandoc(fn.__doc__)) or inspect.getdoc(cls) or ""
+    paragraphs = doc.split("Args:")[0].strip()
+    first = paragraphs.split("\n\n")[0].replace("\n", " ")
+    p = dsub.add_parser(
+        name,
+        help=first.split(". ")[0].rstrip("."),
+        description=paragraphs,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plugin_flag(p)
+    helps = _arg_help(doc)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: options are read as text
+        hints = {}
+    for opt, param in _prepare_options(cls).items():
+        flag = "--" + opt.replace("_", "-")
+        text = helps.get(opt, "")
+        if param.default is True:
+            p.add_argument(
+                "--no-" + opt.replace("_", "-"),
+                dest=f"opt_{opt}",
+                action="store_false",
+                help=text or f"{opt}: false",
+            )
+        elif param.default is False:
+            p.add_argument(flag, dest=f"opt_{opt}", action="store_true", help=text)
+        else:
+            hint = hints.get(opt, param.annotation)
+            kind = next((t for t in (int, float) if hint is t or t in typing.get_args(hint)), str)
+            required = param.default is param.empty
+            p.add_argument(
+                flag,
+                dest=f"opt_{opt}",
+                type=kind,
+                default=None if required else param.default,
+                required=required,
+                metavar=opt.upper(),
+                help=text,
+            )
+
+
+def _add_plugin_flag(parser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="import a plug-in first (a .py file or a module name) that registers a dataset, "
+        "algorithm or model (repeatable); configs name theirs with plugins:",
+    )
+
+
+def _plugins_in(argv: list[str]) -> list[str]:
+    """The values of every --plugin option of ``argv`` (imported before the parser is made,
+    so that the datasets they register get their own ``jaxmeta data NAME`` command)."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif word.startswith("--plugin="):
+            out.append(word.split("=", 1)[1])
+    return out
 
 
 def _enable_compilation_cache() -> None:
@@ -386,19 +609,26 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmeta`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    plugins = _plugins_in(argv)
+    if plugins:
+        from jaxmeta.plugins import PluginError, load_plugins
+
+        try:
+            load_plugins([p if not p.endswith(".py") else str(Path(p).resolve()) for p in plugins])
+        except PluginError as err:
+            return _err(f"--plugin: {err}", 2)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("train", "evaluate"):
+    if args.command in ("train", "evaluate", "predict"):
         _enable_compilation_cache()
+    handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "plot": _plot}
     try:
-        if args.command == "train":
-            return _train(args)  # handles SIGINT/SIGTERM itself, between steps
-        if args.command == "evaluate":
-            return _evaluate(args)
-        return _data(args)
+        # train handles SIGINT/SIGTERM itself, between steps
+        return handlers.get(args.command, _data)(args)
     except KeyboardInterrupt:
         print("jaxmeta: interrupted", file=sys.stderr)
         return 130

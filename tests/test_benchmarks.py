@@ -41,7 +41,7 @@ def check_machine(doc):
 
 def test_first_vs_second_order(tmp_path):
     out = tmp_path / "fvs"
-    run(
+    p = run(
         "first_vs_second_order.py",
         "--quick",
         "--tiny",
@@ -56,6 +56,8 @@ def test_first_vs_second_order(tmp_path):
     doc = json.loads((out / "first_vs_second_order.json").read_text())
     check_machine(doc)
     assert doc["benchmark"] == "first_vs_second_order"
+    written = p.stdout.split("wrote:", 1)[1].split()
+    assert written == [str(out / "first_vs_second_order.json"), *doc.get("plots", [])]
     runs = {r["order"]: r for r in doc["runs"]}
     assert set(runs) == {"second", "first"}
     for r in runs.values():
@@ -80,7 +82,7 @@ def test_first_vs_second_order(tmp_path):
 
 def test_throughput(tmp_path):
     out = tmp_path / "tp.json"
-    # The memory sweep (plain, remat, task_batch_size=1) exercises both options; every
+    # The memory sweep (plain, remat, task_chunk=1) exercises both options; every
     # algorithm's construction is covered by test_throughput_grid_covers_options' grid
     # and tests/test_algorithms.py.
     run(
@@ -89,7 +91,7 @@ def test_throughput(tmp_path):
         "--in-process",
         "--sweeps",
         "memory",
-        "--task-batch-sizes",
+        "--task-chunks",
         "1",
         "--json",
         str(out),
@@ -97,7 +99,7 @@ def test_throughput(tmp_path):
     doc = json.loads(out.read_text())
     check_machine(doc)
     res = doc["results"]
-    got = {(r["sweep"], r["algorithm"], r["remat"], r["task_batch_size"]) for r in res}
+    got = {(r["sweep"], r["algorithm"], r["remat"], r["task_chunk"]) for r in res}
     assert got == {
         ("memory", "maml", False, None),
         ("memory", "maml", True, None),
@@ -132,7 +134,7 @@ def test_throughput_grid_covers_options():
     algs = {c["algorithm"] for c in cfgs if c["sweep"] == "algorithms"}
     assert algs == set(throughput.ALL)
     assert {c["inner_steps"] for c in cfgs if c["algorithm"] == "maml"} >= {1, 5, 10}
-    mem = {(c["remat"], c["task_batch_size"]) for c in cfgs if c["sweep"] == "memory"}
+    mem = {(c["remat"], c["task_chunk"]) for c in cfgs if c["sweep"] == "memory"}
     assert mem == {(False, None), (True, None), (False, 1), (False, 8)}
     shape = [c for c in cfgs if c["sweep"] == "shape"]
     assert {c["ways"] for c in shape} >= {5, 20} and {c["shots"] for c in shape} >= {1, 5}
@@ -176,6 +178,43 @@ def test_compare_pytorch_without_torch(tmp_path):
 )
 def test_help(script):
     assert "usage" in run(script, "--help", timeout=120).stdout
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "first_vs_second_order.py",
+        "throughput.py",
+        "compare_pytorch.py",
+        "accuracy.py",
+        "maml_step.py",
+        "scaling.py",
+    ],
+)
+def test_every_option_has_help_and_a_scratch_default(script, monkeypatch):
+    import argparse
+    import importlib.util
+
+    parsers = []
+
+    def grab(self, *args, **kwargs):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    monkeypatch.setattr(sys, "argv", [script])
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = getattr(module, "parse_args", None) or module.main
+    with pytest.raises(SystemExit):
+        main([]) if main.__code__.co_argcount else main()
+    (parser,) = parsers
+    for action in parser._actions:
+        assert action.help, f"{script}: {action.option_strings} has no help text"
+        default = str(action.default)
+        assert "benchmarks/results" not in default, f"{script}: {action.option_strings} {default}"
 
 
 def test_gpu_script_syntax():

@@ -28,7 +28,7 @@ def _help(capsys, *args) -> str:
 
 def test_help_texts(capsys):
     top = _help(capsys)
-    for word in ("train", "evaluate", "data", "--version"):
+    for word in ("train", "evaluate", "predict", "plot", "data", "--version", "python -m jaxmeta"):
         assert word in top
     train = _help(capsys, "train")
     for word in (
@@ -51,13 +51,19 @@ def test_help_texts(capsys):
         "--episodes",
         "--inner-steps",
         "--checkpoint",
-        "eval_<split>.json",
+        "--bn-mode",
+        "eval_<split>_<checkpoint>_<episodes>ep",
+        "inductive",
         "95% CI",
     ):
         assert word in ev, word
     data = _help(capsys, "data", "omniglot")
-    for word in ("--manual-dir", "--data-dir", "--no-download", "rotations"):
+    for word in ("--manual-dir", "--data-dir", "--no-download", "rotations", "--export-test"):
         assert word in data, word
+    predict = _help(capsys, "predict")
+    for word in ("--workdir", "--support", "--query", "--out", "--bn-mode", "one subfolder"):
+        assert word in predict, word
+    assert "--workdir" in _help(capsys, "plot")
 
 
 def test_no_command_prints_help(capsys):
@@ -71,7 +77,7 @@ def test_no_command_prints_help(capsys):
         (["train.steps=0"], "--set: train.steps: must be positive"),
         (["train.stepz=3"], "--set: train.stepz: unknown key"),
         (["data.ways=150", "data.rotations=false"], "--set: data.ways: 150-way is larger than"),
-        (["data.shots=10", "data.queries=11"], "--set: data.queries: data.shots + data.queries"),
+        (["data.shots=10", "data.queries=11"], "--set: data.queries: shots + queries = 10 + 11"),
         (["algorithm.inner_steps=two"], "--set: algorithm.inner_steps: expected int"),
     ],
 )
@@ -145,9 +151,18 @@ def test_evaluate_regression_json(capsys, tmp_path):
         == 0
     )
     out = capsys.readouterr().out
-    res = json.loads((tmp_path / "eval_test.json").read_text())
+    res = json.loads((tmp_path / "eval_test_latest_12ep.json").read_text())
     assert res["episodes"] == 12 and res["step"] == 10 and res["checkpoint"] == "latest"
+    assert res["inner_steps"] == 10 and "bn_mode" not in res  # eval_inner_steps; no BatchNorm
     assert f"test mse: {res['mse']:.4f} ± {res['ci95']:.4f}" in out
+    assert json.loads((tmp_path / "eval_test.json").read_text())["inner_steps"] == 10
+    # A step number works too; a missing step is a one-line error listing the steps.
+    assert (
+        main(["evaluate", "--workdir", str(tmp_path), "--episodes", "12", "--checkpoint", "5"]) == 0
+    )
+    assert (tmp_path / "eval_test_step5_12ep.json").exists()
+    assert main(["evaluate", "--workdir", str(tmp_path), "--checkpoint", "7"]) == 2
+    assert "no checkpoint of step 7" in capsys.readouterr().err
 
 
 def test_data_omniglot_prints_counts(capsys, omniglot, omniglot_data_dir):
@@ -159,3 +174,31 @@ def test_data_omniglot_prints_counts(capsys, omniglot, omniglot_data_dir):
     assert lines[("maml", "val")] == ["100", "400"]
     assert lines[("vinyals", "train")] == ["1028", "4112"]
     assert lines[("vinyals", "test")] == ["423", "1692"]
+
+
+def test_readme_synopsis_defaults_match_the_parser():
+    """``[--opt value]`` in the README's command synopsis is that option's real default."""
+    import argparse
+    import re
+
+    from jaxmeta.cli import _parser
+
+    def sub(parser, name):
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return action.choices[name]
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## The `jaxmeta` command", 1)[1].split("```", 2)[1]
+    checked = 0
+    for line in block.splitlines():
+        if not line.startswith("jaxmeta "):
+            continue
+        words = line.split()[1:]
+        parser = sub(_parser(), words[0])
+        if words[0] == "data":
+            parser = sub(parser, words[1])
+        for opt, value in re.findall(r"\[--([a-z-]+) ([a-z0-9]+)\]?", line):
+            default = parser._option_string_actions[f"--{opt}"].default
+            assert str(default) == value, (line, opt, default)
+            checked += 1
+    assert checked >= 6

@@ -113,7 +113,7 @@ def estimates():
                 normalize_advantages=False,
                 estimator=estimator,
                 outer="adam",
-                task_batch_size=None,
+                task_chunk=None,
             )
             keys = jax.random.split(jax.random.key(0), repeats)
             samples = np.asarray(ascent(learner, params, tasks, keys))

@@ -12,7 +12,6 @@ import pytest
 
 from jaxmeta import rl
 from jaxmeta.train.checkpoint import Checkpoints
-from jaxmeta.train.state import abstract_state
 
 
 def small(outer="trpo", **kw):
@@ -21,6 +20,11 @@ def small(outer="trpo", **kw):
     params = policy.init(jax.random.key(0), jnp.zeros((1, 2)))
     kw = {"num_trajectories": 4, "meta_batch": 3, **kw}
     return env, params, rl.maml_rl(policy.apply, env, outer=outer, **kw)
+
+
+def abstract_state(state):
+    """The restore target of ``state``: its shapes and dtypes."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
 
 
 def leaves_equal(a, b) -> bool:

@@ -20,12 +20,12 @@ from jaxmeta.train import (
     TrainingDiverged,
     build_experiment,
     config_from_dict,
+    initial_state,
     make_train_chunk,
     mean_ci95,
     read_metrics,
     train_and_evaluate,
 )
-from jaxmeta.train.loop import initial_state
 
 SIN = {
     "name": "sin_test",
@@ -128,10 +128,27 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
     archive = shutil.make_archive(str(tmp_path / "run"), "gztar", root_dir=origin)
     shutil.rmtree(origin)
     shutil.unpack_archive(archive, part)
+    first_env = json.loads((part / "environment.json").read_text())
+    before = read_metrics(part / "metrics.jsonl")
     resumed = train_and_evaluate(
         _cfg(train={"steps_per_call": 3}, optimizer=SCHEDULED), part, progress=False
     )
     assert resumed["start_step"] == 20 and resumed["steps"] == 30
+    # environment.json keeps the first session and appends the resume; config.yaml records
+    # the resumable change (train.steps 20 -> 30; steps_per_call 5 -> 3).
+    env = json.loads((part / "environment.json").read_text())
+    assert {k: v for k, v in env.items() if k != "resumes"} == first_env
+    (resume,) = env["resumes"]
+    assert resume["resumed_at_step"] == 20 and resume["packages"]["jax"] == jax.__version__
+    assert resume["config_changes"] == {"train.steps": [20, 30], "train.steps_per_call": [4, 3]}
+    assert "steps: 30" in (part / "config.yaml").read_text()
+    # wall_time continues across the resume; session_time restarts.
+    rows = [r for r in read_metrics(part / "metrics.jsonl") if r["split"] == "train"]
+    t20 = next(r["wall_time"] for r in before if r["split"] == "train" and r["step"] == 20)
+    after = [r for r in rows if r["step"] > 20]
+    assert all(r["wall_time"] > t20 for r in after)
+    assert after[0]["session_time"] < after[0]["wall_time"]
+    assert [r["wall_time"] for r in rows] == sorted(r["wall_time"] for r in rows)
 
     exp = build_experiment(cfg)
     target = jax.eval_shape(lambda: initial_state(cfg, exp))

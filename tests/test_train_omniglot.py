@@ -21,8 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmeta.train import Checkpoints, build_experiment, load_config, read_metrics
-from jaxmeta.train.loop import initial_state
+from jaxmeta.train import Checkpoints, build_experiment, initial_state, load_config, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
@@ -175,8 +174,10 @@ def test_evaluate_cli_writes_json(reference, env):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads((wd / "eval_val.json").read_text())
+    res = json.loads((wd / "eval_val_best_30ep_3steps.json").read_text())
     assert res["episodes"] == 30 and res["inner_steps"] == 3 and res["split"] == "val"
     assert res["step"] == Checkpoints(wd).best_step() and res["checkpoint"] == "best"
-    assert 0.0 <= res["accuracy"] <= 1.0
+    assert 0.0 <= res["accuracy"] <= 1.0 and 0.0 <= res["accuracy_inductive"] <= 1.0
+    assert res["bn_mode"] == "transductive" and res["ci95_inductive"] > 0
     assert f"{100 * res['accuracy']:.2f}% ± {100 * res['ci95']:.2f}%" in out.stdout
+    assert f"{100 * res['accuracy_inductive']:.2f}%" in out.stdout

@@ -6,13 +6,20 @@ either stride 2 (the strided variant, 28 -> 14 -> 7 -> 4 -> 2, cbfinn/maml
 head follows (``flatten`` or spatial ``mean``); ``num_classes=None`` returns the
 embedding instead.
 
-**BatchNorm mode (transductive).** Normalisation always uses the mean and (biased)
-variance of the batch it is applied to, over ``(n, h, w)``; it has a learned scale and
-bias and keeps no running averages and no mutable collection. ``apply_fn(params, x)`` is
-therefore pure, and in MAML the support set and the query set of a task are each
-normalised with their own statistics, as in the MAML paper's code (which also uses batch
-statistics at test time). The output for one example depends on the other examples of
-the batch.
+**BatchNorm modes.** Normalisation uses the mean and (biased) variance of a batch, over
+``(n, h, w)``; it has a learned scale and bias and keeps no running averages and no mutable
+collection, so ``apply_fn(params, x)`` is pure.
+
+* Transductive (``apply_fn(params, x)``, the default and how every algorithm trains): the
+  statistics of the whole batch. In MAML the support set and the query set of a task are each
+  normalised with their own statistics, as in the MAML paper's code (which also uses batch
+  statistics at test time). The output for one example depends on the other examples of the
+  batch: one query alone is normalised with its own statistics and the predictions collapse.
+* Inductive (``apply_fn(params, concat([support, query]), stats_rows=n_support)``): every
+  BatchNorm takes its statistics from the first ``stats_rows`` examples (the support set) and
+  normalises the whole batch with them, in one forward pass. Each query is then classified
+  independently of the others (:func:`jaxmeta.algorithms.base.apply_support_query`; the
+  ``bn_mode="inductive"`` of every learner's ``predict``).
 
 The convolutions have no bias: a per-channel constant added before a batch-statistics
 BatchNorm is removed exactly by the mean subtraction, so it would be a parameter with a
@@ -25,6 +32,8 @@ References:
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -53,8 +62,12 @@ class Conv4(nn.Module):
         ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
       dtype: parameter and compute dtype (``float64`` for finite-difference tests).
 
-    BatchNorm always uses the statistics of the current batch (see the module docstring).
+    Call: ``(x [n, 28, 28, 1], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
+    normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
     """
+
+    # Read by the engine: the output depends on the batch (so an inductive mode exists).
+    uses_batch_statistics: ClassVar[bool] = True
 
     num_classes: int | None = 5
     filters: int = 64
@@ -64,7 +77,7 @@ class Conv4(nn.Module):
     dtype: jax.typing.DTypeLike = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, stats_rows: int | None = None) -> Array:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         impl = resolve_conv_impl(self.conv_impl)
@@ -82,7 +95,7 @@ class Conv4(nn.Module):
             scale = self.param(f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype)
             bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
             x = conv3x3(x, kernel, stride=stride, impl=impl)
-            x = nn.relu(batch_stat_norm(x, scale, bias))
+            x = nn.relu(batch_stat_norm(x, scale, bias, stats_rows=stats_rows))
             if self.pool:
                 x = max_pool2x2(x)
         if self.head == "mean":

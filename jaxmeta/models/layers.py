@@ -101,17 +101,30 @@ def conv3x3(x: Array, kernel: Array, *, stride: int, impl: str) -> Array:
     return out.reshape(n, ho, wo, kernel.shape[-1])
 
 
-def batch_stat_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
-    """BatchNorm with the statistics of the current batch (mean/biased var over all but C).
+def batch_stat_norm(
+    x: Array, scale: Array, bias: Array, *, eps: float = 1e-5, stats_rows: int | None = None
+) -> Array:
+    """BatchNorm with batch statistics (mean/biased var over all axes but C), no running averages.
 
-    No running averages: the output is a pure function of ``x`` and the parameters, as
-    in the transductive MAML setting (train and test batches are both normalised with
-    their own statistics). ``eps`` = 1e-5 as in ``torch.nn.BatchNorm2d``.
+    The output is a pure function of ``x`` and the parameters. ``eps`` = 1e-5 as in
+    ``torch.nn.BatchNorm2d``.
+
+    Args:
+      x: ``[n, ..., C]``.
+      scale, bias: ``[C]``.
+      eps: added to the variance.
+      stats_rows: ``None``: statistics of the whole batch (transductive: the MAML setting,
+        where train and test batches are each normalised with their own statistics). ``k``:
+        statistics of the first ``k`` examples only, applied to all ``n`` (inductive: with
+        ``x = concat([support, query])`` and ``k = n_support`` the support set is normalised
+        exactly as alone and every query with the support's statistics, independently of the
+        other queries).
     """
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
+    mean = jnp.mean(x if stats_rows is None else x[:stats_rows], axis=axes, keepdims=True)
     centred = x - mean
-    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+    ref = centred if stats_rows is None else centred[:stats_rows]
+    var = jnp.mean(jnp.square(ref), axis=axes, keepdims=True)
     shape = (1,) * (x.ndim - 1) + (-1,)
     return centred * (lax.rsqrt(var + eps) * scale.reshape(shape)) + bias.reshape(shape)
 

@@ -27,7 +27,8 @@ class MLP(nn.Module):
     dtype: jax.typing.DTypeLike = "float32"
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, stats_rows: int | None = None) -> Array:
+        del stats_rows  # no batch statistics: the inductive and transductive modes agree
         for width in self.hidden:
             x = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=self.dtype)(x))
         return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.dtype)(x)

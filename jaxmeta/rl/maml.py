@@ -60,11 +60,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxmeta.algorithms.base import (
-    TaskBatchSize,
-    check_task_batch_size,
-    resolve_task_batch_size,
-)
+from jaxmeta.execution import TaskChunk, check_task_chunk, resolve_task_chunk
 from jaxmeta.rl.envs import Environment, Task
 from jaxmeta.rl.policy import gaussian_kl, gaussian_log_prob
 from jaxmeta.rl.rollout import (
@@ -77,7 +73,7 @@ from jaxmeta.rl.rollout import (
     rollout,
 )
 from jaxmeta.rl.trpo import gauss_newton_fvp, line_search, natural_step
-from jaxmeta.train.state import TrainState, step_key
+from jaxmeta.step import TrainState, step_key
 from jaxmeta.types import Array, Params, PRNGKey
 from jaxmeta.validation import check_int, check_positive_float
 
@@ -111,6 +107,8 @@ class MetaRL(NamedTuple):
 
     Attributes:
       init: ``(key, params) -> TrainState`` at step 0 (``key`` = the run's base key).
+      update: ``(state, tasks, key, *, optimizer=None) -> (state, metrics)``: the outer
+        update on given tasks (rollouts from ``key``), step counter unchanged.
       meta_step: ``(state) -> (state, metrics)``: one meta-iteration; its randomness is
         ``fold_in(state.key, state.step)``, so runs resume exactly.
       sample: ``(params, tasks, key) -> MetaBatch`` (rollouts and inner steps, data only).
@@ -131,6 +129,7 @@ class MetaRL(NamedTuple):
     """
 
     init: Callable[[PRNGKey, Params], TrainState]
+    update: Callable[..., tuple[TrainState, Metrics]]
     meta_step: Callable[[TrainState], tuple[TrainState, Metrics]]
     sample: Callable[[Params, Task, PRNGKey], MetaBatch]
     meta_grad: Callable[[Params, Task, PRNGKey], tuple[Params, Metrics]]
@@ -187,7 +186,7 @@ def maml_rl(
     ppo_epochs: int = 5,
     fisher: str = "full",
     fisher_subsample: float = 1.0,
-    task_batch_size: TaskBatchSize = "auto",
+    task_chunk: TaskChunk = "auto",
 ) -> MetaRL:
     """MAML-RL with a TRPO (default), Adam or PPO-clip outer step.
 
@@ -230,9 +229,9 @@ def maml_rl(
         data (Schulman et al. 2015), subsampled by whole tasks so that each task's
         metric keeps its exact dependence on the inner steps. The gradient and the line
         search always use every task.
-      task_batch_size: how tasks are mapped where it matters for speed (inner steps,
+      task_chunk: how tasks are mapped where it matters for speed (inner steps,
         the differentiated adapted policies): ``None`` vmaps all, ``b`` runs ``lax.map``
-        over chunks of ``b``, ``"auto"`` picks per backend (as the supervised learners).
+        over chunks of ``b``, ``"auto"`` picks per backend (:mod:`jaxmeta.execution`).
 
     Returns:
       A :class:`MetaRL`.
@@ -259,11 +258,10 @@ def maml_rl(
         raise ValueError(f"fisher must be 'full' or 'adapted', got {fisher!r}")
     if not 0.0 < fisher_subsample <= 1.0:
         raise ValueError(f"fisher_subsample must be in (0, 1], got {fisher_subsample}")
-    fisher_tasks = max(1, round(fisher_subsample * meta_batch))
-    task_batch_size = check_task_batch_size(task_batch_size)
+    task_chunk = check_task_chunk(task_chunk)
     if not 0.0 < ls_ratio < 1.0:
         raise ValueError(f"ls_ratio must be in (0, 1), got {ls_ratio}")
-    optimizer = optax.adam(outer_lr) if outer != "trpo" else None
+    default_optimizer = optax.adam(outer_lr)
     inner_lr_default = inner_lr
 
     # ------------------------------------------------------------------ one task's pieces
@@ -325,9 +323,9 @@ def maml_rl(
 
     def map_tasks(fn: Callable[..., Any], *xs: Any) -> Any:
         """``fn`` over the leading task axis of ``xs``: ``vmap`` or ``lax.map`` in chunks
-        (``task_batch_size``; on one CPU device one task at a time keeps each task's
+        (``task_chunk``; on one CPU device one task at a time keeps each task's
         ``[T*N, 100]`` activations in cache and measured 2.5x faster than ``vmap``)."""
-        b = resolve_task_batch_size(task_batch_size)
+        b = resolve_task_chunk(task_chunk)
         n = jax.tree_util.tree_leaves(xs)[0].shape[0]
         if b is None or b >= n:
             return jax.vmap(fn)(*xs)
@@ -422,13 +420,13 @@ def maml_rl(
         return grads, batch_metrics(mb)
 
     def fisher_vector_product(params: Params, mb: MetaBatch) -> Callable[[Array], Array]:
-        """``v -> F v`` (flat) on the first ``fisher_tasks`` tasks of the meta-batch.
+        """``v -> F v`` (flat) on the first ``fisher_tasks(meta-batch)`` tasks.
 
         ``"full"``: the Hessian of the mean KL of the adapted policies in the
         meta-parameters, through the inner steps. ``"adapted"``: each task's Fisher in its
         adapted parameters, the inner steps' Jacobian taken as the identity.
         """
-        sub = jax.tree_util.tree_map(lambda x: x[:fisher_tasks], mb)
+        sub = jax.tree_util.tree_map(lambda x: x[: fisher_tasks(mb)], mb)
         flat, unravel = ravel_pytree(params)
         if fisher == "full":
             x = flat
@@ -442,11 +440,15 @@ def maml_rl(
             return fvp
         return lambda v: jnp.sum(fvp(jnp.broadcast_to(v, x.shape)), axis=0)
 
+    def fisher_tasks(mb: MetaBatch) -> int:
+        """Tasks of the meta-batch the Fisher-vector products use (static)."""
+        return max(1, round(fisher_subsample * mb.returns.shape[0]))
+
     def trpo_update(params: Params, mb: MetaBatch) -> tuple[Params, Metrics]:
         flat, unravel = ravel_pytree(params)
         dist_fn = lambda f: dists(unravel(f), mb)
         kl_fn = lambda d0, d1: mean_kl(d0, d1, mb)
-        if fisher == "full" and fisher_tasks == meta_batch:
+        if fisher == "full" and fisher_tasks(mb) == mb.returns.shape[0]:
             # One linearisation serves the gradient and every Fisher-vector product.
             dist0, fvp, vjp = gauss_newton_fvp(dist_fn, flat, kl_fn)
         else:
@@ -475,13 +477,13 @@ def maml_rl(
         }
         return unravel(ls.x), metrics
 
-    def adam_update(params, opt_state, mb, clip, epochs):
+    def adam_update(params, opt_state, mb, clip, epochs, opt):
         dist0 = jax.lax.stop_gradient(dists(params, mb))
 
         def epoch(carry, _):
             p, s = carry
             loss, grads = jax.value_and_grad(outer_loss)(p, mb, clip)
-            updates, s = optimizer.update(grads, s, p)
+            updates, s = opt.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), (loss, optax.tree.norm(grads))
 
         (params, opt_state), (losses, norms) = jax.lax.scan(
@@ -494,28 +496,39 @@ def maml_rl(
         }
         return params, opt_state, metrics
 
+    def update(
+        state: TrainState, tasks: Task, key: PRNGKey, *, optimizer=None
+    ) -> tuple[TrainState, Metrics]:
+        """The outer update on the tasks ``tasks`` (leading ``[tasks]`` axis): rollouts and
+        inner steps with ``key``, then TRPO, or ``optimizer`` (default: Adam with
+        ``outer_lr``) for ``outer="adam"``/``"ppo"``. The step counter is left as it is
+        (the engine's outer-update hook, :attr:`jaxmeta.MetaLearner.update`)."""
+        mb = sample(state.params, tasks, key)
+        opt_state = state.opt_state
+        opt = default_optimizer if optimizer is None else optimizer
+        if outer == "trpo":
+            params, metrics = trpo_update(state.params, mb)
+        elif outer == "adam":
+            params, opt_state, metrics = adam_update(state.params, opt_state, mb, None, 1, opt)
+        else:
+            params, opt_state, metrics = adam_update(
+                state.params, opt_state, mb, ppo_clip, ppo_epochs, opt
+            )
+        metrics.update(batch_metrics(mb))
+        return state.replace(params=params, opt_state=opt_state), metrics
+
     def meta_step(state: TrainState) -> tuple[TrainState, Metrics]:
         """One meta-iteration (not jitted: compose it, or use :func:`make_train_chunk`)."""
         k_tasks, k_sample = jax.random.split(step_key(state))
         tasks = env.sample_tasks(k_tasks, meta_batch)
-        mb = sample(state.params, tasks, k_sample)
-        opt_state = state.opt_state
-        if outer == "trpo":
-            params, metrics = trpo_update(state.params, mb)
-        elif outer == "adam":
-            params, opt_state, metrics = adam_update(state.params, opt_state, mb, None, 1)
-        else:
-            params, opt_state, metrics = adam_update(
-                state.params, opt_state, mb, ppo_clip, ppo_epochs
-            )
-        metrics.update(batch_metrics(mb))
-        return TrainState(params, opt_state, state.step + 1, state.key), metrics
+        state, metrics = update(state, tasks, k_sample)
+        return state.replace(step=state.step + 1), metrics
 
     def init(key: PRNGKey, params: Params) -> TrainState:
         """Fresh state at step 0; ``key`` is the run's base key (typed or raw)."""
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.key_data(key)
-        opt_state = optimizer.init(params) if optimizer is not None else optax.EmptyState()
+        opt_state = default_optimizer.init(params) if outer != "trpo" else optax.EmptyState()
         return TrainState(params, opt_state, jnp.zeros((), jnp.int32), jnp.asarray(key, jnp.uint32))
 
     # ------------------------------------------------------------------ adaptation at test time
@@ -561,6 +574,7 @@ def maml_rl(
 
     return MetaRL(
         init=init,
+        update=update,
         meta_step=meta_step,
         sample=sample,
         meta_grad=meta_grad,

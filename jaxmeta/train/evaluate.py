@@ -17,18 +17,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import MetaLearner, check_bn_mode
 from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 
 
-def accepts_steps(predict: Callable[..., Any]) -> bool:
-    """Whether ``predict`` takes a ``steps=`` override of its inner steps."""
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``name`` (or ``**kwargs``)."""
     try:
-        params = inspect.signature(predict).parameters
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "steps" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def accepts_steps(predict: Callable[..., Any]) -> bool:
+    """Whether ``predict`` takes a ``steps=`` override of its inner steps."""
+    return accepts_keyword(predict, "steps")
 
 
 def mean_ci95(values: Array | np.ndarray) -> tuple[float, float]:
@@ -43,6 +48,7 @@ def make_evaluator(
     classification: bool,
     batch_size: int = 50,
     inner_steps: int | None = None,
+    bn_mode: str | None = None,
 ) -> Callable[[Params, Episode, PRNGKey], dict[str, Array]]:
     """A jitted ``(params, episodes, key) -> per-episode metrics``.
 
@@ -52,6 +58,9 @@ def make_evaluator(
         otherwise ``mse``.
       batch_size: episodes vmapped together inside ``lax.map``.
       inner_steps: override the inner steps of ``predict`` (MAML: ``eval_inner_steps``).
+      bn_mode: ``"transductive"`` or ``"inductive"``: how ``predict`` normalises the
+        queries (:func:`jaxmeta.algorithms.base.apply_support_query`); ``None``: the
+        learner's default (transductive for every shipped learner).
 
     Returns:
       ``evaluate(params, episodes, key)`` with ``episodes`` carrying a leading
@@ -70,6 +79,13 @@ def make_evaluator(
                 "eval.inner_steps unset"
             )
         kwargs["steps"] = int(inner_steps)
+    if bn_mode is not None:
+        if not accepts_keyword(learner.predict, "bn_mode"):
+            raise ValueError(
+                f"algorithm {learner.name!r} has no BatchNorm mode (its predict has no "
+                "bn_mode= argument)"
+            )
+        kwargs["bn_mode"] = check_bn_mode(bn_mode)
 
     def one(params: Params, episode: Episode, key: PRNGKey) -> dict[str, Array]:
         out = learner.predict(
@@ -102,6 +118,7 @@ def evaluate(
     key: PRNGKey | None = None,
     batch_size: int = 50,
     inner_steps: int | None = None,
+    bn_mode: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``params`` on fixed episodes; returns the summary dict.
 
@@ -112,7 +129,11 @@ def evaluate(
     """
     key = jax.random.key(0) if key is None else key
     fn = make_evaluator(
-        learner, classification=classification, batch_size=batch_size, inner_steps=inner_steps
+        learner,
+        classification=classification,
+        batch_size=batch_size,
+        inner_steps=inner_steps,
+        bn_mode=bn_mode,
     )
     per = jax.device_get(fn(params, episodes, key))
     return summarize(per, classification=classification)

@@ -2,9 +2,11 @@
 
 Each line of ``metrics.jsonl`` is one JSON object with ``split`` (``train``, ``val``,
 ``test``) and ``step``; train rows hold the means over the last ``log_every`` steps
-(``loss``, ``accuracy``, ``grad_norm``...), ``steps_per_sec`` and ``wall_time``
-(seconds since the start of this process' training), validation rows hold
-``accuracy``/``loss`` (or ``mse``) with ``ci95``.
+(``loss``, ``accuracy``, ``grad_norm``...), ``steps_per_sec``, ``wall_time`` (seconds of
+training since the run began, summed over all its sessions: a resumed run continues from
+the time logged at its checkpoint step, so compilation and the time lost to an interruption
+are not counted) and ``session_time`` (seconds since this process started training);
+validation rows hold ``accuracy``/``loss`` (or ``mse``) with ``ci95``.
 
 On resume from step ``s`` the log is first cut back to the rows with ``step <= s``
 (:func:`truncate_metrics`), so rows of steps that are re-run are not duplicated and
@@ -22,6 +24,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from jaxmeta.train.workdir import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -68,6 +72,73 @@ def truncate_metrics(path: str | Path, *, max_step: int) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return len(rows)
+
+
+def logged_wall_time(path: str | Path, *, max_step: int) -> float:
+    """``wall_time`` of the last train row with ``step <= max_step`` (0.0 if none).
+
+    A resumed run adds its own session's time to this, so ``wall_time`` keeps growing
+    across resumes.
+    """
+    times = [
+        r["wall_time"]
+        for r in read_metrics(path)
+        if r.get("split") == "train"
+        and int(r.get("step", 0)) <= max_step
+        and isinstance(r.get("wall_time"), int | float)
+    ]
+    return float(times[-1]) if times else 0.0
+
+
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}`` (tuples as lists, as YAML reads)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def record_run_start(
+    workdir: str | Path,
+    *,
+    config_yaml: str,
+    env: dict[str, Any],
+    resume_step: int | None,
+) -> None:
+    """Write ``config.yaml`` and ``environment.json`` at a run's start; keep them on resume.
+
+    A fresh run writes both. A resumed run leaves ``config.yaml`` as it is unless a key that
+    may change on resume (e.g. ``train.steps``) changed, in which case the file is updated
+    (the change is recorded); ``environment.json`` keeps the first session's environment at
+    its top level and appends ``{"resumed_at_step": s, "config_changes": {...}, ...env}`` to
+    its ``resumes`` list.
+    """
+    import yaml
+
+    workdir = Path(workdir)
+    config_path, env_path = workdir / "config.yaml", workdir / "environment.json"
+    if resume_step is None or not config_path.exists() or not env_path.exists():
+        atomic_write_text(config_path, config_yaml)
+        atomic_write_text(env_path, json.dumps(env, indent=2) + "\n")
+        return
+    old = flatten_config(yaml.safe_load(config_path.read_text()) or {})
+    new = flatten_config(yaml.safe_load(config_yaml) or {})
+    changes = {
+        k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    }
+    if changes:
+        atomic_write_text(config_path, config_yaml)
+    try:
+        doc = json.loads(env_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        doc = {}
+    doc.setdefault("resumes", []).append(
+        {"resumed_at_step": resume_step, "config_changes": changes, **env}
+    )
+    atomic_write_text(env_path, json.dumps(doc, indent=2) + "\n")
 
 
 class MetricsWriter:

@@ -1,0 +1,221 @@
+"""The work behind ``jaxmeta predict``, ``jaxmeta plot`` and the naming of ``jaxmeta
+evaluate``'s result files (``jaxmeta data omniglot --export-test`` is
+:func:`jaxmeta.data.omniglot.export.export_test_images`, kept importable from here).
+
+:mod:`jaxmeta.cli` parses arguments and turns exceptions into one-line errors; the functions
+here take keyword arguments and raise ``ValueError`` / ``FileNotFoundError`` for bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmeta.data.omniglot.export import export_test_images  # noqa: F401 -- its former home
+from jaxmeta.train.workdir import atomic_write_text
+
+# --------------------------------------------------------------------------------------------
+# evaluate: one file per evaluation setting, never silently replaced.
+
+
+def eval_result_name(
+    *,
+    split: str,
+    checkpoint: str,
+    episodes: int,
+    inner_steps: int | None = None,
+    bn_mode: str | None = None,
+) -> str:
+    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>].json``.
+
+    ``inner_steps`` appears only when the evaluation overrode the algorithm's own,
+    ``bn_mode`` only when a single BatchNorm mode was asked for (the default reports both).
+    """
+    name = f"eval_{split}_{checkpoint}_{episodes}ep"
+    if inner_steps is not None:
+        name += f"_{inner_steps}steps"
+    if bn_mode is not None:
+        name += f"_{bn_mode}"
+    return name + ".json"
+
+
+def write_new_json(path: str | Path, data: dict[str, Any]) -> tuple[Path, str]:
+    """Write ``data`` to ``path`` without ever replacing a different result.
+
+    Returns:
+      ``(path written or found, status)``: ``"new"``; ``"unchanged"`` when ``path`` already
+      holds exactly ``data`` (nothing is written); ``"kept"`` when ``path`` holds another
+      result, which stays, and ``data`` went to ``<stem>-2.json`` (``-3``, ...).
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    status = "new"
+    candidate, n = path, 1
+    while candidate.exists():
+        try:
+            same = json.loads(candidate.read_text()) == json.loads(text)
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if same:
+            return candidate, "unchanged"
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        status = "kept"
+    atomic_write_text(candidate, text)
+    return candidate, status
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+
+
+def predict_folders(
+    *,
+    workdir: str | Path,
+    support: str | Path,
+    query: list[str | Path],
+    checkpoint: str | int = "best",
+    bn_mode: str = "inductive",
+    inner_steps: int | None = None,
+) -> dict[str, Any]:
+    """Classify query images with a trained run adapted to a folder of labelled examples.
+
+    Args:
+      workdir: a ``jaxmeta train`` workdir.
+      support: folder with one subfolder per class, holding that class's images.
+      query: image files and/or folders (searched recursively; a query inside a subfolder
+        named like a support class counts as labelled, and accuracy is reported).
+      checkpoint, bn_mode, inner_steps: as :func:`jaxmeta.load`.
+
+    Returns:
+      ``{"workdir", "checkpoint", "step", "algorithm", "bn_mode", "classes", "predictions":
+      [{"file", "predicted", "probability", "probabilities": {class: p}, ["true"]}],
+      ["accuracy"]}``.
+
+    Raises:
+      ValueError: unusable folders or files (:class:`jaxmeta.data.images.ImageFolderError`),
+        a class count the model cannot take.
+      FileNotFoundError: not a workdir, or no such checkpoint.
+    """
+    import jaxmeta
+    from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
+
+    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps)
+    if not clf.classification:
+        raise ValueError(f"{workdir} is a {clf.config.data.name} regression run, not a classifier")
+    size = clf.input_shape[0]
+    names, sx, sy = read_support_folder(support, image_size=size)
+    if clf.ways is not None and len(names) != clf.ways:
+        raise ImageFolderError(
+            f"{support} has {len(names)} class folders ({', '.join(names)}) but this "
+            f"{clf.learner.name} model was trained {clf.ways}-way and its output layer has "
+            f"{clf.ways} classes: give exactly {clf.ways} class folders"
+        )
+    if len(names) < 2:
+        raise ImageFolderError(f"{support} has one class folder ({names[0]}): give at least 2")
+    files, qx = read_query(query, image_size=size)
+    probs = np.asarray(clf.probabilities(sx, sy, qx), np.float64)
+    rows = []
+    for f, p in zip(files, probs, strict=True):
+        i = int(np.argmax(p))
+        row = {
+            "file": str(f),
+            "predicted": names[i],
+            "probability": float(p[i]),
+            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
+        }
+        if f.parent.name in names and not any(Path(q) == f for q in query):
+            row["true"] = f.parent.name
+        rows.append(row)
+    out = {
+        "workdir": str(workdir),
+        "checkpoint": clf.checkpoint,
+        "step": clf.step,
+        "algorithm": clf.learner.name,
+        "bn_mode": clf.bn_mode if clf.uses_batch_statistics else None,
+        "inner_steps": clf.inner_steps,
+        "classes": names,
+        "support_images": int(sx.shape[0]),
+        "predictions": rows,
+    }
+    if rows and all("true" in r for r in rows):
+        out["accuracy"] = float(np.mean([r["true"] == r["predicted"] for r in rows]))
+    return out
+
+
+def write_predictions(result: dict[str, Any], path: str | Path) -> Path:
+    """``.json``: the whole result; ``.csv``: one row per query (file, predicted,
+    probability, true if known, then one probability column per class)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    elif path.suffix.lower() == ".csv":
+        names = result["classes"]
+        labelled = any("true" in r for r in result["predictions"])
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                ["file", "predicted", "probability", *(["true"] if labelled else []), *names]
+            )
+            for r in result["predictions"]:
+                w.writerow(
+                    [r["file"], r["predicted"], f"{r['probability']:.6f}"]
+                    + ([r.get("true", "")] if labelled else [])
+                    + [f"{r['probabilities'][n]:.6f}" for n in names]
+                )
+    else:
+        raise ValueError(f"--out {path}: use a .csv or .json file name")
+    return path
+
+
+def format_predictions(result: dict[str, Any]) -> str:
+    """The table ``jaxmeta predict`` prints: one line per query."""
+    rows = result["predictions"]
+    width = max(len(Path(r["file"]).name) for r in rows)
+    pwidth = max(len(r["predicted"]) for r in rows)
+    lines = []
+    for r in rows:
+        line = (
+            f"{Path(r['file']).name:<{width}}  {r['predicted']:<{pwidth}}  "
+            f"{100 * r['probability']:5.1f}%"
+        )
+        if "true" in r:
+            line += "  ok" if r["true"] == r["predicted"] else f"  wrong (true: {r['true']})"
+        lines.append(line)
+    if "accuracy" in result:
+        lines.append(f"accuracy: {100 * result['accuracy']:.1f}% of {len(rows)} labelled queries")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# plot
+
+
+def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
+    """Re-render ``learning_curves.png`` from a workdir's ``metrics.jsonl``.
+
+    Raises:
+      FileNotFoundError: no ``metrics.jsonl`` there.
+      RuntimeError: matplotlib could not draw it.
+    """
+    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves
+
+    workdir = Path(workdir)
+    metrics = workdir / METRICS_FILE
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{workdir} has no {METRICS_FILE}: not a 'jaxmeta train' workdir")
+    title = workdir.name
+    config = workdir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        title = (yaml.safe_load(config.read_text()) or {}).get("name") or title
+    png = Path(out) if out is not None else workdir / "learning_curves.png"
+    if not plot_learning_curves(metrics, png, title=title):
+        raise RuntimeError("matplotlib is not available: no plot")
+    return png
