@@ -383,3 +383,23 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
     recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
     assert recs["maml"]["unfinished"] and math.isclose(recs["maml"]["accuracy"], 70.0)
     assert "test of the step-200 checkpoint" in rep.stdout
+
+
+def test_maml_rl_quick(tmp_path):
+    out = tmp_path / "maml_rl"
+    run("maml_rl.py", "--quick", "--out", str(out))
+    doc = json.loads((out / "maml_rl.json").read_text())
+    check_machine(doc)
+    assert doc["benchmark"] == "maml_rl" and doc["quick"]
+    ev = doc["eval"]
+    assert ev["steps"] == [0, 1, 2, 3]
+    for name in ("maml", "pretrained", "random"):
+        assert len(ev[name]["mean"]) == 4 and all(math.isfinite(v) for v in ev[name]["mean"])
+        assert all(c >= 0 for c in ev[name]["ci95"])
+    s = doc["speed"]
+    for key in ("maml_train_s", "maml_compile_s", "train_env_steps_per_s"):
+        assert positive(s[key]), (key, s[key])
+    assert positive(s["rollout_only"]["env_steps_per_s"])
+    assert len(doc["maml"]["curve"]["return_after"]) == 5
+    for png in doc.get("plots", []):
+        assert Path(png).stat().st_size > 0
