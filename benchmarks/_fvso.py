@@ -8,6 +8,7 @@ middle resumes from its own checkpoint: it is an ordinary ``jaxmeta.train`` work
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -99,8 +100,10 @@ def _load(path: Path) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------ accuracy
 
 
-def run_overrides(steps: int, evals: int, settings: dict[str, Any], task: str) -> list[str]:
-    """Length, evaluation points and checkpoints of an accuracy run."""
+def run_overrides(steps: int, settings: dict[str, Any], *, keep_all: bool) -> list[str]:
+    """Length, evaluation points and checkpoints of an accuracy run (every validation point
+    is checkpointed only in ``keep_all`` runs: those the gradient gap reads)."""
+    evals = settings["evals"]
     spc = max(1, min(settings["steps_per_call"], steps // evals))
     every = max(spc, steps // evals // spc * spc)
     out = [
@@ -108,8 +111,8 @@ def run_overrides(steps: int, evals: int, settings: dict[str, Any], task: str) -
         f"train.steps_per_call={spc}",
         f"train.log_every={spc}",
         f"train.eval_every={every}",
-        f"train.checkpoint_every={every}",
-        f"train.keep_checkpoints={steps // every + 2}",  # all of them: the gap reads them
+        f"train.checkpoint_every={every if keep_all else steps}",
+        f"train.keep_checkpoints={steps // every + 2 if keep_all else 1}",
         f"eval.episodes={settings['eval_episodes']}",
         f"eval.val_episodes={settings['val_episodes']}",
     ]
@@ -171,7 +174,8 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
         return {"task": task, "algorithm": algorithm, "seed": seed, "skipped": why}
     path, overrides = found
     steps = settings["steps"][task]
-    overrides = [*overrides, *run_overrides(steps, settings["evals"], settings, task)]
+    keep_all = algorithm == "maml" and seed == settings["gap_seed"]
+    overrides = [*overrides, *run_overrides(steps, settings, keep_all=keep_all)]
     overrides.append(f"train.seed={seed}")
     log(f"{task} / {algorithm} / seed {seed}: {steps} steps")
     try:
@@ -213,8 +217,29 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
 
 def train_seeds(task: str, algorithm: str, seeds: list[int], settings, out: Path) -> list[dict]:
     """One run per seed, one after the other. With populations (issue 15) this becomes one
-    program: ``train.seeds=[...]`` in the overrides of a single ``train_one`` call."""
-    return [train_one(task, algorithm, s, settings, out) for s in seeds]
+    program: ``train.seeds=[...]`` in the overrides of a single ``train_one`` call.
+
+    The runs of one (task, algorithm) compile the same programs: JAX's persistent
+    compilation cache (``<out>/jax_cache``) compiles them once; the cost part turns it off.
+    """
+    with compilation_cache(out / "jax_cache"):
+        return [train_one(task, algorithm, s, settings, out) for s in seeds]
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: Path | None):
+    """JAX's persistent compilation cache in ``directory`` (``None``: off) inside the block."""
+    import jax
+
+    before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    if directory is not None:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_enable_compilation_cache", directory is not None)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before[0])
 
 
 # ------------------------------------------------------------------------------ cost
@@ -253,7 +278,8 @@ def cost_one(task: str, algorithm: str, inner_steps: int, settings, out: Path) -
         data = exp.source.train_data()
         state = initial_state(cfg, exp)
         n = jnp.asarray(spc, jnp.int32)
-        compiled, compile_s = compile_timed(chunk, state, data, n)
+        with compilation_cache(None):  # a real compilation, never a cache hit
+            compiled, compile_s = compile_timed(chunk, state, data, n)
         timing = time_state_calls(compiled, state, (data, n), settings["timing"])
         timing.pop("call")
     except Exception as err:  # noqa: BLE001
