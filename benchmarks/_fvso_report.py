@@ -154,6 +154,7 @@ def gap_summary(gaps: list[dict]) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     """The Markdown report: accuracy, equal time, cost, gradient gap."""
+    mach = results["machine"]
     acc = [dict(r) for r in results["summary"]["accuracy"]]
     for r in acc:
         unit = "%" if r["metric"] == "accuracy" else ""
@@ -165,8 +166,8 @@ def markdown(results: dict[str, Any]) -> str:
             else "-"
         )
     parts = [
-        f"Machine: {results['machine'].get('device_kind')} ({results['machine'].get('cpu')}), "
-        f"date {results['machine'].get('date_utc')}; mode: {results['mode']}.",
+        f"Machine: {mach.get('device_kind')} ({mach.get('cpu_model')}, load average "
+        f"{[round(x, 1) for x in mach.get('loadavg') or ()]} at the end), date {mach.get('date_utc')}; mode: {results['mode']}.",
         "",
         "Test score (accuracy %, or MSE for sinusoid): mean ± std over seeds of the "
         "best-validation checkpoint; paper = published number.",
@@ -186,13 +187,16 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
         "Cost of one meta-step (engine's fused step, on-device sampling included); memory = "
-        "XLA memory analysis of the compiled program (temp = the program's own scratch).",
+        "XLA memory analysis of the compiled program (temp = the program's own scratch; "
+        "args+out+temp = arguments + outputs - donated + temp).",
         "",
     ]
     costs = [dict(c) for c in results["cost"] if "ms_per_step" in c]
     for c in costs:
         mem = c.get("memory_mb") or {}
-        c["_temp"], c["_peak"] = mem.get("temp"), mem.get("peak")
+        c["_temp"] = mem.get("temp")
+        if mem:  # XLA:CPU's own peak figure can be below temp: report the sum instead
+            c["_total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
     parts.append(
         markdown_table(
             costs,
@@ -201,10 +205,11 @@ def markdown(results: dict[str, Any]) -> str:
                 ("algorithm", "algorithm"),
                 ("inner_steps", "inner steps"),
                 ("meta_batch", "meta-batch"),
-                ("ms_per_step", "ms/meta-step"),
+                ("ms_per_step", "ms/meta-step (median)"),
+                ("ms_per_step_min", "min"),
                 ("compile_s", "compile s"),
                 ("_temp", "temp MiB"),
-                ("_peak", "peak MiB"),
+                ("_total", "args+out+temp MiB"),
             ],
         )
     )
@@ -231,6 +236,17 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("notes"):
         parts += ["", "Notes:", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(parts) + "\n"
+
+
+def _save(plt, fig, axes, path: Path) -> str:
+    """Grid and legend on every panel, then write the figure."""
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
 
 
 def plot(results: dict[str, Any], out: Path) -> list[str]:
@@ -289,13 +305,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
             axes[0, j].set_ylabel("cosine(FO, SO)", fontsize=8)
             axes[1, j].set_ylabel("|FO - SO| / |SO|", fontsize=8)
             axes[1, j].set_xlabel("checkpoint step of the SO run", fontsize=8)
-            for ax in axes[:, j]:
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "gradient_cosine.png", dpi=100)
-        plt.close(fig)
-        written.append(str(out / "gradient_cosine.png"))
+        written.append(_save(plt, fig, axes, out / "gradient_cosine.png"))
     costs = [c for c in results["cost"] if "ms_per_step" in c]
     ctasks = list(dict.fromkeys(c["task"] for c in costs))
     if ctasks:
@@ -313,12 +323,6 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
             axes[0, j].set_ylabel("temp memory MiB (XLA analysis)", fontsize=8)
             axes[1, j].set_ylabel("ms per meta-step (median)", fontsize=8)
             axes[1, j].set_xlabel("inner steps", fontsize=8)
-            for ax in axes[:, j]:
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
         fig.suptitle(f"cost vs inner steps ({device})", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "memory_vs_inner_steps.png", dpi=100)
-        plt.close(fig)
-        written.append(str(out / "memory_vs_inner_steps.png"))
+        written.append(_save(plt, fig, axes, out / "memory_vs_inner_steps.png"))
     return written
