@@ -167,7 +167,8 @@ def markdown(results: dict[str, Any]) -> str:
         )
     parts = [
         f"Machine: {mach.get('device_kind')} ({mach.get('cpu_model')}, load average "
-        f"{[round(x, 1) for x in mach.get('loadavg') or ()]} at the end), date {mach.get('date_utc')}; mode: {results['mode']}.",
+        f"{[round(x, 1) for x in mach.get('loadavg') or ()]} at the end), "
+        f"date {mach.get('date_utc')}; mode: {results['mode']}.",
         "",
         "Test score (accuracy %, or MSE for sinusoid): mean ± std over seeds of the "
         "best-validation checkpoint; paper = published number.",
