@@ -86,9 +86,7 @@ def test_gap_matches_closed_form_and_grows_with_inner_lr(steps):
                 np.linalg.norm(fo[:-1] - so[:-1]) / np.linalg.norm(so[:-1]),
                 rtol=1e-10,
             )
-            np.testing.assert_allclose(
-                named["b"]["cosine"], np.sign(fo[-1] * so[-1]), rtol=1e-10
-            )
+            np.testing.assert_allclose(named["b"]["cosine"], np.sign(fo[-1] * so[-1]), rtol=1e-10)
             rel.append(float(gap.rel_diff))
             assert gap.cosine < 1 - 1e-8
         assert rel[0] < rel[1] < rel[2], rel
