@@ -2,8 +2,10 @@
 
 Every unit of work (one training run, one cost row, the gradient gap of one task) writes
 its record to a JSON file under ``--out`` as soon as it finishes and is skipped when that
-file exists, so an interrupted benchmark resumes where it stopped (a training run cut in the
-middle resumes from its own checkpoint: it is an ordinary ``jaxmeta.train`` workdir).
+file exists, so an interrupted benchmark resumes where it stopped. A training run cut in the
+middle is an ordinary ``jaxmeta.train`` workdir and resumes from its last checkpoint: every
+validation point in the seed-0 MAML run (the gradient gap reads them), only the final step
+in the others (checkpoints cost time on a CPU), which therefore start over.
 """
 
 from __future__ import annotations

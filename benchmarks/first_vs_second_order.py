@@ -20,7 +20,8 @@ Omniglot 5w1s, 5w5s, 20w1s, 20w5s with the paper protocol of ``configs/omniglot/
   for inner steps 1, 5 and 10.
 
 Resumable: every run, cost row and gap record is written under ``--out`` when it finishes
-and skipped on a rerun; a run cut in the middle resumes from its checkpoint.
+and skipped on a rerun; a run cut in the middle resumes from its last checkpoint (the seed-0
+MAML run checkpoints at every validation point, the others only at the end).
 
 Outputs in ``--out`` (default ``bench-out/first_vs_second_order``): ``first_vs_second_order.json``
 (every number), ``first_vs_second_order.md`` (tables), ``accuracy_vs_steps.png``,
