@@ -61,7 +61,11 @@ from _common import (  # noqa: E402
 
 GRADIENT_BASED = ("maml", "fomaml", "anil", "metasgd", "reptile")
 OTHERS = ("protonets", "matching", "snail")
-ALL = GRADIENT_BASED + OTHERS
+# On fixed 640-d feature vectors (the LEO paper's WRN-28-10 embeddings), not images: the
+# paper's 5 latent + 5 fine-tuning steps, 64 latents.
+FEATURE_BASED = ("leo",)
+FEATURES = 640
+ALL = GRADIENT_BASED + OTHERS + FEATURE_BASED
 SWEEPS = ("algorithms", "shape", "memory")
 
 
@@ -74,6 +78,13 @@ def build(cfg: dict[str, Any]):
     from jaxmeta.models.conv4 import Conv4
 
     alg, ways, shots, k = cfg["algorithm"], cfg["ways"], cfg["shots"], cfg["inner_steps"]
+    if alg in FEATURE_BASED:
+        from jaxmeta.models.identity import Identity
+
+        learner = get_algorithm(alg)(
+            Identity().apply, ways=ways, input_shape=(FEATURES,), inner_steps=k, finetune_steps=k
+        )
+        return learner, Identity()
     embed = alg in OTHERS
     model = Conv4(
         num_classes=None if embed else ways,
@@ -100,8 +111,11 @@ def build(cfg: dict[str, Any]):
     return get_algorithm(alg)(model.apply, **kw), model
 
 
-def synthetic_episodes(key, *, tasks: int, ways: int, shots: int, queries: int, size: int = 28):
-    """Omniglot-shaped random episodes (values in [0, 1), class-major labels)."""
+def synthetic_episodes(
+    key, *, tasks: int, ways: int, shots: int, queries: int, size: int = 28, features: int = 0
+):
+    """Omniglot-shaped random episodes (values in [0, 1), class-major labels); ``features``:
+    feature vectors ``[tasks, n, features]`` instead."""
     import jax
     import jax.numpy as jnp
 
@@ -114,10 +128,11 @@ def synthetic_episodes(key, *, tasks: int, ways: int, shots: int, queries: int, 
     qy = jnp.broadcast_to(
         jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries), (tasks, ways * queries)
     )
+    item = (features,) if features else (size, size, 1)
     return Episode(
-        jax.random.uniform(ks, (tasks, ways * shots, size, size, 1), jnp.float32),
+        jax.random.uniform(ks, (tasks, ways * shots, *item), jnp.float32),
         sy,
-        jax.random.uniform(kq, (tasks, ways * queries, size, size, 1), jnp.float32),
+        jax.random.uniform(kq, (tasks, ways * queries, *item), jnp.float32),
         qy,
     )
 
@@ -140,6 +155,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         ways=cfg["ways"],
         shots=cfg["shots"],
         queries=cfg["queries"],
+        features=FEATURES if cfg["algorithm"] in FEATURE_BASED else 0,
     )
     params = jax.jit(model.init)(k_init, eps.support_x[0])
     optimizer = optax.adam(cfg["outer_lr"])
@@ -206,7 +222,7 @@ def _order(cfg):
     alg = cfg["algorithm"]
     if alg == "fomaml" or (cfg.get("first_order") and alg in ("maml", "anil", "metasgd")):
         return "first"
-    return "second" if alg in ("maml", "anil", "metasgd") else "-"
+    return "second" if alg in ("maml", "anil", "metasgd", "leo") else "-"
 
 
 # ------------------------------------------------------------------------------ grids
@@ -250,7 +266,8 @@ def grid(args) -> list[dict[str, Any]]:
     for sweep in args.sweeps:
         if sweep == "algorithms":
             for alg in args.algorithms:
-                for k in args.inner_steps if alg in GRADIENT_BASED else [0]:
+                steps = args.inner_steps if alg in GRADIENT_BASED else [0]
+                for k in [5] if alg in FEATURE_BASED else steps:
                     add("algorithms", algorithm=alg, inner_steps=k)
         elif sweep == "shape":
             for fo in (False, True):

@@ -10,6 +10,7 @@ few-shot classifier. The modules and the words used are in docs/architecture.md.
 
 from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.leo import leo
 from jaxmeta.algorithms.maml import fomaml, maml
 from jaxmeta.algorithms.matching import matching
 from jaxmeta.algorithms.metasgd import metasgd
@@ -50,6 +51,7 @@ __all__ = [
     "fomaml",
     "init_meta_train_state",
     "init_train_state",
+    "leo",
     "load",
     "make_meta_step",
     "maml",

@@ -113,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
         "Also runs as: python -m jaxmeta <command> ...",
     )
     p.add_argument("--version", action="version", version=f"jaxmeta {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,plot,data}")
+    sub = p.add_subparsers(
+        dest="command", metavar="{train,evaluate,predict,plot,data,export-features}"
+    )
 
     t = sub.add_parser(
         "train",
@@ -284,6 +286,17 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--out", metavar="PNG", help="output file (default: <workdir>/learning_curves.png)"
     )
+
+    x = sub.add_parser(
+        "export-features",
+        help="write a trained run's embeddings of every split (input of LEO)",
+        description="Apply a run's model without its head to every image of every split of "
+        "its dataset; write OUT/{train,val,test}_features.npz for data.name: features.",
+    )
+    x.add_argument("workdir", help="a directory written by 'jaxmeta train'")
+    x.add_argument("out", help="output folder")
+    x.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+    x.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
 
     d = sub.add_parser(
         "data",
@@ -457,6 +470,18 @@ def _predict(args) -> int:
     return 0
 
 
+def _export_features(args) -> int:
+    from jaxmeta.feature_export import export_features
+
+    ckpt = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    try:
+        lines = export_features(args.workdir, args.out, checkpoint=ckpt, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    print("\n".join(lines))
+    return 0
+
+
 def _plot(args) -> int:
     from jaxmeta.commands import replot
 
@@ -626,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "evaluate", "predict"):
         _enable_compilation_cache()
     handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict, "plot": _plot}
+    handlers["export-features"] = _export_features
     try:
         # train handles SIGINT/SIGTERM itself, between steps
         return handlers.get(args.command, _data)(args)

@@ -12,7 +12,8 @@ Images are given as the dataset cache holds them (:func:`jaxmeta.data.omniglot.p
 makes that form from image files): ``[n, S, S]`` or ``[n, S, S, 1]``, NumPy or JAX, either
 uint8 with strokes 255 (mapped to the model input exactly as in training,
 ``float32(u8) * (1 / 255)``, :func:`jaxmeta.data.episodes.to_float`) or float in [0, 1]
-with strokes 1.0 (used as is). Labels are ints ``0..N-1``, every class present.
+with strokes 1.0 (used as is). Runs on feature vectors (LEO) take float ``[n, d]`` as they
+are. Labels are ints ``0..N-1``, every class present.
 
 **BatchNorm.** The Conv-4 normalises with batch statistics. Training and the published
 evaluation protocol are transductive: the queries of a task are normalised together, so a
@@ -136,6 +137,8 @@ class FewShotClassifier:
         if not self.classification:
             return jnp.asarray(x, jnp.float32)
         dtype = np.dtype(x.dtype)
+        if len(self.input_shape) == 1 and np.issubdtype(dtype, np.floating):
+            return jnp.asarray(x, jnp.float32)  # feature vectors (LEO), used as they are
         if dtype == np.uint8:
             from jaxmeta.data.episodes import to_float
 

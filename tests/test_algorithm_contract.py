@@ -59,6 +59,14 @@ SETUPS = {
         optax.adam(3e-3),
         400,
     ),
+    # LEO consumes embeddings: here a Conv-4 embedding of the images, meta-learned with it
+    # (the paper's fixed features are the identity model; tests/test_leo.py).
+    "leo": (
+        _EMB,
+        dict(ways=WAYS, input_shape=(28, 28, 1), num_latents=16, normalize=True),
+        optax.adam(3e-3),
+        STEPS,
+    ),
 }
 
 

@@ -36,6 +36,7 @@ ALGORITHM_SECTIONS = {
     "protonets": ({}, EMBEDDING),
     "matching": ({}, EMBEDDING),
     "snail": ({"tc_filters": 8, "key_size": 8}, EMBEDDING),
+    "leo": ({"num_latents": 8, "inner_steps": 1, "finetune_steps": 1}, EMBEDDING),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxmeta.algorithms import anil as _anil
+from jaxmeta.algorithms import leo as _leo
 from jaxmeta.algorithms import maml as _maml
 from jaxmeta.algorithms import matching as _matching
 from jaxmeta.algorithms import metasgd as _metasgd
@@ -31,6 +32,7 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "protonets": _protonets.protonets,
     "matching": _matching.matching,
     "snail": _snail.snail,
+    "leo": _leo.leo,
 }
 
 

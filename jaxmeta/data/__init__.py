@@ -3,7 +3,8 @@
 A dataset is one :class:`~jaxmeta.data.source.TaskSource` class plus one registry entry
 (:func:`register_task_source`); image datasets stored as one uint8 array per split build on
 :class:`~jaxmeta.data.image_tasks.ImageTasks`. Shipped: Omniglot (TFDS builder, uint8 cache,
-splits) and sinusoid regression.
+splits), sinusoid regression, and fixed feature vectors (the LEO paper's embeddings,
+features exported from a trained run).
 """
 
 from jaxmeta.data.episodes import (
@@ -13,7 +14,9 @@ from jaxmeta.data.episodes import (
     num_classes,
     sample_episodes,
 )
+from jaxmeta.data.features import ExportedFeatures, FeaturesError, FeatureTasks
 from jaxmeta.data.image_tasks import ImageTasks
+from jaxmeta.data.leo_embeddings import LEOEmbeddings
 from jaxmeta.data.omniglot import (
     DATASET_NAME,
     SCHEMES,
@@ -35,7 +38,11 @@ __all__ = [
     "ROTATIONS",
     "SCHEMES",
     "TASK_SOURCES",
+    "ExportedFeatures",
+    "FeatureTasks",
+    "FeaturesError",
     "ImageTasks",
+    "LEOEmbeddings",
     "Omniglot",
     "OmniglotCorruptError",
     "OmniglotFilesMissingError",

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from jaxmeta.data.features import ExportedFeatures
+from jaxmeta.data.leo_embeddings import LEOEmbeddings
 from jaxmeta.data.omniglot.source import OmniglotTasks
 from jaxmeta.data.sinusoid import SinusoidTasks
 from jaxmeta.data.source import TaskSource, TaskSourceError
 
 __all__ = [
     "TASK_SOURCES",
+    "ExportedFeatures",
+    "LEOEmbeddings",
     "OmniglotTasks",
     "SinusoidTasks",
     "TaskSource",
@@ -26,6 +30,8 @@ __all__ = [
 TASK_SOURCES: dict[str, Callable[..., TaskSource]] = {
     "omniglot": OmniglotTasks,
     "sinusoid": SinusoidTasks,
+    "leo_embeddings": LEOEmbeddings,
+    "features": ExportedFeatures,
 }
 
 

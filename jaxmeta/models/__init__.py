@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from jaxmeta.models.conv4 import Conv4
 from jaxmeta.models.fce import FullContextEmbedding
+from jaxmeta.models.identity import Identity
 from jaxmeta.models.mlp import MLP
 from jaxmeta.models.snail import SNAIL
 
@@ -17,6 +18,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "conv4": Conv4,
     "snail": SNAIL,
     "fce": FullContextEmbedding,
+    "identity": Identity,
 }
 
 
