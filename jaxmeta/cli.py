@@ -141,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.steps=60000 (repeatable)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        metavar="S",
+        help="train S runs (seeds train.seed .. train.seed+S-1) vmapped in one program "
+        "(train.seeds); with a sweep: section, S seeds per sweep point",
+    )
     g = t.add_argument_group(
         "devices and hosts",
         "split the meta-batch's tasks over devices (docs/scaling.md); the flags set the "
@@ -207,6 +214,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="{best,latest,STEP}",
         help="which checkpoint: best (default; latest when there is no best), latest, or a "
         "step number",
+    )
+    e.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="I",
+        help="a population's member I (train.seeds / sweep); default: every member, with "
+        "the mean, std and 95%% interval across seeds",
     )
     e.add_argument(
         "--bn-mode",
@@ -323,6 +338,7 @@ def _train(args) -> int:
             return _err("--config is required (unless --workdir holds a run to resume)", 2)
     flags = {
         "mesh.devices": args.devices,
+        "train.seeds": args.seeds,
         "distributed.coordinator_address": args.coordinator_address,
         "distributed.num_processes": args.num_processes,
         "distributed.process_id": args.process_id,
@@ -373,9 +389,15 @@ def _evaluate(args) -> int:
         return _err(f"--episodes must be positive, got {args.episodes}", 2)
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
+    if args.run is None and _is_population_workdir(workdir):
+        return _evaluate_population(args, workdir)
     try:
         run = restore_run(
-            workdir, args.checkpoint, overrides=args.overrides, episodes=args.episodes
+            workdir,
+            args.checkpoint,
+            overrides=args.overrides,
+            episodes=args.episodes,
+            run=args.run,
         )
     except ConfigError as err:
         return _err(str(err), 2)
@@ -393,6 +415,7 @@ def _evaluate(args) -> int:
     batch_stats = "bn_mode" in res
     label = run.checkpoint if str(args.checkpoint) in ("best", "latest") else f"step{run.step}"
     name = eval_result_name(
+        run=args.run,
         split=args.split,
         checkpoint=label,
         episodes=run.config.eval.episodes,
@@ -422,6 +445,57 @@ def _evaluate(args) -> int:
         print(f"{workdir / name} holds another result, kept; wrote {path}", file=sys.stderr)
     else:
         print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _is_population_workdir(workdir: Path) -> bool:
+    from jaxmeta import yaml_io
+
+    try:
+        raw = yaml_io.load(yaml_io.read_text(workdir / "config.yaml")) or {}
+    except Exception:
+        return False  # restore_run names what is wrong with it
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    return bool(raw.get("sweep")) or train.get("seeds") is not None
+
+
+def _evaluate_population(args, workdir: Path) -> int:
+    """``jaxmeta evaluate`` of every member of a population, with the across-seed summary."""
+    from jaxmeta.commands import eval_result_name, write_new_json
+    from jaxmeta.train import CheckpointError, ConfigError
+    from jaxmeta.train.population_loop import evaluate_population, format_population
+
+    try:
+        res = evaluate_population(
+            workdir,
+            args.checkpoint,
+            overrides=args.overrides,
+            episodes=args.episodes,
+            split=args.split,
+            inner_steps=args.inner_steps,
+            bn_mode=args.bn_mode,
+        )
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    for r in res["runs"]:
+        metric = res["metric"]
+        print(
+            f"run {r['run']} (seed {r['seed']}): {args.split} {metric} {r[metric]:.4f} "
+            f"± {r['ci95']:.4f}"
+        )
+    for g in res["across_seeds"]:
+        print(format_population(g, res["metric"], res["episodes"]))
+    label = str(args.checkpoint)
+    label = label if label in ("best", "latest") else f"step{label}"
+    name = eval_result_name(
+        split=args.split,
+        checkpoint=label,
+        episodes=res["episodes"],
+        inner_steps=args.inner_steps,
+        bn_mode=None if args.bn_mode == "both" else args.bn_mode,
+    )
+    path, status = write_new_json(workdir / name, res)
+    print(f"wrote {path}" if status != "unchanged" else f"same result as {path}", file=sys.stderr)
     return 0
 
 

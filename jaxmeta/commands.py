@@ -29,8 +29,9 @@ def eval_result_name(
     episodes: int,
     inner_steps: int | None = None,
     bn_mode: str | None = None,
+    run: int | None = None,
 ) -> str:
-    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>].json``.
+    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>][_run<i>].json``.
 
     ``inner_steps`` appears only when the evaluation overrode the algorithm's own,
     ``bn_mode`` only when a single BatchNorm mode was asked for (the default reports both).
@@ -40,6 +41,8 @@ def eval_result_name(
         name += f"_{inner_steps}steps"
     if bn_mode is not None:
         name += f"_{bn_mode}"
+    if run is not None:  # one member of a population
+        name += f"_run{run}"
     return name + ".json"
 
 

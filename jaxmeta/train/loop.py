@@ -64,6 +64,7 @@ from jaxmeta.train.metrics import (
     record_run_start,
     truncate_metrics,
 )
+from jaxmeta.train.population import is_population
 from jaxmeta.train.run import (
     check_resumable,
     environment,
@@ -135,7 +136,10 @@ def train_and_evaluate(
                     ckpt.close()
 
             stack.callback(close)
-            training = Training(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
+            session = Training
+            if is_population(cfg):  # train.seeds / sweep: runs vmapped in one program
+                from jaxmeta.train.population_loop import PopulationTraining as session
+            training = session(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
             if lock is not None and lock.warning:
                 training.say(f"warning: {lock.warning}")
             return training.run()

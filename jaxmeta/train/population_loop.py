@@ -1,0 +1,466 @@
+"""The training session of a population (:mod:`jaxmeta.train.population`): the single run's
+named steps (:class:`jaxmeta.train.loop.Training`) over a state with a leading run axis.
+
+What a population's workdir holds, next to a single run's::
+
+    metrics.jsonl        one train row and one val row per run and step, with "run"
+    checkpoints/<step>/  {"state": the population, "best": each run's best state}: one
+                         orbax checkpoint (atomic, sha256-checked) holds every member, and
+                         its best so far, so a kill -9 resumes exactly
+    best/<step>/         each run's state at its own best validation step (meta: best_steps)
+    eval_test.json       each run's test result (± CI over episodes) and, per sweep point,
+                         the mean, std and 95% interval (Student t) across seeds
+    learning_curves.png  one line per run and the band (mean ± std) across runs
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmeta.step import make_population_chunk
+from jaxmeta.train.build import eval_episode_shape
+from jaxmeta.train.config import ConfigError
+from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.loop import Training, TrainingDiverged, _NoMetrics
+from jaxmeta.train.metrics import (
+    METRICS_FILE,
+    MetricsWriter,
+    logged_wall_time,
+    read_metrics,
+    record_run_start,
+    truncate_metrics,
+)
+from jaxmeta.train.population import (
+    check_memory,
+    members,
+    population_builder,
+    population_hparams,
+    population_state,
+)
+from jaxmeta.train.run import check_resumable, environment, saved_config, write_eval_json
+
+__all__ = [
+    "PopulationTraining",
+    "across_runs",
+    "make_population_evaluator",
+    "plot_population_curves",
+]
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (the interval of a mean over few
+# seeds); above 30 the normal 1.96.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+        16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}  # fmt: skip
+
+
+def _t95(df: int) -> float:
+    if df in _T95:
+        return _T95[df]
+    return 1.96 if df > 30 else _T95[min(k for k in _T95 if k >= df)]
+
+
+def across_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per sweep point (runs that differ only by seed): mean, std (ddof=1) and the 95%
+    interval of the mean across seeds (Student t) of ``metric``."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        point = tuple((k, v) for k, v in r.items() if "." in k)  # the swept keys
+        groups.setdefault(point, []).append(r)
+    out = []
+    for point, rs in groups.items():
+        values = np.asarray([r[metric] for r in rs], np.float64)
+        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        half = _t95(values.size - 1) * std / np.sqrt(values.size) if values.size > 1 else None
+        out.append(
+            {
+                **dict(point),
+                "runs": [r["run"] for r in rs],
+                "seeds": [r["seed"] for r in rs],
+                metric: float(values.mean()),
+                "std": std,
+                "ci95_across_seeds": None if half is None else float(half),
+            }
+        )
+    return out
+
+
+def make_population_evaluator(build, *, classification: bool, batch_size: int, inner_steps):
+    """``(params[runs], hparams[runs], episodes, key) -> per-episode metrics [runs, episodes]``:
+    :func:`~jaxmeta.train.evaluate.make_evaluator` of each member's learner, ``vmap``-ed."""
+
+    def one(params, hparams, episodes, key):
+        learner, _ = build(hparams)
+        fn = make_evaluator(
+            learner, classification=classification, batch_size=batch_size, inner_steps=inner_steps
+        )
+        return fn(params, episodes, key)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+
+
+def _where_runs(mask: np.ndarray, new, old):
+    m = jnp.asarray(mask)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(m.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
+    )
+
+
+class PopulationTraining(Training):
+    """:class:`~jaxmeta.train.loop.Training` of ``R`` runs in one program."""
+
+    def __init__(self, cfg, exp, workdir, ckpt, guard, where, *, progress, log):
+        super().__init__(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
+        if self.mesh is not None:
+            raise ConfigError(
+                cfg.where("mesh.devices"),
+                "mesh.devices",
+                "a population (train.seeds / sweep) runs on one device in this version; "
+                "leave mesh.devices unset",
+            )
+        self.members = members(cfg)
+        self.runs = len(self.members)
+        self.hparams = population_hparams(cfg)
+        self.build = population_builder(cfg, exp)
+
+    def run(self) -> dict[str, Any]:
+        self.resume()
+        self.setup_evaluation()
+        self.compile()
+        self.train()
+        result: dict[str, Any] = {
+            "runs": self.runs,
+            "start_step": self.start,
+            "steps": self.step,
+            "best_step": self.best_steps,
+            "best_val": self.best_scores,
+        }
+        if self.cfg.train.plot and self.primary:
+            png = self.workdir / "learning_curves.png"
+            if plot_population_curves(self.workdir / METRICS_FILE, png, title=self.cfg.name):
+                result["plot"] = str(png)
+        if "test" in self.exp.source.splits:
+            result["test"] = self.test()
+        return result
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self) -> None:
+        cfg, ckpt = self.cfg, self.ckpt
+        resuming = ckpt.latest_step() is not None
+        if resuming:
+            check_resumable(self.workdir, cfg, ckpt.saved_meta())
+        self.data = self.exp.source.train_data()
+        state = population_state(cfg, self.exp)
+        best = jax.tree_util.tree_map(jnp.copy, state)  # the chunk donates the state
+        self.best_scores: list[float | None] = [None] * self.runs
+        self.best_steps: list[int | None] = [None] * self.runs
+        latest = None
+        if resuming:
+            both, meta, skipped = ckpt.restore_newest({"state": state, "best": best})
+            for msg in skipped:
+                self.say(f"warning: {msg}; skipped it")
+            state, best = both["state"], both["best"]
+            latest = int(meta["step"])
+            self.best_scores, self.best_steps = meta["best_scores"], meta["best_steps"]
+            stale = ckpt.best_step()
+            if stale is not None and stale > latest:
+                ckpt.delete_best(stale)  # the replay rewrites it, bit-identically
+            self.say(f"resuming from step {latest} in {self.workdir / 'checkpoints'}")
+        self.state, self.best_state, self.last_good = state, best, latest
+        self.start = self.step = int(latest or 0)
+        self.where.update(step=self.start, checkpoint=latest)
+        self.time_before = 0.0
+        if self.primary:
+            env = {**environment(), "mesh": None, "population": self.members}
+            record_run_start(
+                self.workdir,
+                config_yaml=saved_config(cfg).to_yaml(),
+                env=env,
+                resume_step=latest,
+            )
+            truncate_metrics(self.workdir / METRICS_FILE, max_step=self.start)
+            self.time_before = logged_wall_time(self.workdir / METRICS_FILE, max_step=self.start)
+        self.writer = (
+            MetricsWriter(self.workdir, tensorboard=cfg.train.tensorboard)
+            if self.primary
+            else _NoMetrics()
+        )
+
+    def setup_evaluation(self) -> None:
+        cfg, ev, source = self.cfg, self.cfg.eval, self.exp.source
+        self.has_val = bool(cfg.train.eval_every) and "val" in source.splits
+        self.evaluator = make_population_evaluator(
+            self.build,
+            classification=self.classification,
+            batch_size=ev.batch_size,
+            inner_steps=ev.inner_steps,
+        )
+        self.val_eps = None
+        if self.has_val:
+            self.val_eps = jax.device_put(
+                source.eval_episodes(
+                    "val",
+                    episodes=ev.val_episodes or ev.episodes,
+                    seed=ev.seed,
+                    **eval_episode_shape(cfg, source),
+                )
+            )
+        self.eval_key = jax.random.key(ev.seed)
+
+    def compile(self) -> None:
+        """The vmapped chunk, compiled and checked against the device's memory before a
+        step runs."""
+        cfg, t = self.cfg, self.cfg.train
+        sample = lambda k, d: self.exp.source.sample(k, d, tasks=t.meta_batch_size)
+        self.chunk_fn = make_population_chunk(
+            self.build, sample, length=t.steps_per_call, task_chunk=cfg.execution.task_chunk
+        )
+        if self.step < t.steps:
+            t0 = time.perf_counter()
+            one = jnp.asarray(1, jnp.int32)
+            compiled = self.chunk_fn.lower(self.state, self.hparams, self.data, one).compile()
+            data_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(self.data))
+            check_memory(compiled, self.runs, data_bytes=data_bytes)
+            self.chunk_fn = compiled
+            self.say(
+                f"compiled the fused step of {self.runs} runs ({t.steps_per_call} meta-steps "
+                f"per call) in {time.perf_counter() - t0:.1f} s"
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_chunk(self, n: int) -> None:
+        self.state, metrics = self.chunk_fn(
+            self.state, self.hparams, self.data, jnp.asarray(n, jnp.int32)
+        )
+        metrics = {k: np.asarray(v)[:, :n] for k, v in jax.device_get(metrics).items()}
+        for name in sorted(metrics, key=lambda k: (k != "loss", k)):
+            bad = np.argwhere(~np.isfinite(metrics[name]))
+            if bad.size:
+                r, i = (int(v) for v in bad[np.argmin(bad[:, 1])])
+                last = (
+                    f"step {self.last_good} in {self.ckpt.latest_dir}"
+                    if self.last_good is not None
+                    else "none (no checkpoint was written yet)"
+                )
+                who = ", ".join(f"{k}={v}" for k, v in self.members[r].items())
+                raise TrainingDiverged(
+                    f"training diverged at step {self.step + i + 1} in run {r} ({who}): "
+                    f"metric {name!r} is {metrics[name][r, i]} (non-finite). The population "
+                    f"stopped without saving this state; the last good checkpoint is {last}. "
+                    "Lower that run's learning rates or set optimizer.grad_clip_norm."
+                )
+        warning = self.divergence.update(metrics["loss"].max(axis=0), first_step=self.step + 1)
+        if warning is not None:
+            self.writer.write(warning)
+            self.say(f"warning: {warning['message']} (the worst run of the population)")
+        self.step += n
+        self.where["step"] = self.step
+        self.window.append(metrics)
+        self.steps_in_row += n
+        self.bar.update(n)
+        post = {}
+        for key, label in (("loss", "loss"), ("accuracy", self.acc_label), ("mse", "mse")):
+            if key in metrics:
+                per_run = metrics[key].mean(axis=1)
+                post[label] = f"{per_run.mean():.4f}±{per_run.std():.4f}"
+        post["runs"] = self.runs
+        self.bar.set_postfix(post, refresh=False)
+
+    def log_row(self) -> None:
+        """One train row per run (``run`` field): means over the steps since the last."""
+        now = time.perf_counter()
+        speed = self.steps_in_row / max(now - self.t_row, 1e-9)
+        for r in range(self.runs):
+            row: dict[str, Any] = {"split": "train", "step": self.step, "run": r}
+            for name in self.window[0]:
+                row[name] = float(np.concatenate([w[name][r] for w in self.window]).mean())
+            row["steps_per_sec"] = speed
+            row["wall_time"] = self.time_before + (now - self.t_start)
+            row["session_time"] = now - self.t_start
+            self.writer.write(row)
+        self.window, self.t_row, self.steps_in_row = [], now, 0
+
+    def validate(self) -> None:
+        """One val row per run; the runs that improved take their current state into the
+        best population state, which is checkpointed to ``best/``."""
+        per = jax.device_get(
+            self.evaluator(self.state.params, self.hparams, self.val_eps, self.eval_key)
+        )
+        improved = np.zeros(self.runs, bool)
+        scores, vals = [], []
+        for r in range(self.runs):
+            res = summarize({k: v[r] for k, v in per.items()}, classification=self.classification)
+            res.pop("per_episode")
+            self.writer.write({"split": "val", "step": self.step, "run": r, **res})
+            score, best = res[self.main_metric], self.best_scores[r]
+            improved[r] = best is None or (score > best if self.classification else score < best)
+            if improved[r]:
+                self.best_scores[r], self.best_steps[r] = score, self.step
+            scores.append(score)
+            vals.append(res)
+        msg = (
+            f"step {self.step}: val {self.main_metric} {np.mean(scores):.4f} ± "
+            f"{np.std(scores):.4f} across {self.runs} runs"
+        )
+        if improved.any():
+            self.best_state = _where_runs(improved, self.state, self.best_state)
+            self._save(best=True, val=vals)
+            msg += f" ({int(improved.sum())} runs improved, saved)"
+        self.say(msg)
+
+    def _save(self, *, best: bool, val) -> None:
+        meta = {
+            "step": self.step,
+            "runs": self.runs,
+            "best_scores": self.best_scores,
+            "best_steps": self.best_steps,
+            "val": val,
+            "config": self.saved_config,
+        }
+        tree = self.best_state if best else {"state": self.state, "best": self.best_state}
+        with self.guard.critical():
+            self.writer.flush()
+            self.ckpt.save(self.step, tree, meta=meta, best=best)
+
+    # ------------------------------------------------------------------ test
+
+    def test(self) -> dict[str, Any]:
+        """Each run's test result from its best state (else the final one), and the
+        statistics across seeds: eval_test.json."""
+        cfg, ev, source = self.cfg, self.cfg.eval, self.exp.source
+        which = "best" if any(s is not None for s in self.best_steps) else "final"
+        state = self.best_state if which == "best" else self.state
+        eps = source.eval_episodes(
+            "test", episodes=ev.episodes, seed=ev.seed, **eval_episode_shape(cfg, source)
+        )
+        per = jax.device_get(
+            self.evaluator(state.params, self.hparams, jax.device_put(eps), self.eval_key)
+        )
+        runs = []
+        steps = np.asarray(state.step)
+        for r, m in enumerate(self.members):
+            res = summarize({k: v[r] for k, v in per.items()}, classification=self.classification)
+            res.pop("per_episode")
+            runs.append({**m, **res, "step": int(steps[r])})
+        test = {
+            "split": "test",
+            "algorithm": cfg.algorithm.name,
+            "dataset": cfg.data.name,
+            "checkpoint": which,
+            "metric": self.main_metric,
+            "runs": runs,
+            "across_seeds": across_runs(runs, self.main_metric),
+            **source.describe(),
+        }
+        if self.primary:
+            write_eval_json(self.workdir, test)
+            for g in test["across_seeds"]:
+                self.say(format_population(g, self.main_metric, ev.episodes))
+        return test
+
+
+def format_population(group: dict[str, Any], metric: str, episodes: int) -> str:
+    """``test accuracy over 3 seeds: 97.10% ± 0.30% (std; 95% interval ± 0.75%)``."""
+    point = ", ".join(f"{k}={v}" for k, v in group.items() if "." in k)
+    scale, unit = (100, "%") if metric == "accuracy" else (1, "")
+    half = group["ci95_across_seeds"]
+    interval = "" if half is None else f"; 95% interval of the mean ± {scale * half:.4g}{unit}"
+    return (
+        f"test {metric} over {len(group['runs'])} seeds{f' ({point})' if point else ''}: "
+        f"{scale * group[metric]:.4g}{unit} ± {scale * group['std']:.4g}{unit} (std{interval}; "
+        f"{episodes} episodes per run)"
+    )
+
+
+def plot_population_curves(metrics_path: str | Path, png_path: str | Path, *, title: str = ""):
+    """PNG: per metric, one thin line per run and the band mean ± std across runs."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in read_metrics(metrics_path) if "run" in r]
+    panels = [
+        (split, key)
+        for split in ("train", "val")
+        for key in ("loss", "accuracy", "mse")
+        if any(r.get("split") == split and key in r for r in rows)
+    ]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (split, key) in zip(axes[0], panels, strict=True):
+        part = [r for r in rows if r.get("split") == split and isinstance(r.get(key), float)]
+        steps = sorted({r["step"] for r in part})
+        runs = sorted({r["run"] for r in part})
+        table = np.full((len(runs), len(steps)), np.nan)
+        for r in part:
+            table[runs.index(r["run"]), steps.index(r["step"])] = r[key]
+        for i, run in enumerate(runs):
+            label = f"run {run}" if len(runs) <= 8 else None
+            ax.plot(steps, table[i], lw=0.8, alpha=0.6, label=label)
+        mean, std = np.nanmean(table, 0), np.nanstd(table, 0)
+        ax.plot(steps, mean, color="black", lw=1.6, label="mean")
+        ax.fill_between(steps, mean - std, mean + std, color="gray", alpha=0.3, label="± std")
+        ax.set_xlabel("meta-step")
+        ax.set_title(f"{split} {key}")
+        if key == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(f"{title}: {len(runs)} runs")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, png_path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def evaluate_population(
+    workdir,
+    checkpoint="best",
+    *,
+    overrides=(),
+    episodes: int | None = None,
+    split: str = "test",
+    inner_steps: int | None = None,
+    bn_mode: str = "both",
+) -> dict[str, Any]:
+    """``jaxmeta evaluate`` of every member (:func:`jaxmeta.train.run.evaluate_run` each, on
+    the same fixed episodes) and the statistics across seeds."""
+    from jaxmeta.train.config import load_config
+    from jaxmeta.train.run import evaluate_run, restore_run
+
+    cfg = load_config(Path(workdir) / "config.yaml", overrides)
+    runs = []
+    for m in members(cfg):
+        trained = restore_run(
+            workdir, checkpoint, overrides=overrides, episodes=episodes, run=m["run"]
+        )
+        res = evaluate_run(trained, split=split, inner_steps=inner_steps, bn_mode=bn_mode)
+        runs.append({**m, **res})
+    metric = "accuracy" if "accuracy" in runs[0] else "mse"
+    return {
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "metric": metric,
+        "episodes": runs[0]["episodes"],
+        "runs": runs,
+        "across_seeds": across_runs(runs, metric),
+    }
