@@ -223,11 +223,16 @@ def program_bytes(compiled) -> int | None:
     )
 
 
-def check_memory(compiled, runs: int, *, limit: int | None = None, data_bytes: int = 0) -> None:
+def check_memory(compiled, runs: int, *, one_run=None, limit: int | None = None) -> None:
     """Refuse a population whose compiled program does not fit the device, before it runs.
 
-    The program's bytes minus the shared data, divided by ``runs``, is one run's share; the
-    largest population that fits is ``(limit - data) // share``.
+    Args:
+      compiled: the population's compiled chunk.
+      runs: its number of runs.
+      one_run: ``() -> compiled`` the same program for one run; called only when the
+        population does not fit, to split the memory into a shared part (data, program) and
+        a per-run part: ``need(R) ~ shared + R * per_run``.
+      limit: bytes the device holds (default: what it reports; none on the CPU).
 
     Raises:
       PopulationMemoryError: naming the need, the limit and the largest ``runs`` that fits.
@@ -236,39 +241,30 @@ def check_memory(compiled, runs: int, *, limit: int | None = None, data_bytes: i
     need = program_bytes(compiled)
     if limit is None or need is None or need <= limit:
         return
-    per_run = max(need - data_bytes, 1) / runs
-    fits = max(int((limit - data_bytes) // per_run), 0)
+    single = program_bytes(one_run()) if one_run is not None and runs > 1 else None
+    if single is None:
+        per_run, shared = need / runs, 0.0
+    else:
+        per_run = max((need - single) / (runs - 1), 1.0)
+        shared = max(single - per_run, 0.0)
+    fits = max(int((limit - shared) // per_run), 0)
     raise PopulationMemoryError(
-        f"a population of {runs} runs needs {need / 2**20:.1f} MiB on the device "
-        f"(compiled program's memory analysis: {per_run / 2**20:.1f} MiB per run), the device "
-        f"holds {limit / 2**20:.1f} MiB: at most {fits} runs fit; lower train.seeds or the "
-        "sweep's values"
+        f"a population of {runs} runs needs {need / 2**20:.2f} MiB on the device (compiled "
+        f"program's memory analysis: {per_run / 2**20:.2f} MiB per run, {shared / 2**20:.2f} "
+        f"MiB shared), the device holds {limit / 2**20:.2f} MiB: at most {fits} runs fit; "
+        "lower train.seeds or the sweep's values"
     )
 
 
 # --------------------------------------------------------------------------- a trained member
 
 
-def restore_member(workdir, cfg: ExperimentConfig, checkpoint="best", *, run, any_ways=False):
-    """Member ``run`` of a population workdir as a single :class:`TrainedRun` (its state,
-    and the config of the run it stands for); ``best`` is the member's own best step.
-
-    Raises:
-      ValueError: ``run`` missing or out of range.
-      FileNotFoundError, CheckpointError: as :func:`jaxmeta.train.run.restore_run`.
-    """
-    from jaxmeta.train.build import build_experiment
+def restore_population(workdir, cfg: ExperimentConfig, exp: Experiment, checkpoint="best"):
+    """``(stacked state, "best" | "latest")`` of a population workdir: ``best`` holds each
+    run at its own best validation step."""
     from jaxmeta.train.checkpoint import Checkpoints
-    from jaxmeta.train.run import TrainedRun, resolve_checkpoint
+    from jaxmeta.train.run import resolve_checkpoint
 
-    count = len(members(cfg))
-    if run is None:
-        raise ValueError(
-            f"{workdir} holds a population of {count} runs: pick one with run=I (--run I), "
-            f"I in 0..{count - 1} ('jaxmeta evaluate' without --run evaluates every one)"
-        )
-    mcfg = member_config(cfg, run)
-    exp = build_experiment(cfg)
     ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
     try:
         which, step = resolve_checkpoint(ckpt, checkpoint)
@@ -280,6 +276,28 @@ def restore_member(workdir, cfg: ExperimentConfig, checkpoint="best", *, run, an
             state = both["state"]
     finally:
         ckpt.close()
+    return state, which
+
+
+def restore_member(workdir, cfg: ExperimentConfig, checkpoint="best", *, run, any_ways=False):
+    """Member ``run`` of a population workdir as a single :class:`TrainedRun` (its state,
+    and the config of the run it stands for); ``best`` is the member's own best step.
+
+    Raises:
+      ValueError: ``run`` missing or out of range.
+      FileNotFoundError, CheckpointError: as :func:`jaxmeta.train.run.restore_run`.
+    """
+    from jaxmeta.train.build import build_experiment
+    from jaxmeta.train.run import TrainedRun
+
+    count = len(members(cfg))
+    if run is None:
+        raise ValueError(
+            f"{workdir} holds a population of {count} runs: pick one with run=I (--run I), "
+            f"I in 0..{count - 1} ('jaxmeta evaluate' without --run evaluates every one)"
+        )
+    mcfg = member_config(cfg, run)
+    state, which = restore_population(workdir, cfg, build_experiment(cfg), checkpoint)
     member = select_run(state, int(run))
     return TrainedRun(
         mcfg, build_experiment(mcfg, any_ways=any_ways), member, which, int(member.step)

@@ -91,14 +91,20 @@ def across_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]
     return out
 
 
-def make_population_evaluator(build, *, classification: bool, batch_size: int, inner_steps):
+def make_population_evaluator(
+    build, *, classification: bool, batch_size: int, inner_steps, bn_mode: str | None = None
+):
     """``(params[runs], hparams[runs], episodes, key) -> per-episode metrics [runs, episodes]``:
     :func:`~jaxmeta.train.evaluate.make_evaluator` of each member's learner, ``vmap``-ed."""
 
     def one(params, hparams, episodes, key):
         learner, _ = build(hparams)
         fn = make_evaluator(
-            learner, classification=classification, batch_size=batch_size, inner_steps=inner_steps
+            learner,
+            classification=classification,
+            batch_size=batch_size,
+            inner_steps=inner_steps,
+            bn_mode=bn_mode,
         )
         return fn(params, episodes, key)
 
@@ -226,8 +232,11 @@ class PopulationTraining(Training):
             t0 = time.perf_counter()
             one = jnp.asarray(1, jnp.int32)
             compiled = self.chunk_fn.lower(self.state, self.hparams, self.data, one).compile()
-            data_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(self.data))
-            check_memory(compiled, self.runs, data_bytes=data_bytes)
+            first = lambda tree: jax.tree_util.tree_map(lambda x: x[:1], tree)
+            one_run = lambda: self.chunk_fn.lower(
+                first(self.state), first(self.hparams), self.data, one
+            ).compile()
+            check_memory(compiled, self.runs, one_run=one_run)
             self.chunk_fn = compiled
             self.say(
                 f"compiled the fused step of {self.runs} runs ({t.steps_per_call} meta-steps "
@@ -442,25 +451,62 @@ def evaluate_population(
     inner_steps: int | None = None,
     bn_mode: str = "both",
 ) -> dict[str, Any]:
-    """``jaxmeta evaluate`` of every member (:func:`jaxmeta.train.run.evaluate_run` each, on
-    the same fixed episodes) and the statistics across seeds."""
-    from jaxmeta.train.config import load_config
-    from jaxmeta.train.run import evaluate_run, restore_run
+    """``jaxmeta evaluate`` of every member in one vmapped program (the same fixed episodes
+    for all), and the statistics across seeds. ``bn_mode="both"`` adds each run's inductive
+    numbers as ``<metric>_inductive`` (models with batch statistics)."""
+    from jaxmeta.train.build import build_experiment
+    from jaxmeta.train.config import load_config, replace
+    from jaxmeta.train.population import restore_population
 
     cfg = load_config(Path(workdir) / "config.yaml", overrides)
-    runs = []
-    for m in members(cfg):
-        trained = restore_run(
-            workdir, checkpoint, overrides=overrides, episodes=episodes, run=m["run"]
+    if episodes is not None:
+        cfg = replace(cfg, eval={"episodes": episodes})
+    exp = build_experiment(cfg)
+    source, ev = exp.source, cfg.eval
+    if split not in source.splits:
+        raise ValueError(
+            f"split {split!r} does not exist for {cfg.data.name} "
+            f"(available: {', '.join(source.splits)})"
         )
-        res = evaluate_run(trained, split=split, inner_steps=inner_steps, bn_mode=bn_mode)
-        runs.append({**m, **res})
-    metric = "accuracy" if "accuracy" in runs[0] else "mse"
-    return {
+    state, which = restore_population(workdir, cfg, exp, checkpoint)
+    modes: list[str | None] = ["transductive", "inductive"] if bn_mode == "both" else [bn_mode]
+    if not getattr(exp.model, "uses_batch_statistics", False):
+        modes = [None]
+    eps = jax.device_put(
+        source.eval_episodes(
+            split, episodes=ev.episodes, seed=ev.seed, **eval_episode_shape(cfg, source)
+        )
+    )
+    inner = inner_steps if inner_steps is not None else ev.inner_steps
+    classification = source.classification
+    metric = "accuracy" if classification else "mse"
+    steps = np.asarray(state.step)
+    runs = [{**m, "step": int(s)} for m, s in zip(members(cfg), steps, strict=True)]
+    for i, mode in enumerate(modes):
+        fn = make_population_evaluator(
+            population_builder(cfg, exp),
+            classification=classification,
+            batch_size=ev.batch_size,
+            inner_steps=inner,
+            bn_mode=mode,
+        )
+        per = jax.device_get(
+            fn(state.params, population_hparams(cfg), eps, jax.random.key(ev.seed))
+        )
+        for r, row in enumerate(runs):
+            res = summarize({k: v[r] for k, v in per.items()}, classification=classification)
+            res.pop("per_episode")
+            row.update(res if i == 0 else {f"{k}_{mode}": res[k] for k in (metric, "ci95")})
+    out = {
         "split": split,
-        "checkpoint": str(checkpoint),
+        "checkpoint": which,
         "metric": metric,
-        "episodes": runs[0]["episodes"],
+        "episodes": ev.episodes,
+        "algorithm": cfg.algorithm.name,
+        "dataset": cfg.data.name,
         "runs": runs,
         "across_seeds": across_runs(runs, metric),
     }
+    if modes != [None]:
+        out["bn_mode"] = modes[0]
+    return out
