@@ -312,6 +312,7 @@ def make_population_chunk(
     length: int,
     task_chunk: TaskChunk = "auto",
     donate: bool = True,
+    spmd_axis_name: str | None = None,
 ) -> Callable[[TrainState, PyTree, PyTree, Array], tuple[TrainState, Metrics]]:
     """:func:`make_train_chunk` for a population of independent runs, ``vmap``-ed over a
     leading run axis of the state.
@@ -321,6 +322,9 @@ def make_population_chunk(
         of the per-run hyperparameters (traced scalars, e.g. ``{"inner_lr": f32[]}``), so
         one program serves every value. It is called while tracing, once.
       sample, length, task_chunk, donate: as in :func:`make_train_chunk`.
+      spmd_axis_name: the mesh axis the run axis is split over (a 2-D runs x tasks mesh,
+        :func:`jaxmeta.sharding.make_population_mesh`), so that sharding constraints inside
+        a run (the task axis) keep the run axis split; ``None`` on one device.
 
     Returns:
       A jitted ``chunk(states, hparams, data, n) -> (states, metrics)``: ``states`` and
@@ -337,6 +341,8 @@ def make_population_chunk(
         )
 
     def chunk(states: TrainState, hparams: PyTree, data: PyTree, n: Array):
-        return jax.vmap(one_run, in_axes=(0, 0, None, None))(states, hparams, data, n)
+        return jax.vmap(one_run, in_axes=(0, 0, None, None), spmd_axis_name=spmd_axis_name)(
+            states, hparams, data, n
+        )
 
     return jax.jit(chunk, donate_argnums=(0,) if donate else ())

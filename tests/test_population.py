@@ -344,3 +344,28 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
         assert _rows(ref, r) == _rows(wd, r), r
     test_a = json.loads((ref / "eval_test.json").read_text())
     assert test_a == json.loads((wd / "eval_test.json").read_text())
+
+
+def test_runs_x_tasks_mesh_of_4_devices_equals_one_device(tmp_path):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    worker = Path(__file__).with_name("_population_sharding_worker.py")
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 4
+    one, mesh = res["one"], res["mesh"]
+    assert mesh["mesh"]["shape"] == {"runs": 2, "tasks": 2}, mesh["mesh"]
+    for a, b in zip(one["leaves"], mesh["leaves"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one["test"], mesh["test"], rtol=1e-5)
+    assert one["best_steps"] == mesh["best_steps"]

@@ -143,13 +143,6 @@ def check_sweep(cfg: ExperimentConfig) -> None:
             )
         if any(v <= 0 for v in values) and (key == OUTER_LR or key.endswith("lr")):
             raise ConfigError(where, dotted, f"learning rates must be positive, got {values}")
-    if cfg.mesh.devices not in (None, 1):
-        raise ConfigError(
-            cfg.where("mesh.devices"),
-            "mesh.devices",
-            "a population (train.seeds / sweep) runs on one device in this version; "
-            "leave mesh.devices unset",
-        )
 
 
 def population_hparams(cfg: ExperimentConfig) -> dict[str, jax.Array]:

@@ -23,7 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxmeta import sharding
 from jaxmeta.step import make_population_chunk
 from jaxmeta.train.build import eval_episode_shape
 from jaxmeta.train.config import ConfigError
@@ -123,17 +125,24 @@ class PopulationTraining(Training):
 
     def __init__(self, cfg, exp, workdir, ckpt, guard, where, *, progress, log):
         super().__init__(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
-        if self.mesh is not None:
-            raise ConfigError(
-                cfg.where("mesh.devices"),
-                "mesh.devices",
-                "a population (train.seeds / sweep) runs on one device in this version; "
-                "leave mesh.devices unset",
-            )
         self.members = members(cfg)
         self.runs = len(self.members)
         self.hparams = population_hparams(cfg)
         self.build = population_builder(cfg, exp)
+        if self.mesh is not None:  # runs x tasks: the run axis first, the rest on tasks
+            if jax.process_count() > 1:
+                raise ConfigError(
+                    cfg.where("distributed"),
+                    "distributed",
+                    "a population (train.seeds / sweep) runs in one process in this version",
+                )
+            self.mesh = sharding.make_population_mesh(
+                self.mesh.size, self.runs, cfg.train.meta_batch_size
+            )
+            self.hparams = jax.device_put(self.hparams, self._by_run())
+
+    def _by_run(self):
+        return NamedSharding(self.mesh, PartitionSpec(sharding.RUN_AXIS))
 
     def run(self) -> dict[str, Any]:
         self.resume()
@@ -164,6 +173,9 @@ class PopulationTraining(Training):
             check_resumable(self.workdir, cfg, ckpt.saved_meta())
         self.data = self.exp.source.train_data()
         state = population_state(cfg, self.exp)
+        if self.mesh is not None:  # each device holds its runs; the data everywhere
+            self.data = sharding.replicate(self.data, self.mesh)
+            state = jax.device_put(state, self._by_run())
         best = jax.tree_util.tree_map(jnp.copy, state)  # the chunk donates the state
         self.best_scores: list[float | None] = [None] * self.runs
         self.best_steps: list[int | None] = [None] * self.runs
@@ -184,7 +196,10 @@ class PopulationTraining(Training):
         self.where.update(step=self.start, checkpoint=latest)
         self.time_before = 0.0
         if self.primary:
-            env = {**environment(), "mesh": None, "population": self.members}
+            mesh = None
+            if self.mesh is not None:
+                mesh = {**sharding.describe(self.mesh), "shape": dict(self.mesh.shape)}
+            env = {**environment(), "mesh": mesh, "population": self.members}
             record_run_start(
                 self.workdir,
                 config_yaml=saved_config(cfg).to_yaml(),
@@ -225,8 +240,15 @@ class PopulationTraining(Training):
         step runs."""
         cfg, t = self.cfg, self.cfg.train
         sample = lambda k, d: self.exp.source.sample(k, d, tasks=t.meta_batch_size)
+        if self.mesh is not None:  # each run's tasks split over the task axis
+            draw = sample
+            sample = lambda k, d: sharding.shard_tasks(draw(k, d), self.mesh)
         self.chunk_fn = make_population_chunk(
-            self.build, sample, length=t.steps_per_call, task_chunk=cfg.execution.task_chunk
+            self.build,
+            sample,
+            length=t.steps_per_call,
+            task_chunk=cfg.execution.task_chunk,
+            spmd_axis_name=None if self.mesh is None else sharding.RUN_AXIS,
         )
         if self.step < t.steps:
             t0 = time.perf_counter()
