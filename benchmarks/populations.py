@@ -65,6 +65,9 @@ def measure(cfg, runs: int, timing: dict) -> dict:
         "ms_per_call": res["ms_median"],
         "ms_per_step": ms_step,
         "ms_per_run_step": ms_step / runs,
+        # CPU time (process seconds) per run-step: less sensitive than wall time to other
+        # processes on a shared machine (cpu_util is over all timed calls: approximate).
+        "cpu_ms_per_run_step": ms_step / runs * res["cpu_util"],
         **{k: res[k] for k in ("ms_min", "ms_max", "n", "cpu_util")},
     }
 
@@ -153,6 +156,7 @@ def main(argv=None) -> int:
             ("ms_per_step", "ms per step"),
             ("ms_per_run_step", "ms per run-step"),
             ("speedup_per_run", "x vs one run"),
+            ("cpu_ms_per_run_step", "CPU ms per run-step"),
             ("compile_s", "compile s"),
             ("cpu_util", "cpu_util"),
             ("not_measured", "not measured"),

@@ -399,15 +399,19 @@ class PopulationTraining(Training):
 
 
 def format_population(group: dict[str, Any], metric: str, episodes: int) -> str:
-    """``test accuracy over 3 seeds: 97.10% ± 0.30% (std; 95% interval ± 0.75%)``."""
+    """``test accuracy over 3 seeds: 97.10% ± 0.30% (std; 95% interval of the mean ±
+    0.75%; 600 episodes per run)``."""
     point = ", ".join(f"{k}={v}" for k, v in group.items() if "." in k)
-    scale, unit = (100, "%") if metric == "accuracy" else (1, "")
+    if metric == "accuracy":
+        fmt = lambda x: f"{100 * x:.2f}%"
+    else:
+        fmt = lambda x: f"{x:.4f}"
     half = group["ci95_across_seeds"]
-    interval = "" if half is None else f"; 95% interval of the mean ± {scale * half:.4g}{unit}"
+    interval = "" if half is None else f"; 95% interval of the mean ± {fmt(half)}"
     return (
         f"test {metric} over {len(group['runs'])} seeds{f' ({point})' if point else ''}: "
-        f"{scale * group[metric]:.4g}{unit} ± {scale * group['std']:.4g}{unit} (std{interval}; "
-        f"{episodes} episodes per run)"
+        f"{fmt(group[metric])} ± {fmt(group['std'])} (std{interval}; {episodes} episodes "
+        "per run)"
     )
 
 
