@@ -106,14 +106,29 @@ def plot(rows: list[dict], png: Path, title: str) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML (a single run's)")
     p.add_argument(
-        "--runs", type=lambda s: _common.csv_list(s, int), default=[1, 2, 4, 8, 16, 32, 64]
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), as in jaxmeta train",
+    )
+    p.add_argument(
+        "--runs",
+        type=lambda s: _common.csv_list(s, int),
+        default=[1, 2, 4, 8, 16, 32, 64],
+        help="population sizes S, comma-separated (default 1,2,4,...,64)",
     )
     p.add_argument("--budget-s", type=float, default=240.0, help="seconds for the whole sweep")
     p.add_argument("--per-size-s", type=float, default=3.0, help="timed seconds per size")
-    p.add_argument("--out", type=Path, default=_common.scratch("populations"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=_common.scratch("populations"),
+        help="folder for populations.json/.md/.png (default: bench-out/populations)",
+    )
     args = p.parse_args(argv)
 
     from jaxmeta.train import load_config
