@@ -293,19 +293,23 @@ class Training:
         self.state, self.last_good = state, latest
         self.start = self.step = int(state.step)
         self.where.update(step=self.start, checkpoint=latest)
+        self.open_records(latest, {"mesh": sharding.describe(self.mesh)})
+
+    def open_records(self, latest: int | None, env: dict[str, Any]) -> None:
+        """The session's records (config, environment with ``env`` added), the metrics
+        log cut back to ``self.start``, the earlier sessions' training time, the writer."""
         self.time_before = 0.0  # training time of earlier sessions: wall_time continues
         if self.primary:
-            env = {**environment(), "mesh": sharding.describe(self.mesh)}
             record_run_start(
                 self.workdir,
-                config_yaml=saved_config(cfg).to_yaml(),
-                env=env,
+                config_yaml=saved_config(self.cfg).to_yaml(),
+                env={**environment(), **env},
                 resume_step=latest,
             )
             truncate_metrics(self.workdir / METRICS_FILE, max_step=self.start)
             self.time_before = logged_wall_time(self.workdir / METRICS_FILE, max_step=self.start)
         self.writer = (
-            MetricsWriter(self.workdir, tensorboard=cfg.train.tensorboard)
+            MetricsWriter(self.workdir, tensorboard=self.cfg.train.tensorboard)
             if self.primary
             else _NoMetrics()
         )
@@ -423,11 +427,7 @@ class Training:
             bad = np.flatnonzero(~np.isfinite(values))
             if bad.size:
                 i = int(bad[0])
-                last = (
-                    f"step {self.last_good} in {self.ckpt.latest_dir}"
-                    if self.last_good is not None
-                    else "none (no checkpoint was written yet)"
-                )
+                last = self.last_good_text()
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + i + 1}: metric {name!r} is "
                     f"{values[i]} (non-finite). The run stopped without saving this state; "
@@ -448,6 +448,12 @@ class Training:
         if "accuracy" in metrics:
             post[self.acc_label] = f"{metrics['accuracy'].mean():.3f}"
         self.bar.set_postfix(post, refresh=False)
+
+    def last_good_text(self) -> str:
+        """The last good checkpoint, for a divergence message."""
+        if self.last_good is None:
+            return "none (no checkpoint was written yet)"
+        return f"step {self.last_good} in {self.ckpt.latest_dir}"
 
     def log_row(self) -> None:
         """A train row: the means over the steps since the last row, speed, wall time."""

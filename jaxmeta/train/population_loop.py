@@ -30,14 +30,10 @@ from jaxmeta.step import make_population_chunk
 from jaxmeta.train.build import eval_episode_shape
 from jaxmeta.train.config import ConfigError
 from jaxmeta.train.evaluate import make_evaluator, summarize
-from jaxmeta.train.loop import Training, TrainingDiverged, _NoMetrics
+from jaxmeta.train.loop import Training, TrainingDiverged
 from jaxmeta.train.metrics import (
     METRICS_FILE,
-    MetricsWriter,
-    logged_wall_time,
     read_metrics,
-    record_run_start,
-    truncate_metrics,
 )
 from jaxmeta.train.population import (
     check_memory,
@@ -46,7 +42,7 @@ from jaxmeta.train.population import (
     population_hparams,
     population_state,
 )
-from jaxmeta.train.run import check_resumable, environment, saved_config, write_eval_json
+from jaxmeta.train.run import check_resumable, write_eval_json
 
 __all__ = [
     "PopulationTraining",
@@ -194,25 +190,10 @@ class PopulationTraining(Training):
         self.state, self.best_state, self.last_good = state, best, latest
         self.start = self.step = int(latest or 0)
         self.where.update(step=self.start, checkpoint=latest)
-        self.time_before = 0.0
-        if self.primary:
-            mesh = None
-            if self.mesh is not None:
-                mesh = {**sharding.describe(self.mesh), "shape": dict(self.mesh.shape)}
-            env = {**environment(), "mesh": mesh, "population": self.members}
-            record_run_start(
-                self.workdir,
-                config_yaml=saved_config(cfg).to_yaml(),
-                env=env,
-                resume_step=latest,
-            )
-            truncate_metrics(self.workdir / METRICS_FILE, max_step=self.start)
-            self.time_before = logged_wall_time(self.workdir / METRICS_FILE, max_step=self.start)
-        self.writer = (
-            MetricsWriter(self.workdir, tensorboard=cfg.train.tensorboard)
-            if self.primary
-            else _NoMetrics()
-        )
+        mesh = None
+        if self.mesh is not None:
+            mesh = {**sharding.describe(self.mesh), "shape": dict(self.mesh.shape)}
+        self.open_records(latest, {"mesh": mesh, "population": self.members})
 
     def setup_evaluation(self) -> None:
         cfg, ev, source = self.cfg, self.cfg.eval, self.exp.source
@@ -276,11 +257,7 @@ class PopulationTraining(Training):
             bad = np.argwhere(~np.isfinite(metrics[name]))
             if bad.size:
                 r, i = (int(v) for v in bad[np.argmin(bad[:, 1])])
-                last = (
-                    f"step {self.last_good} in {self.ckpt.latest_dir}"
-                    if self.last_good is not None
-                    else "none (no checkpoint was written yet)"
-                )
+                last = self.last_good_text()
                 who = ", ".join(f"{k}={v}" for k, v in self.members[r].items())
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + i + 1} in run {r} ({who}): "
