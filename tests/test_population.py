@@ -250,6 +250,15 @@ def test_bad_population_configs_are_one_line(tmp_path, capsys, key, value, messa
     assert not (tmp_path / "wd").exists()
 
 
+def test_outer_lr_sweep_with_a_schedule_is_refused(tmp_path, capsys):
+    args = ["train", "--config", SIN_YAML, "--workdir", str(tmp_path / "wd"), "--no-progress"]
+    sets = ["optimizer.schedule={name: cosine}", "sweep.optimizer.learning_rate=[0.1,0.2]"]
+    assert main([*args, "--set", sets[0], "--set", sets[1]]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.optimizer.learning_rate: cannot be swept together with optimizer.schedule" in err
+    assert "Traceback" not in err and not (tmp_path / "wd").exists()
+
+
 def test_memory_check_refuses_with_the_largest_population_that_fits(tmp_path, monkeypatch):
     cfg = _cfg(sweep=None, train={"seeds": 4, "eval_every": 0})
     limit = 30_000  # bytes: 1 run needs ~14 kB, 2 runs ~24 kB, 4 runs ~45 kB (jax 0.10, CPU)

@@ -107,8 +107,9 @@ def member_config(cfg: ExperimentConfig, run: int) -> ExperimentConfig:
 
 def sweepable_keys(cfg: ExperimentConfig) -> list[str]:
     """Keys whose per-run values one program can hold: the outer learning rate and the
-    algorithm's real-valued (``float``) arguments; integers and strings change shapes or
-    the program."""
+    algorithm's real-valued learning-rate arguments (``float``, named ``*lr*``: the inner
+    loops take them as traced values). Integers and strings change shapes or the program;
+    other floats may be checked in Python by their factory (e.g. Reptile's betas)."""
     factory = ALGORITHMS[cfg.algorithm.name]
     target = getattr(factory, "func", factory)
     try:
@@ -117,7 +118,7 @@ def sweepable_keys(cfg: ExperimentConfig) -> list[str]:
         hints = {}
     keys = [OUTER_LR]
     for name in algorithm_parameters(factory):
-        if hints.get(name) is float:
+        if hints.get(name) is float and "lr" in name.split("_"):
             keys.append(f"algorithm.{name}")
     return keys
 
@@ -143,6 +144,14 @@ def check_sweep(cfg: ExperimentConfig) -> None:
             )
         if any(v <= 0 for v in values) and (key == OUTER_LR or key.endswith("lr")):
             raise ConfigError(where, dotted, f"learning rates must be positive, got {values}")
+        if key == OUTER_LR and cfg.optimizer.kwargs.get("schedule") is not None:
+            raise ConfigError(
+                where,
+                dotted,
+                "cannot be swept together with optimizer.schedule in this version (optax "
+                "schedules check their values in Python, so they cannot take a traced "
+                "per-run rate); sweep without a schedule, or train those as separate runs",
+            )
 
 
 def population_hparams(cfg: ExperimentConfig) -> dict[str, jax.Array]:
