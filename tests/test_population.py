@@ -378,3 +378,29 @@ def test_runs_x_tasks_mesh_of_4_devices_equals_one_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one["test"], mesh["test"], rtol=1e-5)
     assert one["best_steps"] == mesh["best_steps"]
+
+
+def test_tensorboard_tags_are_per_run(tmp_path):
+    from jaxmeta.train.population_loop import PopulationMetricsWriter
+
+    class FakeTB:  # tensorboardX's SummaryWriter, as far as the writer uses it
+        def __init__(self):
+            self.tags = []
+
+        def add_scalar(self, tag, value, step):
+            self.tags.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    w = PopulationMetricsWriter(tmp_path)
+    w._tb = FakeTB()
+    w.write({"split": "train", "step": 5, "run": 2, "loss": 1.5})
+    w.write({"split": "val", "step": 10, "run": 0, "mse": 0.5})
+    tags = w._tb.tags
+    w.close()
+    assert tags == [("train/run2/loss", 1.5, 5), ("val/run0/mse", 0.5, 10)]
+    assert [r["run"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2, 0]

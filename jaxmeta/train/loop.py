@@ -198,6 +198,8 @@ class Training:
     checkpoint written, for the message of an interruption.
     """
 
+    writer_cls = MetricsWriter  # the metrics log (a population's tags TensorBoard by run)
+
     def __init__(
         self,
         cfg: ExperimentConfig,
@@ -309,7 +311,7 @@ class Training:
             truncate_metrics(self.workdir / METRICS_FILE, max_step=self.start)
             self.time_before = logged_wall_time(self.workdir / METRICS_FILE, max_step=self.start)
         self.writer = (
-            MetricsWriter(self.workdir, tensorboard=self.cfg.train.tensorboard)
+            self.writer_cls(self.workdir, tensorboard=self.cfg.train.tensorboard)
             if self.primary
             else _NoMetrics()
         )

@@ -31,10 +31,7 @@ from jaxmeta.train.build import eval_episode_shape
 from jaxmeta.train.config import ConfigError
 from jaxmeta.train.evaluate import make_evaluator, summarize
 from jaxmeta.train.loop import Training, TrainingDiverged
-from jaxmeta.train.metrics import (
-    METRICS_FILE,
-    read_metrics,
-)
+from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxmeta.train.population import (
     check_memory,
     members,
@@ -116,8 +113,27 @@ def _where_runs(mask: np.ndarray, new, old):
     )
 
 
+class PopulationMetricsWriter(MetricsWriter):
+    """The metrics log of a population: JSONL rows as they come (with ``run``); TensorBoard
+    tags ``<split>/run<r>/<metric>`` so that the runs' curves do not collide."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        if "run" not in row or self._tb is None:
+            return super().write(row)
+        tb, self._tb = self._tb, None
+        try:
+            super().write(row)
+        finally:
+            self._tb = tb
+        for k, v in row.items():
+            if k not in ("split", "step", "run") and isinstance(v, int | float):
+                tb.add_scalar(f"{row['split']}/run{row['run']}/{k}", v, int(row["step"]))
+
+
 class PopulationTraining(Training):
     """:class:`~jaxmeta.train.loop.Training` of ``R`` runs in one program."""
+
+    writer_cls = PopulationMetricsWriter
 
     def __init__(self, cfg, exp, workdir, ckpt, guard, where, *, progress, log):
         super().__init__(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
