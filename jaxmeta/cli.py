@@ -250,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
     pr.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="I",
+        help="a population's member I (train.seeds / sweep; required there)",
+    )
+    pr.add_argument(
         "--support",
         required=True,
         metavar="DIR",
@@ -514,6 +521,7 @@ def _predict(args) -> int:
             checkpoint=args.checkpoint,
             bn_mode=args.bn_mode,
             inner_steps=args.inner_steps,
+            run=args.run,
         )
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)

@@ -84,6 +84,7 @@ def predict_folders(
     checkpoint: str | int = "best",
     bn_mode: str = "inductive",
     inner_steps: int | None = None,
+    run: int | None = None,
 ) -> dict[str, Any]:
     """Classify query images with a trained run adapted to a folder of labelled examples.
 
@@ -92,7 +93,8 @@ def predict_folders(
       support: folder with one subfolder per class, holding that class's images.
       query: image files and/or folders (searched recursively; a query inside a subfolder
         named like a support class counts as labelled, and accuracy is reported).
-      checkpoint, bn_mode, inner_steps: as :func:`jaxmeta.load`.
+      checkpoint, bn_mode, inner_steps, run: as :func:`jaxmeta.load` (``run``: a
+        population's member).
 
     Returns:
       ``{"workdir", "checkpoint", "step", "algorithm", "bn_mode", "classes", "predictions":
@@ -107,7 +109,7 @@ def predict_folders(
     import jaxmeta
     from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
 
-    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps)
+    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps, run=run)
     if not clf.classification:
         raise ValueError(f"{workdir} is a {clf.config.data.name} regression run, not a classifier")
     size = clf.input_shape[0]
