@@ -34,6 +34,8 @@ EPILOG_TRAIN = textwrap.dedent(
     --set overrides (repeatable; value parsed as YAML; validated like the file):
       train.steps=60000        meta-iterations (the MAML paper's length)
       train.seed=1             seed of initialisation and task sampling
+      train.seeds=5            5 runs (seeds seed..seed+4) in one program (= --seeds 5)
+      sweep.algorithm.inner_lr=[0.2,0.4]  per-run values (population = product x seeds)
       train.steps_per_call=10  meta-steps fused into one jitted call
       train.eval_every=500     validation interval (0: never)
       eval.episodes=600        test episodes (95% CI = 1.96 std / sqrt(episodes))
