@@ -208,7 +208,7 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
       FileNotFoundError: no ``metrics.jsonl`` there.
       RuntimeError: matplotlib could not draw it.
     """
-    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves
+    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves, read_metrics
 
     workdir = Path(workdir)
     metrics = workdir / METRICS_FILE
@@ -221,6 +221,9 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
 
         title = (yaml.safe_load(config.read_text()) or {}).get("name") or title
     png = Path(out) if out is not None else workdir / "learning_curves.png"
-    if not plot_learning_curves(metrics, png, title=title):
+    plot = plot_learning_curves
+    if any("run" in row for row in read_metrics(metrics)[:50]):  # a population's log
+        from jaxmeta.train.population_loop import plot_population_curves as plot
+    if not plot(metrics, png, title=title):
         raise RuntimeError("matplotlib is not available: no plot")
     return png
