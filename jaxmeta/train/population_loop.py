@@ -170,7 +170,15 @@ class PopulationTraining(Training):
         }
         if self.cfg.train.plot and self.primary:
             png = self.workdir / "learning_curves.png"
-            if plot_population_curves(self.workdir / METRICS_FILE, png, title=self.cfg.name):
+            groups = None
+            if self.cfg.sweep:
+                groups = {
+                    m["run"]: ", ".join(f"{k}={v}" for k, v in m.items() if "." in k)
+                    for m in self.members
+                }
+            if plot_population_curves(
+                self.workdir / METRICS_FILE, png, title=self.cfg.name, groups=groups
+            ):
                 result["plot"] = str(png)
         if "test" in self.exp.source.splits:
             result["test"] = self.test()
@@ -408,8 +416,15 @@ def format_population(group: dict[str, Any], metric: str, episodes: int) -> str:
     )
 
 
-def plot_population_curves(metrics_path: str | Path, png_path: str | Path, *, title: str = ""):
-    """PNG: per metric, one thin line per run and the band mean ± std across runs."""
+def plot_population_curves(
+    metrics_path: str | Path,
+    png_path: str | Path,
+    *,
+    title: str = "",
+    groups: dict[int, str] | None = None,
+):
+    """PNG: per metric, one thin line per run and the band mean ± std across runs; with
+    ``groups`` (run -> sweep point) one band per sweep point, across its seeds."""
     try:
         import matplotlib
 
@@ -434,12 +449,18 @@ def plot_population_curves(metrics_path: str | Path, png_path: str | Path, *, ti
         table = np.full((len(runs), len(steps)), np.nan)
         for r in part:
             table[runs.index(r["run"]), steps.index(r["step"])] = r[key]
-        for i, run in enumerate(runs):
-            label = f"run {run}" if len(runs) <= 8 else None
-            ax.plot(steps, table[i], lw=0.8, alpha=0.6, label=label)
-        mean, std = np.nanmean(table, 0), np.nanstd(table, 0)
-        ax.plot(steps, mean, color="black", lw=1.6, label="mean")
-        ax.fill_between(steps, mean - std, mean + std, color="gray", alpha=0.3, label="± std")
+        names = groups or {}
+        points = list(dict.fromkeys(names.get(run, "") for run in runs))
+        for g, point in enumerate(points):
+            rows_g = [i for i, run in enumerate(runs) if names.get(run, "") == point]
+            color = f"C{g % 10}" if len(points) > 1 else None
+            for i in rows_g:
+                label = f"run {runs[i]}" if len(runs) <= 8 and len(points) == 1 else None
+                ax.plot(steps, table[i], lw=0.8, alpha=0.6, color=color, label=label)
+            mean, std = np.nanmean(table[rows_g], 0), np.nanstd(table[rows_g], 0)
+            band = color or "gray"
+            ax.plot(steps, mean, color=color or "black", lw=1.6, label=point or "mean")
+            ax.fill_between(steps, mean - std, mean + std, color=band, alpha=0.25)
         ax.set_xlabel("meta-step")
         ax.set_title(f"{split} {key}")
         if key == "loss":
@@ -447,7 +468,7 @@ def plot_population_curves(metrics_path: str | Path, png_path: str | Path, *, ti
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
-        fig.suptitle(f"{title}: {len(runs)} runs")
+        fig.suptitle(f"{title}: {len(runs)} runs, mean ± std band")
     fig.tight_layout()
     png_path = Path(png_path)
     tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
