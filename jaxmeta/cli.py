@@ -398,7 +398,9 @@ def _evaluate(args) -> int:
         return _err(f"--episodes must be positive, got {args.episodes}", 2)
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
-    if args.run is None and _is_population_workdir(workdir):
+    from jaxmeta.train.population import is_population_workdir
+
+    if args.run is None and is_population_workdir(workdir):
         return _evaluate_population(args, workdir)
     try:
         run = restore_run(
@@ -457,22 +459,11 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _is_population_workdir(workdir: Path) -> bool:
-    from jaxmeta import yaml_io
-
-    try:
-        raw = yaml_io.load(yaml_io.read_text(workdir / "config.yaml")) or {}
-    except Exception:
-        return False  # restore_run names what is wrong with it
-    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-    return bool(raw.get("sweep")) or train.get("seeds") is not None
-
-
 def _evaluate_population(args, workdir: Path) -> int:
     """``jaxmeta evaluate`` of every member of a population, with the across-seed summary."""
-    from jaxmeta.commands import eval_result_name, write_new_json
+    from jaxmeta.commands import write_new_json
     from jaxmeta.train import CheckpointError, ConfigError
-    from jaxmeta.train.population_loop import evaluate_population, format_population
+    from jaxmeta.train.population_loop import evaluate_population, population_report
 
     try:
         res = evaluate_population(
@@ -486,23 +477,8 @@ def _evaluate_population(args, workdir: Path) -> int:
         )
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
-    for r in res["runs"]:
-        metric = res["metric"]
-        print(
-            f"run {r['run']} (seed {r['seed']}): {args.split} {metric} {r[metric]:.4f} "
-            f"± {r['ci95']:.4f}"
-        )
-    for g in res["across_seeds"]:
-        print(format_population(g, res["metric"], res["episodes"]))
-    label = str(args.checkpoint)
-    label = label if label in ("best", "latest") else f"step{label}"
-    name = eval_result_name(
-        split=args.split,
-        checkpoint=label,
-        episodes=res["episodes"],
-        inner_steps=args.inner_steps,
-        bn_mode=None if args.bn_mode == "both" else args.bn_mode,
-    )
+    lines, name = population_report(res, args.checkpoint, args.inner_steps, args.bn_mode)
+    print("\n".join(lines))
     path, status = write_new_json(workdir / name, res)
     print(f"wrote {path}" if status != "unchanged" else f"same result as {path}", file=sys.stderr)
     return 0

@@ -43,6 +43,7 @@ __all__ = [
     "check_memory",
     "check_sweep",
     "is_population",
+    "is_population_workdir",
     "member_config",
     "members",
     "population_builder",
@@ -63,6 +64,21 @@ class PopulationMemoryError(ValueError):
 def is_population(cfg: ExperimentConfig) -> bool:
     """Whether ``cfg`` trains a population (``train.seeds`` set or a ``sweep:``)."""
     return cfg.train.seeds is not None or bool(cfg.sweep)
+
+
+def is_population_workdir(workdir) -> bool:
+    """Whether a workdir's ``config.yaml`` trains a population (read as plain YAML; a
+    broken file is left to :func:`jaxmeta.train.run.restore_run` to name)."""
+    from pathlib import Path
+
+    from jaxmeta import yaml_io
+
+    try:
+        raw = yaml_io.load(yaml_io.read_text(Path(workdir) / "config.yaml")) or {}
+    except Exception:
+        return False
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    return bool(raw.get("sweep")) or train.get("seeds") is not None
 
 
 def members(cfg: ExperimentConfig) -> list[dict[str, Any]]:

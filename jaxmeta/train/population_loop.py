@@ -550,3 +550,24 @@ def evaluate_population(
     if modes != [None]:
         out["bn_mode"] = modes[0]
     return out
+
+
+def population_report(res: dict[str, Any], checkpoint, inner_steps, bn_mode: str):
+    """``(lines to print, result file name)`` of :func:`evaluate_population`'s result."""
+    from jaxmeta.commands import eval_result_name
+
+    metric, split = res["metric"], res["split"]
+    lines = [
+        f"run {r['run']} (seed {r['seed']}): {split} {metric} {r[metric]:.4f} ± {r['ci95']:.4f}"
+        for r in res["runs"]
+    ]
+    lines += [format_population(g, metric, res["episodes"]) for g in res["across_seeds"]]
+    label = str(checkpoint)
+    name = eval_result_name(
+        split=split,
+        checkpoint=label if label in ("best", "latest") else f"step{label}",
+        episodes=res["episodes"],
+        inner_steps=inner_steps,
+        bn_mode=None if bn_mode == "both" else bn_mode,
+    )
+    return lines, name
