@@ -29,7 +29,7 @@ from jaxmeta import sharding
 from jaxmeta.step import make_population_chunk
 from jaxmeta.train.build import eval_episode_shape
 from jaxmeta.train.config import ConfigError
-from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.evaluate import main_metric, make_evaluator, summarize
 from jaxmeta.train.loop import Training, TrainingDiverged
 from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxmeta.train.population import (
@@ -299,7 +299,10 @@ class PopulationTraining(Training):
         self.steps_in_row += n
         self.bar.update(n)
         post = {}
-        for key, label in (("loss", "loss"), ("accuracy", self.acc_label), ("mse", "mse")):
+        shown = (("loss", "loss"), ("accuracy", self.acc_label), ("mse", "mse"))
+        if self.exp.learner.eval_metric is not None:  # e.g. meta-RL's return
+            shown += ((self.exp.learner.eval_metric, self.main_metric),)
+        for key, label in shown:
             if key in metrics:
                 per_run = metrics[key].mean(axis=1)
                 post[label] = f"{per_run.mean():.4f}±{per_run.std():.4f}"
@@ -329,11 +332,11 @@ class PopulationTraining(Training):
         improved = np.zeros(self.runs, bool)
         scores, vals = [], []
         for r in range(self.runs):
-            res = summarize({k: v[r] for k, v in per.items()}, classification=self.classification)
+            res = self.summarize_run(per, r)
             res.pop("per_episode")
             self.writer.write({"split": "val", "step": self.step, "run": r, **res})
             score, best = res[self.main_metric], self.best_scores[r]
-            improved[r] = best is None or (score > best if self.classification else score < best)
+            improved[r] = best is None or (score > best if self.maximise else score < best)
             if improved[r]:
                 self.best_scores[r], self.best_steps[r] = score, self.step
             scores.append(score)
@@ -347,6 +350,14 @@ class PopulationTraining(Training):
             self._save(best=True, val=vals)
             msg += f" ({int(improved.sum())} runs improved, saved)"
         self.say(msg)
+
+    def summarize_run(self, per: dict[str, Any], r: int) -> dict[str, Any]:
+        """Run ``r``'s summary of population-wide per-episode metrics ``[runs, episodes]``."""
+        return summarize(
+            {k: v[r] for k, v in per.items()},
+            classification=self.classification,
+            metric=self.exp.learner.eval_metric,
+        )
 
     def _save(self, *, best: bool, val) -> None:
         meta = {
@@ -379,7 +390,7 @@ class PopulationTraining(Training):
         runs = []
         steps = np.asarray(state.step)
         for r, m in enumerate(self.members):
-            res = summarize({k: v[r] for k, v in per.items()}, classification=self.classification)
+            res = self.summarize_run(per, r)
             res.pop("per_episode")
             runs.append({**m, **res, "step": int(steps[r])})
         test = {
@@ -519,7 +530,7 @@ def evaluate_population(
     )
     inner = inner_steps if inner_steps is not None else ev.inner_steps
     classification = source.classification
-    metric = "accuracy" if classification else "mse"
+    metric, _ = main_metric(exp.learner, classification=classification)
     steps = np.asarray(state.step)
     runs = [{**m, "step": int(s)} for m, s in zip(members(cfg), steps, strict=True)]
     for i, mode in enumerate(modes):
@@ -534,7 +545,11 @@ def evaluate_population(
             fn(state.params, population_hparams(cfg), eps, jax.random.key(ev.seed))
         )
         for r, row in enumerate(runs):
-            res = summarize({k: v[r] for k, v in per.items()}, classification=classification)
+            res = summarize(
+                {k: v[r] for k, v in per.items()},
+                classification=classification,
+                metric=exp.learner.eval_metric,
+            )
             res.pop("per_episode")
             row.update(res if i == 0 else {f"{k}_{mode}": res[k] for k in (metric, "ci95")})
     out = {
