@@ -259,6 +259,12 @@ def test_outer_lr_sweep_with_a_schedule_is_refused(tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "wd").exists()
 
 
+def test_seeds_flag_sets_train_seeds(tmp_path, capsys):
+    args = ["train", "--config", SIN_YAML, "--workdir", str(tmp_path / "wd"), "--no-progress"]
+    assert main([*args, "--seeds", "0"]) == 2
+    assert "--set: train.seeds: must be positive, got 0" in capsys.readouterr().err
+
+
 def test_memory_check_refuses_with_the_largest_population_that_fits(tmp_path, monkeypatch):
     cfg = _cfg(sweep=None, train={"seeds": 4, "eval_every": 0})
     limit = 30_000  # bytes: 1 run needs ~14 kB, 2 runs ~24 kB, 4 runs ~45 kB (jax 0.10, CPU)
