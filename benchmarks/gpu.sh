@@ -23,6 +23,12 @@
 #                      best checkpoint (`jaxmeta evaluate`); a report of all of them
 #     trained_models.tar.gz  the MAML and ProtoNets 5w1s workdirs with their checkpoints
 #                      (portable: `jaxmeta evaluate --workdir <unpacked dir>`, or resume)
+#   5 populations.tar.gz  (not in the default STAGES) benchmarks/populations.py: ms per
+#                      run-step of the MAML training step against runs vmapped (S = 1..64),
+#                      then `jaxmeta train` of maml_5w1s_paper_16seeds.yaml (16 seeds in
+#                      one program) with its wall time, next to stage 3's one run: the
+#                      target is < 2x. Paper length needs STAGES="3 5" and a DEADLINE_S of
+#                      about 3 x the one run's time (~11 min at 92 steps/s)
 #   gpu.log            everything printed
 # Environment: DEADLINE_S (seconds for all stages, default 570), ALLOW_CPU=1 (no GPU
 # needed; tiny settings), TORCH_IMPLS (default func), PARALLEL (default 10), STAGES
@@ -159,6 +165,28 @@ if stage 4; then
   done
   # Named pids: a bare `wait` would also wait for the `tee` of this script's output.
   [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+fi
+
+if stage 5; then
+  P="$WORK/populations"
+  mkdir -p "$P"
+  POP_ARGS=(--config configs/omniglot/maml_5w1s.yaml --set data.queries=1
+    --set execution.task_chunk=null --set data.download=false --budget-s 150)
+  [ "${ALLOW_CPU:-0}" = 1 ] && POP_ARGS=(--runs 1,2 --budget-s 20 --per-size-s 0.5)
+  log "stage 5: populations (benchmarks/populations.py ${POP_ARGS[*]})"
+  bounded 200 "$PY" benchmarks/populations.py "${POP_ARGS[@]}" --out "$P" | tee "$P/bench.log"
+  log "stage 5 benchmark rc=$?"
+  wd="$P/runs/maml_5w1s_16seeds"
+  mkdir -p "$wd"
+  t=$(date +%s%N)
+  bounded "$(($(left) - 30))" "$PY" -m jaxmeta train \
+    --config configs/omniglot/maml_5w1s_paper_16seeds.yaml --workdir "$wd" --no-progress \
+    --set data.download=false --set train.keep_checkpoints=1 "${TINY[@]}" > "$wd/train.log" 2>&1
+  rc=$?
+  echo "{\"rc\": $rc, \"wall_ms\": $((($(date +%s%N) - t) / 1000000)), \"one_run\": $(cat "$R/5w1s/runs/maml_5w1s/wall.json" 2>/dev/null || echo null)}" > "$wd/wall.json"
+  log "stage 5 16 seeds rc=$rc, $(cat "$wd/wall.json")"; tail -20 "$wd/train.log"
+  (cd "$WORK" && find populations -type f ! -path '*/checkpoints/*' ! -path '*/best/*' -print0 \
+    | tar -czf "$OUT_DIR/populations.tar.gz" --null -T -)
 fi
 
 if [ -d "$R" ]; then

@@ -34,6 +34,8 @@ EPILOG_TRAIN = textwrap.dedent(
     --set overrides (repeatable; value parsed as YAML; validated like the file):
       train.steps=60000        meta-iterations (the MAML paper's length)
       train.seed=1             seed of initialisation and task sampling
+      train.seeds=5            5 runs (seeds seed..seed+4) in one program (= --seeds 5)
+      sweep.algorithm.inner_lr=[0.2,0.4]  per-run values (population = product x seeds)
       train.steps_per_call=10  meta-steps fused into one jitted call
       train.eval_every=500     validation interval (0: never)
       eval.episodes=600        test episodes (95% CI = 1.96 std / sqrt(episodes))
@@ -143,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.steps=60000 (repeatable)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        metavar="S",
+        help="train S runs (seeds train.seed .. train.seed+S-1) vmapped in one program "
+        "(train.seeds); with a sweep: section, S seeds per sweep point",
+    )
     g = t.add_argument_group(
         "devices and hosts",
         "split the meta-batch's tasks over devices (docs/scaling.md); the flags set the "
@@ -211,6 +220,14 @@ def _parser() -> argparse.ArgumentParser:
         "step number",
     )
     e.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="I",
+        help="a population's member I (train.seeds / sweep); default: every member, with "
+        "the mean, std and 95%% interval across seeds",
+    )
+    e.add_argument(
         "--bn-mode",
         choices=("both", "transductive", "inductive"),
         default="both",
@@ -236,6 +253,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_PREDICT,
     )
     pr.add_argument("--workdir", "-w", required=True, help="a directory written by 'jaxmeta train'")
+    pr.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="I",
+        help="a population's member I (train.seeds / sweep; required there)",
+    )
     pr.add_argument(
         "--support",
         required=True,
@@ -336,6 +360,7 @@ def _train(args) -> int:
             return _err("--config is required (unless --workdir holds a run to resume)", 2)
     flags = {
         "mesh.devices": args.devices,
+        "train.seeds": args.seeds,
         "distributed.coordinator_address": args.coordinator_address,
         "distributed.num_processes": args.num_processes,
         "distributed.process_id": args.process_id,
@@ -386,9 +411,17 @@ def _evaluate(args) -> int:
         return _err(f"--episodes must be positive, got {args.episodes}", 2)
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
+    from jaxmeta.train.population import is_population_workdir
+
+    if args.run is None and is_population_workdir(workdir):
+        return _evaluate_population(args, workdir)
     try:
         run = restore_run(
-            workdir, args.checkpoint, overrides=args.overrides, episodes=args.episodes
+            workdir,
+            args.checkpoint,
+            overrides=args.overrides,
+            episodes=args.episodes,
+            run=args.run,
         )
     except ConfigError as err:
         return _err(str(err), 2)
@@ -406,6 +439,7 @@ def _evaluate(args) -> int:
     batch_stats = "bn_mode" in res
     label = run.checkpoint if str(args.checkpoint) in ("best", "latest") else f"step{run.step}"
     name = eval_result_name(
+        run=args.run,
         split=args.split,
         checkpoint=label,
         episodes=run.config.eval.episodes,
@@ -438,6 +472,31 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _evaluate_population(args, workdir: Path) -> int:
+    """``jaxmeta evaluate`` of every member of a population, with the across-seed summary."""
+    from jaxmeta.commands import write_new_json
+    from jaxmeta.train import CheckpointError, ConfigError
+    from jaxmeta.train.population_loop import evaluate_population, population_report
+
+    try:
+        res = evaluate_population(
+            workdir,
+            args.checkpoint,
+            overrides=args.overrides,
+            episodes=args.episodes,
+            split=args.split,
+            inner_steps=args.inner_steps,
+            bn_mode=args.bn_mode,
+        )
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+        return _err(str(err), 2)
+    lines, name = population_report(res, args.checkpoint, args.inner_steps, args.bn_mode)
+    print("\n".join(lines))
+    path, status = write_new_json(workdir / name, res)
+    print(f"wrote {path}" if status != "unchanged" else f"same result as {path}", file=sys.stderr)
+    return 0
+
+
 def _predict(args) -> int:
     from jaxmeta.commands import format_predictions, predict_folders, write_predictions
 
@@ -453,6 +512,7 @@ def _predict(args) -> int:
             checkpoint=args.checkpoint,
             bn_mode=args.bn_mode,
             inner_steps=args.inner_steps,
+            run=args.run,
         )
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)

@@ -29,8 +29,9 @@ def eval_result_name(
     episodes: int,
     inner_steps: int | None = None,
     bn_mode: str | None = None,
+    run: int | None = None,
 ) -> str:
-    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>].json``.
+    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>][_run<i>].json``.
 
     ``inner_steps`` appears only when the evaluation overrode the algorithm's own,
     ``bn_mode`` only when a single BatchNorm mode was asked for (the default reports both).
@@ -40,6 +41,8 @@ def eval_result_name(
         name += f"_{inner_steps}steps"
     if bn_mode is not None:
         name += f"_{bn_mode}"
+    if run is not None:  # one member of a population
+        name += f"_run{run}"
     return name + ".json"
 
 
@@ -81,6 +84,7 @@ def predict_folders(
     checkpoint: str | int = "best",
     bn_mode: str = "inductive",
     inner_steps: int | None = None,
+    run: int | None = None,
 ) -> dict[str, Any]:
     """Classify query images with a trained run adapted to a folder of labelled examples.
 
@@ -89,7 +93,8 @@ def predict_folders(
       support: folder with one subfolder per class, holding that class's images.
       query: image files and/or folders (searched recursively; a query inside a subfolder
         named like a support class counts as labelled, and accuracy is reported).
-      checkpoint, bn_mode, inner_steps: as :func:`jaxmeta.load`.
+      checkpoint, bn_mode, inner_steps, run: as :func:`jaxmeta.load` (``run``: a
+        population's member).
 
     Returns:
       ``{"workdir", "checkpoint", "step", "algorithm", "bn_mode", "classes", "predictions":
@@ -104,7 +109,7 @@ def predict_folders(
     import jaxmeta
     from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
 
-    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps)
+    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps, run=run)
     if not clf.classification:
         raise ValueError(f"{workdir} is a {clf.config.data.name} regression run, not a classifier")
     size = clf.input_shape[0]
@@ -203,7 +208,7 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
       FileNotFoundError: no ``metrics.jsonl`` there.
       RuntimeError: matplotlib could not draw it.
     """
-    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves
+    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves, read_metrics
 
     workdir = Path(workdir)
     metrics = workdir / METRICS_FILE
@@ -216,6 +221,9 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
 
         title = (yaml.safe_load(config.read_text()) or {}).get("name") or title
     png = Path(out) if out is not None else workdir / "learning_curves.png"
-    if not plot_learning_curves(metrics, png, title=title):
+    plot = plot_learning_curves
+    if any("run" in row for row in read_metrics(metrics)[:50]):  # a population's log
+        from jaxmeta.train.population_loop import plot_population_curves as plot
+    if not plot(metrics, png, title=title):
         raise RuntimeError("matplotlib is not available: no plot")
     return png

@@ -303,6 +303,7 @@ def load(
     *,
     bn_mode: str = "inductive",
     inner_steps: int | None = None,
+    run: int | None = None,
 ) -> FewShotClassifier:
     """Load a ``jaxmeta train`` workdir as a few-shot classifier (no dataset needed).
 
@@ -316,6 +317,8 @@ def load(
         together). Irrelevant for models without BatchNorm.
       inner_steps: adaptation steps of gradient-based learners (default: the algorithm's
         evaluation steps, e.g. MAML's ``eval_inner_steps``).
+      run: which member of a population workdir (``train.seeds`` / ``sweep``; required
+        there): its best checkpoint is the member's own best validation step.
 
     Returns:
       A :class:`FewShotClassifier`.
@@ -333,7 +336,7 @@ def load(
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     # Optional shape arguments (ProtoNets' / Matching Nets' ways) are left to the episode:
     # the same parameters then classify any N-way support set.
-    run = restore_run(workdir, checkpoint, any_ways=True)
+    run = restore_run(workdir, checkpoint, any_ways=True, run=run)
     cfg, exp, learner = run.config, run.experiment, run.experiment.learner
     if inner_steps is not None:
         if not accepts_steps(learner.predict) or learner.eval_inner_steps is None:

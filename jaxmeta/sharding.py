@@ -53,11 +53,13 @@ __all__ = [
     "ENV_COORDINATOR",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "RUN_AXIS",
     "SAMPLERS",
     "TASK_AXIS",
     "check_divisible",
     "describe",
     "gather",
+    "make_population_mesh",
     "initialize_distributed",
     "is_primary",
     "make_task_mesh",
@@ -196,6 +198,34 @@ def make_task_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     else:
         devs = list(devices)
     return jax.make_mesh((len(devs),), (TASK_AXIS,), axis_types=(AxisType.Auto,), devices=devs)
+
+
+RUN_AXIS = "runs"
+
+
+def make_population_mesh(devices: int, runs: int, meta_batch_size: int) -> Mesh:
+    """A 2-D ``Auto`` mesh ``("runs", "tasks")`` for a population of ``runs`` runs: the
+    run axis takes the largest divisor of ``devices`` that divides ``runs``, the task axis
+    the rest (which must divide the meta-batch).
+
+    Raises:
+      ValueError: more devices than exist, or a task axis that does not divide the
+        meta-batch.
+    """
+    devs = make_task_mesh(devices).devices.reshape(-1)
+    r = max(d for d in range(1, devs.size + 1) if devs.size % d == 0 and runs % d == 0)
+    t = devs.size // r
+    if meta_batch_size % t:
+        raise ValueError(
+            f"{devs.size} devices for {runs} runs: {r} on the run axis leave {t} on the task "
+            f"axis, which does not divide the meta-batch size {meta_batch_size}"
+        )
+    return jax.make_mesh(
+        (r, t),
+        (RUN_AXIS, TASK_AXIS),
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=list(devs),
+    )
 
 
 def check_divisible(meta_batch_size: int, devices: int | Mesh) -> None:

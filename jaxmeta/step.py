@@ -39,8 +39,10 @@ __all__ = [
     "init_train_state",
     "learner_init_key",
     "make_meta_step",
+    "make_population_chunk",
     "make_train_chunk",
     "meta_update",
+    "scan_train_steps",
     "step_key",
     "train_step",
 ]
@@ -267,18 +269,80 @@ def make_train_chunk(
     """
     check_task_chunk(task_chunk)
 
+    def chunk(state: TrainState, data: PyTree, n: Array):
+        return scan_train_steps(
+            learner, optimizer, sample, state, data, n, length=length, task_chunk=task_chunk
+        )
+
+    return jax.jit(chunk, donate_argnums=(0,) if donate else ())
+
+
+def scan_train_steps(
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
+    sample: Callable[[PRNGKey, PyTree], Episode],
+    state: TrainState,
+    data: PyTree,
+    n: Array,
+    *,
+    length: int,
+    task_chunk: TaskChunk = "auto",
+) -> tuple[TrainState, Metrics]:
+    """The body of :func:`make_train_chunk`, not jitted (so it composes, e.g. under the
+    ``vmap`` over runs of :func:`make_population_chunk`): the first ``n`` of ``length``
+    :func:`train_step` calls in a ``lax.scan``; the remaining ones keep the state and give
+    NaN metrics."""
+
     def one(state: TrainState, data: PyTree):
         return train_step(learner, optimizer, sample, state, data, task_chunk=task_chunk)
 
-    def chunk(state: TrainState, data: PyTree, n: Array):
-        _, metrics_shape = jax.eval_shape(one, state, data)
-        skipped = jax.tree_util.tree_map(
-            lambda s: jnp.full(s.shape, jnp.nan, s.dtype), metrics_shape
+    _, metrics_shape = jax.eval_shape(one, state, data)
+    skipped = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), metrics_shape)
+
+    def body(state, i):
+        return jax.lax.cond(i < n, one, lambda s, d: (s, skipped), state, data)
+
+    return jax.lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))
+
+
+def make_population_chunk(
+    build: Callable[[PyTree], tuple[MetaLearner, optax.GradientTransformation]],
+    sample: Callable[[PRNGKey, PyTree], Episode],
+    *,
+    length: int,
+    task_chunk: TaskChunk = "auto",
+    donate: bool = True,
+    spmd_axis_name: str | None = None,
+) -> Callable[[TrainState, PyTree, PyTree, Array], tuple[TrainState, Metrics]]:
+    """:func:`make_train_chunk` for a population of independent runs, ``vmap``-ed over a
+    leading run axis of the state.
+
+    Args:
+      build: ``hparams -> (learner, optimizer)`` for one run; ``hparams`` is that run's slice
+        of the per-run hyperparameters (traced scalars, e.g. ``{"inner_lr": f32[]}``), so
+        one program serves every value. It is called while tracing, once.
+      sample, length, task_chunk, donate: as in :func:`make_train_chunk`.
+      spmd_axis_name: the mesh axis the run axis is split over (a 2-D runs x tasks mesh,
+        :func:`jaxmeta.sharding.make_population_mesh`), so that sharding constraints inside
+        a run (the task axis) keep the run axis split; ``None`` on one device.
+
+    Returns:
+      A jitted ``chunk(states, hparams, data, n) -> (states, metrics)``: ``states`` and
+      ``hparams`` carry a leading ``[runs]`` axis, ``data`` and ``n`` are shared; the
+      metrics are ``[runs, length]``. Run ``i`` computes what a single run with its state
+      and hyperparameters computes.
+    """
+    check_task_chunk(task_chunk)
+
+    def one_run(state: TrainState, hparams: PyTree, data: PyTree, n: Array):
+        learner, optimizer = build(hparams)
+        return scan_train_steps(
+            learner, optimizer, sample, state, data, n, length=length, task_chunk=task_chunk
         )
 
-        def body(state, i):
-            return jax.lax.cond(i < n, one, lambda s, d: (s, skipped), state, data)
-
-        return jax.lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))
+    def chunk(states: TrainState, hparams: PyTree, data: PyTree, n: Array):
+        return jax.vmap(one_run, in_axes=(0, 0, None, None), spmd_axis_name=spmd_axis_name)(
+            states, hparams, data, n
+        )
 
     return jax.jit(chunk, donate_argnums=(0,) if donate else ())

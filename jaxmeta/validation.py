@@ -29,6 +29,8 @@ def check_int(name: str, value, *, minimum: int) -> int:
 
 
 def check_positive_float(name: str, value) -> float:
+    if isinstance(value, jax.core.Tracer):
+        return value  # a traced per-run value (a population sweep): checked by the config
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if not np.isfinite(value) or value <= 0:

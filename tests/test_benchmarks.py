@@ -206,6 +206,7 @@ def test_help(script):
         "accuracy.py",
         "maml_step.py",
         "scaling.py",
+        "populations.py",
     ],
 )
 def test_every_option_has_help_and_a_scratch_default(script, monkeypatch):

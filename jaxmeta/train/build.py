@@ -47,6 +47,7 @@ __all__ = [
     "eval_episode_shape",
     "initial_state",
     "model_kwargs",
+    "seed_state",
 ]
 
 # Arguments of an algorithm factory that the engine supplies itself.
@@ -429,12 +430,22 @@ def make_learner(
 # --------------------------------------------------------------------------- optimizer
 
 
-def build_optimizer(cfg: ExperimentConfig) -> optax.GradientTransformation:
-    """The optax optimizer (optionally after global-norm clipping; ``schedule`` -> optax)."""
+def build_optimizer(cfg: ExperimentConfig, *, learning_rate=None) -> optax.GradientTransformation:
+    """The optax optimizer (optionally after global-norm clipping; ``schedule`` -> optax).
+
+    ``learning_rate``: replaces ``optimizer.learning_rate`` (e.g. a traced per-run value of
+    a population sweep, :mod:`jaxmeta.train.population`).
+    """
     kwargs = cfg.optimizer.kwargs
     clip = kwargs.pop("grad_clip_norm", None)
-    lr = float(check_type(kwargs.get("learning_rate", 1e-3), float)[1])
-    kwargs["learning_rate"] = build_schedule(kwargs.pop("schedule", None), lr, cfg.train.steps)
+    schedule = kwargs.pop("schedule", None)
+    if learning_rate is not None and schedule is None:
+        kwargs["learning_rate"] = learning_rate
+    else:
+        lr = learning_rate
+        if lr is None:
+            lr = float(check_type(kwargs.get("learning_rate", 1e-3), float)[1])
+        kwargs["learning_rate"] = build_schedule(schedule, lr, cfg.train.steps)
     opt = getattr(optax, cfg.optimizer.name)(**kwargs)
     if clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
@@ -515,15 +526,30 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg))
     build_experiment(cfg)
+    if cfg.sweep:
+        from jaxmeta.train.population import check_sweep
+
+        check_sweep(cfg)
     return cfg
 
 
 def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:
     """Step-0 state: ``model.init`` on a zero support set with the seed's init key."""
-    init_key, run_key = jax.random.split(jax.random.key(cfg.train.seed))
+    return seed_state(exp, cfg.train.seed)
+
+
+def seed_state(exp: Experiment, seed, *, learner=None, optimizer=None) -> TrainState:
+    """:func:`initial_state` of ``seed`` (an int or a traced int32: a population's members
+    are ``vmap``-ed over it), with ``exp``'s learner and optimizer unless given."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
     # jit: eager Flax init dispatches op by op (seconds for a Conv-4 on a busy CPU).
     params = jax.jit(exp.model.init)(init_key, jnp.asarray(exp.source.example_input()))
-    return init_train_state(exp.learner, exp.optimizer, params, key=run_key)
+    return init_train_state(
+        exp.learner if learner is None else learner,
+        exp.optimizer if optimizer is None else optimizer,
+        params,
+        key=run_key,
+    )
 
 
 def check_buildable(cfg: ExperimentConfig, exp: Experiment) -> None:

@@ -104,6 +104,7 @@ import yaml
 
 from jaxmeta import yaml_io
 from jaxmeta.plugins import PluginError, load_plugins
+from jaxmeta.train.sweep_config import parse_sweep
 from jaxmeta.yaml_io import check_type, describe_type
 
 SECTIONS = (
@@ -118,7 +119,7 @@ SECTIONS = (
     "distributed",
 )
 # Top-level keys besides the sections.
-TOP_LEVEL = ("name", "base", "plugins")
+TOP_LEVEL = ("name", "base", "plugins", "sweep")
 # Sections that are a registry name plus keyword arguments.
 NAMED_SECTIONS = ("data", "model", "algorithm", "optimizer")
 DEFAULT_NAMED = {"data": "omniglot", "model": "conv4", "algorithm": "maml", "optimizer": "adam"}
@@ -174,6 +175,7 @@ class TrainConfig:
     steps: int = 60000
     meta_batch_size: int = 32
     seed: int = 0
+    seeds: int | None = None  # a population of runs seed..seed+seeds-1 (jaxmeta.train.sweep)
     steps_per_call: int = 10
     log_every: int = 10
     eval_every: int = 1000
@@ -244,6 +246,8 @@ class ExperimentConfig:
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
     plugins: tuple[str, ...] = ()
+    # Per-run values of numeric hyperparameters: ((dotted key, (values...)), ...).
+    sweep: tuple[tuple[str, tuple[float, ...]], ...] = ()
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def where(self, key: str) -> str:
@@ -285,16 +289,26 @@ class ExperimentConfig:
             model=self.model.to_dict(),
             algorithm=self.algorithm.to_dict(),
             optimizer=self.optimizer.to_dict(),
-            train=dataclasses.asdict(self.train),
+            train=_train_dict(self.train),
             eval=dataclasses.asdict(self.eval),
             execution=dataclasses.asdict(self.execution),
             mesh=dataclasses.asdict(self.mesh),
             distributed=dataclasses.asdict(self.distributed),
         )
+        if self.sweep:
+            out["sweep"] = {k: list(v) for k, v in self.sweep}
         return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _train_dict(t: TrainConfig) -> dict[str, Any]:
+    """The train section; ``seeds`` only when set (a single run's files stay as they were)."""
+    out = dataclasses.asdict(t)
+    if out["seeds"] is None:
+        del out["seeds"]
+    return out
 
 
 def replace(cfg: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
@@ -505,6 +519,11 @@ def config_from_dict(
         parts = key.split(".")
         if len(parts) == 1 and parts[0] in ("name", "plugins"):
             raw[parts[0]] = value
+        elif len(parts) >= 2 and parts[0] == "sweep":
+            sweep = raw.setdefault("sweep", {})
+            if not isinstance(sweep, dict):
+                raise ConfigError(source, "sweep", "must be a mapping")
+            sweep[".".join(parts[1:])] = value
         elif len(parts) == 2 and parts[0] in SECTIONS:
             section = raw.setdefault(parts[0], {})
             if not isinstance(section, dict):
@@ -563,6 +582,7 @@ def config_from_dict(
             DistributedConfig, "distributed", section("distributed"), src
         ),
         plugins=tuple(plugins),
+        sweep=parse_sweep(raw.get("sweep"), src),
         origins=origin,
     )
     _check_values(cfg, src)
@@ -637,6 +657,7 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
         src,
     )
     _positive(t, "train", ("eval_every", "seed"), src, minimum=0)
+    _positive(t, "train", ("seeds",), src)
     _positive(e, "eval", ("episodes", "val_episodes", "queries", "shots", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
     for key in ("checkpoint_every", "eval_every"):

@@ -64,6 +64,7 @@ from jaxmeta.train.metrics import (
     record_run_start,
     truncate_metrics,
 )
+from jaxmeta.train.population import is_population
 from jaxmeta.train.run import (
     check_resumable,
     environment,
@@ -135,7 +136,10 @@ def train_and_evaluate(
                     ckpt.close()
 
             stack.callback(close)
-            training = Training(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
+            session = Training
+            if is_population(cfg):  # train.seeds / sweep: runs vmapped in one program
+                from jaxmeta.train.population_loop import PopulationTraining as session
+            training = session(cfg, exp, workdir, ckpt, guard, where, progress=progress, log=log)
             if lock is not None and lock.warning:
                 training.say(f"warning: {lock.warning}")
             return training.run()
@@ -193,6 +197,8 @@ class Training:
     ``where`` (shared with the caller) always holds the last step done and the last
     checkpoint written, for the message of an interruption.
     """
+
+    writer_cls = MetricsWriter  # the metrics log (a population's tags TensorBoard by run)
 
     def __init__(
         self,
@@ -291,19 +297,23 @@ class Training:
         self.state, self.last_good = state, latest
         self.start = self.step = int(state.step)
         self.where.update(step=self.start, checkpoint=latest)
+        self.open_records(latest, {"mesh": sharding.describe(self.mesh)})
+
+    def open_records(self, latest: int | None, env: dict[str, Any]) -> None:
+        """The session's records (config, environment with ``env`` added), the metrics
+        log cut back to ``self.start``, the earlier sessions' training time, the writer."""
         self.time_before = 0.0  # training time of earlier sessions: wall_time continues
         if self.primary:
-            env = {**environment(), "mesh": sharding.describe(self.mesh)}
             record_run_start(
                 self.workdir,
-                config_yaml=saved_config(cfg).to_yaml(),
-                env=env,
+                config_yaml=saved_config(self.cfg).to_yaml(),
+                env={**environment(), **env},
                 resume_step=latest,
             )
             truncate_metrics(self.workdir / METRICS_FILE, max_step=self.start)
             self.time_before = logged_wall_time(self.workdir / METRICS_FILE, max_step=self.start)
         self.writer = (
-            MetricsWriter(self.workdir, tensorboard=cfg.train.tensorboard)
+            self.writer_cls(self.workdir, tensorboard=self.cfg.train.tensorboard)
             if self.primary
             else _NoMetrics()
         )
@@ -421,11 +431,7 @@ class Training:
             bad = np.flatnonzero(~np.isfinite(values))
             if bad.size:
                 i = int(bad[0])
-                last = (
-                    f"step {self.last_good} in {self.ckpt.latest_dir}"
-                    if self.last_good is not None
-                    else "none (no checkpoint was written yet)"
-                )
+                last = self.last_good_text()
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + i + 1}: metric {name!r} is "
                     f"{values[i]} (non-finite). The run stopped without saving this state; "
@@ -448,6 +454,12 @@ class Training:
         elif self.exp.learner.eval_metric in metrics:  # e.g. meta-RL's return
             post[self.main_metric] = f"{metrics[self.main_metric].mean():.4g}"
         self.bar.set_postfix(post, refresh=False)
+
+    def last_good_text(self) -> str:
+        """The last good checkpoint, for a divergence message."""
+        if self.last_good is None:
+            return "none (no checkpoint was written yet)"
+        return f"step {self.last_good} in {self.ckpt.latest_dir}"
 
     def log_row(self) -> None:
         """A train row: the means over the steps since the last row, speed, wall time."""

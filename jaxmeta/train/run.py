@@ -248,6 +248,7 @@ def restore_run(
     overrides: list[str] | tuple[str, ...] = (),
     episodes: int | None = None,
     any_ways: bool = False,
+    run: int | None = None,
 ) -> TrainedRun:
     """Restore a ``jaxmeta train`` workdir's checkpoint, reading (and locking) nothing else.
 
@@ -258,6 +259,8 @@ def restore_run(
       episodes: replaces ``eval.episodes``.
       any_ways: a learner that takes any N-way support set where the algorithm allows
         (:func:`jaxmeta.train.build.algorithm_kwargs`).
+      run: a population's member (``train.seeds`` / ``sweep``): its state, and the config
+        of the single run it stands for (:func:`jaxmeta.train.population.member_config`).
 
     Raises:
       FileNotFoundError: not a workdir, no such checkpoint.
@@ -270,6 +273,12 @@ def restore_run(
     cfg = load_config(workdir / "config.yaml", overrides)
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
+    from jaxmeta.train.population import is_population, restore_member
+
+    if is_population(cfg):
+        return restore_member(workdir, cfg, checkpoint, run=run, any_ways=any_ways)
+    if run not in (None, 0):
+        raise ValueError(f"{workdir} holds a single run, not a population: run={run!r}")
     exp = build_experiment(cfg, any_ways=any_ways)
     # Read only: no lock (a training run may be writing), nothing created or cleaned up.
     ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
