@@ -253,6 +253,10 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
         "JAXMETA_TORCH_PYTHON": "none",
         "TFDS_DATA_DIR": str(omniglot_data_dir),
         "TMPDIR": str(tmp_path),
+        # The stage limits budget GPU time; a loaded CPU must not trip them in a dry run.
+        "STAGE1_S": "600",
+        "STAGE2_S": "600",
+        "DEADLINE_S": "3000",
     }
     p = subprocess.run(
         ["bash", str(BENCH / "gpu.sh"), str(out)],
