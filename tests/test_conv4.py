@@ -224,6 +224,26 @@ def test_auto_conv_impl_is_the_fastest_measured_per_backend():
         resolve_conv_impl("cudnn")
 
 
+def test_maml_miniimagenet_net_on_84x84_rgb():
+    """cbfinn/maml's miniImageNet Conv-4: 32 filters, max-pool, flatten head:
+    84 -> 42 -> 21 -> 10 -> 5, so 5 x 5 x 32 = 800 features."""
+    x = jax.ShapeDtypeStruct((2, 84, 84, 3), jnp.float32)
+    model = Conv4(num_classes=5, filters=32, pool=True, head="flatten")
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert variables["params"]["head"]["kernel"].shape == (800, 5)
+    assert variables["params"]["conv0"].shape == (3, 3, 3, 32)
+    # cbfinn/maml's net has 32,901: the same plus a bias per conv (4 x 32), which a
+    # batch-statistics BatchNorm cancels.
+    assert sum(v.size for v in jax.tree_util.tree_leaves(variables)) == 32_773
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, 5)
+    embedding = Conv4(num_classes=None, filters=32, pool=True, head="flatten")
+    assert jax.eval_shape(embedding.apply, variables, x).shape == (2, 800)
+    small = Conv4(num_classes=5, filters=4, pool=True, head="flatten")  # computed, few filters
+    images = jnp.linspace(0.0, 1.0, 2 * 84 * 84 * 3).reshape(2, 84, 84, 3)
+    out = jax.jit(lambda x: small.apply(small.init(jax.random.key(0), x), x))(images)
+    assert out.shape == (2, 5) and bool(jnp.all(jnp.isfinite(out)))
+
+
 def test_max_pool_value_and_derivatives_are_exact():
     x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))  # odd height: the last row is cut
     out = max_pool2x2(x)
