@@ -109,3 +109,11 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # closed again when the socket is
+
+
+def test_bad_arguments_are_value_errors(cifar_dir):
+    folder, _ = cifar_dir
+    with pytest.raises(ValueError, match="image_size must be >= 1"):
+        prepare_cifar_fs(folder, image_size=0, download=False)
+    with pytest.raises(ValueError, match="splits must be a non-empty subset"):
+        prepare_fc100(folder, splits=("train", "validation"), download=False)

@@ -69,6 +69,7 @@ from jaxmeta.data.prepared import (
     SplitSpec,
     check_counts,
     check_not_html,
+    check_splits,
     download,
     file_digests,
     group_by_class,
@@ -76,6 +77,7 @@ from jaxmeta.data.prepared import (
     missing_files_message,
     source_file,
 )
+from jaxmeta.validation import check_int
 
 __all__ = [
     "CIFAR100_ARCHIVE",
@@ -333,11 +335,8 @@ def _prepare(
     timeout: float,
     expected: Mapping[str, SplitSpec] | None,
 ) -> Prepared:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    unknown = [s for s in splits if s not in classes]
-    if unknown or not splits:
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}")
+    image_size = check_int("image_size", image_size, minimum=1)
+    splits = check_splits(splits, SPLITS)
     manual = Path(manual_dir).expanduser()
     path = _locate(manual, download_missing=download, url=url, timeout=timeout)
     images, fine, _ = read_cifar100(path)

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxmeta.data.images import IMAGE_SUFFIXES, ImageFolderError, _image_files, load_images
 from jaxmeta.data.prepared import Prepared, Split, folder_source
+from jaxmeta.validation import check_int
 
 __all__ = ["SPLIT_FOLDERS", "prepare_folder", "split_classes"]
 
@@ -123,14 +124,11 @@ def prepare_folder(
       ImageFolderError: naming the folder or file (see the module docstring).
       ValueError: bad arguments.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    image_size = check_int("image_size", image_size, minimum=1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    if min_classes < 2 or min_images < 1:
-        raise ValueError(
-            f"need min_classes >= 2 and min_images >= 1, got {min_classes}, {min_images}"
-        )
+    min_classes = check_int("min_classes", min_classes, minimum=2)
+    min_images = check_int("min_images", min_images, minimum=1)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ImageFolderError(f"image folder {root} does not exist or is not a folder")

@@ -57,11 +57,13 @@ from jaxmeta.data.prepared import (
     SplitSpec,
     check_counts,
     check_not_html,
+    check_splits,
     folder_source,
     load_pickle,
     missing_files_message,
     source_file,
 )
+from jaxmeta.validation import check_int
 
 __all__ = ["EXPECTED", "IMAGE_SIZE", "RAVI_WNIDS", "SPLITS", "prepare_miniimagenet"]
 
@@ -255,10 +257,8 @@ def prepare_miniimagenet(
     References:
       Vinyals et al., NeurIPS 2016; Ravi & Larochelle, ICLR 2017.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if not splits or any(s not in SPLITS for s in splits):
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}")
+    image_size = check_int("image_size", image_size, minimum=1)
+    splits = check_splits(splits, SPLITS)
     if source not in ("auto", "pickle", "csv"):
         raise ValueError(f"source must be 'auto', 'pickle' or 'csv', got {source!r}")
     folder = Path(manual_dir).expanduser()

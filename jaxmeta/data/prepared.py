@@ -58,6 +58,7 @@ __all__ = [
     "Split",
     "SplitSpec",
     "check_counts",
+    "check_splits",
     "check_not_html",
     "download",
     "file_digests",
@@ -225,6 +226,14 @@ class Prepared:
     def nbytes(self) -> int:
         """Bytes of all the uint8 images (the cache's size; a device copy needs as much)."""
         return sum(d.images.nbytes for d in self.splits.values())
+
+
+def check_splits(splits: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """``splits`` as a tuple; a ``ValueError`` unless a non-empty subset of ``allowed``."""
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or any(s not in allowed for s in splits):
+        raise ValueError(f"splits must be a non-empty subset of {tuple(allowed)}, got {splits}")
+    return splits
 
 
 def group_by_class(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,11 +56,13 @@ from jaxmeta.data.prepared import (
     SplitSpec,
     check_counts,
     check_not_html,
+    check_splits,
     group_by_class,
     load_pickle,
     missing_files_message,
     source_file,
 )
+from jaxmeta.validation import check_int
 
 __all__ = ["EXPECTED", "IMAGE_SIZE", "SPLITS", "prepare_tieredimagenet"]
 
@@ -266,10 +268,8 @@ def prepare_tieredimagenet(
     References:
       Ren et al., ICLR 2018.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if not splits or any(s not in SPLITS for s in splits):
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}")
+    image_size = check_int("image_size", image_size, minimum=1)
+    splits = check_splits(splits, SPLITS)
     folder = Path(manual_dir).expanduser()
     found = _locate(folder, splits)
     out, files = {}, []
