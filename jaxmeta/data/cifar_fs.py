@@ -65,6 +65,7 @@ from jaxmeta.data.prepared import (
     DatasetFilesMissingError,
     DownloadError,
     Prepared,
+    SourceFile,
     Split,
     SplitSpec,
     check_counts,
@@ -312,8 +313,7 @@ def _locate(manual_dir: Path, *, download_missing: bool, url: str, timeout: floa
             ("the official archive", [CIFAR100_ARCHIVE]),
             ("the archive unpacked", [f"{CIFAR100_FOLDER}/{m}" for m in _MEMBERS]),
         ],
-        f"{CIFAR100_URL} (md5 {CIFAR100_MD5}); or pass download=True "
-        "(`jaxmeta data` downloads it when online)",
+        f"{CIFAR100_URL} (md5 {CIFAR100_MD5}), or pass download=True when online",
     )
     if not download_missing:
         raise DatasetFilesMissingError(message + "\n(download=False: not downloading)")
@@ -350,7 +350,7 @@ def _prepare(
                 digests["md5"],
                 CIFAR100_MD5,
             )
-        files = (source_file(path),)
+        files = (SourceFile(str(path), path.stat().st_size, digests["sha256"]),)
     else:
         files = tuple(source_file(path / m) for m in _MEMBERS)
     out = {}

@@ -58,15 +58,17 @@ __all__ = [
     "Split",
     "SplitSpec",
     "check_counts",
-    "check_splits",
     "check_not_html",
+    "check_splits",
     "download",
     "file_digests",
+    "folder_source",
     "group_by_class",
     "load_cache",
     "load_pickle",
     "missing_files_message",
     "save_cache",
+    "source_file",
 ]
 
 log = logging.getLogger(__name__)
