@@ -231,7 +231,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """Date, CPU, load, Python, package versions and JAX devices (engine's ``environment()``)."""
-    from jaxmeta.train.loop import environment
+    from jaxmeta.train.run import environment
 
     env = environment()
     env.pop("command", None)

@@ -6,7 +6,7 @@ meta-steps you choose (the papers' lengths, 20k-200k steps, take hours to days o
 then reads the test result of the best validation checkpoint (``eval_test.json``: accuracy
 ± 95% CI over the fixed test episodes). Reported per run: steps done and the config's
 full length, test accuracy ± CI, episodes, split scheme, wall and CPU time, and the gap to
-the published number (GUIDE §4).
+the published number (``PAPER``: each paper's Omniglot table).
 
     python benchmarks/accuracy.py --setting 5w1s --steps 2000              # every algorithm
     python benchmarks/accuracy.py \
@@ -56,7 +56,8 @@ from _common import (  # noqa: E402
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "matching", "snail")
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 
-# Published Omniglot test accuracy (%), GUIDE §4 (5w1s / 5w5s / 20w1s / 20w5s).
+# Published Omniglot test accuracy (%) from each paper's results table (5w1s / 5w5s / 20w1s /
+# 20w5s).
 PAPER = {
     "maml": ("Finn et al. 2017", (98.7, 99.9, 95.8, 98.9)),
     "fomaml": ("Finn et al. 2017", (98.3, 99.2, 89.4, 97.9)),

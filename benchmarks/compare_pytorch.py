@@ -162,7 +162,7 @@ def run_jax_throughput(cfg: dict[str, Any], args) -> dict[str, Any]:
         "queries": cfg["queries"],
         "meta_batch": cfg["meta_batch"],
         "remat": False,
-        "task_batch_size": args.task_batch_size,
+        "task_chunk": args.task_chunk,
         "filters": cfg["filters"],
         "head": "flatten",
         "inner_lr": 0.4,
@@ -448,10 +448,11 @@ def parse_args(argv=None):
         "same call, e.g. by benchmarks/gpu.sh) instead of measuring them again",
     )
     ap.add_argument(
+        "--task-chunk",
         "--task-batch-size",
         type=int,
         default=None,
-        help="jaxmeta task_batch_size for the throughput runner",
+        help="jaxmeta task_chunk for the throughput runner",
     )
     ap.add_argument(
         "--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick 1)"

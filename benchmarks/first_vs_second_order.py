@@ -7,8 +7,9 @@ MAML twice from the same config file (``configs/omniglot/maml_5w1s.yaml``,
 initial parameters and the same training episodes (the key of step ``s`` is
 ``fold_in(base_key, s)``), same number of meta-steps, and the same fixed test episodes
 (``eval.seed``) evaluated at the same steps. Training uses the engine's own pieces
-(``build_experiment``, ``initial_state``, ``make_train_chunk`` for the fused on-device
-sampling + meta-update, ``make_evaluator`` + ``summarize`` for accuracy ± 95% CI), each
+(``jaxmeta.train.build_experiment``, ``initial_state``, and the one fused train step
+``jaxmeta.step.make_train_chunk`` for the on-device sampling + meta-update;
+``make_evaluator`` + ``summarize`` for accuracy ± 95% CI), each
 run in its own subprocess so that peak memory is the run's own.
 
 Reported per run: ms per meta-step (median over fused chunks), compile time, peak memory
@@ -84,10 +85,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmeta.train.config import load_config
+    from jaxmeta.step import make_train_chunk
+    from jaxmeta.train import build_experiment, initial_state, load_config
+    from jaxmeta.train.build import eval_episode_shape
     from jaxmeta.train.evaluate import make_evaluator, summarize
-    from jaxmeta.train.loop import build_experiment, eval_shape, initial_state
-    from jaxmeta.train.state import make_train_chunk
 
     task, order = cfg["task"], cfg["order"]
     overrides = [
@@ -118,13 +119,17 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
             "test",
             episodes=cfg["eval_episodes"],
             seed=exp_cfg.eval.seed,
-            **eval_shape(exp_cfg),
+            **eval_episode_shape(exp_cfg, exp.source),
         )
     )
     data_s = time.perf_counter() - t
     state = initial_state(exp_cfg, exp)
     chunk = make_train_chunk(
-        exp.learner, exp.optimizer, lambda k, d: exp.source.sample(k, d, tasks=mb), length=spc
+        exp.learner,
+        exp.optimizer,
+        lambda k, d: exp.source.sample(k, d, tasks=mb),
+        length=spc,
+        task_chunk=exp_cfg.execution.task_chunk,
     )
     full = jnp.asarray(spc, jnp.int32)
     train_chunk, compile_s = compile_timed(chunk, state, data, full)

@@ -16,7 +16,7 @@ side in one run, so that table can be checked (and revisited when jax changes):
   backend's default precision. The image array is random (the cost of sampling does not
   depend on the pixels).
 
-Task mapping is ``task_batch_size="auto"`` in both (one task at a time on one CPU
+Task mapping is ``task_chunk="auto"`` in both (one task at a time on one CPU
 device, all tasks vmapped on a GPU), so each row is what a user of the defaults gets;
 ``--task-batch-size`` overrides it. The rows are timed one after another in one worker
 process (ms: median over repeats; memory: the compiled program's own need from XLA's
@@ -57,7 +57,7 @@ from _common import (  # noqa: E402
 IMPLS = ("xla", "gemm")
 
 
-def _task_batch_size(text: str) -> int | str | None:
+def _task_chunk(text: str) -> int | str | None:
     if text.lower() in ("none", "null"):
         return None
     return text if text == "auto" else int(text)
@@ -94,7 +94,7 @@ def build_train_step(cfg: dict[str, Any]):
     from jaxmeta.algorithms.maml import maml
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.models import Conv4
-    from jaxmeta.train.state import init_train_state, make_train_chunk
+    from jaxmeta.step import init_train_state, make_train_chunk
 
     tasks, length = cfg["meta_batch"], cfg["steps_per_call"]
     images = jax.random.randint(jax.random.key(0), (1100, 20, 28, 28), 0, 256, jnp.int32)
@@ -109,11 +109,12 @@ def build_train_step(cfg: dict[str, Any]):
         inner_lr=0.4,
         inner_steps=cfg["inner_steps"],
         first_order=cfg["order"] == "first",
-        task_batch_size=cfg["task_batch_size"],
     )
     optimizer = optax.adam(1e-3)
     state = init_train_state(learner, optimizer, params, key=jax.random.key(2))
-    chunk = make_train_chunk(learner, optimizer, sample, length=length)
+    chunk = make_train_chunk(
+        learner, optimizer, sample, length=length, task_chunk=cfg["task_chunk"]
+    )
     return chunk, (state, images, jnp.asarray(length, jnp.int32)), length
 
 
@@ -144,7 +145,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     """Compile (a persistent-cache hit after ``--precompile``) and time one row."""
     import jax
 
-    from jaxmeta.algorithms.base import resolve_task_batch_size
+    from jaxmeta.execution import resolve_task_chunk
     from jaxmeta.models.layers import resolve_conv_impl
 
     compiled, args, length, compile_s = _compile(cfg)
@@ -161,7 +162,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         device=jax.devices()[0].device_kind,
         backend=jax.default_backend(),
         conv_impl_resolved=resolve_conv_impl(cfg["conv_impl"]),
-        task_batch_size_resolved=resolve_task_batch_size(cfg["task_batch_size"]),
+        task_chunk_resolved=resolve_task_chunk(cfg["task_chunk"]),
     )
     if cfg["kind"] == "train_step":
         rec["projected_60k_s"] = round(timing["ms_median"] / length * 60, 1)
@@ -253,8 +254,9 @@ def parse_args(argv=None):
         help="meta-step query images per class, default 15,1",
     )
     ap.add_argument(
+        "--task-chunk",
         "--task-batch-size",
-        type=_task_batch_size,
+        type=_task_chunk,
         default="auto",
         help="'auto' (default: per backend), 'none' (vmap all tasks) or an int",
     )
@@ -305,7 +307,7 @@ def rows(args) -> list[dict[str, Any]]:
     common = {
         "meta_batch": args.meta_batch,
         "filters": args.filters,
-        "task_batch_size": args.task_batch_size,
+        "task_chunk": args.task_chunk,
         "warmup": args.warmup,
         "budget_s": args.budget_s,
         "repeats": None,
@@ -386,7 +388,7 @@ def compare(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row[f"{impl}_compile_s"] = r.get("compile_s")
         if "error" in r:
             row[f"{impl}_error"] = r["error"][-120:]
-        row["task_batch_size"] = r.get("task_batch_size_resolved")
+        row["task_chunk"] = r.get("task_chunk_resolved")
     for row in table.values():
         times = {i: row.get(f"{i}_ms") for i in IMPLS if row.get(f"{i}_ms")}
         if len(times) == 2:
@@ -401,7 +403,7 @@ COLUMNS = [
     ("inner_steps", "K"),
     ("query_per_class", "Q/class"),
     ("precision", "matmul precision"),
-    ("task_batch_size", "task_batch_size"),
+    ("task_chunk", "task_chunk"),
     ("xla_ms", "xla ms/step"),
     ("gemm_ms", "gemm ms/step"),
     ("xla_over_gemm", "xla / gemm"),

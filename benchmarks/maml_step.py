@@ -46,33 +46,33 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-# Fastest task_batch_size per (order, inner_steps, query_per_class) measured on the 2-core
+# Fastest task_chunk per (order, inner_steps, query_per_class) measured on the 2-core
 # EPYC (see benchmarks/README.md, "MAML step"); ``None`` = vmap all 32 tasks.
-DEFAULT_TASK_BATCH = {}
+DEFAULT_TASK_CHUNK = {}
 
 
-def default_task_batch_size(order: str, inner_steps: int, queries: int, backend: str):
+def default_task_chunk(order: str, inner_steps: int, queries: int, backend: str):
     """Tuned on the CPU (see above); elsewhere the library's per-backend ``"auto"``."""
     if backend != "cpu":
         return "auto"
-    return DEFAULT_TASK_BATCH.get((order, inner_steps, queries), 1 if queries >= 15 else None)
+    return DEFAULT_TASK_CHUNK.get((order, inner_steps, queries), 1 if queries >= 15 else None)
 
 
 def build_meta_step(cfg: dict[str, Any]):
-    """``(jitted step, (state, episodes, key), task_batch_size used)`` of one configuration."""
+    """``(jitted step, (state, episodes, key), task_chunk used)`` of one configuration."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from jaxmeta.algorithms.base import init_meta_train_state, make_meta_step
     from jaxmeta.algorithms.maml import maml
     from jaxmeta.models import Conv4
+    from jaxmeta.step import init_train_state, make_meta_step
     from jaxmeta.types import Episode
 
     ways, shots, q, tasks = 5, 1, cfg["query_per_class"], cfg["meta_batch"]
-    tbs = cfg["task_batch_size"]
+    tbs = cfg["task_chunk"]
     if tbs == "default":  # resolved here, where the backend is known
-        tbs = default_task_batch_size(cfg["order"], cfg["inner_steps"], q, jax.default_backend())
+        tbs = default_task_chunk(cfg["order"], cfg["inner_steps"], q, jax.default_backend())
     model = Conv4(num_classes=ways, filters=cfg["filters"], conv_impl=cfg["conv_impl"])
     k = jax.random.split(jax.random.key(0), 4)
     episodes = Episode(
@@ -87,12 +87,11 @@ def build_meta_step(cfg: dict[str, Any]):
         inner_lr=0.4,
         inner_steps=cfg["inner_steps"],
         first_order=cfg["order"] == "first",
-        task_batch_size=tbs,
         remat=cfg.get("remat", False),
     )
     optimizer = optax.adam(1e-3)
-    state = init_meta_train_state(learner, optimizer, params)
-    step = make_meta_step(learner, optimizer, donate=True)
+    state = init_train_state(learner, optimizer, params, key=jax.random.key(0))
+    step = make_meta_step(learner, optimizer, task_chunk=tbs, donate=True)
     return step, (state, episodes, k[3]), tbs
 
 
@@ -100,7 +99,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     """Worker: build, compile and time one configuration; returns its record."""
     import jax
 
-    from jaxmeta.algorithms.base import resolve_task_batch_size
+    from jaxmeta.execution import resolve_task_chunk
     from jaxmeta.models.layers import resolve_conv_impl
 
     tasks = cfg["meta_batch"]
@@ -124,8 +123,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         device=jax.devices()[0].device_kind,
         backend=jax.default_backend(),
         conv_impl_resolved=resolve_conv_impl(cfg["conv_impl"]),
-        task_batch_size_used=tbs,
-        task_batch_size_resolved=resolve_task_batch_size(tbs),
+        task_chunk_used=tbs,
+        task_chunk_resolved=resolve_task_chunk(tbs),
         xla_flags=os.environ.get("XLA_FLAGS"),
     )
     rec.update(memory_record(peak_rss_since_reset_mb() if reset else None))
@@ -161,6 +160,7 @@ def parse_args(argv=None):
         help="convolution lowering (auto: gemm on CPU, lax.conv on GPU/TPU)",
     )
     ap.add_argument(
+        "--task-chunk",
         "--task-batch-size",
         default="default",
         help="'default' (tuned per config on the CPU, 'auto' elsewhere), 'auto' (the "
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                     "meta_batch": args.meta_batch,
                     "filters": args.filters,
                     "conv_impl": args.conv_impl,
-                    "task_batch_size": _tbs(args.task_batch_size),
+                    "task_chunk": _tbs(args.task_chunk),
                     "remat": args.remat,
                     "warmup": args.warmup,
                     "budget_s": args.budget_s,
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
                     f"cpu util {rec['cpu_util']})"
                 )
                 print(
-                    f"{order:6s} K={k} Q={q} tbs={cfg['task_batch_size']}: {msg}",
+                    f"{order:6s} K={k} Q={q} tbs={cfg['task_chunk']}: {msg}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         ("query_per_class", "Q/class"),
         ("meta_batch", "tasks"),
         ("conv_impl_resolved", "conv"),
-        ("task_batch_size_resolved", "task_batch_size"),
+        ("task_chunk_resolved", "task_chunk"),
         ("ms_per_step", "ms/step (median)"),
         ("ms_min", "min ms"),
         ("compile_s", "compile s"),

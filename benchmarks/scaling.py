@@ -45,13 +45,12 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from jaxmeta import sharding
-    from jaxmeta.algorithms import maml
+    from jaxmeta import maml, sharding
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.data.sinusoid import sample_sinusoid_tasks
     from jaxmeta.losses import mse_loss
     from jaxmeta.models import get_model
-    from jaxmeta.train.state import init_train_state, make_train_chunk
+    from jaxmeta.step import init_train_state, make_train_chunk
 
     d, tasks, length = cfg["devices"], cfg["meta_batch"], cfg["steps_per_call"]
     if cfg["workload"] == "conv4":

@@ -17,7 +17,7 @@ Sweeps (``--sweeps``, comma-separated):
   varies from the base configuration.
 * ``memory``: second-order MAML at the largest ``--inner-steps``, plain and with each
   memory-saving option, to show its cost: ``remat=True`` (inner steps recomputed in the
-  backward pass) and ``task_batch_size=b`` (tasks processed in chunks of ``b`` with
+  backward pass) and ``task_chunk=b`` (tasks processed in chunks of ``b`` with
   ``lax.map``) for b in ``--task-batch-sizes`` (default 8, 1).
 
 Presets: ``--preset canonical`` is the PyTorch-peer workload (Conv-4 strided, flatten
@@ -81,7 +81,7 @@ def build(cfg: dict[str, Any]):
         head=cfg["head"],
         pool=(alg == "snail"),
     )
-    kw: dict[str, Any] = {"task_batch_size": cfg.get("task_batch_size")}
+    kw: dict[str, Any] = {}
     if alg in ("maml", "fomaml"):
         kw.update(inner_lr=cfg["inner_lr"], inner_steps=k, remat=bool(cfg.get("remat")))
     elif alg == "anil":
@@ -128,7 +128,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from jaxmeta.algorithms.base import init_meta_train_state, make_meta_step
+    from jaxmeta.step import init_train_state, make_meta_step
 
     rss_start = rss_mb()
     learner, model = build(cfg)
@@ -143,9 +143,9 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     params = jax.jit(model.init)(k_init, eps.support_x[0])
     optimizer = optax.adam(cfg["outer_lr"])
-    state = init_meta_train_state(learner, optimizer, params)
+    state = init_train_state(learner, optimizer, params, key=k_init)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    step = make_meta_step(learner, optimizer, donate=True)
+    step = make_meta_step(learner, optimizer, task_chunk=cfg.get("task_chunk"), donate=True)
     compiled, compile_s = compile_timed(step, state, eps, k_step)
     holder = [state]
     metrics_out: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
                 "queries",
                 "meta_batch",
                 "remat",
-                "task_batch_size",
+                "task_chunk",
                 "filters",
                 "head",
             )
@@ -222,7 +222,7 @@ def grid(args) -> list[dict[str, Any]]:
         "queries": args.queries,
         "meta_batch": args.meta_batch,
         "remat": False,
-        "task_batch_size": None,
+        "task_chunk": None,
         "filters": args.filters,
         "head": args.head,
         "inner_lr": 0.4,
@@ -267,8 +267,8 @@ def grid(args) -> list[dict[str, Any]]:
             k = max(args.inner_steps)
             add("memory", inner_steps=k)
             add("memory", inner_steps=k, remat=True)
-            for tbs in args.task_batch_sizes:
-                add("memory", inner_steps=k, task_batch_size=tbs)
+            for tbs in args.task_chunks:
+                add("memory", inner_steps=k, task_chunk=tbs)
     return cfgs
 
 
@@ -330,10 +330,11 @@ def parse_args(argv=None):
         help="queries per class tried in the shape sweep (default 1,15)",
     )
     ap.add_argument(
+        "--task-chunks",
         "--task-batch-sizes",
         type=lambda s: csv_list(s, int),
         default=[8, 1],
-        help="task_batch_size values of the memory sweep (8,1)",
+        help="task_chunk values of the memory sweep (8,1)",
     )
     ap.add_argument(
         "--canonical-queries",
@@ -403,7 +404,7 @@ def parse_args(argv=None):
         args.budget_s = 0.2 if args.tiny else (2.0 if args.quick else 5.0)
     if args.tiny:
         args.warmup, args.min_repeats, args.max_repeats = 1, 2, 3
-        args.task_batch_sizes = [1]
+        args.task_chunks = [1]
     if args.shape_queries is None:
         args.shape_queries = [1, 15]
     return args
@@ -419,7 +420,7 @@ COLUMNS = [
     ("queries", "Q"),
     ("meta_batch", "tasks"),
     ("remat", "remat"),
-    ("task_batch_size", "task_batch"),
+    ("task_chunk", "task_chunk"),
     ("ms_per_step", "ms/step"),
     ("steps_per_s", "steps/s"),
     ("tasks_per_s", "tasks/s"),
@@ -475,7 +476,7 @@ def main(argv=None) -> int:
             f"{cfg['sweep']}: {cfg['algorithm']} K={cfg['inner_steps']} "
             f"fo={cfg['first_order']} N={cfg['ways']} K_shot={cfg['shots']} "
             f"Q={cfg['queries']} tasks={cfg['meta_batch']} remat={cfg['remat']} "
-            f"task_batch={cfg['task_batch_size']}"
+            f"task_chunk={cfg['task_chunk']}"
         )
         print(f"[{time.strftime('%H:%M:%S')}] {i}/{len(cfgs)} {desc}", file=sys.stderr, flush=True)
         res = run_one(cfg) if args.in_process else run_worker(__file__, cfg, timeout=args.timeout_s)

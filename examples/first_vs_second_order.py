@@ -24,7 +24,7 @@ import optax
 import jaxmeta
 from jaxmeta.data.sinusoid import eval_sinusoid_tasks, sample_sinusoid_tasks
 from jaxmeta.models.mlp import MLP
-from jaxmeta.train.evaluate import evaluate
+from jaxmeta.train import evaluate
 
 
 def run(first_order: bool, steps: int, episodes: int):
@@ -34,7 +34,7 @@ def run(first_order: bool, steps: int, episodes: int):
         model.apply, inner_lr=0.01, inner_steps=1, first_order=first_order, loss_fn=jaxmeta.mse_loss
     )
     optimizer = optax.adam(1e-3)
-    state = jaxmeta.init_meta_train_state(learner, optimizer, params)
+    state = jaxmeta.init_train_state(learner, optimizer, params, key=jax.random.key(1))
 
     def body(state, key):  # one meta-step; tasks drawn on the device from the step's key
         k_data, k_step = jax.random.split(key)

@@ -31,7 +31,7 @@ import jaxmeta
 from jaxmeta.data.episodes import eval_episodes, sample_episodes
 from jaxmeta.data.omniglot import load_omniglot, split_images
 from jaxmeta.models.conv4 import Conv4
-from jaxmeta.train.evaluate import evaluate
+from jaxmeta.train import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def main() -> None:
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     learner = jaxmeta.maml(model.apply, inner_lr=0.4, inner_steps=1, eval_inner_steps=10)
     optimizer = optax.adam(1e-3)
-    state = jaxmeta.init_meta_train_state(learner, optimizer, params)
+    state = jaxmeta.init_train_state(learner, optimizer, params, key=jax.random.key(1))
 
     @jax.jit  # one XLA program: sample -> adapt -> meta-gradient -> Adam
     def step(state, images, key):

@@ -1,31 +1,36 @@
 """jaxmeta: fast, functional meta-learning in JAX.
 
 Algorithms are factories returning a :class:`MetaLearner` of pure functions over a
-parameter pytree (``init``, ``meta_grad``, ``predict``, ...); the shared
-:func:`make_meta_step` applies an optax optimizer in one jit-compiled step.
-:func:`load` turns a trained ``jaxmeta train`` workdir into a few-shot classifier.
+parameter pytree (``init``, ``meta_grad``, ``predict``, ...); one :class:`TrainState` and
+one step (:func:`meta_update`, jitted by :func:`make_meta_step`, fused by
+:func:`jaxmeta.step.make_train_chunk`) apply an optax optimizer, for the library API and the
+``jaxmeta train`` engine alike. :func:`load` turns a trained ``jaxmeta train`` workdir into a
+few-shot classifier. The modules and the words used are in docs/architecture.md.
 """
 
 from jaxmeta.algorithms.anil import anil
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    MetaTrainState,
-    init_meta_train_state,
-    make_meta_step,
-    map_tasks,
-    mean_map_tasks,
-    meta_update,
-)
+from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.algorithms.maml import fomaml, maml
 from jaxmeta.algorithms.matching import matching
 from jaxmeta.algorithms.metasgd import metasgd
 from jaxmeta.algorithms.protonets import protonets
 from jaxmeta.algorithms.reptile import reptile
 from jaxmeta.algorithms.snail import snail
+from jaxmeta.execution import map_tasks, mean_map_tasks
 from jaxmeta.inference import FewShotClassifier, load
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
 from jaxmeta.models.mlp import MLP
+from jaxmeta.step import (
+    MetaTrainState,
+    TrainState,
+    apply_gradients,
+    init_meta_train_state,
+    init_train_state,
+    make_meta_step,
+    meta_update,
+    step_key,
+)
 from jaxmeta.types import Episode
 
 __version__ = "0.1.0"
@@ -36,12 +41,15 @@ __all__ = [
     "FewShotClassifier",
     "MetaLearner",
     "MetaTrainState",
+    "TrainState",
     "__version__",
     "accuracy",
     "anil",
+    "apply_gradients",
     "cross_entropy_loss",
     "fomaml",
     "init_meta_train_state",
+    "init_train_state",
     "load",
     "make_meta_step",
     "maml",
@@ -55,4 +63,5 @@ __all__ = [
     "reptile",
     "sgd_adapt",
     "snail",
+    "step_key",
 ]

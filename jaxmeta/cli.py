@@ -8,9 +8,15 @@ A thin layer: it reads a config (YAML + ``--set`` overrides), and calls the engi
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
 import textwrap
+import typing
 from pathlib import Path
+
+from jaxmeta.data.registry import TASK_SOURCES
+from jaxmeta.data.source import TaskSourceError
 
 EPILOG_TRAIN = textwrap.dedent(
     """\
@@ -19,6 +25,8 @@ EPILOG_TRAIN = textwrap.dedent(
       configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol;
         <algorithm>: maml fomaml reptile anil metasgd protonets matching snail
       configs/omniglot/maml_5w1s.yaml        default run, shortened for a laptop CPU
+      configs/omniglot/base_5w1s.yaml        the MAML protocol every Omniglot config
+                                             extends (base: FILE, then what differs)
       configs/omniglot/maml_5w1s_paper.yaml  the same at paper length (60k steps)
       configs/sinusoid/maml_k{5,10,20}.yaml  MAML sinusoid regression
       configs/tests/tiny.yaml                tiny Conv-4, a few steps (tests)
@@ -280,56 +288,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "data",
         help="prepare a dataset and print its splits",
-        description="Prepare a dataset (download or read local files, build the TFDS "
-        "dataset and the uint8 cache) and print the classes of every split.",
+        description="Prepare a registered dataset (download or read local files, verify "
+        "them, build the cache) and print the classes of every split. A dataset of your own: "
+        "--plugin FILE_OR_MODULE registers it first.",
     )
-    dsub = d.add_subparsers(dest="dataset", metavar="{omniglot}")
-    o = dsub.add_parser(
-        "omniglot",
-        help="prepare Omniglot and print split/class counts per scheme",
-        description="Prepare Omniglot (from the zips in --manual-dir, else downloaded) and "
-        "print the classes of each split of the maml, vinyals and lake schemes, without "
-        "and with rotations (x4).",
-    )
-    o.add_argument(
-        "--manual-dir",
-        help="folder with images_background.zip and "
-        "images_evaluation.zip (default: <data-dir>/downloads/manual)",
-    )
-    o.add_argument(
-        "--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
-    )
-    o.add_argument("--image-size", type=int, default=28, help="image side (default 28)")
-    o.add_argument(
-        "--no-download",
-        action="store_true",
-        help="never use the network; fail if the zips are not in the manual dir",
-    )
-    x = o.add_argument_group(
-        "export test images",
-        "write PNGs of characters of a scheme's test split (never seen by a run trained with "
-        "that scheme) as DIR/support/<class>/ and DIR/query/<class>/, ready for "
-        "'jaxmeta predict'",
-    )
-    x.add_argument("--export-test", metavar="DIR", help="export into DIR (a new folder)")
-    x.add_argument(
-        "--scheme",
-        choices=("maml", "vinyals", "lake"),
-        default="maml",
-        help="split scheme whose test split to draw from (default: maml, as the shipped "
-        "MAML-family configs; ProtoNets/Matching/SNAIL configs use vinyals)",
-    )
-    x.add_argument("--classes", type=int, default=5, help="characters to export (default 5)")
-    x.add_argument(
-        "--per-class",
-        type=int,
-        default=6,
-        help="drawings per character (default 6): --shots support + the rest as queries",
-    )
-    x.add_argument(
-        "--shots", type=int, default=1, help="support drawings per character (default 1)"
-    )
-    x.add_argument("--seed", type=int, default=0, help="which characters/drawers (default 0)")
+    _add_plugin_flag(d)
+    dsub = d.add_subparsers(dest="dataset", metavar="{" + ",".join(sorted(TASK_SOURCES)) + "}")
+    for name in sorted(TASK_SOURCES):
+        _add_data_command(dsub, name, TASK_SOURCES[name])
     return p
 
 
@@ -339,9 +305,14 @@ def _err(msg: str, code: int) -> int:
 
 
 def _train(args) -> int:
-    from jaxmeta.train.checkpoint import CheckpointWriteError
-    from jaxmeta.train.config import ConfigError, load_config
-    from jaxmeta.train.loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+    from jaxmeta.train import (
+        CheckpointWriteError,
+        ConfigError,
+        TrainingDiverged,
+        TrainingInterrupted,
+        load_config,
+        train_and_evaluate,
+    )
     from jaxmeta.train.workdir import describe_os_error
 
     config = args.config
@@ -391,13 +362,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import jax
-
     from jaxmeta.commands import eval_result_name, write_new_json
-    from jaxmeta.inference import resolve_checkpoint
-    from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
-    from jaxmeta.train.config import ConfigError, load_config, replace
-    from jaxmeta.train.loop import build_experiment, format_result, initial_state, run_evaluation
+    from jaxmeta.train import CheckpointError, ConfigError, evaluate_run, format_result, restore_run
     from jaxmeta.train.workdir import describe_os_error
 
     workdir = Path(args.workdir)
@@ -408,78 +374,41 @@ def _evaluate(args) -> int:
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
     try:
-        cfg = load_config(workdir / "config.yaml", args.overrides)
+        run = restore_run(
+            workdir, args.checkpoint, overrides=args.overrides, episodes=args.episodes
+        )
     except ConfigError as err:
         return _err(str(err), 2)
-    if args.episodes is not None:
-        cfg = replace(cfg, eval={"episodes": args.episodes})
-    exp = build_experiment(cfg)
-    if args.split not in exp.source.splits:
-        return _err(
-            f"split {args.split!r} does not exist for {cfg.data.name}"
-            f"{'/' + cfg.data.scheme if cfg.classification else ''} "
-            f"(available: {', '.join(exp.source.splits)})",
-            2,
-        )
-    # Read only: no lock (a training run may be writing), nothing created or cleaned up.
-    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
-    try:
-        which, step = resolve_checkpoint(ckpt, args.checkpoint)
-        state = jax.eval_shape(lambda: initial_state(cfg, exp))
-        state, _ = ckpt.restore(state, step=step, best=which == "best")
     except CheckpointError as err:
         other = "latest" if args.checkpoint == "best" else "best"
         return _err(f"{err}; --checkpoint {other} evaluates the {other} one", 2)
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
-    finally:
-        ckpt.close()
-    label = which if str(args.checkpoint) in ("best", "latest") else f"step{step}"
-    inner = args.inner_steps if args.inner_steps is not None else cfg.eval.inner_steps
-    batch_stats = getattr(exp.model, "uses_batch_statistics", False)
-    modes = ["transductive", "inductive"] if args.bn_mode == "both" else [args.bn_mode]
-    if not batch_stats:
-        modes = [None]  # no BatchNorm: the modes agree
     try:
-        results = [
-            run_evaluation(
-                cfg,
-                exp,
-                state.params,
-                split=args.split,
-                episodes=cfg.eval.episodes,
-                inner_steps=inner,
-                bn_mode=mode,
-            )
-            for mode in modes
-        ]
+        res = evaluate_run(
+            run, split=args.split, inner_steps=args.inner_steps, bn_mode=args.bn_mode
+        )
     except ValueError as err:
         return _err(str(err), 2)
-    res = results[0]
-    res.update(step=int(state.step), checkpoint=which)
-    for extra in results[1:]:  # the inductive numbers next to the protocol's
-        metric = "accuracy" if "accuracy" in extra else "mse"
-        for key in (metric, "ci95", "loss"):
-            if key in extra:
-                res[f"{key}_{extra['bn_mode']}"] = extra[key]
+    batch_stats = "bn_mode" in res
+    label = run.checkpoint if str(args.checkpoint) in ("best", "latest") else f"step{run.step}"
     name = eval_result_name(
         split=args.split,
         checkpoint=label,
-        episodes=cfg.eval.episodes,
+        episodes=run.config.eval.episodes,
         inner_steps=args.inner_steps,
         bn_mode=None if args.bn_mode == "both" or not batch_stats else args.bn_mode,
     )
-    where = f"[checkpoint: {which}, step {int(state.step)}]"
-    if len(results) > 1:
+    where = f"[checkpoint: {run.checkpoint}, step {run.step}]"
+    if "accuracy_inductive" in res:
         print(f"{format_result(res)} {where} (transductive BatchNorm: the published protocol)")
-        ind = results[1]
         print(
-            f"{args.split} accuracy: {100 * ind['accuracy']:.2f}% ± {100 * ind['ci95']:.2f}% "
-            "(inductive BatchNorm: queries normalised with the support set's statistics, "
-            "as jaxmeta.load and 'jaxmeta predict')"
+            f"{args.split} accuracy: {100 * res['accuracy_inductive']:.2f}% ± "
+            f"{100 * res['ci95_inductive']:.2f}% (inductive BatchNorm: queries normalised with "
+            "the support set's statistics, as jaxmeta.load and 'jaxmeta predict')"
         )
     else:
-        mode = f" ({res['bn_mode']} BatchNorm)" if "bn_mode" in res else ""
+        mode = f" ({res['bn_mode']} BatchNorm)" if batch_stats else ""
         print(f"{format_result(res)} {where}{mode}")
     # The result first: a workdir we cannot write to must not cost the computed accuracy.
     try:
@@ -490,10 +419,7 @@ def _evaluate(args) -> int:
     if status == "unchanged":
         print(f"same result as the existing {path}; nothing written", file=sys.stderr)
     elif status == "kept":
-        print(
-            f"{workdir / name} holds another result, kept; wrote {path}",
-            file=sys.stderr,
-        )
+        print(f"{workdir / name} holds another result, kept; wrote {path}", file=sys.stderr)
     else:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -543,56 +469,124 @@ def _plot(args) -> int:
 
 
 def _data(args) -> int:
-    if args.dataset != "omniglot":
-        return _err("choose a dataset: jaxmeta data omniglot [--manual-dir DIR]", 2)
-    from jaxmeta.data.omniglot import (
-        OmniglotCorruptError,
-        OmniglotFilesMissingError,
-        load_omniglot,
-        split_counts,
-    )
-
+    if args.dataset is None:
+        names = " | ".join(sorted(TASK_SOURCES))
+        return _err(f"choose a dataset: jaxmeta data {{{names}}} [options]", 2)
+    cls = TASK_SOURCES[args.dataset]
+    options = {k: getattr(args, f"opt_{k}") for k in _prepare_options(cls)}
     try:
-        om = load_omniglot(
-            data_dir=args.data_dir,
-            manual_dir=args.manual_dir,
-            image_size=args.image_size,
-            download=not args.no_download,
-        )
-    except (OmniglotFilesMissingError, OmniglotCorruptError, ValueError) as err:
+        lines = cls.prepare(**options)
+    except TaskSourceError as err:
+        return _err(f"--{err.option.replace('_', '-')}: {err}", 2)
+    except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
-    print(
-        f"Omniglot: {om.images.shape[0]} characters x {om.images.shape[1]} drawers, "
-        f"{om.image_size}x{om.image_size} uint8"
-    )
-    if om.cache_path is not None:
-        print(f"cache: {om.cache_path}")
-    plain, rot = split_counts(rotations=False), split_counts(rotations=True)
-    print(f"{'scheme':<9} {'split':<11} {'classes':>8} {'with rotations':>15}")
-    for scheme, splits in plain.items():
-        for split, n in splits.items():
-            print(f"{scheme:<9} {split:<11} {n:>8} {rot[scheme][split]:>15}")
-    if args.export_test:
-        from jaxmeta.commands import export_test_images
-
-        try:
-            info = export_test_images(
-                om,
-                args.export_test,
-                scheme=args.scheme,
-                classes=args.classes,
-                per_class=args.per_class,
-                shots=args.shots,
-                seed=args.seed,
-            )
-        except ValueError as err:
-            return _err(str(err), 2)
-        print(
-            f"exported {len(info['characters'])} characters of the {args.scheme} {info['split']} "
-            f"split (never seen in training with data.scheme={args.scheme}) to "
-            f"{info['support']} and {info['query']}; see {args.export_test}/README.txt"
-        )
+    for line in lines:
+        print(line)
     return 0
+
+
+def _prepare_function(cls):
+    """``cls.prepare``, or the constructor when ``prepare`` takes the constructor's options."""
+    params = inspect.signature(cls.prepare).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return cls.__init__
+    return cls.prepare
+
+
+def _prepare_options(cls) -> dict[str, inspect.Parameter]:
+    """The keyword options of ``jaxmeta data NAME`` (see :func:`_prepare_function`)."""
+    params = inspect.signature(_prepare_function(cls)).parameters
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def _arg_help(doc: str) -> dict[str, str]:
+    """``{name: text}`` from a Google-style ``Args:`` section."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = lines.index("Args:") + 1
+    except ValueError:
+        return out
+    name = None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break
+        m = re.match(r"^ {2}(\w+)(?: \(.*?\))?: ?(.*)$", line)
+        if m:
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif name is not None and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
+def _add_data_command(dsub, name: str, cls) -> None:
+    """``jaxmeta data NAME``: one flag per keyword option of the source's ``prepare`` (or of
+    its constructor), with the help of that function's (or the class's) ``Args:``."""
+    fn = _prepare_function(cls)
+    doc = (fn.__doc__ and inspect.cleandoc(fn.__doc__)) or inspect.getdoc(cls) or ""
+    paragraphs = doc.split("Args:")[0].strip()
+    first = paragraphs.split("\n\n")[0].replace("\n", " ")
+    p = dsub.add_parser(
+        name,
+        help=first.split(". ")[0].rstrip("."),
+        description=paragraphs,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plugin_flag(p)
+    helps = _arg_help(doc)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: options are read as text
+        hints = {}
+    for opt, param in _prepare_options(cls).items():
+        flag = "--" + opt.replace("_", "-")
+        text = helps.get(opt, "")
+        if param.default is True:
+            p.add_argument(
+                "--no-" + opt.replace("_", "-"),
+                dest=f"opt_{opt}",
+                action="store_false",
+                help=text or f"{opt}: false",
+            )
+        elif param.default is False:
+            p.add_argument(flag, dest=f"opt_{opt}", action="store_true", help=text)
+        else:
+            hint = hints.get(opt, param.annotation)
+            kind = next((t for t in (int, float) if hint is t or t in typing.get_args(hint)), str)
+            required = param.default is param.empty
+            p.add_argument(
+                flag,
+                dest=f"opt_{opt}",
+                type=kind,
+                default=None if required else param.default,
+                required=required,
+                metavar=opt.upper(),
+                help=text,
+            )
+
+
+def _add_plugin_flag(parser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="import a plug-in first (a .py file or a module name) that registers a dataset, "
+        "algorithm or model (repeatable); configs name theirs with plugins:",
+    )
+
+
+def _plugins_in(argv: list[str]) -> list[str]:
+    """The values of every --plugin option of ``argv`` (imported before the parser is made,
+    so that the datasets they register get their own ``jaxmeta data NAME`` command)."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif word.startswith("--plugin="):
+            out.append(word.split("=", 1)[1])
+    return out
 
 
 def _enable_compilation_cache() -> None:
@@ -615,6 +609,15 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmeta`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    plugins = _plugins_in(argv)
+    if plugins:
+        from jaxmeta.plugins import PluginError, load_plugins
+
+        try:
+            load_plugins([p if not p.endswith(".py") else str(Path(p).resolve()) for p in plugins])
+        except PluginError as err:
+            return _err(f"--plugin: {err}", 2)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

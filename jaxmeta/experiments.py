@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import init_meta_train_state, meta_update
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.data.sinusoid import eval_sinusoid_tasks, sample_sinusoid_tasks
 from jaxmeta.losses import mse_loss
 from jaxmeta.models.mlp import MLP
+from jaxmeta.step import init_train_state, meta_update
 
 
 def train_sinusoid(
@@ -26,7 +26,7 @@ def train_sinusoid(
     inner_steps: int,
     shots: int = 10,
     steps: int = 10_000,
-    meta_batch: int = 25,
+    meta_batch_size: int = 25,
     inner_lr: float = 0.01,
     outer_lr: float = 1e-3,
     first_order: bool = False,
@@ -35,7 +35,8 @@ def train_sinusoid(
     """Meta-train an MLP 40-40 on sinusoid tasks; returns ``(learner, params, seconds)``.
 
     ``inner_steps=0`` trains the jointly pretrained baseline (plain regression on the
-    pooled tasks); all steps run in one jitted ``lax.scan`` with on-device sampling.
+    pooled tasks); all steps run in one jitted ``lax.scan`` of the shared meta-step
+    (:func:`jaxmeta.step.meta_update`) with on-device sampling.
     """
     model = MLP(hidden=(40, 40), out=1)
     learner = maml(
@@ -47,11 +48,12 @@ def train_sinusoid(
     )
     optimizer = optax.adam(outer_lr)
     init_key, run_key = jax.random.split(jax.random.key(seed))
-    state = init_meta_train_state(learner, optimizer, model.init(init_key, jnp.zeros((1, 1))))
+    params = model.init(init_key, jnp.zeros((1, 1)))
+    state = init_train_state(learner, optimizer, params, key=run_key)
 
     def body(state, key):
         k_data, k_step = jax.random.split(key)
-        episodes = sample_sinusoid_tasks(k_data, tasks=meta_batch, shots=shots, queries=shots)
+        episodes = sample_sinusoid_tasks(k_data, tasks=meta_batch_size, shots=shots, queries=shots)
         state, metrics = meta_update(learner, optimizer, state, episodes, k_step)
         return state, metrics["loss"]
 

@@ -28,10 +28,8 @@ reuse the program.
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,43 +39,15 @@ import numpy as np
 from jaxmeta.algorithms.base import BN_MODES, MetaLearner, check_bn_mode
 from jaxmeta.types import Array
 
-__all__ = ["AdaptedClassifier", "FewShotClassifier", "load", "resolve_checkpoint"]
+__all__ = ["AdaptedClassifier", "FewShotClassifier", "load"]
 
 
-def resolve_checkpoint(ckpt, checkpoint: str | int) -> tuple[str, int]:
-    """``("best" | "latest", step)`` to restore for a ``checkpoint`` request.
+def __getattr__(name: str):
+    if name == "resolve_checkpoint":  # its home is now jaxmeta.train.run
+        from jaxmeta.train.run import resolve_checkpoint
 
-    ``"best"`` falls back to ``"latest"`` when the run has no best checkpoint (no validation
-    split); an int picks that step from ``best/`` or ``checkpoints/``.
-
-    Raises:
-      FileNotFoundError: no checkpoint at all, or not the requested step (the message lists
-        the steps there are).
-    """
-    latest_dir = Path(ckpt.latest_dir)
-    workdir = latest_dir.parent
-    if isinstance(checkpoint, str) and checkpoint.isdigit():
-        checkpoint = int(checkpoint)
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, str | int):
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
-    if isinstance(checkpoint, str) and checkpoint not in ("best", "latest"):
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
-    if checkpoint == "best" and ckpt.best_step() is not None:
-        return "best", int(ckpt.best_step())
-    if checkpoint in ("best", "latest"):
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir} (nothing trained yet?)")
-        return "latest", int(ckpt.latest_step())
-    steps = {}
-    for which, folder in (("latest", latest_dir), ("best", Path(ckpt.best_dir))):
-        if folder.is_dir():  # finished checkpoints are folders named by their step
-            steps.update({int(p.name): which for p in folder.iterdir() if p.name.isdigit()})
-    if checkpoint not in steps:
-        have = ", ".join(str(s) for s in sorted(steps)) or "none"
-        raise FileNotFoundError(
-            f"no checkpoint of step {checkpoint} in {workdir} (steps there: {have})"
-        )
-    return steps[checkpoint], checkpoint
+        return resolve_checkpoint
+    raise AttributeError(name)
 
 
 def _fixed_ways(model_kw: dict[str, Any], alg_kw: dict[str, Any]) -> int | None:
@@ -352,47 +322,16 @@ def load(
       ValueError: a bad ``checkpoint``/``bn_mode``/``inner_steps``, or ``inner_steps`` for a
         learner that does not adapt by gradient steps.
     """
-    from jaxmeta.algorithms import ALGORITHMS
-    from jaxmeta.train.checkpoint import Checkpoints
-    from jaxmeta.train.config import (
-        DATA_SUPPLIED,
-        algorithm_kwargs,
-        algorithm_parameters,
-        load_config,
-        model_kwargs,
-    )
+    from jaxmeta.train.build import algorithm_kwargs, model_kwargs
     from jaxmeta.train.evaluate import accepts_steps
-    from jaxmeta.train.loop import build_experiment, initial_state
+    from jaxmeta.train.run import restore_run
 
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
-    workdir = Path(workdir)
-    if not (workdir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{workdir} has no config.yaml: not a 'jaxmeta train' workdir")
-    cfg = load_config(workdir / "config.yaml")
-    exp = build_experiment(cfg)
-    ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
-    try:
-        which, step = resolve_checkpoint(ckpt, checkpoint)
-        target = jax.eval_shape(lambda: initial_state(cfg, exp))
-        state, _ = ckpt.restore(target, step=step, best=which == "best")
-    finally:
-        ckpt.close()
-
     # Optional shape arguments (ProtoNets' / Matching Nets' ways) are left to the episode:
     # the same parameters then classify any N-way support set.
-    factory = ALGORITHMS[cfg.algorithm.name]
-    params = algorithm_parameters(factory)
-    alg_kw = algorithm_kwargs(cfg)
-    for k in DATA_SUPPLIED:
-        p = params.get(k)
-        if (
-            p is not None
-            and p.default is not inspect.Parameter.empty
-            and k not in cfg.algorithm.kwargs
-        ):
-            alg_kw.pop(k, None)
-    learner = factory(exp.model.apply, **alg_kw)
+    run = restore_run(workdir, checkpoint, any_ways=True)
+    cfg, exp, learner = run.config, run.experiment, run.experiment.learner
     if inner_steps is not None:
         if not accepts_steps(learner.predict) or learner.eval_inner_steps is None:
             raise ValueError(
@@ -401,18 +340,19 @@ def load(
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an int >= 0, got {inner_steps!r}")
     steps = learner.eval_inner_steps if inner_steps is None else inner_steps
-    example = exp.source.example_input()
+    alg_kw = algorithm_kwargs(cfg, exp.source, any_ways=True)
+    classification = exp.source.classification
     return FewShotClassifier(
         config=cfg,
         model=exp.model,
         learner=learner,
-        params=jax.device_put(state.params),
-        step=int(state.step),
-        checkpoint=which,
+        params=jax.device_put(run.state.params),
+        step=run.step,
+        checkpoint=run.checkpoint,
         bn_mode=bn_mode,
         inner_steps=steps,
-        ways=_fixed_ways(model_kwargs(cfg), alg_kw) if exp.source.classification else None,
-        input_shape=tuple(example.shape[1:]),
+        ways=_fixed_ways(model_kwargs(cfg), alg_kw) if classification else None,
+        input_shape=tuple(exp.source.input_shape),
         classification=exp.source.classification,
         uses_batch_statistics=bool(getattr(exp.model, "uses_batch_statistics", False)),
     )

@@ -122,9 +122,7 @@ def initialize_distributed(
     Raises:
       ValueError: an address without the process count or id, or an id out of range.
     """
-    from jax._src import distributed as _dist  # only to ask "already initialized?"
-
-    if _dist.global_state.client is not None:
+    if jax.distributed.is_initialized():
         return True
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
     num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)

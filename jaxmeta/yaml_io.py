@@ -1,4 +1,5 @@
-"""Strict YAML reading for configs: UTF-8 text, and no key given twice.
+"""Strict YAML reading for configs: UTF-8 text, no key given twice, values checked against
+annotations (:func:`check_type`).
 
 PyYAML's ``safe_load`` silently keeps the last of two equal keys in a mapping, so a config
 with ``steps:`` twice would run with whichever came last. Here the document is composed
@@ -8,6 +9,11 @@ path and both line numbers), and only then constructed.
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import numbers
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +85,69 @@ def read_text(path: str | Path) -> str:
         raise NotUtf8Error(
             f"not UTF-8 text (byte 0x{bad} at offset {err.start}); save the file as UTF-8"
         ) from None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Does ``value`` fit annotation ``tp``? Returns ``(ok, coerced value)``.
+
+    Handles the annotations configs use (int, float, bool, str, ``X | None``, tuples
+    and sequences of those); anything else is accepted as is. ``bool`` is not an int
+    here, an int is a float, and a string such as ``"1e-3"`` is a float (YAML 1.1
+    reads ``1e-3`` without a dot as a string).
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            return (type(None) in args), value
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = check_type(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, (int(value) if ok else value)
+    if tp is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list, collections.abc.Sequence) or tp in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False, value
+        args = typing.get_args(tp)
+        item = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else Any
+        out = []
+        for v in value:
+            ok, v = check_type(v, item)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, tuple(out)
+    return True, value
+
+
+def describe_type(tp) -> str:
+    """``int or null``-style text for an annotation (error messages)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return _type_name(tp)

@@ -55,11 +55,10 @@ def step(devices: int) -> dict:
     """Params after 3 fused meta-steps: 1 device vs a ``devices`` mesh, two models."""
     import optax
 
-    from jaxmeta.algorithms import maml
+    from jaxmeta import maml
     from jaxmeta.data.episodes import sample_episodes
     from jaxmeta.models.conv4 import Conv4
-    from jaxmeta.train import build_experiment, config_from_dict, make_train_chunk
-    from jaxmeta.train.loop import initial_state
+    from jaxmeta.train import build_experiment, config_from_dict, initial_state, make_train_chunk
     from jaxmeta.train.state import init_train_state
 
     out: dict = {"devices": len(jax.devices())}
@@ -145,7 +144,7 @@ def step(devices: int) -> dict:
         "local_batch_support": hlo.count(f"f32[{8 // devices},5,28,28,1]"),
     }
     # The engine refuses a meta-batch that does not split over the mesh.
-    from jaxmeta.train.loop import task_mesh
+    from jaxmeta.train import task_mesh
 
     bad = config_from_dict(
         {**SIN, "train": {**SIN["train"], "meta_batch_size": 6}, "mesh": {"devices": 0}},
@@ -170,8 +169,14 @@ def resume(root: str) -> dict:
 
 
 def train(workdir: str, overrides: str) -> dict:
-    from jaxmeta.train import Checkpoints, build_experiment, config_from_dict, train_and_evaluate
-    from jaxmeta.train.loop import initial_state, task_mesh
+    from jaxmeta.train import (
+        Checkpoints,
+        build_experiment,
+        config_from_dict,
+        initial_state,
+        task_mesh,
+        train_and_evaluate,
+    )
 
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SIN.items()}
     for section, values in json.loads(overrides).items():

@@ -1,4 +1,5 @@
-"""Test-wide settings: strict rank promotion (GUIDE §2) and shared fixtures."""
+"""Test-wide settings: strict rank promotion (no silent broadcasting between ranks, the
+project's convention, docs/architecture.md) and shared fixtures."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ import optax
 import pytest
 from jax import enable_x64
 
-from jaxmeta import Episode
-from jaxmeta.algorithms import ALGORITHMS, anil, maml, matching, metasgd, protonets, reptile, snail
+from jaxmeta import Episode, anil, maml, matching, metasgd, protonets, reptile, snail
+from jaxmeta.algorithms import ALGORITHMS
 from jaxmeta.algorithms.protonets import ABSENT_LOGIT
 from jaxmeta.algorithms.reptile import minibatch_indices
 from jaxmeta.losses import cross_entropy_loss
@@ -134,11 +134,11 @@ def test_matching_fce_uses_context_and_trains_its_lstms():
     model, params = _mlp(out=5)
     learner = matching(model.apply, fce=True, fce_steps=2, input_shape=(4,))
     init = jax.jit(learner.init)
-    meta = init(params)
+    meta = init(jax.random.key(0), params)
     assert set(meta) == {"embedding", "fce"}
-    # Deterministic default key; another key gives other LSTM weights.
-    np.testing.assert_array_equal(_flat(init(params)), _flat(meta))
-    assert not np.allclose(_flat(init(params, jax.random.key(5))), _flat(meta))
+    # Deterministic given the key; another key gives other LSTM weights.
+    np.testing.assert_array_equal(_flat(init(jax.random.key(0), params)), _flat(meta))
+    assert not np.allclose(_flat(init(jax.random.key(5), params)), _flat(meta))
     ep = _task(_tasks(jax.random.key(4), ways=3, shots=2, queries=2))
     logits = jax.jit(learner.predict)(meta, *ep[:3], None)
     assert logits.shape == (6, 6) and np.all(np.isfinite(logits))
@@ -270,7 +270,7 @@ def test_reptile_transductive_and_non_transductive_evaluation():
 def test_metasgd_per_parameter_rates_manual_update():
     model, params = _mlp(out=3)
     learner = metasgd(model.apply, inner_lr_init=0.4, inner_steps=1)
-    meta = learner.init(params)
+    meta = learner.init(jax.random.key(0), params)
     assert jax.tree_util.tree_structure(meta["lr"]) == jax.tree_util.tree_structure(params)
     assert np.all(np.asarray(_flat(meta["lr"])) == np.float32(0.4))
     # Random elementwise rates (incl. negative ones) to check they are applied per weight.
@@ -296,7 +296,7 @@ def test_metasgd_learning_rate_gradient_matches_finite_differences_float64():
         model, params = _mlp(out=3, dtype=jnp.float64)
         eps = _tasks(jax.random.key(12), dtype=jnp.float64)
         learner = metasgd(model.apply, inner_lr_init=0.3, inner_steps=2)
-        meta = learner.init(params)
+        meta = learner.init(jax.random.key(0), params)
         grads, _ = jax.jit(learner.meta_grad)(meta, eps, jax.random.key(0))
         flat_lr, unravel = jax.flatten_util.ravel_pytree(meta["lr"])
 
@@ -369,7 +369,9 @@ def test_anil_adapts_only_the_head_and_equals_masked_maml(first_order):
 def test_anil_head_resolution():
     _, params = _mlp(out=3, hidden=(6, 5))
     with pytest.raises(ValueError, match="not among"):
-        anil(lambda p, x: x, inner_lr=0.1, inner_steps=1, head="nope").init(params)
+        anil(lambda p, x: x, inner_lr=0.1, inner_steps=1, head="nope").init(
+            jax.random.key(0), params
+        )
     named = {"params": {"conv0": jnp.ones(2), "head": {"kernel": jnp.ones(2)}}}
     from jaxmeta.algorithms.anil import head_mask
 
@@ -402,7 +404,7 @@ def test_snail_each_query_is_its_own_sequence():
     model, params = _mlp(out=5)  # no batch coupling in the embedding
     ways, shots = 3, 2
     learner = snail(model.apply, ways=ways, shots=shots, input_shape=(4,), tc_filters=4, key_size=4)
-    meta = jax.jit(learner.init)(params)
+    meta = jax.jit(learner.init)(jax.random.key(0), params)
     assert set(meta) == {"embedding", "snail"}
     ep = _task(_tasks(jax.random.key(15), ways=ways, shots=shots, queries=2))
     logits = jax.jit(learner.predict)(meta, *ep[:3], None)
@@ -462,7 +464,8 @@ def test_omniglot_configs_load_and_build(algo):
     from pathlib import Path
 
     from jaxmeta.models import MODELS
-    from jaxmeta.train.config import build_learner, load_config, model_kwargs
+    from jaxmeta.train import load_config
+    from jaxmeta.train.build import build_learner, model_kwargs
 
     root = Path(__file__).resolve().parents[1] / "configs" / "omniglot"
     for setting in SETTINGS:
@@ -476,5 +479,7 @@ def test_omniglot_configs_load_and_build(algo):
         learner = build_learner(cfg, apply_fn=model.apply)
         assert learner.name == algo
         params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
-        meta = jax.eval_shape(learner.init, params)  # builds extra modules (SNAIL) abstractly
+        meta = jax.eval_shape(
+            learner.init, jax.random.key(1), params
+        )  # builds extra modules (SNAIL) abstractly
         assert jax.tree_util.tree_leaves(meta)

@@ -82,7 +82,7 @@ def test_first_vs_second_order(tmp_path):
 
 def test_throughput(tmp_path):
     out = tmp_path / "tp.json"
-    # The memory sweep (plain, remat, task_batch_size=1) exercises both options; every
+    # The memory sweep (plain, remat, task_chunk=1) exercises both options; every
     # algorithm's construction is covered by test_throughput_grid_covers_options' grid
     # and tests/test_algorithms.py.
     run(
@@ -91,7 +91,7 @@ def test_throughput(tmp_path):
         "--in-process",
         "--sweeps",
         "memory",
-        "--task-batch-sizes",
+        "--task-chunks",
         "1",
         "--json",
         str(out),
@@ -99,7 +99,7 @@ def test_throughput(tmp_path):
     doc = json.loads(out.read_text())
     check_machine(doc)
     res = doc["results"]
-    got = {(r["sweep"], r["algorithm"], r["remat"], r["task_batch_size"]) for r in res}
+    got = {(r["sweep"], r["algorithm"], r["remat"], r["task_chunk"]) for r in res}
     assert got == {
         ("memory", "maml", False, None),
         ("memory", "maml", True, None),
@@ -134,7 +134,7 @@ def test_throughput_grid_covers_options():
     algs = {c["algorithm"] for c in cfgs if c["sweep"] == "algorithms"}
     assert algs == set(throughput.ALL)
     assert {c["inner_steps"] for c in cfgs if c["algorithm"] == "maml"} >= {1, 5, 10}
-    mem = {(c["remat"], c["task_batch_size"]) for c in cfgs if c["sweep"] == "memory"}
+    mem = {(c["remat"], c["task_chunk"]) for c in cfgs if c["sweep"] == "memory"}
     assert mem == {(False, None), (True, None), (False, 1), (False, 8)}
     shape = [c for c in cfgs if c["sweep"] == "shape"]
     assert {c["ways"] for c in shape} >= {5, 20} and {c["shots"] for c in shape} >= {1, 5}

@@ -77,7 +77,7 @@ def test_no_command_prints_help(capsys):
         (["train.steps=0"], "--set: train.steps: must be positive"),
         (["train.stepz=3"], "--set: train.stepz: unknown key"),
         (["data.ways=150", "data.rotations=false"], "--set: data.ways: 150-way is larger than"),
-        (["data.shots=10", "data.queries=11"], "--set: data.queries: data.shots + data.queries"),
+        (["data.shots=10", "data.queries=11"], "--set: data.queries: shots + queries = 10 + 11"),
         (["algorithm.inner_steps=two"], "--set: algorithm.inner_steps: expected int"),
     ],
 )

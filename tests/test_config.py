@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxmeta.train.config import (
-    ConfigError,
-    algorithm_kwargs,
-    build_optimizer,
-    config_from_dict,
-    find_config,
-    load_config,
-    model_kwargs,
-)
+from jaxmeta.train.build import algorithm_kwargs, build_optimizer, model_kwargs
+from jaxmeta.train.config import ConfigError, config_from_dict, find_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -124,8 +117,8 @@ def test_config_is_frozen():
         ("algorithm", {"inner_steps": 1.5}, "algorithm.inner_steps", "expected int"),
         ("algorithm", {"inner_lr": -1.0}, "algorithm.inner_lr", "positive"),
         ("algorithm", {"name": "mamal"}, "algorithm.name", "unknown algorithm"),
-        ("algorithm", {"task_batch_size": "fast"}, "algorithm.task_batch_size", "'auto', null"),
-        ("algorithm", {"task_batch_size": 0}, "algorithm.task_batch_size", ">= 1"),
+        ("execution", {"task_chunk": "fast"}, "execution.task_chunk", "'auto', null"),
+        ("execution", {"task_chunk": 0}, "execution.task_chunk", ">= 1"),
         ("model", {"filterz": 8}, "model.filterz", "unknown key for model"),
         ("model", {"filters": "many"}, "model.filters", "expected int"),
         ("optimizer", {"learning_rate": 0}, "optimizer.learning_rate", "positive"),
@@ -224,7 +217,7 @@ def test_engine_fills_outputs_and_loss():
 def test_every_registered_algorithm_accepts_a_config():
     """Factories are built from config keys checked against their signatures."""
     from jaxmeta.algorithms import ALGORITHMS
-    from jaxmeta.train.config import algorithm_parameters
+    from jaxmeta.train.build import algorithm_parameters
 
     for name, factory in ALGORITHMS.items():
         params = algorithm_parameters(factory)
@@ -287,3 +280,52 @@ def test_schedule_follows_the_formula_and_train_steps(spec, expected):
     for t in range(25):
         update, state = opt.update({"w": jnp.ones(())}, state, params)
         np.testing.assert_allclose(-float(update["w"]), expected(t), atol=1e-6)
+
+
+def test_task_batch_size_moved_to_execution(tmp_path):
+    """``algorithm.task_batch_size`` (before issue 14) is read as ``execution.task_chunk``."""
+    path = _tiny_with(tmp_path, "algorithm", task_batch_size=2)
+    with pytest.warns(FutureWarning, match="algorithm.task_batch_size is now execution.task_chunk"):
+        cfg = load_config(path)
+    assert cfg.execution.task_chunk == 2 and "task_batch_size" not in cfg.algorithm.kwargs
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="execution.task_chunk"):
+        load_config(TINY, ["algorithm.task_batch_size=0"])
+
+
+def test_base_files_extend_and_name_the_file_of_each_key(tmp_path):
+    """A config extends its base section by section; errors name the file that set the key."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(TINY.read_text())
+    (tmp_path / "sub" / "mid.yaml").write_text(
+        "base: ../base.yaml\nname: mid\ntrain: {steps: 40}\nalgorithm: {inner_lr: 0.2}\n"
+    )
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: mid.yaml\ndata: {shots: 2}\n")
+    cfg = load_config(child)
+    assert cfg.name == "child"  # a name is never inherited
+    assert (cfg.train.steps, cfg.train.log_every, cfg.data.shots, cfg.data.ways) == (40, 5, 2, 5)
+    assert cfg.algorithm.kwargs == {"inner_lr": 0.2, "inner_steps": 1, "eval_inner_steps": 2}
+    assert "base" not in cfg.to_dict()  # the resolved config spells everything out
+    assert config_from_dict(yaml.safe_load(cfg.to_yaml()), source="x") == cfg
+    # Another algorithm replaces the section instead of merging MAML's keys into it.
+    child.write_text("base: mid.yaml\nalgorithm: {name: protonets}\nmodel: {num_classes: null}\n")
+    assert load_config(child).algorithm.kwargs == {}
+    # Errors name the file that set the bad key, base or child.
+    child.write_text("base: mid.yaml\ntrain: {stepz: 1}\n")
+    with pytest.raises(ConfigError, match=rf"^{child}: train.stepz: unknown key"):
+        load_config(child)
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../base.yaml\ntrain: {steps: -1}\n")
+    child.write_text("base: mid.yaml\n")
+    with pytest.raises(ConfigError, match=r"mid.yaml: train.steps: must be positive"):
+        load_config(child)
+
+
+def test_base_file_cycles_and_missing_bases_are_refused(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle of base files"):
+        load_config(a)
+    a.write_text("base: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"base: base file .*nope.yaml not found"):
+        load_config(a)

@@ -17,6 +17,7 @@ from jaxmeta.data import (
     sample_episodes,
     split_images,
 )
+from jaxmeta.data.episodes import to_float
 
 C, D, S = 6, 20, 6
 
@@ -164,7 +165,9 @@ def test_errors_name_the_numbers(images):
     assert out.support_x.shape == (2, 7, S, S, 1)
     with pytest.raises(ValueError, match=r"ways=25 exceeds the 24 classes .*rotations"):
         f(ways=25, rotations=True)
-    with pytest.raises(ValueError, match=r"shots \+ queries = 5 \+ 16 = 21 exceeds the 20 drawers"):
+    with pytest.raises(
+        ValueError, match=r"shots \+ queries = 5 \+ 16 = 21 exceeds the 20 examples"
+    ):
         sample_episodes(jax.random.key(0), imgs, tasks=2, ways=2, shots=5, queries=16)
     for name, minimum in (("tasks", 1), ("ways", 2), ("shots", 1), ("queries", 1)):
         kwargs = {"tasks": 2, "ways": 2, "shots": 1, "queries": 1, name: 0}
@@ -176,7 +179,7 @@ def test_errors_name_the_numbers(images):
         sample_episodes(
             jax.random.key(0), imgs.astype(jnp.float32), tasks=2, ways=2, shots=1, queries=1
         )
-    with pytest.raises(ValueError, match=r"\[classes, drawers, S, S\]"):
+    with pytest.raises(ValueError, match=r"\[classes, examples, H, W\]"):
         sample_episodes(jax.random.key(0), imgs[0], tasks=2, ways=2, shots=1, queries=1)
 
 
@@ -232,3 +235,26 @@ def test_episodes_on_genuine_omniglot(omniglot):
     ink = float(ep.query_x.mean())
     assert 0.03 < ink < 0.2  # strokes high, paper low
     assert float(ep.query_x.max()) == 1.0 and float(ep.query_x.min()) == 0.0
+
+
+def test_images_of_any_size_and_channel_count(images):
+    """``[C, E, H, W, ch]`` (e.g. RGB, not square) samples like ``[C, E, H, W]`` does; grey
+    images are the one-channel case, bit for bit."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 10, 12, 16, 3), dtype=np.uint8)
+    key = jax.random.key(3)
+    ep = sample_episodes(key, jnp.asarray(rgb), tasks=2, ways=3, shots=2, queries=4)
+    assert ep.support_x.shape == (2, 6, 12, 16, 3) and ep.query_x.shape == (2, 12, 12, 16, 3)
+    assert ep.support_x.dtype == jnp.float32
+    # Every sampled image is one of the dataset's, scaled to [0, 1].
+    pool = {img.tobytes() for img in np.asarray(to_float(rgb)).reshape(-1, 12, 16, 3)}
+    assert all(x.tobytes() in pool for x in np.asarray(ep.query_x).reshape(-1, 12, 16, 3))
+    with pytest.raises(ValueError, match="square"):
+        sample_episodes(key, jnp.asarray(rgb), tasks=2, ways=3, shots=1, queries=1, rotations=True)
+    grey = jnp.asarray(images)
+    one = sample_episodes(key, grey, tasks=2, ways=3, shots=1, queries=2, rotations=True)
+    five = sample_episodes(
+        key, grey[..., None], tasks=2, ways=3, shots=1, queries=2, rotations=True
+    )
+    for a, b in zip(one, five, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -20,9 +20,8 @@ import yaml
 
 import jaxmeta
 from jaxmeta.algorithms import ALGORITHMS
-from jaxmeta.train import Checkpoints
+from jaxmeta.train import Checkpoints, build_experiment, train_and_evaluate
 from jaxmeta.train.config import config_from_dict, load_config
-from jaxmeta.train.loop import build_experiment, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tests" / "tiny.yaml"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,12 +159,13 @@ def test_inner_loop_scan_equals_python_loop():
     )
 
 
-@pytest.mark.parametrize("task_batch_size", [None, 1, 2])
-def test_vmap_over_tasks_equals_python_loop(task_batch_size):
+@pytest.mark.parametrize("task_chunk", [None, 1, 2])
+def test_vmap_over_tasks_equals_python_loop(task_chunk):
     model, params = _mlp(out=3)
     eps_ = _classification_tasks(jax.random.key(5), tasks=5)
-    learner = maml(model.apply, inner_lr=0.4, inner_steps=2, task_batch_size=task_batch_size)
-    grads, metrics = jax.jit(learner.meta_grad)(params, eps_, jax.random.key(0))
+    learner = maml(model.apply, inner_lr=0.4, inner_steps=2)
+    meta_grad = functools.partial(learner.meta_grad, task_chunk=task_chunk)
+    grads, metrics = jax.jit(meta_grad)(params, eps_, jax.random.key(0))
     task_grad = jax.jit(jax.grad(learner.outer_loss, has_aux=True))
     per_task = [
         task_grad(params, jax.tree_util.tree_map(lambda x, t=t: x[t], eps_)) for t in range(5)
@@ -260,33 +263,34 @@ def test_sinusoid_maml_beats_pretrained_baseline():
     assert rows[("maml", 1)] < 0.6 * rows[("pretrained", 1)]
 
 
-def test_auto_task_batch_size_per_backend():
-    from jaxmeta.algorithms.base import check_task_batch_size, resolve_task_batch_size
+def test_auto_task_chunk_per_backend():
+    from jaxmeta.execution import check_task_chunk, resolve_task_chunk
 
     # One CPU device: one task at a time (measured faster); GPU: all tasks vmapped.
-    assert resolve_task_batch_size("auto", backend="gpu") is None
+    assert resolve_task_chunk("auto", backend="gpu") is None
     expected_cpu = 1 if jax.device_count() == 1 else None  # several devices: keep it shardable
-    assert resolve_task_batch_size("auto", backend="cpu") == expected_cpu
-    assert resolve_task_batch_size(None, backend="cpu") is None
-    assert resolve_task_batch_size(4, backend="gpu") == 4
-    assert check_task_batch_size("auto") == "auto"
+    assert resolve_task_chunk("auto", backend="cpu") == expected_cpu
+    assert resolve_task_chunk(None, backend="cpu") is None
+    assert resolve_task_chunk(4, backend="gpu") == 4
+    assert check_task_chunk("auto") == "auto"
     with pytest.raises(ValueError, match="'auto', null or an integer"):
-        maml(lambda p, x: x, inner_lr=0.1, inner_steps=1, task_batch_size="vmap")
+        jaxmeta.make_meta_step(
+            maml(lambda p, x: x, inner_lr=0.1, inner_steps=1), None, task_chunk="vmap"
+        )
     with pytest.raises(ValueError, match=">= 1"):
-        maml(lambda p, x: x, inner_lr=0.1, inner_steps=1, task_batch_size=0)
+        check_task_chunk(0)
 
 
-def test_auto_task_batch_size_equals_explicit_choices():
+def test_auto_task_chunk_equals_explicit_choices():
     """The default ("auto") computes the same meta-gradient as vmapping all tasks."""
     model = MLP(hidden=(8,), out=1)
     eps = sample_sinusoid_tasks(jax.random.key(0), tasks=4, shots=5, queries=5)
     params = model.init(jax.random.key(1), eps.support_x[0])
+    learner = maml(model.apply, inner_lr=0.01, inner_steps=2, loss_fn=mse_loss)
     grads = {}
     for tbs in ("auto", None, 1):
-        learner = maml(
-            model.apply, inner_lr=0.01, inner_steps=2, loss_fn=mse_loss, task_batch_size=tbs
-        )
-        grads[tbs] = jax.jit(learner.meta_grad)(params, eps, jax.random.key(2))[0]
+        meta_grad = functools.partial(learner.meta_grad, task_chunk=tbs)
+        grads[tbs] = jax.jit(meta_grad)(params, eps, jax.random.key(2))[0]
     for tbs in (None, 1):
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),

@@ -14,6 +14,7 @@ from jaxmeta.data import (
     SCHEMES,
     OmniglotCorruptError,
     OmniglotFilesMissingError,
+    archives,
     character_names,
     load_omniglot,
     split_counts,
@@ -21,6 +22,7 @@ from jaxmeta.data import (
     split_indices,
 )
 from jaxmeta.data import omniglot as om_mod
+from jaxmeta.data.omniglot import acquire, dataset, splits, tfds_builder
 
 
 def _pngs(zip_path, prefix="", limit=None):
@@ -103,8 +105,8 @@ def test_second_load_uses_the_cache(omniglot, omniglot_data_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("PNG decoding / TFDS reading must not run when the cache exists")
 
-    monkeypatch.setattr(om_mod, "decode_and_resize", fail)
-    monkeypatch.setattr(om_mod, "_build_from_tfds", fail)
+    monkeypatch.setattr(tfds_builder, "decode_and_resize", fail)
+    monkeypatch.setattr(dataset, "_build_from_tfds", fail)
     again = load_omniglot(data_dir=omniglot_data_dir, download=False)
     np.testing.assert_array_equal(again.images, omniglot.images)
     assert again.characters == omniglot.characters
@@ -121,7 +123,7 @@ def _decode_stub(monkeypatch):
         decoded.append(len(pngs))
         return np.full((len(pngs), image_size, image_size), 7, np.uint8)
 
-    monkeypatch.setattr(om_mod, "decode_and_resize", stub)
+    monkeypatch.setattr(tfds_builder, "decode_and_resize", stub)
     return decoded
 
 
@@ -163,7 +165,7 @@ def test_corrupt_prepared_tfds_data_is_named_and_rebuilt_from_the_zips(
     assert "\n" not in msg and record.exists()
     # With them: rebuilt (a warning names the file), and the load succeeds.
     decoded = _decode_stub(monkeypatch)
-    with caplog.at_level("WARNING", logger=om_mod.log.name):
+    with caplog.at_level("WARNING", logger=dataset.log.name):
         again = load_omniglot(data_dir=tmp_path, manual_dir=omniglot_zip_dir, download=False)
     assert decoded == [32_460] and again.images.shape == (1623, 20, 28, 28)
     assert any(f"{record} is corrupt" in r.getMessage() for r in caplog.records)
@@ -209,7 +211,7 @@ def test_download_mode_offline_fails_fast_without_tfds_download(tmp_path, monkey
     with pytest.raises(OmniglotFilesMissingError, match="offline"):
         load_omniglot(data_dir=tmp_path / "data", download=True)
     assert len(calls) == 1  # one short probe, no retries
-    assert calls[0] == (om_mod._probe_address(), om_mod._NETWORK_TIMEOUT_S)
+    assert calls[0] == (archives.probe_address(acquire.DOWNLOAD_HOST), archives.NETWORK_TIMEOUT_S)
 
 
 def test_truncated_zip_is_rejected_naming_the_file(omniglot_zip_dir, tmp_path):
@@ -280,7 +282,7 @@ def test_genuine_zips_verify_and_match_the_published_manifest(omniglot_zip_dir):
         assert len(files) == {"background": 19_280, "evaluation": 13_180}[origin]
         lines += [f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in files]
     lines.sort(key=lambda line: line.split("  ", 1)[1])
-    assert hashlib.sha256("".join(lines).encode()).hexdigest() == om_mod._FULL_MANIFEST_SHA256
+    assert hashlib.sha256("".join(lines).encode()).hexdigest() == acquire.FULL_MANIFEST_SHA256
 
 
 def test_bad_image_size():
@@ -339,7 +341,10 @@ def test_maml_split_is_the_seeded_shuffle_of_sorted_names():
     # Mixes background and evaluation characters in every split.
     for split in SCHEMES["maml"]:
         origins = {
-            o for o, _, _ in np.array(om_mod._table(), dtype=object)[split_indices("maml", split)]
+            o
+            for o, _, _ in np.array(splits.character_table(), dtype=object)[
+                split_indices("maml", split)
+            ]
         }
         assert origins == {"background", "evaluation"}
 
@@ -373,7 +378,7 @@ def test_download_branch_checks_the_official_sha256(omniglot_zip_dir, tmp_path, 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
     with pytest.raises(OmniglotCorruptError, match=r"images_background\.zip has sha256 4c4a7dd4"):
         load_omniglot(data_dir=tmp_path / "data", download=True)
-    assert fetched == [om_mod._ZIPS["background"].url]
+    assert fetched == [acquire.ZIPS["background"].url]
 
 
 def test_offline_preparation_says_what_it_does_and_nothing_misleading(
@@ -382,7 +387,7 @@ def test_offline_preparation_says_what_it_does_and_nothing_misleading(
     # A fresh data dir prepared from the local zips (decoding stubbed: the session fixture
     # ran the real one): no TFDS "Downloading ... Unknown size", no absl warnings.
     monkeypatch.setattr(
-        om_mod,
+        tfds_builder,
         "decode_and_resize",
         lambda pngs, size, **kw: np.zeros((len(pngs), size, size), np.uint8),
     )

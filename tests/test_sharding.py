@@ -149,8 +149,7 @@ def test_sharded_run_resumes_bit_identically(tmp_path):
     # A 1-device process (this one; e.g. ``jaxmeta evaluate``) reads the 4-device checkpoint.
     import jax
 
-    from jaxmeta.train import Checkpoints, build_experiment, load_config
-    from jaxmeta.train.loop import initial_state
+    from jaxmeta.train import Checkpoints, build_experiment, initial_state, load_config
 
     cfg = load_config(tmp_path / "runs" / "full" / "config.yaml")
     exp = build_experiment(cfg)

@@ -20,12 +20,12 @@ from jaxmeta.train import (
     TrainingDiverged,
     build_experiment,
     config_from_dict,
+    initial_state,
     make_train_chunk,
     mean_ci95,
     read_metrics,
     train_and_evaluate,
 )
-from jaxmeta.train.loop import initial_state
 
 SIN = {
     "name": "sin_test",

@@ -21,8 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmeta.train import Checkpoints, build_experiment, load_config, read_metrics
-from jaxmeta.train.loop import initial_state
+from jaxmeta.train import Checkpoints, build_experiment, initial_state, load_config, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tests" / "tiny.yaml"

@@ -8,22 +8,14 @@ References:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import jax
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    check_task_batch_size,
-    gradient_learner,
-)
+from jaxmeta.algorithms.base import MetaLearner, gradient_learner
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Params
+from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_int, check_positive_float
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def _key_name(entry) -> str:
@@ -75,9 +67,8 @@ def anil(
     inner_steps: int,
     first_order: bool = False,
     head: str = "auto",
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
+    loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Almost No Inner Loop: MAML with the inner SGD restricted to the head's parameters.
 
@@ -97,7 +88,6 @@ def anil(
         largest index.
       loss_fn: ``(predictions, targets) -> scalar``.
       eval_inner_steps: inner steps used by ``predict`` (default ``inner_steps``).
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
       A :class:`MetaLearner` (``init`` is the identity); ``predict(params, support_x
@@ -110,9 +100,9 @@ def anil(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    task_batch_size = check_task_batch_size(task_batch_size)
 
-    def init(params: Params) -> Params:
+    def init(key: PRNGKey, params: Params) -> Params:
+        del key
         head_mask(params, head)  # fail early when the head cannot be found
         return params
 
@@ -135,5 +125,4 @@ def anil(
         init=init,
         inner_steps=inner_steps,
         eval_steps=eval_steps,
-        task_batch_size=task_batch_size,
     )

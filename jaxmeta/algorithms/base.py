@@ -1,10 +1,14 @@
-"""The contract every meta-learning algorithm implements, and the shared meta-update.
+"""The contract every meta-learning algorithm implements.
 
 An algorithm is a lowercase factory returning a :class:`MetaLearner` of pure
 functions (the optax pattern: ``optax.adam(...)`` returns ``(init, update)``). It says
 only how to get the meta-gradient for a batch of episodes; applying it with an optax
-optimizer, sampling, checkpointing and evaluation are shared and never change when an
-algorithm is added.
+optimizer (:func:`jaxmeta.step.meta_update`), sampling, checkpointing and evaluation are
+shared and never change when an algorithm is added. How the tasks of a batch are mapped
+(``task_chunk``) is an execution setting (:mod:`jaxmeta.execution`), passed to ``meta_grad``.
+
+Adding an algorithm: one module with its factory, one entry in
+:data:`jaxmeta.algorithms.ALGORITHMS` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,53 +18,32 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from jaxmeta.execution import (  # noqa: F401 -- re-exported: the algorithms' toolbox
+    TaskChunk,
+    map_tasks,
+    mean_map_tasks,
+    mean_task_grad,
+    sum_over_tasks,
+)
 from jaxmeta.losses import accuracy, is_classification, label_guard
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Metrics, Params, PRNGKey, PyTree
 from jaxmeta.validation import check_episode, check_int, check_task
-
-Metrics = dict[str, Array]
-TaskBatchSize = int | str | None  # None: vmap all tasks; b: chunks of b; "auto": per backend
-
-
-def check_task_batch_size(value: TaskBatchSize) -> TaskBatchSize:
-    """Validate a ``task_batch_size`` argument: ``None``, ``"auto"`` or an int >= 1."""
-    if value is None or value == "auto":
-        return value
-    if isinstance(value, str):
-        raise ValueError(f"task_batch_size must be 'auto', null or an integer >= 1, got {value!r}")
-    return check_int("task_batch_size", value, minimum=1)
-
-
-def resolve_task_batch_size(value: TaskBatchSize, backend: str | None = None) -> int | None:
-    """``"auto"`` -> how tasks are mapped fastest on ``backend`` (JAX's default, read at
-    trace time): one task at a time (``1``) on a single CPU device, all tasks in one
-    ``vmap`` (``None``) elsewhere.
-
-    Measured (benchmarks/README.md): on the 2-core CPU, ``lax.map`` over single tasks ran
-    the MAML training step in 0.60 s against 1.37 s vmapped (XLA:CPU runs a batched GEMM
-    no faster than 32 small ones and the vmapped working set spills the caches); on a GPU
-    the vmapped program is the fast one (one kernel per layer for all tasks). With several
-    devices the task axis must stay vmapped so that it can be sharded.
-    """
-    if value != "auto":
-        return value
-    backend = backend or jax.default_backend()
-    return 1 if backend == "cpu" and jax.device_count() == 1 else None
 
 
 class MetaLearner(NamedTuple):
     """Pure functions that define a meta-learning algorithm.
 
     Attributes:
-      init: ``(model_params) -> meta_params``. Most algorithms return the model
-        parameters unchanged; Meta-SGD adds learned inner learning rates.
-      meta_grad: ``(meta_params, episodes, key) -> (grads, metrics)`` for a batch of
-        episodes (leading task axis on every field). ``grads`` has the structure of
-        ``meta_params`` and is what the optax optimizer consumes (for Reptile, the
-        pseudo-gradient ``meta_params - adapted``). ``metrics`` holds scalar means,
-        at least ``loss`` and, for classification, ``accuracy``.
+      init: ``(key, model_params) -> meta_params``. Most algorithms return the model
+        parameters unchanged; Meta-SGD adds learned inner learning rates, Matching Nets (FCE)
+        and SNAIL add the parameters of their own networks, drawn from ``key``.
+      meta_grad: ``(meta_params, episodes, key, *, task_chunk="auto") -> (grads, metrics)``
+        for a batch of episodes (leading task axis on every field). ``grads`` has the
+        structure of ``meta_params`` and is what the optax optimizer consumes (for Reptile,
+        the pseudo-gradient ``meta_params - adapted``). ``metrics`` holds scalar means, at
+        least ``loss`` and, for classification, ``accuracy``. ``task_chunk``: how the tasks
+        are mapped (:mod:`jaxmeta.execution`).
       predict: ``(meta_params, support_x, support_y, query_x, key) -> predictions``
         for ONE task (no task axis): logits ``[n_query, n_way]`` or regression
         outputs. Evaluation vmaps it.
@@ -71,18 +54,31 @@ class MetaLearner(NamedTuple):
         (loss, metrics)`` of one task after adaptation; ``None`` otherwise.
       eval_inner_steps: the inner steps ``predict`` adapts with by default (what an
         evaluation reports); ``None`` for learners that do not adapt by gradient steps.
+      init_state: optional ``(key, meta_params) -> learner_state``: state the learner
+        carries from step to step that is not optimised by the outer optimizer (e.g.
+        running statistics). ``None`` (every shipped learner): no state; the train state's
+        ``learner_state`` slot stays ``None`` and checkpoints hold no such entry.
+      update: optional outer update replacing the shared one (the *outer-update hook*):
+        ``(state, episodes, key, *, optimizer, task_chunk) -> (state, metrics)`` with
+        ``state`` a :class:`jaxmeta.step.TrainState`. ``None`` (every shipped learner):
+        :func:`jaxmeta.step.meta_update` applies ``optimizer`` to ``meta_grad``'s gradients.
+        A learner whose outer step is not an optax update (e.g. TRPO) or that must thread
+        ``learner_state`` supplies it; it may reuse :func:`jaxmeta.step.apply_gradients`.
+        The step counter and the run key are advanced by the caller, whatever it returns.
 
     Every shipped learner's ``predict`` also takes ``bn_mode=`` (:data:`BN_MODES`): how a
     model with batch statistics normalises the queries (see :func:`apply_support_query`).
     """
 
-    init: Callable[[Params], Params]
-    meta_grad: Callable[[Params, Episode, PRNGKey], tuple[Params, Metrics]]
+    init: Callable[[PRNGKey, Params], Params]
+    meta_grad: Callable[..., tuple[Params, Metrics]]
     predict: Callable[..., Array]
     name: str = "metalearner"
     adapt: Callable[..., Params] | None = None
     outer_loss: Callable[..., tuple[Array, Metrics]] | None = None
     eval_inner_steps: int | None = None
+    init_state: Callable[[PRNGKey, Params], PyTree] | None = None
+    update: Callable[..., tuple[Any, Metrics]] | None = None
 
 
 # How queries are normalised at prediction time by models with batch statistics (Conv-4).
@@ -96,7 +92,7 @@ def check_bn_mode(bn_mode: str) -> str:
 
 
 def apply_support_query(
-    apply_fn: Callable[..., Array],
+    apply_fn: ApplyFn,
     params: Params,
     support_x: Array,
     query_x: Array,
@@ -143,9 +139,7 @@ def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
     return out
 
 
-def query_loss(
-    loss_fn: Callable[[Array, Array], Array], predictions: Array, episode: Episode
-) -> tuple[Array, Metrics]:
+def query_loss(loss_fn: LossFn, predictions: Array, episode: Episode) -> tuple[Array, Metrics]:
     """One task's query loss and metrics, every learner's outer objective.
 
     For classification, any support or query label outside ``[0, C)`` (``C`` =
@@ -161,129 +155,15 @@ def query_loss(
     return loss, task_metrics(predictions, episode.query_y, loss)
 
 
-def map_tasks(
-    fn: Callable[[Episode, PRNGKey], Any],
-    episodes: Episode,
-    key: PRNGKey,
-    *,
-    task_batch_size: TaskBatchSize = "auto",
-) -> Any:
-    """Apply a per-task function over the task axis.
-
-    ``task_batch_size=None`` vmaps all tasks at once (one big batched program);
-    an integer ``b`` runs ``lax.map`` over chunks of ``b`` vmapped tasks, which bounds
-    memory and keeps each chunk's working set in cache (``b=1``: one task at a time);
-    ``"auto"`` picks per backend (:func:`resolve_task_batch_size`).
-    """
-    task_batch_size = resolve_task_batch_size(task_batch_size)
-    tasks = episodes.support_x.shape[0]
-    keys = jax.random.split(key, tasks)
-    if task_batch_size is None or task_batch_size >= tasks:
-        return jax.vmap(fn)(episodes, keys)
-    return jax.lax.map(lambda a: fn(*a), (episodes, keys), batch_size=task_batch_size)
-
-
-def sum_over_tasks(x: Array) -> Array:
-    """Sum over the leading (task) axis by pairwise halving: ``x[:h] + x[h:2h]``, repeated.
-
-    Same value as ``jnp.sum(x, axis=0)`` up to summation order (pairwise summation, if
-    anything more accurate). Why not ``jnp.sum``: on XLA:CPU (jaxlib 0.10.2) a reduction
-    over the leading axis is emitted as a YNNPACK library fusion that ran ~25x slower
-    than these element-wise adds (``[32, 576, 64]``: 22-29 ms vs 0.8-1.0 ms, measured
-    on the project's 2-core CPU); the per-task meta-gradients of a Conv-4 are exactly
-    such arrays.
-    """
-    n = x.shape[0]
-    if n == 0:
-        return jnp.zeros(x.shape[1:], x.dtype)
-    rest = None
-    while n > 1:
-        h = n // 2
-        if n % 2:
-            rest = x[n - 1] if rest is None else rest + x[n - 1]
-        x = x[:h] + x[h : 2 * h]
-        n = h
-    return x[0] if rest is None else x[0] + rest
-
-
-def mean_map_tasks(
-    fn: Callable[[Episode, PRNGKey], Any],
-    episodes: Episode,
-    key: PRNGKey,
-    *,
-    task_batch_size: TaskBatchSize = "auto",
-) -> Any:
-    """Mean over the task axis of ``fn(episode, key)`` (any pytree of arrays).
-
-    The mean of ``map_tasks(fn, ...)`` over its task axis (same per-task keys), but with
-    ``task_batch_size=b`` the per-task results are summed into a running total inside the
-    ``lax.scan`` over chunks instead of being stacked ``[tasks, ...]`` and reduced after
-    the loop: no per-task copy of every gradient is kept, and the separate reduction
-    (measured at 64 ms of a 920 ms canonical second-order step on XLA:CPU, where a
-    ``[32, 1, 3, 3, 64, 64]`` sum ran as a slow library fusion) disappears; the step got
-    13-24% faster (SO K=1 Q=15, ``task_batch_size=1``, benchmarks/README.md). Sums within
-    a chunk use :func:`sum_over_tasks`. ``task_batch_size="auto"``: see
-    :func:`resolve_task_batch_size`.
-    """
-    task_batch_size = resolve_task_batch_size(task_batch_size)
-    tasks = episodes.support_x.shape[0]
-    keys = jax.random.split(key, tasks)
-    total = lambda out: jax.tree_util.tree_map(sum_over_tasks, out)
-    if task_batch_size is None or task_batch_size >= tasks:
-        # All tasks in one vmap: XLA fuses this mean into the producers of the per-task
-        # gradients; a pairwise sum measured 3-4% slower here (SO K=1 Q=1, idle CPU).
-        out = jax.vmap(fn)(episodes, keys)
-        return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), out)
-    b = task_batch_size
-    full = tasks // b * b
-    chunked = jax.tree_util.tree_map(
-        lambda x: x[:full].reshape(full // b, b, *x.shape[1:]), (episodes, keys)
-    )
-    zeros = jax.tree_util.tree_map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(fn, *jax.tree_util.tree_map(lambda x: x[0], (episodes, keys))),
-    )
-
-    def body(acc, chunk):
-        part = total(jax.vmap(fn)(*chunk))
-        return jax.tree_util.tree_map(jnp.add, acc, part), None
-
-    acc, _ = jax.lax.scan(body, zeros, chunked)
-    if full < tasks:
-        rest = jax.tree_util.tree_map(lambda x: x[full:], (episodes, keys))
-        acc = jax.tree_util.tree_map(jnp.add, acc, total(jax.vmap(fn)(*rest)))
-    return jax.tree_util.tree_map(lambda x: x / tasks, acc)
-
-
-def mean_task_grad(
-    task_loss: Callable[[Params, Episode, PRNGKey], tuple[Array, Metrics]],
-    params: Params,
-    episodes: Episode,
-    key: PRNGKey,
-    *,
-    task_batch_size: TaskBatchSize = "auto",
-) -> tuple[Params, Metrics]:
-    """Mean over the task axis of ``grad(task_loss)(params, episode, key)`` and its metrics.
-
-    ``task_loss(params, episode, key) -> (loss, metrics)`` is one task's loss; this is the
-    meta-gradient of every learner whose meta-objective is a mean of per-task losses.
-    """
-    grad = jax.grad(task_loss, has_aux=True)
-    return mean_map_tasks(
-        lambda ep, k: grad(params, ep, k), episodes, key, task_batch_size=task_batch_size
-    )
-
-
 def gradient_learner(
     *,
     name: str,
-    apply_fn: Callable[[Params, Array], Array],
-    loss_fn: Callable[[Array, Array], Array],
+    apply_fn: ApplyFn,
+    loss_fn: LossFn,
     adapt_fn: Callable[[Params, Array, Array, int], tuple[Params, Array]],
-    init: Callable[[Params], Params],
+    init: Callable[[PRNGKey, Params], Params],
     inner_steps: int,
     eval_steps: int,
-    task_batch_size: TaskBatchSize,
 ) -> MetaLearner:
     """The learner of the MAML family, given how one task adapts.
 
@@ -319,13 +199,11 @@ def gradient_learner(
             metrics["support_loss_before"] = inner_losses[0]
         return loss, metrics
 
-    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
+    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
         """Mean meta-gradient and metrics over ``episodes`` (leading task axis)."""
         sx, sy = episodes.support_x, episodes.support_y
         check_episode(episodes, batched=True, num_classes=lambda: n_out(meta_params, sx[0], sy[0]))
-        return mean_task_grad(
-            outer_loss, meta_params, episodes, key, task_batch_size=task_batch_size
-        )
+        return mean_task_grad(outer_loss, meta_params, episodes, key, task_chunk=task_chunk)
 
     def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
         """Adapt on one task's support set and predict its queries (``eval_steps``).
@@ -351,50 +229,7 @@ def gradient_learner(
     )
 
 
-class MetaTrainState(NamedTuple):
-    """Everything one meta-training step reads and writes; arrays only (jit never retraces)."""
-
-    params: Params
-    opt_state: optax.OptState
-    step: Array  # int32 scalar
-
-
-def init_meta_train_state(
-    learner: MetaLearner, optimizer: optax.GradientTransformation, model_params: Params
-) -> MetaTrainState:
-    meta_params = learner.init(model_params)
-    return MetaTrainState(
-        params=meta_params,
-        opt_state=optimizer.init(meta_params),
-        step=jnp.zeros((), jnp.int32),
-    )
-
-
-def meta_update(
-    learner: MetaLearner,
-    optimizer: optax.GradientTransformation,
-    state: MetaTrainState,
-    episodes: Episode,
-    key: PRNGKey,
-) -> tuple[MetaTrainState, Metrics]:
-    """One meta-training step (not jitted: compose it, or use :func:`make_meta_step`)."""
-    grads, metrics = learner.meta_grad(state.params, episodes, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return MetaTrainState(params, opt_state, state.step + 1), metrics
-
-
-def make_meta_step(
-    learner: MetaLearner, optimizer: optax.GradientTransformation, *, donate: bool = False
-) -> Callable[[MetaTrainState, Episode, PRNGKey], tuple[MetaTrainState, Metrics]]:
-    """The jit-compiled meta-training step ``(state, episodes, key) -> (state, metrics)``.
-
-    Compiled once per episode shape; the learner and optimizer are captured statically.
-    """
-
-    def step(state, episodes, key):
-        return meta_update(learner, optimizer, state, episodes, key)
-
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+def identity_init(key: PRNGKey, params: Params) -> Params:
+    """The ``init`` of learners whose meta-parameters are the model parameters."""
+    del key
+    return params

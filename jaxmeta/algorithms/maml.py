@@ -8,20 +8,12 @@ References:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    check_task_batch_size,
-    gradient_learner,
-)
+from jaxmeta.algorithms.base import MetaLearner, gradient_learner, identity_init
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Params
+from jaxmeta.types import ApplyFn, Array, LossFn, Params
 from jaxmeta.validation import check_int, check_positive_float
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def maml(
@@ -30,9 +22,8 @@ def maml(
     inner_lr: float,
     inner_steps: int,
     first_order: bool = False,
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
+    loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: TaskBatchSize = "auto",
     remat: bool = False,
 ) -> MetaLearner:
     """Model-Agnostic Meta-Learning as pure functions over a params pytree.
@@ -49,16 +40,12 @@ def maml(
       loss_fn: ``(predictions, targets) -> scalar`` used for inner and outer loss.
       eval_inner_steps: inner steps used by ``predict`` (MAML evaluates Omniglot with
         10); defaults to ``inner_steps``.
-      task_batch_size: how the tasks of a meta-batch are mapped: ``"auto"`` (default)
-        picks the fastest measured way per backend (one task at a time on a CPU, all
-        vmapped on a GPU; :func:`~jaxmeta.algorithms.base.resolve_task_batch_size`),
-        ``None`` vmaps all tasks, ``b`` runs chunks of ``b`` tasks one after another
-        (less memory). Same result up to float rounding.
       remat: recompute inner-step activations in the backward pass to save memory.
 
     Returns:
-      A :class:`MetaLearner` with ``init``, ``adapt``, ``outer_loss``, ``meta_grad``
-      and ``predict``.
+      A :class:`MetaLearner` with ``init`` (the identity), ``adapt``, ``outer_loss``,
+      ``meta_grad`` (whose ``task_chunk=`` maps the tasks, :mod:`jaxmeta.execution`) and
+      ``predict``.
 
     References:
       Finn et al., ICML 2017, Algorithm 2; first-order approximation in Section 5.2.
@@ -67,10 +54,6 @@ def maml(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    task_batch_size = check_task_batch_size(task_batch_size)
-
-    def init(params: Params) -> Params:
-        return params
 
     def adapt_fn(params: Params, support_x: Array, support_y: Array, steps: int):
         support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
@@ -83,10 +66,9 @@ def maml(
         apply_fn=apply_fn,
         loss_fn=loss_fn,
         adapt_fn=adapt_fn,
-        init=init,
+        init=identity_init,
         inner_steps=inner_steps,
         eval_steps=eval_steps,
-        task_batch_size=task_batch_size,
     )
 
 

@@ -7,26 +7,18 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    apply_support_query,
-    check_task_batch_size,
-    mean_task_grad,
-    query_loss,
-)
-from jaxmeta.algorithms.protonets import ABSENT_LOGIT, class_slots, one_hot_support
+from jaxmeta.algorithms.base import MetaLearner, apply_support_query, query_loss
+from jaxmeta.algorithms.metric import ABSENT_LOGIT, class_slots, one_hot_support
+from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.fce import FullContextEmbedding
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
@@ -62,8 +54,7 @@ def matching(
     input_shape: Sequence[int] = (28, 28, 1),
     temperature: float = 1.0,
     ways: int | None = None,
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: TaskBatchSize = "auto",
+    loss_fn: LossFn = cross_entropy_loss,
 ) -> MetaLearner:
     """Matching Networks: attention over support labels with cosine similarity.
 
@@ -80,20 +71,20 @@ def matching(
         paper's Omniglot numbers use no FCE.
       fce_steps: processing steps ``K`` of the attention LSTM.
       input_shape: one example's shape, used only by ``init`` (with ``fce=True``) to
-        infer the embedding width through ``jax.eval_shape`` (no computation).
+        infer the embedding width through ``jax.eval_shape`` (no computation); the
+        engine supplies the task source's ``input_shape``.
       temperature: cosine similarities are divided by it (``1.0`` = the paper).
       ways: logit columns; ``None`` derives them from shapes as in
         :func:`jaxmeta.algorithms.protonets.protonets` (train 60-way, test 5-way).
       loss_fn: ``(logits, labels) -> scalar``.
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
       A :class:`MetaLearner`. With ``fce=False`` meta-params are the embedding params;
-      with ``fce=True`` ``init(model_params, key=None)`` returns ``{"embedding":
-      model_params, "fce": lstm_params}`` with the LSTMs initialised from ``key``
-      (default ``jax.random.key(0)``, deterministic). ``predict(meta_params,
-      support_x [n_s, ...], support_y [n_s], query_x [n_q, ...], key, *, bn_mode) -> [n_q,
-      n_slots]`` (``bn_mode``: see :func:`jaxmeta.algorithms.base.apply_support_query`).
+      with ``fce=True`` ``init(key, model_params)`` returns ``{"embedding":
+      model_params, "fce": lstm_params}`` with the LSTMs initialised from ``key``.
+      ``predict(meta_params, support_x [n_s, ...], support_y [n_s], query_x [n_q, ...], key,
+      *, bn_mode) -> [n_q, n_slots]`` (``bn_mode``: see
+      :func:`jaxmeta.algorithms.base.apply_support_query`).
 
     References:
       Vinyals et al., NeurIPS 2016, Section 2.1 (Eq. 1-2) and Appendix A.2 (FCE).
@@ -102,16 +93,14 @@ def matching(
     temperature = check_positive_float("temperature", temperature)
     if ways is not None:
         ways = check_int("ways", ways, minimum=2)
-    task_batch_size = check_task_batch_size(task_batch_size)
     input_shape = tuple(int(s) for s in input_shape)
 
     def fce_module(d: int) -> FullContextEmbedding:
         return FullContextEmbedding(features=d, steps=fce_steps)
 
-    def init(model_params: Params, key: PRNGKey | None = None) -> Params:
+    def init(key: PRNGKey, model_params: Params) -> Params:
         if not fce:
             return model_params
-        key = jax.random.key(0) if key is None else key
         emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *input_shape), jnp.float32))
         d = emb.shape[-1]
         z = jnp.zeros((2, d), emb.dtype)
@@ -134,12 +123,10 @@ def matching(
         logits = predict(meta_params, episode.support_x, episode.support_y, episode.query_x, key)
         return query_loss(loss_fn, logits, episode)
 
-    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
+    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
         n_slots = lambda: class_slots(episodes.support_y[0], ways)
         check_episode(episodes, batched=True, num_classes=n_slots)
-        return mean_task_grad(
-            task_loss, meta_params, episodes, key, task_batch_size=task_batch_size
-        )
+        return mean_task_grad(task_loss, meta_params, episodes, key, task_chunk=task_chunk)
 
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="matching", outer_loss=task_loss

@@ -7,23 +7,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    check_task_batch_size,
-    gradient_learner,
-)
+from jaxmeta.algorithms.base import MetaLearner, gradient_learner
 from jaxmeta.inner import sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Params
+from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_int, check_positive_float
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def metasgd(
@@ -32,9 +23,8 @@ def metasgd(
     inner_lr_init: float = 0.4,
     inner_steps: int = 1,
     first_order: bool = False,
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
+    loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
-    task_batch_size: TaskBatchSize = "auto",
 ) -> MetaLearner:
     """Meta-SGD: ``theta' = theta - alpha * grad`` with ``alpha`` learned elementwise.
 
@@ -51,7 +41,6 @@ def metasgd(
         gradient through ``alpha * stop_gradient(g)``).
       loss_fn: ``(predictions, targets) -> scalar``.
       eval_inner_steps: inner steps used by ``predict`` (default ``inner_steps``).
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
       A :class:`MetaLearner`; ``predict(meta_params, support_x [n_s, ...], support_y
@@ -64,9 +53,9 @@ def metasgd(
     inner_lr_init = check_positive_float("inner_lr_init", inner_lr_init)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    task_batch_size = check_task_batch_size(task_batch_size)
 
-    def init(params: Params) -> Params:
+    def init(key: PRNGKey, params: Params) -> Params:
+        del key
         lr = jax.tree_util.tree_map(lambda w: jnp.full_like(w, inner_lr_init), params)
         return {"params": params, "lr": lr}
 
@@ -88,5 +77,4 @@ def metasgd(
         init=init,
         inner_steps=inner_steps,
         eval_steps=eval_steps,
-        task_batch_size=task_batch_size,
     )

@@ -7,44 +7,18 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    apply_support_query,
-    check_task_batch_size,
-    mean_task_grad,
-    query_loss,
+from jaxmeta.algorithms.base import MetaLearner, apply_support_query, identity_init, query_loss
+from jaxmeta.algorithms.metric import (  # noqa: F401 -- ABSENT_LOGIT: its documented home was here
+    ABSENT_LOGIT,
+    class_slots,
+    one_hot_support,
 )
+from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_task
-
-ApplyFn = Callable[[Params, Array], Array]
-
-# Logit given to class slots that have no support example: finite (so softmax,
-# cross-entropy and their gradients stay NaN-free) yet far below any real logit.
-ABSENT_LOGIT = -1e9
-
-
-def class_slots(support_y: Array, ways: int | None) -> int:
-    """Number of logit columns: ``ways`` if given, else ``n_support`` (an upper bound).
-
-    Everything is derived from shapes, so one learner trains 60-way and tests 5-way.
-    With ``ways=None`` the columns of classes absent from the support set get
-    :data:`ABSENT_LOGIT`; argmax, accuracy and cross-entropy are then identical to
-    those of the ``[n_query, n_way]`` logits.
-    """
-    return support_y.shape[0] if ways is None else ways
-
-
-def one_hot_support(support_y: Array, n_slots: int, dtype) -> Array:
-    """``[n_support, n_slots]`` one-hot labels (labels outside the range give zero rows)."""
-    return jax.nn.one_hot(support_y, n_slots, dtype=dtype)
 
 
 def prototypes(embeddings: Array, support_y: Array, n_slots: int) -> tuple[Array, Array]:
@@ -78,8 +52,7 @@ def protonets(
     *,
     ways: int | None = None,
     distance: str = "sqeuclidean",
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: TaskBatchSize = "auto",
+    loss_fn: LossFn = cross_entropy_loss,
 ) -> MetaLearner:
     """Prototypical Networks: logits are negative squared distances to class means.
 
@@ -96,7 +69,6 @@ def protonets(
         integer gives exactly ``[n_query, ways]``.
       distance: ``"sqeuclidean"`` (the paper's choice) or ``"cosine"``.
       loss_fn: ``(logits, labels) -> scalar``.
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
       A :class:`MetaLearner`; ``init`` returns the embedding params unchanged and
@@ -111,10 +83,6 @@ def protonets(
         raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
     if ways is not None:
         ways = check_int("ways", ways, minimum=2)
-    task_batch_size = check_task_batch_size(task_batch_size)
-
-    def init(params: Params) -> Params:
-        return params
 
     def predict(params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
         del key
@@ -135,13 +103,13 @@ def protonets(
         logits = predict(params, episode.support_x, episode.support_y, episode.query_x, key)
         return query_loss(loss_fn, logits, episode)
 
-    def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
+    def meta_grad(params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
         n_slots = lambda: class_slots(episodes.support_y[0], ways)
         check_episode(episodes, batched=True, num_classes=n_slots)
-        return mean_task_grad(task_loss, params, episodes, key, task_batch_size=task_batch_size)
+        return mean_task_grad(task_loss, params, episodes, key, task_chunk=task_chunk)
 
     return MetaLearner(
-        init=init,
+        init=identity_init,
         meta_grad=meta_grad,
         predict=predict,
         name="protonets",

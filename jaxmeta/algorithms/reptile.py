@@ -8,26 +8,21 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxmeta.algorithms.base import (
     MetaLearner,
-    TaskBatchSize,
     apply_support_query,
     check_bn_mode,
-    check_task_batch_size,
-    mean_map_tasks,
+    identity_init,
     query_loss,
 )
+from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def minibatch_indices(key: PRNGKey, n: int, batch_size: int, steps: int) -> Array:
@@ -64,8 +59,7 @@ def reptile(
     eval_inner_steps: int = 50,
     eval_inner_batch_size: int | None = None,
     transductive: bool = True,
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: TaskBatchSize = "auto",
+    loss_fn: LossFn = cross_entropy_loss,
 ) -> MetaLearner:
     """Reptile: ``grads = meta_params - adapted`` averaged over the tasks of a meta-batch.
 
@@ -111,7 +105,6 @@ def reptile(
         Omniglot: 5 for 5w1s, 10 for 5w5s / 20-way).
       transductive: evaluation mode, see above.
       loss_fn: ``(logits, labels) -> scalar``.
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
       A :class:`MetaLearner` (``init`` is the identity). ``adapt(params, support_x
@@ -130,7 +123,6 @@ def reptile(
     eval_inner_steps = check_int("eval_inner_steps", eval_inner_steps, minimum=0)
     eval_bs = inner_batch_size if eval_inner_batch_size is None else eval_inner_batch_size
     eval_bs = check_int("eval_inner_batch_size", eval_bs, minimum=1)
-    task_batch_size = check_task_batch_size(task_batch_size)
     opt = _inner_optimizer(inner_optimizer, inner_lr, float(inner_beta1), float(inner_beta2))
 
     def _fit(params, x, y, steps, batch_size, key):
@@ -150,9 +142,6 @@ def reptile(
 
         (adapted, _), losses = jax.lax.scan(step, (params, opt.init(params)), idx)
         return adapted, losses
-
-    def init(params: Params) -> Params:
-        return params
 
     def n_out(params, x) -> int:
         """The model's output width (what labels must stay below), without computing."""
@@ -202,14 +191,11 @@ def reptile(
         pseudo_grad = jax.tree_util.tree_map(lambda a, b: (a - b) * poison, params, adapted)
         return pseudo_grad, metrics
 
-    def meta_grad(params: Params, episodes: Episode, key: PRNGKey):
+    def meta_grad(params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
         sx = episodes.support_x
         check_episode(episodes, batched=True, num_classes=lambda: n_out(params, sx[0]))
         return mean_map_tasks(
-            lambda ep, k: task_update(params, ep, k),
-            episodes,
-            key,
-            task_batch_size=task_batch_size,
+            lambda ep, k: task_update(params, ep, k), episodes, key, task_chunk=task_chunk
         )
 
     def outer_loss(params, episode: Episode, key=None):
@@ -222,7 +208,7 @@ def reptile(
         return query_loss(loss_fn, apply_fn(adapted, episode.query_x), episode)
 
     return MetaLearner(
-        init=init,
+        init=identity_init,
         meta_grad=meta_grad,
         predict=predict,
         name="reptile",

@@ -7,25 +7,17 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import (
-    MetaLearner,
-    TaskBatchSize,
-    apply_support_query,
-    check_task_batch_size,
-    mean_task_grad,
-    query_loss,
-)
+from jaxmeta.algorithms.base import MetaLearner, apply_support_query, query_loss
+from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
-from jaxmeta.types import Array, Episode, Params, PRNGKey
+from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_task
-
-ApplyFn = Callable[[Params, Array], Array]
 
 
 def episode_sequences(emb_s: Array, support_y: Array, emb_q: Array, ways: int) -> Array:
@@ -56,8 +48,7 @@ def snail(
     tc_filters: int = 128,
     key_size: int = 64,
     shuffle_support: bool = True,
-    loss_fn: Callable[[Array, Array], Array] = cross_entropy_loss,
-    task_batch_size: TaskBatchSize = "auto",
+    loss_fn: LossFn = cross_entropy_loss,
 ) -> MetaLearner:
     """SNAIL few-shot classification: the episode is a sequence of (embedding, label) pairs.
 
@@ -77,19 +68,19 @@ def snail(
       shots: ``K``; the TC blocks get ``ceil(log2(N*K+1))`` dense blocks. Episodes
         whose support size differs run (receptive field fixed at construction).
       input_shape: one example's shape, used only by ``init`` to infer the embedding
-        width through ``jax.eval_shape``.
+        width through ``jax.eval_shape``; the engine supplies the task source's
+        ``input_shape``.
       tc_filters: filters per dense block (paper 128).
       key_size: attention key size of the first block (paper 64; see :class:`SNAIL`).
       shuffle_support: during meta-training, present the support pairs in a random order
         drawn from the step key (the order carries no information about the query).
       loss_fn: ``(logits, labels) -> scalar``.
-      task_batch_size: see :func:`jaxmeta.algorithms.base.map_tasks`.
 
     Returns:
-      A :class:`MetaLearner`. ``init(model_params, key=None) -> {"embedding":
-      model_params, "snail": snail_params}``, SNAIL initialised from ``key`` (default
-      ``jax.random.key(0)``, deterministic). ``predict(meta_params, support_x [n_s, ...],
-      support_y [n_s], query_x [n_q, ...], key, *, bn_mode) -> logits [n_q, ways]``
+      A :class:`MetaLearner`. ``init(key, model_params) -> {"embedding":
+      model_params, "snail": snail_params}``, SNAIL initialised from ``key``.
+      ``predict(meta_params, support_x [n_s, ...], support_y [n_s], query_x [n_q, ...], key,
+      *, bn_mode) -> logits [n_q, ways]``
       (``bn_mode``: see :func:`jaxmeta.algorithms.base.apply_support_query`).
 
     References:
@@ -99,12 +90,10 @@ def snail(
     shots = check_int("shots", shots, minimum=1)
     tc_filters = check_int("tc_filters", tc_filters, minimum=1)
     key_size = check_int("key_size", key_size, minimum=2)
-    task_batch_size = check_task_batch_size(task_batch_size)
     input_shape = tuple(int(s) for s in input_shape)
     net = SNAIL(ways=ways, seq_len=ways * shots + 1, tc_filters=tc_filters, key_size=key_size)
 
-    def init(model_params: Params, key: PRNGKey | None = None) -> Params:
-        key = jax.random.key(0) if key is None else key
+    def init(key: PRNGKey, model_params: Params) -> Params:
         emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *input_shape), jnp.float32))
         x = jnp.zeros((ways * shots + 1, emb.shape[-1] + ways), emb.dtype)
         return {"embedding": model_params, "snail": net.init(key, x)}
@@ -129,11 +118,9 @@ def snail(
             sx, sy = sx[perm], sy[perm]
         return query_loss(loss_fn, _logits(meta_params, sx, sy, episode.query_x), episode)
 
-    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey):
+    def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
         check_episode(episodes, batched=True, num_classes=ways)
-        return mean_task_grad(
-            task_loss, meta_params, episodes, key, task_batch_size=task_batch_size
-        )
+        return mean_task_grad(task_loss, meta_params, episodes, key, task_chunk=task_chunk)
 
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="snail", outer_loss=task_loss

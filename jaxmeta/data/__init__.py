@@ -1,4 +1,10 @@
-"""Task sources: Omniglot (TFDS builder, uint8 cache, splits) and the on-device episode sampler."""
+"""Task sources (datasets as plug-ins) and the on-device episode sampler.
+
+A dataset is one :class:`~jaxmeta.data.source.TaskSource` class plus one registry entry
+(:func:`register_task_source`); image datasets stored as one uint8 array per split build on
+:class:`~jaxmeta.data.image_tasks.ImageTasks`. Shipped: Omniglot (TFDS builder, uint8 cache,
+splits) and sinusoid regression.
+"""
 
 from jaxmeta.data.episodes import (
     ROTATIONS,
@@ -7,6 +13,7 @@ from jaxmeta.data.episodes import (
     num_classes,
     sample_episodes,
 )
+from jaxmeta.data.image_tasks import ImageTasks
 from jaxmeta.data.omniglot import (
     DATASET_NAME,
     SCHEMES,
@@ -20,20 +27,28 @@ from jaxmeta.data.omniglot import (
     split_images,
     split_indices,
 )
+from jaxmeta.data.registry import TASK_SOURCES, get_task_source, register_task_source
+from jaxmeta.data.source import TaskSource, TaskSourceError
 
 __all__ = [
     "DATASET_NAME",
     "ROTATIONS",
     "SCHEMES",
+    "TASK_SOURCES",
+    "ImageTasks",
     "Omniglot",
     "OmniglotCorruptError",
     "OmniglotFilesMissingError",
+    "TaskSource",
+    "TaskSourceError",
     "character_names",
     "eval_episode_keys",
     "eval_episodes",
+    "get_task_source",
     "load_omniglot",
     "num_classes",
     "preprocess",
+    "register_task_source",
     "sample_episodes",
     "split_counts",
     "split_images",

@@ -1,11 +1,13 @@
 """N-way K-shot episodes sampled on the device, inside the jitted meta-step.
 
-The dataset is one split's characters as a device-resident ``uint8`` array ``[C, D, S, S]``
-(``D`` = 20 drawers for Omniglot, strokes = 255). A task draws ``ways`` distinct classes, then
-``shots + queries`` distinct drawers of each class: the first ``shots`` form the support set, the
-rest the query set, so support and query never share an image. With ``rotations`` every
-character gives four classes (0/90/180/270 degrees), class ``r * C + c`` being character ``c``
-rotated by ``r * 90`` degrees counter-clockwise; the rotation is applied on the device.
+The dataset is one split as a device-resident ``uint8`` array ``[C, E, H, W]`` (grey images,
+e.g. Omniglot: ``E`` = 20 drawers, strokes = 255) or ``[C, E, H, W, ch]`` (``ch`` channels,
+e.g. RGB): ``C`` classes of ``E`` examples each. A task draws ``ways`` distinct classes, then
+``shots + queries`` distinct examples of each class: the first ``shots`` form the support set,
+the rest the query set, so support and query never share an image. With ``rotations`` (square
+images) every class gives four classes (0/90/180/270 degrees), class ``r * C + c`` being class
+``c`` rotated by ``r * 90`` degrees counter-clockwise; the rotation is applied on the device.
+Episodes hold float32 images ``[..., H, W, ch]`` (``ch = 1`` for grey).
 
 Label ``i`` of a task is the ``i``-th class drawn; the classes come in random order (the top
 ``ways`` of i.i.d. uniforms), so a character's label is random in every task. Examples are class-
@@ -46,7 +48,7 @@ def num_classes(images, rotations: bool) -> int:
     """Classes a split offers: ``C``, or ``4 C`` with rotations.
 
     Args:
-      images: ``[C, D, S, S]`` one split's characters (any array with a shape).
+      images: ``[C, E, H, W(, ch)]`` one split's images (any array with a shape).
       rotations: whether rotated characters count as new classes.
     """
     return int(images.shape[0]) * (ROTATIONS if rotations else 1)
@@ -63,10 +65,13 @@ def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations
     if not isinstance(rotations, bool):
         raise TypeError(f"rotations must be a bool, got {rotations!r}")
     shape = tuple(images.shape)
-    if len(shape) != 4:
-        raise ValueError(f"images must be [classes, drawers, S, S], got shape {shape}")
+    if len(shape) not in (4, 5):
+        raise ValueError(
+            f"images must be [classes, examples, H, W] or [classes, examples, H, W, channels], "
+            f"got shape {shape}"
+        )
     if images.dtype != jnp.uint8:
-        raise ValueError(f"images must be uint8 (strokes = 255), got {images.dtype}")
+        raise ValueError(f"images must be uint8 (0-255), got {images.dtype}")
     if rotations and shape[2] != shape[3]:
         raise ValueError(f"rotations need square images, got {shape[2]}x{shape[3]}")
     available = num_classes(images, rotations)
@@ -78,7 +83,7 @@ def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations
     if shots + queries > shape[1]:
         raise ValueError(
             f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {shape[1]} "
-            "drawers per class; support and query images are distinct drawers"
+            "examples per class; support and query images are distinct examples"
         )
 
 
@@ -92,11 +97,12 @@ def to_float(images: jax.Array) -> jax.Array:
 
 
 def _rotate(x: jax.Array, k: jax.Array) -> jax.Array:
-    """Rotate ``x [ways, n, S, S]`` by ``k [ways] * 90`` degrees counter-clockwise, per class.
+    """Rotate ``x [ways, n, S, S(, ch)]`` by ``k [ways] * 90`` degrees counter-clockwise, per class.
 
-    Three whole-array rotations and a select: on XLA:CPU this is ~10x faster than a gather.
+    Three whole-array rotations and a select: on XLA:CPU this is much faster than a gather
+    (benchmarks/README.md, "Measured design choices").
     """
-    kk = k[:, None, None, None]
+    kk = k.reshape(k.shape + (1,) * (x.ndim - 1))
     return jnp.select(
         [kk == 1, kk == 2, kk == 3],
         [jnp.rot90(x, 1, axes=(2, 3)), jnp.rot90(x, 2, axes=(2, 3)), jnp.rot90(x, 3, axes=(2, 3))],
@@ -108,10 +114,10 @@ def _top_k_indices(u: jax.Array, k: int) -> jax.Array:
     """``k`` distinct indices in ``[0, u.shape[-1])`` per row, in random order: int32 ``[..., k]``.
 
     ``u`` holds i.i.d. uniforms, so its top ``k`` is a uniformly random ordered subset.
-    ``lax.top_k`` on float32 is ~40x faster on XLA:CPU than the sort in
-    ``jax.random.choice(replace=False)``. Uniforms have 2^23 levels, so a tie at the cut-off
-    (probability ~ n / 2^23 per draw, n = row length) goes to the lower index: a negligible bias;
-    the indices are always distinct.
+    ``lax.top_k`` on float32 is much faster on XLA:CPU than the sort in
+    ``jax.random.choice(replace=False)`` (benchmarks/README.md, "Measured design choices").
+    Uniforms have 2^23 levels, so a tie at the cut-off (probability ~ n / 2^23 per draw,
+    n = row length) goes to the lower index: a negligible bias; the indices are always distinct.
     """
     return jax.lax.top_k(u, k)[1]
 
@@ -125,23 +131,26 @@ def _one_task(
     queries: int,
     rotations: bool,
 ) -> Episode:
-    n_char, n_drawers, s, _ = images.shape
+    n_char, n_drawers = images.shape[:2]
     n = shots + queries
     n_cls = num_classes(images, rotations)
-    # One draw of uniforms for classes and drawers (one threefry call: half the compile time).
+    # One draw of uniforms for classes and examples (one threefry call: half the compile time).
     u = jax.random.uniform(key, (n_cls + ways * n_drawers,))
     classes = _top_k_indices(u[:n_cls], ways)  # [ways]
     char = classes % n_char
     drawers = _top_k_indices(u[n_cls:].reshape(ways, n_drawers), n)  # [ways, n]
-    x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, S, S] uint8
+    x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, H, W(, ch)] u8
     if rotations:
         x = _rotate(x, classes // n_char)
-    x = to_float(x)[..., None]
+    x = to_float(x)
+    if images.ndim == 4:  # grey: one channel
+        x = x[..., None]
+    image = x.shape[2:]  # (H, W, ch)
     labels = jnp.arange(ways, dtype=jnp.int32)
     return Episode(
-        support_x=x[:, :shots].reshape(ways * shots, s, s, 1),
+        support_x=x[:, :shots].reshape(ways * shots, *image),
         support_y=jnp.repeat(labels, shots),
-        query_x=x[:, shots:].reshape(ways * queries, s, s, 1),
+        query_x=x[:, shots:].reshape(ways * queries, *image),
         query_y=jnp.repeat(labels, queries),
     )
 
@@ -172,7 +181,7 @@ def sample_episodes(
 
     Args:
       key: a PRNG key (``jax.random.key`` or legacy ``uint32[2]``).
-      images: uint8 ``[C, D, S, S]``, one split's characters (strokes = 255), e.g. from
+      images: uint8 ``[C, E, H, W]`` or ``[C, E, H, W, ch]``, one split's images, e.g. from
         :func:`jaxmeta.data.omniglot.split_images` put on the device once.
       tasks: number of tasks (meta-batch size).
       ways: classes per task (N >= 2), drawn without replacement from ``C`` (or ``4 C``) classes.
@@ -182,14 +191,14 @@ def sample_episodes(
         degrees.
 
     Returns:
-      ``Episode`` with ``support_x`` float32 ``[tasks, ways*shots, S, S, 1]`` in [0, 1],
+      ``Episode`` with ``support_x`` float32 ``[tasks, ways*shots, H, W, ch]`` in [0, 1],
       ``support_y`` int32 ``[tasks, ways*shots]``, ``query_x`` float32
-      ``[tasks, ways*queries, S, S, 1]``, ``query_y`` int32 ``[tasks, ways*queries]``; labels in
+      ``[tasks, ways*queries, H, W, ch]``, ``query_y`` int32 ``[tasks, ways*queries]``; labels in
       ``[0, ways)``, class-major.
 
     Raises:
       ValueError: non-positive numbers, ``ways`` above the available classes, ``shots + queries``
-        above the drawers, images not uint8 ``[C, D, S, S]``.
+        above the examples per class, images not uint8 ``[C, E, H, W(, ch)]``.
       TypeError: non-integer numbers.
 
     References:
@@ -231,12 +240,12 @@ def eval_episodes(
     Generated with ``jax.random`` on the CPU from ``seed`` alone: the set equals
     ``sample_episodes(jax.random.key(seed), images, tasks=episodes, ...)``, whose task ``i`` uses
     key ``eval_episode_keys(seed, episodes)[i]``. The whole set
-    needs ``4 * episodes * ways * (shots + queries) * S * S`` bytes (e.g. 150 MB for 600 5-way
+    needs ``4 * episodes * ways * (shots + queries) * H * W * ch`` bytes (e.g. 150 MB for 600 5-way
     1-shot tasks with 15 queries, 28x28); ``start``/``stop`` return a slice of the same set, so an
     evaluator can walk through it in chunks.
 
     Args:
-      images: uint8 ``[C, D, S, S]`` (NumPy or JAX), one split's characters.
+      images: uint8 ``[C, E, H, W(, ch)]`` (NumPy or JAX), one split's images.
       episodes: size of the set (MAML: 600).
       ways: classes per task (N >= 2).
       shots: support images per class (K).
@@ -248,8 +257,9 @@ def eval_episodes(
 
     Returns:
       ``Episode`` of host NumPy arrays with a leading ``[stop - start]`` axis: ``support_x``
-      float32 ``[E, ways*shots, S, S, 1]``, ``support_y`` int32 ``[E, ways*shots]``,
-      ``query_x`` float32 ``[E, ways*queries, S, S, 1]``, ``query_y`` int32 ``[E, ways*queries]``.
+      float32 ``[episodes, ways*shots, H, W, ch]``, ``support_y`` int32 ``[episodes, ways*shots]``,
+      ``query_x`` float32 ``[episodes, ways*queries, H, W, ch]``, ``query_y`` int32
+      ``[episodes, ways*queries]``.
 
     Raises:
       ValueError: as :func:`sample_episodes`, or ``0 <= start < stop <= episodes`` violated.

@@ -12,10 +12,12 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxmeta.data.source import TaskSource, TaskSourceError, check_option
 from jaxmeta.types import Array, Episode, PRNGKey
 from jaxmeta.validation import check_int
 
@@ -58,3 +60,51 @@ def sample_sinusoid_tasks(key: PRNGKey, *, tasks: int, shots: int, queries: int)
 def eval_sinusoid_tasks(*, episodes: int, shots: int, queries: int, seed: int = 0) -> Episode:
     """A fixed, seeded set of evaluation tasks (identical across runs and algorithms)."""
     return sample_sinusoid_tasks(jax.random.key(seed), tasks=episodes, shots=shots, queries=queries)
+
+
+class SinusoidTasks(TaskSource):
+    """Sinusoid regression (MAML paper, Section 5.1) as a task source: K support points, Q
+    query points per task, drawn on the device (no data).
+
+    Args:
+      shots: K support points per task.
+      queries: query points per task.
+
+    Raises:
+      TaskSourceError: a non-positive count, naming it.
+    """
+
+    name: ClassVar[str] = "sinusoid"
+    classification: ClassVar[bool] = False
+    input_shape = (1,)
+    # Distinct fixed seeds per split so validation and test tasks differ.
+    _SPLIT_SEED = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+    def __init__(self, *, shots: int = 1, queries: int = 15):
+        self.shots = check_option("shots", shots, minimum=1)
+        self.queries = check_option("queries", queries, minimum=1)
+
+    def check_episodes(self, split: str, *, ways: int | None, shots: int, queries: int) -> None:
+        if ways is not None:
+            raise TaskSourceError("ways", "sinusoid is regression: it has no ways; leave it null")
+
+    def train_data(self) -> tuple:
+        return ()
+
+    def sample(self, key: PRNGKey, data: Any, *, tasks: int) -> Episode:
+        del data
+        return sample_sinusoid_tasks(key, tasks=tasks, shots=self.shots, queries=self.queries)
+
+    def fixed_episodes(
+        self, split: str, *, episodes: int, seed: int, ways: int | None, shots: int, queries: int
+    ) -> Episode:
+        if ways is not None:
+            raise ValueError("sinusoid regression has no classes: ways must be None")
+        return eval_sinusoid_tasks(
+            episodes=episodes, shots=shots, queries=queries, seed=seed + self._SPLIT_SEED[split]
+        )
+
+    @classmethod
+    def prepare(cls) -> list[str]:
+        """Nothing to prepare: sinusoid tasks are drawn on the device."""
+        return ["sinusoid: tasks are drawn on the device inside the training step; no data"]

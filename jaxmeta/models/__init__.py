@@ -1,4 +1,7 @@
-"""Model registry: name -> Flax module class (constructed with keyword arguments)."""
+"""Model registry: name -> Flax module class (constructed with keyword arguments).
+
+Adding a model: its module and one entry here (or :func:`register_model` from a plug-in).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,18 @@ MODELS: dict[str, type[nn.Module]] = {
     "snail": SNAIL,
     "fce": FullContextEmbedding,
 }
+
+
+def register_model(name: str, cls: type[nn.Module]) -> None:
+    """Make a Flax module available to configs as ``model.name: <name>`` (its fields are the
+    config's keys). A plug-in module calls this when imported.
+
+    Raises:
+      ValueError: ``name`` is taken by another class.
+    """
+    if MODELS.get(name, cls) is not cls:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = cls
 
 
 def get_model(name: str) -> type[nn.Module]:

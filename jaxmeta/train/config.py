@@ -1,22 +1,24 @@
-"""Typed experiment configs: YAML validated into frozen dataclasses.
+"""Typed experiment configs: the schema, and YAML loading (base files, overrides, plug-ins).
 
-A config file has six sections; every key is optional except where noted and an
-unknown key, a wrong type or an impossible value is a :class:`ConfigError` that names
-the key and the file (or ``--set`` for command-line overrides), raised before anything
-is compiled::
+A config file has these sections; every key is optional except where noted and an unknown
+key, a wrong type or an impossible value is a :class:`ConfigError` that names the key and the
+file it came from (or ``--set`` for command-line overrides), raised before anything is
+compiled. What the named sections may contain is checked against their registries by
+:mod:`jaxmeta.train.build`, which :func:`load_config` runs::
 
-    name: omniglot_maml_5w1s        # free text, used in logs
-    data:                           # the task source (jaxmeta.data.registry)
-      name: omniglot                # omniglot | sinusoid
+    base: omniglot_base.yaml        # optional: start from this file (relative to this one),
+                                    #   then apply what this file says (see "Base files")
+    plugins: [my_dataset.py]        # optional: modules or .py files (relative to this file)
+                                    #   imported first; they register datasets, algorithms...
+    name: omniglot_maml_5w1s        # free text, used in logs (default: the file's name)
+    data:                           # the task source: name + its constructor's keywords
+      name: omniglot                # jaxmeta.data.registry (omniglot | sinusoid | plug-ins)
       ways: 5                       # N (classification only)
       shots: 1                      # K support examples per class (sinusoid: points)
       queries: 15                   # query examples per class (sinusoid: points)
-      scheme: maml                  # maml (1100/100/423) | vinyals (1028/172/423) | lake
-      rotations: true               # x4 classes by 90/180/270 degree rotations
-      image_size: 28
-      data_dir: null                # TFDS data dir (default ~/tensorflow_datasets)
-      manual_dir: null              # folder with the Omniglot zips (offline preparation)
-      download: true
+      scheme: maml                  # omniglot: maml (1100/100/423) | vinyals (1028/172/423)
+                                    #   | lake; rotations, image_size, data_dir, manual_dir,
+                                    #   download: see jaxmeta.data.omniglot.OmniglotTasks
     model:                          # name + keyword arguments of the Flax module
       name: conv4                   # jaxmeta.models.MODELS
       filters: 64                   # any field of the module; checked against it (integers
@@ -40,7 +42,7 @@ is compiled::
                                     #   peak/initial value = learning_rate; step counts
                                     #   default to train.steps (see SCHEDULES)
     train:
-      steps: 60000                  # meta-iterations
+      steps: 60000                  # meta-steps
       meta_batch_size: 32           # tasks per meta-step
       seed: 0
       steps_per_call: 10            # meta-steps fused into one jitted lax.scan
@@ -58,9 +60,13 @@ is compiled::
                                     #   needs a head-free model and algorithm (ProtoNets,
                                     #   Matching Nets: e.g. 60-way training, 5-way test)
       shots: null                   # K at evaluation (default: data.shots)
-      batch_size: 50                # episodes per vmapped chunk (lax.map)
+      batch_size: 50                # evaluation chunk: episodes vmapped together (lax.map)
       seed: 0                       # the fixed evaluation episodes
       inner_steps: null             # override the algorithm's evaluation inner steps
+    execution:                      # how the computation is mapped (results unchanged)
+      task_chunk: auto              # tasks of a meta-batch: auto (per backend) | null (all
+                                    #   vmapped) | b (chunks of b in a lax.map); was
+                                    #   algorithm.task_batch_size (still read, with a warning)
     mesh:                           # data parallelism over the task axis (jaxmeta.sharding)
       devices: null                 # devices of the task mesh: null = 1 (all of them in a
                                     #   multi-process run), N = the first N, 0 = all
@@ -73,6 +79,13 @@ is compiled::
       process_id: null              # (else $JAXMETA_PROCESS_ID)
       auto: false                   # let JAX detect the cluster (SLURM, Open MPI, TPU)
 
+Base files. ``base: FILE`` starts from ``FILE`` (itself possibly with a base; a cycle is an
+error), then applies this file: a section is merged key by key, except that a ``data``,
+``model``, ``algorithm`` or ``optimizer`` section with another ``name`` replaces the base's
+section; values (lists, ``optimizer.schedule``) are replaced whole; ``name`` is never
+inherited; ``plugins`` add up. The resolved config (what a workdir and its checkpoints save)
+has no ``base``: it spells everything out.
+
 Overrides (``--set key=value``, value parsed as YAML) use the same dotted keys, e.g.
 ``train.steps=60000``, ``train.seed=1``, ``eval.episodes=600``,
 ``data.manual_dir=/path/to/zips``, ``algorithm.inner_lr=0.1``.
@@ -80,12 +93,9 @@ Overrides (``--set key=value``, value parsed as YAML) use the same dotted keys, 
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import inspect
-import numbers
-import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -93,24 +103,25 @@ from typing import Any
 import yaml
 
 from jaxmeta import yaml_io
+from jaxmeta.plugins import PluginError, load_plugins
+from jaxmeta.yaml_io import check_type, describe_type
 
-SECTIONS = ("data", "model", "algorithm", "optimizer", "train", "eval", "mesh", "distributed")
-
-OMNIGLOT_DRAWERS = 20
-
-
-def omniglot_splits() -> dict[str, dict[str, int]]:
-    """Characters per split of each scheme (train/val/test names; no data is read)."""
-    from jaxmeta.data.omniglot import split_counts
-
-    lake_alias = {"background": "train", "evaluation": "test"}
-    return {
-        scheme: {lake_alias.get(k, k): v for k, v in splits.items()}
-        for scheme, splits in split_counts(rotations=False).items()
-    }
-
-
-DATASETS = ("omniglot", "sinusoid")
+SECTIONS = (
+    "data",
+    "model",
+    "algorithm",
+    "optimizer",
+    "train",
+    "eval",
+    "execution",
+    "mesh",
+    "distributed",
+)
+# Top-level keys besides the sections.
+TOP_LEVEL = ("name", "base", "plugins")
+# Sections that are a registry name plus keyword arguments.
+NAMED_SECTIONS = ("data", "model", "algorithm", "optimizer")
+DEFAULT_NAMED = {"data": "omniglot", "model": "conv4", "algorithm": "maml", "optimizer": "adam"}
 
 
 class ConfigError(ValueError):
@@ -125,24 +136,8 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Task source. See the module docstring for the meaning of each key."""
-
-    name: str = "omniglot"
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    scheme: str = "maml"
-    rotations: bool = True
-    image_size: int = 28
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    download: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
 class NamedConfig:
-    """A registry name plus keyword arguments (model, algorithm, optimizer sections)."""
+    """A registry name plus keyword arguments (data, model, algorithm, optimizer sections)."""
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
@@ -153,6 +148,25 @@ class NamedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.kwargs}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(NamedConfig):
+    """The task source: ``name`` plus its constructor's keyword arguments.
+
+    Options read as attributes (``cfg.data.ways``, ``cfg.data.scheme``); after validation
+    every constructor argument is present, defaults included (what the resolved config
+    spells out).
+    """
+
+    name: str = "omniglot"
+
+    def __getattr__(self, key: str) -> Any:
+        if not key.startswith("__"):
+            for k, v in self.options:
+                if k == key:
+                    return v
+        raise AttributeError(f"data section has no {key!r} (dataset {self.name!r})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +196,17 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How the computation is mapped, without changing what it computes.
+
+    ``task_chunk``: how the tasks of a meta-batch run (:mod:`jaxmeta.execution`): ``auto``
+    (per backend), ``null`` (all vmapped) or ``b`` (chunks of ``b`` tasks in a ``lax.map``).
+    """
+
+    task_chunk: int | str | None = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Task-axis data parallelism (see :mod:`jaxmeta.sharding`)."""
 
@@ -202,7 +227,11 @@ class DistributedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """A whole experiment: everything :func:`jaxmeta.train.train_and_evaluate` reads."""
+    """A whole experiment: everything :func:`jaxmeta.train.train_and_evaluate` reads.
+
+    ``origins`` (not part of the value) maps dotted keys to the file (or ``--set``) that set
+    them, for error messages; :meth:`where` reads it.
+    """
 
     name: str
     data: DataConfig
@@ -211,17 +240,28 @@ class ExperimentConfig:
     optimizer: NamedConfig
     train: TrainConfig
     eval: EvalConfig
+    execution: ExecutionConfig = ExecutionConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
+    plugins: tuple[str, ...] = ()
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, key: str) -> str:
+        """The file (or ``--set``) that set the dotted ``key`` (else its section's source)."""
+        o = self.origins
+        return o.get(key) or o.get(key.split(".")[0]) or o.get("", "config")
 
     @property
     def classification(self) -> bool:
-        return self.data.name != "sinusoid"
+        """Whether the task source classifies (from the dataset registry)."""
+        from jaxmeta.data.registry import get_task_source
+
+        return bool(get_task_source(self.data.name).classification)
 
     @property
-    def eval_ways(self) -> int:
+    def eval_ways(self) -> int | None:
         """N of the evaluation episodes (``eval.ways``, default ``data.ways``)."""
-        return self.data.ways if self.eval.ways is None else self.eval.ways
+        return getattr(self.data, "ways", None) if self.eval.ways is None else self.eval.ways
 
     @property
     def eval_shots(self) -> int:
@@ -235,27 +275,34 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the resolved config written to the workdir)."""
-        return {
-            "name": self.name,
-            "data": dataclasses.asdict(self.data),
-            "model": self.model.to_dict(),
-            "algorithm": self.algorithm.to_dict(),
-            "optimizer": self.optimizer.to_dict(),
-            "train": dataclasses.asdict(self.train),
-            "eval": dataclasses.asdict(self.eval),
-            "mesh": dataclasses.asdict(self.mesh),
-            "distributed": dataclasses.asdict(self.distributed),
-        }
+        out: dict[str, Any] = {}
+        if self.plugins:
+            out["plugins"] = list(self.plugins)
+        out.update(
+            name=self.name,
+            data=self.data.to_dict(),
+            model=self.model.to_dict(),
+            algorithm=self.algorithm.to_dict(),
+            optimizer=self.optimizer.to_dict(),
+            train=dataclasses.asdict(self.train),
+            eval=dataclasses.asdict(self.eval),
+            execution=dataclasses.asdict(self.execution),
+            mesh=dataclasses.asdict(self.mesh),
+            distributed=dataclasses.asdict(self.distributed),
+        )
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-DEFAULT_NAMED = {
-    "model": "conv4",
-    "algorithm": "maml",
-    "optimizer": "adam",
-}
+def replace(cfg: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
+    """A copy with some dataclass-section fields replaced (e.g. ``eval={"episodes": 10}``)."""
+    new = {}
+    for section, values in sections.items():
+        new[section] = dataclasses.replace(getattr(cfg, section), **values)
+    return dataclasses.replace(cfg, **new)
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -286,8 +333,103 @@ def find_config(path: str | Path) -> Path:
     )
 
 
+def _read_yaml(file: Path, source: str) -> dict[str, Any]:
+    try:
+        raw = yaml_io.load(yaml_io.read_text(file))
+    except yaml_io.NotUtf8Error as e:
+        raise ConfigError(source, "<encoding>", str(e)) from None
+    except OSError as e:
+        raise ConfigError(source, "<file>", f"cannot read it: {e.strerror or e}") from None
+    except yaml_io.DuplicateKeyError as e:
+        raise ConfigError(source, e.key, e.reason) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(source, "<yaml>", f"not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "<top level>", "must be a mapping of sections")
+    return raw
+
+
+def _as_plugin(entry: Any, file: Path, source: str) -> str:
+    """A plug-in entry as saved: module names as given, ``.py`` paths made absolute."""
+    if not isinstance(entry, str) or not entry:
+        raise ConfigError(source, "plugins", f"expected module names or .py files, got {entry!r}")
+    if entry.endswith(".py"):
+        path = Path(entry).expanduser()
+        return str(path if path.is_absolute() else (file.parent / path).resolve())
+    return entry
+
+
+def read_config_file(
+    path: str | Path, *, source: str | None = None, _seen: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config file with its ``base`` chain resolved: ``(raw dict, origins)``.
+
+    ``origins`` maps ``section`` and ``section.key`` to the file that set them. See the
+    module docstring for how a file extends its base.
+
+    Raises:
+      ConfigError: unreadable file, bad YAML, a missing base or a cycle of bases.
+      FileNotFoundError: ``path`` does not exist.
+    """
+    file = find_config(path) if not _seen else Path(path)
+    source = source or str(path)
+    resolved = file.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ConfigError(source, "base", f"a cycle of base files: {chain}")
+    raw = _read_yaml(file, source)
+    base_name = raw.pop("base", None)
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ConfigError(source, "base", f"expected a file name, got {base_name!r}")
+        base_path = (file.parent / Path(base_name).expanduser()).resolve()
+        if not base_path.is_file():
+            raise ConfigError(source, "base", f"base file {base_path} not found")
+        merged, origins = read_config_file(
+            base_path, source=str(base_path), _seen=(*_seen, resolved)
+        )
+        merged.pop("name", None)  # a name is never inherited
+        origins.pop("name", None)
+    for key, value in raw.items():
+        if key == "plugins":
+            if not isinstance(value, list):
+                value = [value]
+            merged["plugins"] = [
+                *merged.get("plugins", []),
+                *(_as_plugin(v, file, source) for v in value),
+            ]
+            origins["plugins"] = source
+            continue
+        old = merged.get(key)
+        same_entry = not (
+            key in NAMED_SECTIONS
+            and isinstance(value, Mapping)
+            and "name" in value
+            and isinstance(old, Mapping)
+            and value["name"] != old.get("name", DEFAULT_NAMED[key])
+        )
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and same_entry:
+            merged[key] = {**old, **value}
+        else:
+            merged[key] = dict(value) if isinstance(value, Mapping) else value
+            for k in [k for k in origins if k.startswith(f"{key}.")]:
+                del origins[k]
+        origins[key] = source
+        if isinstance(value, Mapping):
+            origins.update({f"{key}.{k}": source for k in value})
+    if "name" not in merged:
+        merged["name"] = file.stem
+        origins["name"] = source
+    return merged, origins
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML config, apply ``key=value`` overrides and validate everything.
+    """Read a YAML config (and its base files), apply ``key=value`` overrides, import its
+    plug-ins, validate everything (:func:`jaxmeta.train.build.check_config`).
 
     Args:
       path: the YAML file (see :func:`find_config` for how it is resolved).
@@ -300,23 +442,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
       ConfigError: unknown key, wrong type or impossible value (names key and source).
       FileNotFoundError: no such config.
     """
-    file = find_config(path)
-    source = str(path)
-    try:
-        raw = yaml_io.load(yaml_io.read_text(file))
-    except yaml_io.NotUtf8Error as e:
-        raise ConfigError(source, "<encoding>", str(e)) from None
-    except OSError as e:
-        raise ConfigError(source, "<file>", f"cannot read it: {e.strerror or e}") from None
-    except yaml_io.DuplicateKeyError as e:
-        raise ConfigError(source, e.key, e.reason) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(source, "<yaml>", f"not valid YAML: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(source, "<top level>", "must be a mapping of sections")
-    return config_from_dict(raw, source=source, overrides=overrides)
+    raw, origins = read_config_file(path)
+    return config_from_dict(raw, source=str(path), overrides=overrides, origins=origins)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -334,24 +461,49 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, parsed
 
 
+# Keys that moved: (section, old key) -> (section, new key).
+MOVED_KEYS = {("algorithm", "task_batch_size"): ("execution", "task_chunk")}
+
+
+def migrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rewrite keys that moved (:data:`MOVED_KEYS`) in a raw config, in place.
+
+    Returns the ``(old, new)`` dotted keys rewritten. A value already at the new place wins.
+    """
+    done = []
+    for (sec, key), (new_sec, new_key) in MOVED_KEYS.items():
+        section = raw.get(sec)
+        if isinstance(section, dict) and key in section:
+            value = section.pop(key)
+            target = raw.setdefault(new_sec, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+            done.append((f"{sec}.{key}", f"{new_sec}.{new_key}"))
+    return done
+
+
 def config_from_dict(
     raw: Mapping[str, Any],
     *,
     source: str = "<dict>",
     overrides: list[str] | tuple[str, ...] = (),
+    origins: Mapping[str, str] | None = None,
 ) -> ExperimentConfig:
     """Validate a nested dict (as read from YAML) plus overrides into a config.
 
-    Each value remembers where it came from, so an error names ``--set`` for an
-    overridden key and the file otherwise.
+    Each value remembers where it came from (``origins``, else ``source``; ``--set`` for an
+    overridden key), so an error names the right file. Plug-ins are imported before the
+    registries are consulted; the registry checks are :func:`jaxmeta.train.build.check_config`.
     """
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
-    origin: dict[str, str] = {}
+    raw.pop("base", None)
+    origin: dict[str, str] = dict(origins or {})
+    origin.setdefault("", source)
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")
-        if len(parts) == 1 and parts[0] == "name":
-            raw["name"] = value
+        if len(parts) == 1 and parts[0] in ("name", "plugins"):
+            raw[parts[0]] = value
         elif len(parts) == 2 and parts[0] in SECTIONS:
             section = raw.setdefault(parts[0], {})
             if not isinstance(section, dict):
@@ -364,14 +516,22 @@ def config_from_dict(
                 "unknown key; use section.key with section one of " + ", ".join(SECTIONS),
             )
         origin[key] = "--set"
+    for old, new in migrate(raw):
+        origin[new] = origin.get(old, source)
+        warnings.warn(
+            f"{origin[new]}: {old} is now {new} (how tasks are mapped is an execution "
+            f"setting, not an algorithm's); the config was read as {new}",
+            FutureWarning,
+            stacklevel=2,
+        )
 
     def src(key: str) -> str:
-        return origin.get(key, source)
+        return origin.get(key) or origin.get(key.split(".")[0]) or source
 
     for key in raw:
-        if key != "name" and key not in SECTIONS:
+        if key not in TOP_LEVEL and key not in SECTIONS:
             raise ConfigError(
-                src(key), key, f"unknown section; expected name, {', '.join(SECTIONS)}"
+                src(key), key, f"unknown section; expected name, plugins, {', '.join(SECTIONS)}"
             )
     for key in SECTIONS:
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
@@ -379,79 +539,39 @@ def config_from_dict(
     name = raw.get("name") or Path(source).stem
     if not isinstance(name, str):
         raise ConfigError(src("name"), "name", f"must be a string, got {name!r}")
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(src("plugins"), "plugins", f"expected a list, got {plugins!r}")
+    try:
+        load_plugins(plugins)
+    except PluginError as err:
+        raise ConfigError(src("plugins"), "plugins", str(err)) from None
 
-    data = _dataclass_section(DataConfig, "data", raw.get("data") or {}, src)
-    train = _dataclass_section(TrainConfig, "train", raw.get("train") or {}, src)
-    evalc = _dataclass_section(EvalConfig, "eval", raw.get("eval") or {}, src)
-    model = _named_section("model", raw.get("model") or {}, src)
-    algorithm = _named_section("algorithm", raw.get("algorithm") or {}, src)
-    optimizer = _named_section("optimizer", raw.get("optimizer") or {}, src)
-    mesh = _dataclass_section(MeshConfig, "mesh", raw.get("mesh") or {}, src)
-    dist = _dataclass_section(DistributedConfig, "distributed", raw.get("distributed") or {}, src)
-    cfg = ExperimentConfig(name, data, model, algorithm, optimizer, train, evalc, mesh, dist)
+    section = lambda k: raw.get(k) or {}
+    cfg = ExperimentConfig(
+        name=name,
+        data=_named_section("data", section("data"), src, cls=DataConfig),
+        model=_named_section("model", section("model"), src),
+        algorithm=_named_section("algorithm", section("algorithm"), src),
+        optimizer=_named_section("optimizer", section("optimizer"), src),
+        train=_dataclass_section(TrainConfig, "train", section("train"), src),
+        eval=_dataclass_section(EvalConfig, "eval", section("eval"), src),
+        execution=_dataclass_section(ExecutionConfig, "execution", section("execution"), src),
+        mesh=_dataclass_section(MeshConfig, "mesh", section("mesh"), src),
+        distributed=_dataclass_section(
+            DistributedConfig, "distributed", section("distributed"), src
+        ),
+        plugins=tuple(plugins),
+        origins=origin,
+    )
     _check_values(cfg, src)
-    _check_registries(cfg, src)
-    return cfg
+    # The registries (datasets, models, algorithms, optax) are consulted by the builder.
+    from jaxmeta.train.build import check_config
+
+    return check_config(cfg)
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Does ``value`` fit annotation ``tp``? Returns ``(ok, coerced value)``.
-
-    Handles the annotations configs use (int, float, bool, str, ``X | None``, tuples
-    and sequences of those); anything else is accepted as is. ``bool`` is not an int
-    here, an int is a float, and a string such as ``"1e-3"`` is a float (YAML 1.1
-    reads ``1e-3`` without a dot as a string).
-    """
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            return (type(None) in args), value
-        for a in args:
-            if a is type(None):
-                continue
-            ok, v = check_type(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if tp is Any or tp is inspect.Parameter.empty:
-        return True, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        return ok, (int(value) if ok else value)
-    if tp is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin in (tuple, list, collections.abc.Sequence) or tp in (tuple, list):
-        if not isinstance(value, list | tuple):
-            return False, value
-        args = typing.get_args(tp)
-        item = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else Any
-        out = []
-        for v in value:
-            ok, v = check_type(v, item)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, tuple(out)
-    return True, value
 
 
 def _dataclass_section(cls, section: str, raw: Mapping[str, Any], src: Callable[[str], str]):
@@ -469,21 +589,13 @@ def _dataclass_section(cls, section: str, raw: Mapping[str, Any], src: Callable[
             raise ConfigError(
                 src(dotted),
                 dotted,
-                f"expected {_describe(hints[key])}, got {value!r} ({type(value).__name__})",
+                f"expected {describe_type(hints[key])}, got {value!r} ({type(value).__name__})",
             )
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def _describe(tp) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return _type_name(tp)
-
-
-def _named_section(section: str, raw: Mapping[str, Any], src) -> NamedConfig:
+def _named_section(section: str, raw: Mapping[str, Any], src, *, cls=NamedConfig) -> NamedConfig:
     raw = dict(raw)
     name = raw.pop("name", DEFAULT_NAMED[section])
     if not isinstance(name, str):
@@ -495,7 +607,7 @@ def _named_section(section: str, raw: Mapping[str, Any], src) -> NamedConfig:
         if isinstance(v, list):
             v = tuple(v)
         opts.append((k, v))
-    return NamedConfig(name=name, options=tuple(opts))
+    return cls(name=name, options=tuple(opts))
 
 
 def _positive(cfg_section, section: str, keys, src, *, minimum: int = 1) -> None:
@@ -508,14 +620,8 @@ def _positive(cfg_section, section: str, keys, src, *, minimum: int = 1) -> None
 
 
 def _check_values(cfg: ExperimentConfig, src) -> None:
-    d, t, e = cfg.data, cfg.train, cfg.eval
-    if d.name not in DATASETS:
-        raise ConfigError(
-            src("data.name"),
-            "data.name",
-            f"unknown dataset {d.name!r}; available: {', '.join(DATASETS)}",
-        )
-    _positive(d, "data", ("shots", "queries", "image_size"), src)
+    """The checks that need no registry: sizes, intervals, mesh, task chunk."""
+    t, e = cfg.train, cfg.eval
     _positive(
         t,
         "train",
@@ -532,7 +638,6 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
     _positive(t, "train", ("eval_every", "seed"), src, minimum=0)
     _positive(e, "eval", ("episodes", "val_episodes", "queries", "shots", "batch_size"), src)
     _positive(e, "eval", ("seed", "inner_steps"), src, minimum=0)
-    _check_mesh(cfg, src)
     for key in ("checkpoint_every", "eval_every"):
         value = getattr(t, key)
         if value and value % t.log_every:
@@ -542,63 +647,14 @@ def _check_values(cfg: ExperimentConfig, src) -> None:
                 f"must be a multiple of train.log_every ({t.log_every}), got {value}: "
                 "metric rows average whole log windows, which a resume must not split",
             )
-    if d.name == "omniglot":
-        if d.ways < 2:
-            raise ConfigError(
-                src("data.ways"), "data.ways", f"must be >= 2 for classification, got {d.ways}"
-            )
-        schemes = omniglot_splits()
-        if d.scheme not in schemes:
-            raise ConfigError(
-                src("data.scheme"),
-                "data.scheme",
-                f"unknown split scheme {d.scheme!r}; available: {', '.join(schemes)}",
-            )
-        if e.ways is not None and e.ways < 2:
-            raise ConfigError(
-                src("eval.ways"), "eval.ways", f"must be >= 2 for classification, got {e.ways}"
-            )
-        mult = 4 if d.rotations else 1
-        for split, n in schemes[d.scheme].items():
-            if split == "val" and not t.eval_every:
-                continue
-            key = "data.ways" if split == "train" or e.ways is None else "eval.ways"
-            ways = d.ways if split == "train" else cfg.eval_ways
-            if ways > n * mult:
-                raise ConfigError(
-                    src(key),
-                    key,
-                    f"{ways}-way is larger than the {n * mult} classes of the "
-                    f"{d.scheme!r} {split} split (rotations={d.rotations})",
-                )
-        for key, k, q in (
-            ("data.queries", d.shots, d.queries),
-            ("eval.queries", cfg.eval_shots, cfg.eval_queries),
-        ):
-            if k + q > OMNIGLOT_DRAWERS:
-                what = (
-                    "data.shots + data.queries"
-                    if key == "data.queries"
-                    else ("eval shots + eval queries")
-                )
-                if key == "eval.queries" and e.queries is None and e.shots is not None:
-                    key = "eval.shots"
-                raise ConfigError(
-                    src(key),
-                    key,
-                    f"{what} = {k} + {q} = {k + q} > {OMNIGLOT_DRAWERS}: an Omniglot class "
-                    f"has only {OMNIGLOT_DRAWERS} drawings",
-                )
-    elif e.ways is not None:
-        raise ConfigError(
-            src("eval.ways"), "eval.ways", f"{d.name} is regression: it has no ways; leave it null"
-        )
-
-
-def _check_mesh(cfg: ExperimentConfig, src) -> None:
+    from jaxmeta.execution import check_task_chunk
     from jaxmeta.sharding import SAMPLERS
 
-    m, dist, t = cfg.mesh, cfg.distributed, cfg.train
+    try:
+        check_task_chunk(cfg.execution.task_chunk)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(src("execution.task_chunk"), "execution.task_chunk", str(err)) from None
+    m, dist = cfg.mesh, cfg.distributed
     _positive(m, "mesh", ("devices",), src, minimum=0)
     if m.devices and t.meta_batch_size % m.devices:
         raise ConfigError(
@@ -632,312 +688,3 @@ def _check_mesh(cfg: ExperimentConfig, src) -> None:
             "distributed.coordinator_address",
             f"expected host:port, got {addr!r}",
         )
-
-
-def _check_registries(cfg: ExperimentConfig, src) -> None:
-    """Names exist and keyword arguments fit the model / factory / optax signatures."""
-    from jaxmeta.algorithms import ALGORITHMS
-    from jaxmeta.models import MODELS
-
-    if cfg.model.name not in MODELS:
-        raise ConfigError(
-            src("model.name"),
-            "model.name",
-            f"unknown model {cfg.model.name!r}; available: {', '.join(sorted(MODELS))}",
-        )
-    model_fields = {
-        f.name: f
-        for f in dataclasses.fields(MODELS[cfg.model.name])
-        if f.name not in ("parent", "name")
-    }
-    hints = _hints(MODELS[cfg.model.name])
-    for key, value in cfg.model.options:
-        dotted = f"model.{key}"
-        if key not in model_fields:
-            raise ConfigError(
-                src(dotted),
-                dotted,
-                f"unknown key for model {cfg.model.name!r}; "
-                f"valid keys: name, {', '.join(model_fields)}",
-            )
-        _check_kw(dotted, value, hints.get(key), src)
-        # Every integer of a model is a size (filters, widths, steps): 0 or -1 would fail
-        # deep inside Flax (ZeroDivisionError) or build an empty layer.
-        ints = value if isinstance(value, list | tuple) else [value]
-        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in ints):
-            raise ConfigError(src(dotted), dotted, f"must be positive (a size), got {value!r}")
-
-    if cfg.algorithm.name not in ALGORITHMS:
-        raise ConfigError(
-            src("algorithm.name"),
-            "algorithm.name",
-            f"unknown algorithm {cfg.algorithm.name!r}; available: {', '.join(sorted(ALGORITHMS))}",
-        )
-    factory = ALGORITHMS[cfg.algorithm.name]
-    params = algorithm_parameters(factory)
-    hints = _hints(factory)
-    for key, value in cfg.algorithm.options:
-        dotted = f"algorithm.{key}"
-        if key not in params or key in ENGINE_SUPPLIED:
-            valid = [p for p in params if p not in ENGINE_SUPPLIED]
-            raise ConfigError(
-                src(dotted),
-                dotted,
-                f"unknown key for algorithm {cfg.algorithm.name!r}; "
-                f"valid keys: name, {', '.join(valid)}",
-            )
-        _check_kw(dotted, value, hints.get(key), src)
-    _check_eval_shapes(cfg, params, src)
-    missing = [
-        p.name
-        for p in params.values()
-        if p.default is inspect.Parameter.empty
-        and p.name not in ENGINE_SUPPLIED
-        and p.name not in cfg.algorithm.kwargs
-        and p.name not in DATA_SUPPLIED
-    ]
-    if missing:
-        raise ConfigError(
-            src("algorithm"),
-            "algorithm",
-            f"algorithm {cfg.algorithm.name!r} needs {', '.join(missing)}",
-        )
-    if not cfg.classification and "loss_fn" not in params:
-        raise ConfigError(
-            src("algorithm.name"),
-            "algorithm.name",
-            f"algorithm {cfg.algorithm.name!r} has no loss_fn argument, so it cannot do "
-            f"regression ({cfg.data.name})",
-        )
-    # Construct once with a dummy apply_fn: catches values the factory rejects, still
-    # before anything is traced or compiled.
-    try:
-        learner = build_learner(cfg, apply_fn=lambda p, x: x)
-    except (TypeError, ValueError) as err:
-        # Name the offending keyword when the factory's message starts with it.
-        key = next(
-            (f"algorithm.{k}" for k in cfg.algorithm.kwargs if str(err).startswith(k)),
-            "algorithm",
-        )
-        raise ConfigError(src(key), key, f"{cfg.algorithm.name}: {err}") from None
-    from jaxmeta.train.evaluate import accepts_steps
-
-    if cfg.eval.inner_steps is not None and not accepts_steps(learner.predict):
-        raise ConfigError(
-            src("eval.inner_steps"),
-            "eval.inner_steps",
-            f"algorithm {cfg.algorithm.name!r} does not adapt by inner steps at evaluation "
-            "(its predict has no steps= argument); leave eval.inner_steps null",
-        )
-
-    import optax
-
-    opt_name = cfg.optimizer.name
-    fn = getattr(optax, opt_name, None)
-    if fn is None or not callable(fn):
-        raise ConfigError(
-            src("optimizer.name"), "optimizer.name", f"unknown optax optimizer {opt_name!r}"
-        )
-    sig = inspect.signature(fn).parameters
-    for key, value in cfg.optimizer.options:
-        dotted = f"optimizer.{key}"
-        if key == "schedule":
-            if value is not None:
-                from jaxmeta.train.schedules import ScheduleError, schedule_kwargs
-
-                try:
-                    schedule_kwargs(value, 1.0, cfg.train.steps)
-                except ScheduleError as err:
-                    sub = f"{dotted}.{err.key}" if isinstance(value, Mapping) else dotted
-                    raise ConfigError(src(dotted), sub, str(err).split(": ", 1)[1]) from None
-            continue
-        if key == "grad_clip_norm":
-            if value is not None:
-                _check_kw(dotted, value, float, src)
-                if value <= 0:
-                    raise ConfigError(src(dotted), dotted, f"must be positive, got {value}")
-            continue
-        if key not in sig:
-            raise ConfigError(
-                src(dotted),
-                dotted,
-                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, schedule, "
-                f"{', '.join(sig)}",
-            )
-    lr = cfg.optimizer.kwargs.get("learning_rate")
-    if lr is not None:
-        ok, lr = check_type(lr, float)
-        if not ok or lr <= 0:
-            raise ConfigError(
-                src("optimizer.learning_rate"),
-                "optimizer.learning_rate",
-                f"must be a positive number, got {cfg.optimizer.kwargs['learning_rate']!r}",
-            )
-
-
-def _check_kw(dotted: str, value: Any, hint: Any, src) -> None:
-    if hint is None:
-        return
-    ok, _ = check_type(value, hint)
-    if not ok:
-        raise ConfigError(
-            src(dotted),
-            dotted,
-            f"expected {_describe(hint)}, got {value!r} ({type(value).__name__})",
-        )
-
-
-def _hints(obj) -> dict[str, Any]:
-    target = getattr(obj, "func", obj)  # functools.partial
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: skip type checks, keep name checks
-        return {}
-
-
-# Arguments of an algorithm factory that the engine supplies itself.
-ENGINE_SUPPLIED = ("apply_fn", "loss_fn")
-# Arguments filled from the data section when a factory asks for them and the config
-# does not set them (e.g. prototype-based learners that need N and K at build time).
-DATA_SUPPLIED = ("ways", "shots", "queries", "num_classes", "n_way", "k_shot")
-
-
-WAYS_KEYS = ("ways", "n_way", "num_classes")
-SHOTS_KEYS = ("shots", "k_shot")
-
-
-def eval_differs(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The DATA_SUPPLIED arguments whose evaluation value differs from training's."""
-    out: tuple[str, ...] = ()
-    if cfg.classification and cfg.eval_ways != cfg.data.ways:
-        out += WAYS_KEYS
-    if cfg.eval_shots != cfg.data.shots:
-        out += SHOTS_KEYS
-    if cfg.eval_queries != cfg.data.queries:
-        out += ("queries",)
-    return out
-
-
-def _check_eval_shapes(cfg: ExperimentConfig, params, src) -> None:
-    """eval.ways / eval.shots that differ from data.* need a learner that allows it."""
-    differs = eval_differs(cfg)
-    for key, names, value, train_value in (
-        ("eval.ways", WAYS_KEYS, cfg.eval_ways, cfg.data.ways),
-        ("eval.shots", SHOTS_KEYS, cfg.eval_shots, cfg.data.shots),
-    ):
-        if names[0] not in differs:
-            continue
-        for name in names:
-            p = params.get(name)
-            fixed = cfg.algorithm.kwargs.get(name)
-            if p is None or (p.default is not inspect.Parameter.empty and fixed is None):
-                continue
-            raise ConfigError(
-                src(key),
-                key,
-                f"algorithm {cfg.algorithm.name!r} is built for {name}={fixed or train_value} "
-                f"(its {name!r} argument fixes the network's shapes), so it cannot evaluate "
-                f"{key.split('.')[1]}={value}; leave {key} null",
-            )
-    if "ways" in differs:
-        out = {k: v for k, v in model_kwargs(cfg).items() if k in ("num_classes", "out")}
-        if any(v is not None for v in out.values()):
-            k, v = next(iter(out.items()))
-            raise ConfigError(
-                src("eval.ways"),
-                "eval.ways",
-                f"model {cfg.model.name!r} has a {v}-way output head ({k}={v}), so it cannot "
-                f"evaluate {cfg.eval_ways}-way episodes; evaluating with other ways than "
-                "training needs an embedding model (model.num_classes: null) and a metric-based "
-                "algorithm (protonets, matching)",
-            )
-
-
-def algorithm_parameters(factory) -> dict[str, inspect.Parameter]:
-    """Parameters of an algorithm factory (after the first, positional ``apply_fn``)."""
-    params = dict(inspect.signature(factory).parameters)
-    first = next(iter(params), None)
-    if first is not None and first not in ENGINE_SUPPLIED:
-        params.pop(first)  # the positional apply_fn, whatever it is called
-    return params
-
-
-def algorithm_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Keyword arguments for the configured algorithm factory (config + data + loss)."""
-    from jaxmeta.algorithms import ALGORITHMS
-    from jaxmeta.losses import mse_loss
-
-    factory = ALGORITHMS[cfg.algorithm.name]
-    params = algorithm_parameters(factory)
-    hints = _hints(factory)
-    kwargs = {}
-    for k, v in cfg.algorithm.kwargs.items():
-        kwargs[k] = check_type(v, hints[k])[1] if k in hints else v
-    data_values = {
-        "ways": cfg.data.ways,
-        "n_way": cfg.data.ways,
-        "num_classes": cfg.data.ways,
-        "shots": cfg.data.shots,
-        "k_shot": cfg.data.shots,
-        "queries": cfg.data.queries,
-    }
-    for k in DATA_SUPPLIED:
-        if k in params and k not in kwargs:
-            # An optional shape argument (e.g. ProtoNets' ``ways``) that evaluation does
-            # not share stays at its default: the learner then derives it from shapes.
-            optional = params[k].default is not inspect.Parameter.empty
-            if optional and k in eval_differs(cfg):
-                continue
-            kwargs[k] = data_values[k]
-    if not cfg.classification and "loss_fn" in params:
-        kwargs["loss_fn"] = mse_loss
-    return kwargs
-
-
-def build_learner(cfg: ExperimentConfig, *, apply_fn):
-    """The configured :class:`~jaxmeta.algorithms.base.MetaLearner` for ``apply_fn``."""
-    from jaxmeta.algorithms import ALGORITHMS
-
-    return ALGORITHMS[cfg.algorithm.name](apply_fn, **algorithm_kwargs(cfg))
-
-
-def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Keyword arguments for the model; the output width defaults to ``data.ways``."""
-    from jaxmeta.models import MODELS
-
-    cls = MODELS[cfg.model.name]
-    hints = _hints(cls)
-    kwargs = {
-        k: (check_type(v, hints[k])[1] if k in hints else v) for k, v in cfg.model.kwargs.items()
-    }
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if cfg.classification:
-        for out_key in ("num_classes", "out"):
-            if out_key in fields:
-                kwargs.setdefault(out_key, cfg.data.ways)
-                break
-    return kwargs
-
-
-def build_optimizer(cfg: ExperimentConfig):
-    """The optax optimizer (optionally after global-norm clipping; ``schedule`` -> optax)."""
-    import optax
-
-    from jaxmeta.train.schedules import build_schedule
-
-    kwargs = cfg.optimizer.kwargs
-    clip = kwargs.pop("grad_clip_norm", None)
-    lr = float(check_type(kwargs.get("learning_rate", 1e-3), float)[1])
-    kwargs["learning_rate"] = build_schedule(kwargs.pop("schedule", None), lr, cfg.train.steps)
-    opt = getattr(optax, cfg.optimizer.name)(**kwargs)
-    if clip is not None:
-        opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
-    return opt
-
-
-def replace(cfg: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
-    """A copy with some dataclass-section fields replaced (e.g. ``eval={"episodes": 10}``)."""
-    new = {}
-    for section, values in sections.items():
-        new[section] = dataclasses.replace(getattr(cfg, section), **values)
-    return dataclasses.replace(cfg, **new)

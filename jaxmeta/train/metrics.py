@@ -90,13 +90,14 @@ def logged_wall_time(path: str | Path, *, max_step: int) -> float:
     return float(times[-1]) if times else 0.0
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}`` (tuples as lists, as YAML reads)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
 
 
@@ -123,8 +124,8 @@ def record_run_start(
         atomic_write_text(config_path, config_yaml)
         atomic_write_text(env_path, json.dumps(env, indent=2) + "\n")
         return
-    old = _flat(yaml.safe_load(config_path.read_text()) or {})
-    new = _flat(yaml.safe_load(config_yaml) or {})
+    old = flatten_config(yaml.safe_load(config_path.read_text()) or {})
+    new = flatten_config(yaml.safe_load(config_yaml) or {})
     changes = {
         k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
     }
