@@ -11,6 +11,7 @@ import pytest
 from _dataset_files import FINE, HTML, assert_classes, write_cifar100
 from PIL import Image
 
+from jaxmeta.data.archives import CorruptFileError, FilesMissingError
 from jaxmeta.data.cifar_fs import (
     CIFAR_FS_CLASSES,
     FC100_CLASSES,
@@ -18,7 +19,7 @@ from jaxmeta.data.cifar_fs import (
     prepare_cifar_fs,
     prepare_fc100,
 )
-from jaxmeta.data.prepared import DatasetCorruptError, DatasetFilesMissingError, SplitSpec
+from jaxmeta.data.prepared import SplitSpec
 
 SPLITS = ("train", "val", "test")
 
@@ -58,9 +59,9 @@ def test_cifar_fs_and_fc100_from_the_archive(cifar_dir, caplog):
     )
     assert_classes(test, ref)
     # The published sizes are the default check.
-    with pytest.raises(DatasetCorruptError, match="without exactly 600 images"):
+    with pytest.raises(CorruptFileError, match="without exactly 600 images"):
         prepare_cifar_fs(folder, download=False)
-    with pytest.raises(DatasetCorruptError, match="without exactly 600 images"):
+    with pytest.raises(CorruptFileError, match="without exactly 600 images"):
         prepare_fc100(folder, download=False)
     resized = prepare_fc100(folder, download=False, splits=("val",), image_size=16, expected=None)
     want = np.asarray(
@@ -81,25 +82,25 @@ def test_cifar_unpacked_folder(cifar_dir, tmp_path):
 
 
 def test_cifar_missing_offline_corrupt(tmp_path, cifar_dir):
-    with pytest.raises(DatasetFilesMissingError) as err:
+    with pytest.raises(FilesMissingError) as err:
         prepare_cifar_fs(tmp_path, download=False)
     msg = str(err.value)
     assert "cifar-100-python.tar.gz" in msg and str(tmp_path) in msg
     assert "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in msg
     # Offline: a closed local port refuses at once (an unroutable host would take `timeout`).
-    with pytest.raises(DatasetFilesMissingError, match="offline: no connection to 127.0.0.1"):
+    with pytest.raises(FilesMissingError, match="offline: no connection to 127.0.0.1"):
         prepare_fc100(tmp_path, url=f"http://127.0.0.1:{_closed_port()}/c.tar.gz", timeout=2.0)
     assert not list(tmp_path.iterdir())  # nothing half-written
     archive = tmp_path / "cifar-100-python.tar.gz"
     archive.write_bytes(HTML)
-    with pytest.raises(DatasetCorruptError, match=r"tar\.gz is an HTML page"):
+    with pytest.raises(CorruptFileError, match=r"tar\.gz is an HTML page"):
         prepare_cifar_fs(tmp_path, download=False)
     good = (cifar_dir[0] / "cifar-100-python.tar.gz").read_bytes()
     archive.write_bytes(good[: len(good) // 2])
-    with pytest.raises(DatasetCorruptError, match="not a readable, complete .tar.gz"):
+    with pytest.raises(CorruptFileError, match="not a readable, complete .tar.gz"):
         prepare_cifar_fs(tmp_path, download=False)
     write_cifar100(archive, meta={"fine_label_names": FINE[:99], "coarse_label_names": []})
-    with pytest.raises(DatasetCorruptError, match="99 classes that are not CIFAR-100's"):
+    with pytest.raises(CorruptFileError, match="99 classes that are not CIFAR-100's"):
         prepare_cifar_fs(tmp_path, download=False)
 
 

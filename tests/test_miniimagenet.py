@@ -13,8 +13,9 @@ import pytest
 from _dataset_files import HTML, assert_classes, write_mini_csv, write_mini_pickle
 from PIL import Image
 
+from jaxmeta.data.archives import CorruptFileError, FilesMissingError
 from jaxmeta.data.miniimagenet import RAVI_WNIDS, prepare_miniimagenet
-from jaxmeta.data.prepared import DatasetCorruptError, DatasetFilesMissingError, SplitSpec
+from jaxmeta.data.prepared import SplitSpec
 
 SPLITS = ("train", "val", "test")
 
@@ -47,7 +48,7 @@ def test_miniimagenet_pickles(mini_pickles):
     assert len(p.files) == 3 and all(len(f.sha256) == 64 for f in p.files)
     assert p.nbytes == 36 * 84 * 84 * 3
     # The published sizes are checked by default: 3 classes of 4 images are not 64 x 600.
-    with pytest.raises(DatasetCorruptError, match=r"cache-train\.pkl: 3 classes, expected 64"):
+    with pytest.raises(CorruptFileError, match=r"cache-train\.pkl: 3 classes, expected 64"):
         prepare_miniimagenet(folder)
 
 
@@ -89,7 +90,7 @@ def test_miniimagenet_csv_and_jpegs(tmp_path):
 
 
 def test_miniimagenet_missing_files_are_listed_at_once(tmp_path):
-    with pytest.raises(DatasetFilesMissingError) as err:
+    with pytest.raises(FilesMissingError) as err:
         prepare_miniimagenet(tmp_path)
     msg = str(err.value)
     for name in (
@@ -108,7 +109,7 @@ def test_miniimagenet_missing_files_are_listed_at_once(tmp_path):
     # CSVs there, JPEGs not: every missing JPEG counted, before anything is decoded.
     write_mini_csv(tmp_path, "val", RAVI_WNIDS["val"][:2], per_class=2)
     os.remove(tmp_path / "images" / f"{RAVI_WNIDS['val'][1]}00000002.jpg")
-    with pytest.raises(DatasetFilesMissingError, match=r"1 of the 4 JPEGs.*00000002\.jpg"):
+    with pytest.raises(FilesMissingError, match=r"1 of the 4 JPEGs.*00000002\.jpg"):
         prepare_miniimagenet(tmp_path, splits=("val",), expected=None)
 
 
@@ -117,16 +118,14 @@ def test_miniimagenet_rejects_html_truncated_foreign_and_bad_files(tmp_path, min
     good = (folder / "mini-imagenet-cache-train.pkl").read_bytes()
     path = tmp_path / "mini-imagenet-cache-train.pkl"
     path.write_bytes(HTML)
-    with pytest.raises(
-        DatasetCorruptError, match=r"mini-imagenet-cache-train\.pkl is an HTML page"
-    ):
+    with pytest.raises(CorruptFileError, match=r"mini-imagenet-cache-train\.pkl is an HTML page"):
         prepare_miniimagenet(tmp_path, splits=("train",), expected=None)
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(DatasetCorruptError, match=r"mini-imagenet-cache-train\.pkl is truncated"):
+    with pytest.raises(CorruptFileError, match=r"mini-imagenet-cache-train\.pkl is truncated"):
         prepare_miniimagenet(tmp_path, splits=("train",), expected=None)
     # The validation file saved under the train name.
     write_mini_pickle(path, RAVI_WNIDS["val"][:2], per_class=2)
-    with pytest.raises(DatasetCorruptError, match="is a val class: is this the val file"):
+    with pytest.raises(CorruptFileError, match="is a val class: is this the val file"):
         prepare_miniimagenet(tmp_path, splits=("train",), expected=None)
     # Wrong image shape; an image in no class.
     for data, match in (
@@ -141,7 +140,7 @@ def test_miniimagenet_rejects_html_truncated_foreign_and_bad_files(tmp_path, min
         ({"images": 1}, "expected a dict with 'image_data'"),
     ):
         path.write_bytes(pickle.dumps(data))
-        with pytest.raises(DatasetCorruptError, match=match):
+        with pytest.raises(CorruptFileError, match=match):
             prepare_miniimagenet(tmp_path, splits=("train",), expected=None)
     # A JPEG that is not one: named.
     csv_dir = tmp_path / "csv"
@@ -149,9 +148,9 @@ def test_miniimagenet_rejects_html_truncated_foreign_and_bad_files(tmp_path, min
     write_mini_csv(csv_dir, "test", RAVI_WNIDS["test"][:2], per_class=2)
     bad = csv_dir / "images" / f"{RAVI_WNIDS['test'][0]}00000002.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(DatasetCorruptError, match=f"{bad.name}: not a readable image"):
+    with pytest.raises(CorruptFileError, match=f"{bad.name}: not a readable image"):
         prepare_miniimagenet(csv_dir, splits=("test",), expected=None)
     # A CSV row of another split.
     (csv_dir / "test.csv").write_text(f"filename,label\nx.jpg,{RAVI_WNIDS['train'][0]}\n")
-    with pytest.raises(DatasetCorruptError, match=r"test\.csv: class .* is a train class"):
+    with pytest.raises(CorruptFileError, match=r"test\.csv: class .* is a train class"):
         prepare_miniimagenet(csv_dir, splits=("test",), expected=None)

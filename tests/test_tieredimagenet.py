@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from _dataset_files import HTML, write_tiered
 
-from jaxmeta.data.prepared import DatasetCorruptError, DatasetFilesMissingError, SplitSpec
+from jaxmeta.data.archives import CorruptFileError, FilesMissingError
+from jaxmeta.data.prepared import SplitSpec
 from jaxmeta.data.tieredimagenet import prepare_tieredimagenet
 
 
@@ -30,12 +31,12 @@ def test_tieredimagenet_unequal_classes(tmp_path, npz):
     for c in range(4):  # RGB, in file order within each class (the .npz is flipped from BGR)
         np.testing.assert_array_equal(data.class_images(c), np.stack(ref[c]))
     assert p.splits["test"].counts.tolist() == [2, 3]
-    with pytest.raises(DatasetCorruptError, match="4 classes, expected 351.*448695"):
+    with pytest.raises(CorruptFileError, match="4 classes, expected 351.*448695"):
         prepare_tieredimagenet(tmp_path, splits=("train",))
 
 
 def test_tieredimagenet_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(DatasetFilesMissingError) as err:
+    with pytest.raises(FilesMissingError) as err:
         prepare_tieredimagenet(tmp_path)
     for name in ("train_images_png.pkl", "val_labels.pkl", "test_images.npz", "zenodo.org"):
         assert name in str(err.value)
@@ -43,18 +44,18 @@ def test_tieredimagenet_missing_and_corrupt_files(tmp_path):
     images = tmp_path / "val_images_png.pkl"
     good = images.read_bytes()
     images.write_bytes(HTML)
-    with pytest.raises(DatasetCorruptError, match="val_images_png.pkl is an HTML page"):
+    with pytest.raises(CorruptFileError, match="val_images_png.pkl is an HTML page"):
         prepare_tieredimagenet(tmp_path, splits=("val",), expected=None)
     images.write_bytes(good[:-100])
-    with pytest.raises(DatasetCorruptError, match="val_images_png.pkl is truncated"):
+    with pytest.raises(CorruptFileError, match="val_images_png.pkl is truncated"):
         prepare_tieredimagenet(tmp_path, splits=("val",), expected=None)
     items = pickle.loads(good)
     items[2] = np.frombuffer(b"GIF89a not a png", np.uint8)
     images.write_bytes(pickle.dumps(items))
-    with pytest.raises(DatasetCorruptError, match=r"val_images_png.pkl\[2\]: not a PNG"):
+    with pytest.raises(CorruptFileError, match=r"val_images_png.pkl\[2\]: not a PNG"):
         prepare_tieredimagenet(tmp_path, splits=("val",), expected=None)
     images.write_bytes(pickle.dumps(items[:3]))
-    with pytest.raises(DatasetCorruptError, match="3 images, but its labels file has 4"):
+    with pytest.raises(CorruptFileError, match="3 images, but its labels file has 4"):
         prepare_tieredimagenet(tmp_path, splits=("val",), expected=None)
     # A class spread over two superclasses.
     images.write_bytes(good)
@@ -62,5 +63,5 @@ def test_tieredimagenet_missing_and_corrupt_files(tmp_path):
     labels["label_general"] = np.array([0, 1, 0, 1])
     labels["label_specific"] = np.array([0, 0, 1, 1])
     (tmp_path / "val_labels.pkl").write_bytes(pickle.dumps(labels))
-    with pytest.raises(DatasetCorruptError, match="several superclasses"):
+    with pytest.raises(CorruptFileError, match="several superclasses"):
         prepare_tieredimagenet(tmp_path, splits=("val",), expected=None)

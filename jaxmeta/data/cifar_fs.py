@@ -59,23 +59,25 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmeta.data.archives import (
+    CorruptFileError,
+    DownloadError,
+    FilesMissingError,
+    check_not_html,
+    download,
+    file_digests,
+    load_pickle,
+    missing_files_message,
+)
 from jaxmeta.data.images import resize_images
 from jaxmeta.data.prepared import (
-    DatasetCorruptError,
-    DatasetFilesMissingError,
-    DownloadError,
     Prepared,
     SourceFile,
     Split,
     SplitSpec,
     check_counts,
-    check_not_html,
     check_splits,
-    download,
-    file_digests,
     group_by_class,
-    load_pickle,
-    missing_files_message,
     source_file,
 )
 from jaxmeta.validation import check_int
@@ -201,8 +203,8 @@ _CITATIONS = {
 }
 
 
-def _corrupt(path: Path, why: str) -> DatasetCorruptError:
-    return DatasetCorruptError(
+def _corrupt(path: Path, why: str) -> CorruptFileError:
+    return CorruptFileError(
         f"{path}: {why}. Replace it with a fresh copy of {CIFAR100_URL} (md5 {CIFAR100_MD5})"
     )
 
@@ -242,7 +244,7 @@ def read_cifar100(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.n
       superclasses of :data:`CIFAR100_SUPERCLASSES`.
 
     Raises:
-      DatasetCorruptError: an HTML page, a truncated or foreign archive, other class names,
+      CorruptFileError: an HTML page, a truncated or foreign archive, other class names,
         bad shapes, or a class filed under another superclass (names the file).
     """
     path = Path(path)
@@ -316,11 +318,11 @@ def _locate(manual_dir: Path, *, download_missing: bool, url: str, timeout: floa
         f"{CIFAR100_URL} (md5 {CIFAR100_MD5}), or pass download=True when online",
     )
     if not download_missing:
-        raise DatasetFilesMissingError(message + "\n(download=False: not downloading)")
+        raise FilesMissingError(message + "\n(download=False: not downloading)")
     try:
         return download(url, archive, md5=CIFAR100_MD5, timeout=timeout)
     except DownloadError as err:
-        raise DatasetFilesMissingError(f"{message}\n(download failed: {err})") from None
+        raise FilesMissingError(f"{message}\n(download failed: {err})") from None
 
 
 def _prepare(
@@ -417,9 +419,9 @@ def prepare_cifar_fs(
       in :data:`CIFAR_FS_CLASSES` order, ``class_groups`` = their CIFAR-100 superclasses.
 
     Raises:
-      DatasetFilesMissingError: no archive and no download (names the file, the folder and
+      FilesMissingError: no archive and no download (names the file, the folder and
         the URL).
-      DatasetCorruptError: see :func:`read_cifar100`; wrong counts.
+      CorruptFileError: see :func:`read_cifar100`; wrong counts.
 
     References:
       Bertinetto et al., ICLR 2019; Krizhevsky 2009.

@@ -48,19 +48,21 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmeta.data.archives import (
+    CorruptFileError,
+    FilesMissingError,
+    check_not_html,
+    load_pickle,
+    missing_files_message,
+)
 from jaxmeta.data.images import ImageFolderError, load_images, resize_images
 from jaxmeta.data.prepared import (
-    DatasetCorruptError,
-    DatasetFilesMissingError,
     Prepared,
     Split,
     SplitSpec,
     check_counts,
-    check_not_html,
     check_splits,
     folder_source,
-    load_pickle,
-    missing_files_message,
     source_file,
 )
 from jaxmeta.validation import check_int
@@ -134,12 +136,12 @@ def _pickle_path(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _foreign_class(path: Path, split: str, wnid: str) -> DatasetCorruptError:
+def _foreign_class(path: Path, split: str, wnid: str) -> CorruptFileError:
     other = _SPLIT_OF.get(wnid)
     hint = (
         f"it is a {other} class: is this the {other} file?" if other else "not a miniImageNet class"
     )
-    return DatasetCorruptError(
+    return CorruptFileError(
         f"{path}: class {wnid!r} is not in Ravi & Larochelle's {split} split ({hint})"
     )
 
@@ -153,19 +155,19 @@ def _read_pickle_split(
     if isinstance(data, dict):
         data = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
     if not isinstance(data, dict) or not {"image_data", "class_dict"} <= set(data):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: expected a dict with 'image_data' and 'class_dict', got "
             f"{type(data).__name__} {sorted(data) if isinstance(data, dict) else ''}"
         )
     images = data["image_data"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: image_data is {type(images).__name__} "
             f"{getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}, expected uint8 "
             f"[n, {IMAGE_SIZE}, {IMAGE_SIZE}, 3]"
         )
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: images of shape {images.shape[1:]}, expected ({IMAGE_SIZE}, {IMAGE_SIZE}, 3)"
         )
     class_dict = {
@@ -179,9 +181,7 @@ def _read_pickle_split(
     try:
         parts = [np.asarray(class_dict[w], np.int64).reshape(-1) for w in wnids]
     except (TypeError, ValueError) as err:
-        raise DatasetCorruptError(
-            f"{path}: class_dict values are not index lists ({err})"
-        ) from None
+        raise CorruptFileError(f"{path}: class_dict values are not index lists ({err})") from None
     order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     n = len(images)
     if (
@@ -189,12 +189,12 @@ def _read_pickle_split(
         or (n and (order.min() < 0 or order.max() >= n))
         or len(np.unique(order)) != n
     ):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: class_dict does not assign each of the {n} images to exactly one class "
             f"({len(order)} indices, {len(np.unique(order))} distinct)"
         )
     if any(len(p) == 0 for p in parts):
-        raise DatasetCorruptError(f"{path}: a class of class_dict has no images")
+        raise CorruptFileError(f"{path}: a class of class_dict has no images")
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
     return images, order, offsets, wnids
 
@@ -205,17 +205,17 @@ def _read_csv(path: Path, split: str) -> dict[str, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DatasetCorruptError(f"{path}: not a readable text file ({err})") from None
+        raise CorruptFileError(f"{path}: not a readable text file ({err})") from None
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
         got = ",".join(rows[0]) if rows else ""
-        raise DatasetCorruptError(f"{path}: expected the header 'filename,label', got {got!r}")
+        raise CorruptFileError(f"{path}: expected the header 'filename,label', got {got!r}")
     classes: dict[str, list[str]] = {}
     for i, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != 2:
-            raise DatasetCorruptError(f"{path}, line {i}: expected 'filename,label', got {row}")
+            raise CorruptFileError(f"{path}, line {i}: expected 'filename,label', got {row}")
         name, wnid = row[0].strip(), row[1].strip()
         if _SPLIT_OF.get(wnid) != split:
             raise _foreign_class(path, split, wnid)
@@ -248,10 +248,10 @@ def prepare_miniimagenet(
       ``[n, S, S, 3]``, classes in wnid order, ``class_names`` the wnids.
 
     Raises:
-      DatasetFilesMissingError: within seconds, before any image is decoded: every missing
+      FilesMissingError: within seconds, before any image is decoded: every missing
         file of both layouts, the folder and where to get them (for the CSV layout also the
         JPEGs the CSVs name that are not in ``images/``).
-      DatasetCorruptError: an HTML page saved as a pickle or CSV, a truncated pickle, a class
+      CorruptFileError: an HTML page saved as a pickle or CSV, a truncated pickle, a class
         of another split, wrong counts or shapes, an unreadable JPEG (names the file).
 
     References:
@@ -277,9 +277,7 @@ def prepare_miniimagenet(
         where = "; or ".join(
             g for g, skip in ((_GET_PICKLES, "csv"), (_GET_CSV, "pickle")) if source != skip
         )
-        raise DatasetFilesMissingError(
-            missing_files_message("miniImageNet", folder, options, where)
-        )
+        raise FilesMissingError(missing_files_message("miniImageNet", folder, options, where))
     if use_pickles:
         out, files = _from_pickles(pickles, image_size=image_size, expected=expected)
         how = "learn2learn pickles' 84x84 RGB images as stored"
@@ -331,7 +329,7 @@ def _from_csv(folder: Path, splits, *, image_size, expected):
     names = [n for t in tables.values() for v in t.values() for n in v]
     absent = [n for n in names if not (image_dir / n).is_file()]
     if absent:
-        raise DatasetFilesMissingError(
+        raise FilesMissingError(
             f"{len(absent)} of the {len(names)} JPEGs named by the CSVs are not in "
             f"{image_dir}/: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}\n"
             f"Where to get them: {_GET_CSV}"
@@ -343,7 +341,7 @@ def _from_csv(folder: Path, splits, *, image_size, expected):
         try:
             images = load_images(files, size=image_size, channels=3, sha256=shas)
         except ImageFolderError as err:
-            raise DatasetCorruptError(str(err)) from None
+            raise CorruptFileError(str(err)) from None
         digests += shas
         counts = [len(v) for v in table.values()]
         out[split] = Split(

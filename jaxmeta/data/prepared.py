@@ -1,4 +1,4 @@
-"""What every image dataset reader returns, and the helpers they share.
+"""What every image dataset reader returns: the prepared form and its uint8 ``.npz`` cache.
 
 A reader (``prepare_miniimagenet``, ``prepare_tieredimagenet``, ``prepare_cifar_fs``,
 ``prepare_fc100``, ``prepare_folder``) turns the files of one dataset into a
@@ -7,20 +7,15 @@ each class contiguous, the class boundaries (classes may differ in size), the cl
 plus where the data came from. Nothing here knows about JAX or episodes: the episode
 sampler reads class ``c`` as ``images[offsets[c]:offsets[c + 1]]``.
 
-Shared pieces:
+* :class:`SplitSpec` / :func:`check_counts`: the published sizes a reader checks (classes,
+  images per class or in all, superclasses); ``expected=None`` skips them (a partial copy).
+* :func:`save_cache` / :func:`load_cache`: a :class:`Prepared` as one uncompressed ``.npz``
+  written and read by :mod:`jaxmeta.data.cache` (atomic writes, unreadable or stale files
+  rebuilt), with a sha256 of each split's content, checked when read back.
 
-* :class:`SplitSpec`: the published sizes a reader checks (classes, images per class or in
-  all, superclasses); ``expected=None`` in a reader skips those checks (a partial copy).
-* :func:`missing_files_message`: the one message listing every missing file, the folder
-  and where to get it.
-* :func:`check_not_html`, :func:`load_pickle`: a file that is an HTML page (the page a
-  failed Google-Drive download saves under the requested name), empty, truncated or not
-  a pickle is rejected with a message naming it. Pickles are read with an allow-list of
-  the types a dataset pickle holds (NumPy arrays, lists, dicts, ...), so a hostile file
-  cannot run code.
-* :func:`download`: a checked download that fails within ``timeout`` seconds offline.
-* :func:`save_cache` / :func:`load_cache`: the prepared arrays as one uncompressed
-  ``.npz`` with a sha256 of each split's content, checked when read back.
+Finding, downloading and verifying the files (missing-file messages, HTML pages saved as
+``.pkl``, safe pickles, checked downloads) is :mod:`jaxmeta.data.archives`, shared with
+Omniglot.
 
 References:
   Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016 (episodes over
@@ -31,62 +26,32 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
-import io
 import json
-import logging
 import os
-import pickle
-import socket
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from jaxmeta.data import cache as npz_cache
+from jaxmeta.data.archives import CorruptFileError, file_digests
+
 __all__ = [
-    "DatasetCorruptError",
-    "DatasetFilesMissingError",
-    "DownloadError",
+    "CACHE_FORMAT",
     "Prepared",
     "SourceFile",
     "Split",
     "SplitSpec",
     "check_counts",
-    "check_not_html",
     "check_splits",
-    "download",
-    "file_digests",
     "folder_source",
     "group_by_class",
     "load_cache",
-    "load_pickle",
-    "missing_files_message",
     "save_cache",
     "source_file",
 ]
 
-log = logging.getLogger(__name__)
-
-CACHE_FORMAT = 1
-DOWNLOAD_TIMEOUT_S = 3.0
-
-
-class DatasetFilesMissingError(FileNotFoundError):
-    """Files a dataset needs are not in its folder (the message lists them and their source)."""
-
-
-class DatasetCorruptError(ValueError):
-    """A dataset file is unreadable, truncated, an HTML page, or has the wrong content."""
-
-
-class DownloadError(OSError):
-    """A download could not be made (offline, refused, HTTP error, wrong checksum)."""
+CACHE_FORMAT = 2  # 1: part A's own .npz writer (meta inside); 2: jaxmeta.data.cache's layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +228,7 @@ def check_counts(
     class_groups: Sequence[str] | None = None,
     where: str,
 ) -> None:
-    """Raise :class:`DatasetCorruptError` naming ``where`` when a split is not ``spec``.
+    """Raise :class:`CorruptFileError` naming ``where`` when a split is not ``spec``.
 
     Args:
       spec: the published sizes (``None``: nothing to check).
@@ -296,154 +261,11 @@ def check_counts(
         if got != spec.groups:
             problems.append(f"{got} superclasses, expected {spec.groups}")
     if problems:
-        raise DatasetCorruptError(f"{where}: " + "; ".join(problems))
+        raise CorruptFileError(f"{where}: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------
 # Files: missing, HTML pages, pickles, digests.
-
-
-def missing_files_message(
-    dataset: str, folder: Path, options: Sequence[tuple[str, Sequence[str]]], where_to_get: str
-) -> str:
-    """One message naming every missing file, the folder and where to get them.
-
-    Args:
-      dataset: display name (``"miniImageNet"``).
-      folder: the manual dir that was searched.
-      options: ``[(layout description, [missing file names])]``, one per accepted layout.
-      where_to_get: where the files are published.
-    """
-    exists = "" if folder.is_dir() else " (the folder does not exist)"
-    lines = [f"{dataset} files not found in {folder}/{exists}."]
-    if len(options) == 1:
-        desc, missing = options[0]
-        lines.append(f"Put these files there ({desc}):")
-        lines += [f"  {name}" for name in missing]
-    else:
-        lines.append("Put ONE of these sets of files there:")
-        for i, (desc, missing) in enumerate(options, 1):
-            lines.append(f"  ({i}) {desc}; missing: {', '.join(missing)}")
-    lines.append(f"Where to get them: {where_to_get}")
-    return "\n".join(lines)
-
-
-_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<?xml")
-
-
-def check_not_html(
-    data: Path | bytes, *, what: str, get_from: str, name: str | None = None
-) -> None:
-    """Reject an empty file or an HTML page saved under a data file's name.
-
-    A Google-Drive download that hits the virus-scan or quota page saves that page as the
-    requested ``.pkl``/``.tar.gz`` (learn2learn #367, #310, #238; torchmeta #54, #134).
-
-    Args:
-      data: the file, or its first bytes.
-      what: what it should be (``"a pickle of miniImageNet images"``).
-      get_from: where to download it again.
-      name: the name for the message (default: the path).
-
-    Raises:
-      DatasetCorruptError: naming the file, what it should be and where to get it again.
-    """
-    if isinstance(data, bytes):
-        head = data[:1024]
-    else:
-        name = name or str(data)
-        try:
-            with open(data, "rb") as f:
-                head = f.read(1024)
-        except OSError as err:
-            raise DatasetCorruptError(f"{name}: cannot be read ({err})") from None
-    if not head:
-        raise DatasetCorruptError(
-            f"{name} is empty (0 bytes), not {what}; get it again from {get_from}"
-        )
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if start.startswith(_HTML_STARTS):
-        raise DatasetCorruptError(
-            f"{name} is an HTML page, not {what}: a failed download (Google Drive saves its "
-            f"virus-scan or quota page under the requested file name). Delete it and download "
-            f"it again from {get_from}"
-        )
-
-
-# Everything a dataset pickle may reference: NumPy arrays and scalars, builtin containers.
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-    ("collections", "OrderedDict"),
-    ("collections", "defaultdict"),
-    *(
-        ("builtins", n)
-        for n in ("list", "dict", "tuple", "set", "frozenset", "range", "bytearray", "int", "str")
-    ),
-}
-_MODULE_ALIASES = {
-    "__builtin__": "builtins",  # Python 2 pickles
-    "numpy.core.multiarray": "numpy._core.multiarray",  # NumPy 1 pickles
-    "numpy.core.numeric": "numpy._core.numeric",
-}
-
-
-class _DataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        module = _MODULE_ALIASES.get(module, module)
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not dataset content)")
-        return getattr(importlib.import_module(module), name)
-
-
-def load_pickle(data: Path | bytes, *, what: str, get_from: str, name: str | None = None):
-    """Load a dataset pickle (Python 2 or 3, NumPy 1 or 2) without running code from it.
-
-    Python 2 strings are decoded as latin-1 (how NumPy arrays pickled by Python 2 load
-    back); only the types of an allow-list are built.
-
-    Args:
-      data: the file, or its bytes (a member of an archive).
-      what, get_from, name: for the messages (see :func:`check_not_html`).
-
-    Raises:
-      DatasetCorruptError: an HTML page, an empty, truncated or foreign file (names it).
-    """
-    name = name or str(data if not isinstance(data, bytes) else "<bytes>")
-    check_not_html(data, what=what, get_from=get_from, name=name)
-    try:
-        if isinstance(data, bytes):
-            return _DataUnpickler(io.BytesIO(data), encoding="latin1").load()
-        with open(data, "rb") as f:
-            return _DataUnpickler(f, encoding="latin1").load()
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        KeyError,
-        IndexError,
-        OverflowError,
-    ) as err:
-        raise DatasetCorruptError(
-            f"{name} is truncated or not {what} ({type(err).__name__}: {err}); get it again "
-            f"from {get_from}"
-        ) from None
-
-
-def file_digests(path: Path, algorithms: Iterable[str] = ("sha256",)) -> dict[str, str]:
-    """``{algorithm: hexdigest}`` of a file's bytes, read once."""
-    hashes = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            for h in hashes.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hashes.items()}
 
 
 def source_file(path: Path) -> SourceFile:
@@ -462,88 +284,14 @@ def folder_source(
 
 
 # --------------------------------------------------------------------------------------------
-# Download.
-
-
-def _probe_address(url: str) -> tuple[str, int]:
-    """Where a download of ``url`` connects first: the proxy for its scheme, else its host."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if p.hostname:
-            return p.hostname, p.port or (443 if p.scheme == "https" else 80)
-    return host, port
-
-
-def download(
-    url: str,
-    dest: Path,
-    *,
-    md5: str | None = None,
-    sha256: str | None = None,
-    timeout: float = DOWNLOAD_TIMEOUT_S,
-) -> Path:
-    """Download ``url`` to ``dest`` and check its checksum; never a long hang offline.
-
-    One TCP connect to the host (or the configured proxy) with ``timeout`` seconds decides
-    whether the network is there; the transfer itself also times out after ``timeout``
-    seconds without data. The file is written next to ``dest`` and renamed into place only
-    when its checksum matches, so ``dest`` is never a partial or wrong file.
-
-    Raises:
-      DownloadError: offline (no connection within ``timeout``), refused, an HTTP error, a
-        stalled transfer, or a checksum mismatch (the message says which).
-    """
-    host, port = _probe_address(url)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise DownloadError(
-            f"offline: no connection to {host}:{port} within {timeout:g} s ({err})"
-        ) from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    hashes = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                f.write(chunk)
-                for h in hashes.values():
-                    h.update(chunk)
-        for name, want in (("md5", md5), ("sha256", sha256)):
-            got = hashes[name].hexdigest()
-            if want is not None and got != want:
-                raise DownloadError(
-                    f"{url}: {name} {got}, expected {want} (not the published file)"
-                )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, DownloadError):
-            raise
-        raise DownloadError(f"download of {url} failed ({err})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
-
-# --------------------------------------------------------------------------------------------
 # The uint8 .npz cache (one function each way, so a shared cache can replace them).
 
 
 def save_cache(prepared: Prepared, path: str | os.PathLike) -> Path:
-    """Write ``prepared`` as one uncompressed ``.npz`` (atomically: a reader never sees a
-    partial file). Keys: ``images_<split>``, ``offsets_<split>`` and a JSON ``meta`` with
-    the metadata and each split's :meth:`Split.content_sha256`."""
-    path = Path(path)
+    """Write ``prepared`` as one uncompressed ``.npz`` (:func:`jaxmeta.data.cache.save_arrays`:
+    atomic). Keys: ``images_<split>``, ``offsets_<split>`` and a JSON ``meta`` with the
+    metadata and each split's :meth:`Split.content_sha256`."""
     meta = {
-        "format": CACHE_FORMAT,
         "name": prepared.name,
         "image_shape": list(prepared.image_shape),
         "files": [dataclasses.asdict(f) for f in prepared.files],
@@ -562,17 +310,7 @@ def save_cache(prepared: Prepared, path: str | os.PathLike) -> Path:
     for s, d in prepared.splits.items():
         arrays[f"images_{s}"] = d.images
         arrays[f"offsets_{s}"] = d.offsets
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return npz_cache.save_arrays(path, format=CACHE_FORMAT, **arrays)
 
 
 def load_cache(
@@ -586,49 +324,41 @@ def load_cache(
       splits: the splits to read (default all); the others are not loaded.
       verify: recompute each split's sha256 (about 1 s per 2 GB) and compare.
     """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") != CACHE_FORMAT:
-                log.warning("ignoring cache %s of another format", path)
-                return None
-            names = list(meta["splits"]) if splits is None else list(splits)
-            missing = [s for s in names if s not in meta["splits"]]
-            if missing:
-                log.warning("ignoring cache %s: it has no split %s", path, ", ".join(missing))
-                return None
-            out = {}
-            for s in names:
-                info = meta["splits"][s]
-                groups = info["class_groups"]
-                out[s] = Split(
-                    images=z[f"images_{s}"],
-                    offsets=z[f"offsets_{s}"],
-                    class_names=tuple(info["class_names"]),
-                    class_groups=None if groups is None else tuple(groups),
-                )
-                if verify and out[s].content_sha256() != info["sha256"]:
-                    log.warning("ignoring cache %s: split %s differs from its hash", path, s)
-                    return None
-            return Prepared(
-                name=meta["name"],
-                splits=out,
-                image_shape=tuple(meta["image_shape"]),
-                files=tuple(SourceFile(**f) for f in meta["files"]),
-                citation=meta["citation"],
-                preprocessing=meta["preprocessing"],
+    wanted = None if splits is None else list(splits)
+    built: dict[str, Split] = {}
+
+    def check(arrays: dict[str, np.ndarray]) -> bool:
+        meta = json.loads(str(arrays["meta"]))
+        names = list(meta["splits"]) if wanted is None else wanted
+        for s in names:
+            info = meta["splits"].get(s)
+            if info is None:
+                return False
+            groups = info["class_groups"]
+            built[s] = Split(
+                images=arrays[f"images_{s}"],
+                offsets=arrays[f"offsets_{s}"],
+                class_names=tuple(info["class_names"]),
+                class_groups=None if groups is None else tuple(groups),
             )
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as e:
-        log.warning("ignoring unreadable cache %s (%s: %s)", path, type(e).__name__, e)
+            if verify and built[s].content_sha256() != info["sha256"]:
+                return False
+        return True
+
+    keys = None
+    if wanted is not None:
+        keys = {"format", "meta"} | {f"{k}_{s}" for s in wanted for k in ("images", "offsets")}
+    arrays = npz_cache.load_arrays(
+        path, format=CACHE_FORMAT, check=check, what="prepared dataset cache", keys=keys
+    )
+    if arrays is None:
         return None
+    meta = json.loads(str(arrays["meta"]))
+    return Prepared(
+        name=meta["name"],
+        splits=built,
+        image_shape=tuple(meta["image_shape"]),
+        files=tuple(SourceFile(**f) for f in meta["files"]),
+        citation=meta["citation"],
+        preprocessing=meta["preprocessing"],
+    )

@@ -47,19 +47,21 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmeta.data.archives import (
+    CorruptFileError,
+    FilesMissingError,
+    check_not_html,
+    load_pickle,
+    missing_files_message,
+)
 from jaxmeta.data.images import ImageFolderError, load_images, resize_images
 from jaxmeta.data.prepared import (
-    DatasetCorruptError,
-    DatasetFilesMissingError,
     Prepared,
     Split,
     SplitSpec,
     check_counts,
-    check_not_html,
     check_splits,
     group_by_class,
-    load_pickle,
-    missing_files_message,
     source_file,
 )
 from jaxmeta.validation import check_int
@@ -102,7 +104,7 @@ def _locate(folder: Path, splits: Sequence[str]) -> dict[str, tuple[Path, Path]]
         if images and labels:
             found[s] = (images, labels)
     if missing:
-        raise DatasetFilesMissingError(
+        raise FilesMissingError(
             missing_files_message(
                 "tieredImageNet",
                 folder,
@@ -121,23 +123,23 @@ def _read_labels(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None, 
     """``(specific [n], general [n], class names or None, {general: name})``, verified."""
     data = load_pickle(path, what="a tieredImageNet labels pickle", get_from=_GET)
     if not isinstance(data, dict):
-        raise DatasetCorruptError(f"{path}: expected a dict, got {type(data).__name__}")
+        raise CorruptFileError(f"{path}: expected a dict, got {type(data).__name__}")
     data = {_text(k): v for k, v in data.items()}
     if not {"label_specific", "label_general"} <= set(data):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: expected the keys label_specific and label_general, got {sorted(data)}"
         )
     try:
         specific = np.asarray(data["label_specific"], np.int64).reshape(-1)
         general = np.asarray(data["label_general"], np.int64).reshape(-1)
     except (TypeError, ValueError) as err:
-        raise DatasetCorruptError(f"{path}: labels are not integer arrays ({err})") from None
+        raise CorruptFileError(f"{path}: labels are not integer arrays ({err})") from None
     if len(specific) != len(general):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: {len(specific)} label_specific but {len(general)} label_general"
         )
     if len(specific) and min(specific.min(), general.min()) < 0:
-        raise DatasetCorruptError(f"{path}: negative labels")
+        raise CorruptFileError(f"{path}: negative labels")
     names = data.get("label_specific_str")
     names = None if names is None else [_text(n) for n in names]
     groups = data.get("label_general_str")
@@ -152,22 +154,20 @@ def _png_items(path: Path, n: int) -> list[bytes]:
     """The PNGs of an ``*_images_png.pkl`` as bytes, each checked to be an 84x84 PNG."""
     items = load_pickle(path, what="a tieredImageNet pickle of PNG images", get_from=_GET)
     if not isinstance(items, list | tuple | np.ndarray):
-        raise DatasetCorruptError(
-            f"{path}: expected a list of PNG images, got {type(items).__name__}"
-        )
+        raise CorruptFileError(f"{path}: expected a list of PNG images, got {type(items).__name__}")
     if len(items) != n:
-        raise DatasetCorruptError(f"{path}: {len(items)} images, but its labels file has {n}")
+        raise CorruptFileError(f"{path}: {len(items)} images, but its labels file has {n}")
     out = []
     for i, item in enumerate(items):
         try:
             png = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
         except TypeError:
-            raise DatasetCorruptError(f"{path}[{i}]: not encoded image bytes") from None
+            raise CorruptFileError(f"{path}[{i}]: not encoded image bytes") from None
         if png[:8] != _PNG_SIGNATURE or len(png) < 24:
-            raise DatasetCorruptError(f"{path}[{i}]: not a PNG image")
+            raise CorruptFileError(f"{path}[{i}]: not a PNG image")
         size = struct.unpack(">II", png[16:24])
         if size != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DatasetCorruptError(
+            raise CorruptFileError(
                 f"{path}[{i}]: a {size[0]}x{size[1]} image, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
             )
         out.append(png)
@@ -181,16 +181,16 @@ def _npz_images(path: Path, n: int) -> np.ndarray:
         with np.load(path, allow_pickle=False) as z:
             images = z["images"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path} is truncated or not a tieredImageNet .npz with an 'images' array "
             f"({type(err).__name__}: {err}); get it again from {_GET}"
         ) from None
     if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{path}: images are {images.dtype} {images.shape}, expected uint8 [n, 84, 84, 3]"
         )
     if len(images) != n:
-        raise DatasetCorruptError(f"{path}: {len(images)} images, but its labels file has {n}")
+        raise CorruptFileError(f"{path}: {len(images)} images, but its labels file has {n}")
     return images
 
 
@@ -198,7 +198,7 @@ def _read_split(images_path: Path, labels_path: Path, *, image_size: int) -> Spl
     specific, general, names, group_names = _read_labels(labels_path)
     n_classes = len(names) if names is not None else int(specific.max(initial=-1)) + 1
     if len(specific) and specific.max() >= n_classes:
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{labels_path}: label_specific reaches {specific.max()}, but there are "
             f"{n_classes} class names"
         )
@@ -206,12 +206,12 @@ def _read_split(images_path: Path, labels_path: Path, *, image_size: int) -> Spl
     counts = np.diff(offsets)
     if np.any(counts == 0):
         empty = int(np.flatnonzero(counts == 0)[0])
-        raise DatasetCorruptError(f"{labels_path}: class {empty} has no images")
+        raise CorruptFileError(f"{labels_path}: class {empty} has no images")
     first = general[order[offsets[:-1]]]
     mixed = np.flatnonzero(general[order] != np.repeat(first, counts))
     if len(mixed):
         c = int(specific[order[mixed[0]]])
-        raise DatasetCorruptError(
+        raise CorruptFileError(
             f"{labels_path}: class {c} has images in several superclasses (label_general)"
         )
     n = len(specific)
@@ -230,7 +230,7 @@ def _read_split(images_path: Path, labels_path: Path, *, image_size: int) -> Spl
         try:
             images = load_images(sources, size=image_size, channels=3, names=names_of)
         except ImageFolderError as err:
-            raise DatasetCorruptError(str(err)) from None
+            raise CorruptFileError(str(err)) from None
     class_names = (
         tuple(names) if names is not None else tuple(f"class{c}" for c in range(n_classes))
     )
@@ -261,8 +261,8 @@ def prepare_tieredimagenet(
       superclass names.
 
     Raises:
-      DatasetFilesMissingError: within seconds: every missing file, the folder, the source.
-      DatasetCorruptError: an HTML page saved as a pickle, a truncated pickle, an item that
+      FilesMissingError: within seconds: every missing file, the folder, the source.
+      CorruptFileError: an HTML page saved as a pickle, a truncated pickle, an item that
         is not an 84x84 PNG, inconsistent labels, wrong counts (names the file).
 
     References:
