@@ -56,6 +56,7 @@ import tarfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -80,10 +81,13 @@ from jaxmeta.data.prepared import (
     group_by_class,
     source_file,
 )
+from jaxmeta.data.prepared_tasks import PreparedTasks
 from jaxmeta.validation import check_int
 
 __all__ = [
     "CIFAR100_ARCHIVE",
+    "CifarFSTasks",
+    "FC100Tasks",
     "CIFAR100_MD5",
     "CIFAR100_SUPERCLASSES",
     "CIFAR100_URL",
@@ -469,3 +473,86 @@ def prepare_fc100(
         timeout=timeout,
         expected=expected,
     )
+
+
+class _CifarTasks(PreparedTasks):
+    """The shared part of CIFAR-FS and FC100 as task sources."""
+
+    examples_per_class = _IMAGES_PER_CLASS
+    reader: ClassVar[Any]
+
+    def __init__(
+        self,
+        *,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int = 32,
+        manual_dir: str | None = None,
+        data_dir: str | None = None,
+        download: bool = True,
+        published_counts: bool = True,
+    ):
+        super().__init__(
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            rotations=False,
+            image_size=image_size,
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+            published_counts=published_counts,
+        )
+        self.download = bool(download)
+        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
+
+    def read(self, splits: Sequence[str]) -> Prepared:
+        return type(self).reader(
+            self.manual_dir,
+            image_size=self.image_size,
+            splits=splits,
+            download=self.download,
+            expected=self.expected(),
+        )
+
+
+class CifarFSTasks(_CifarTasks):
+    """N-way K-shot CIFAR-FS episodes (Bertinetto et al. 2019: 64/16/20 CIFAR-100 classes x
+    600 images, 32x32 RGB), from the official CIFAR-100 python archive (:func:`prepare_cifar_fs`).
+
+    Args:
+      ways: N classes per task (>= 2).
+      shots: K support images per class.
+      queries: query images per class (training).
+      image_size: side of the stored images (32: the originals).
+      manual_dir: folder with cifar-100-python.tar.gz (default ``~/jaxmeta_data/cifar_fs``
+        or ``$JAXMETA_DATA_DIR/cifar_fs``).
+      data_dir: folder for the uint8 cache (default: the manual dir).
+      download: download the official archive (md5 checked) when it is missing.
+      published_counts: check 64/16/20 classes x 600.
+    """
+
+    name: ClassVar[str] = "cifar_fs"
+    published: ClassVar[Mapping[str, SplitSpec]] = CIFAR_FS_EXPECTED
+    reader = staticmethod(prepare_cifar_fs)
+
+
+class FC100Tasks(_CifarTasks):
+    """N-way K-shot FC100 episodes (Oreshkin et al. 2018: CIFAR-100 split by superclass,
+    60/20/20 classes x 600 images, 32x32 RGB), from the official archive (:func:`prepare_fc100`).
+
+    Args:
+      ways: N classes per task (>= 2).
+      shots: K support images per class.
+      queries: query images per class (training).
+      image_size: side of the stored images (32: the originals).
+      manual_dir: folder with cifar-100-python.tar.gz (default ``~/jaxmeta_data/fc100`` or
+        ``$JAXMETA_DATA_DIR/fc100``).
+      data_dir: folder for the uint8 cache (default: the manual dir).
+      download: download the official archive (md5 checked) when it is missing.
+      published_counts: check 60/20/20 classes x 600 and 12/4/4 superclasses.
+    """
+
+    name: ClassVar[str] = "fc100"
+    published: ClassVar[Mapping[str, SplitSpec]] = FC100_EXPECTED
+    reader = staticmethod(prepare_fc100)

@@ -37,14 +37,19 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from jaxmeta.data.episodes import ClassImages
+from jaxmeta.data.image_tasks import ImageTasks
 from jaxmeta.data.images import IMAGE_SUFFIXES, ImageFolderError, _image_files, load_images
 from jaxmeta.data.prepared import Prepared, Split, folder_source
+from jaxmeta.data.prepared_tasks import to_sampler_array
+from jaxmeta.data.source import TaskSourceError, check_option
 from jaxmeta.validation import check_int
 
-__all__ = ["SPLIT_FOLDERS", "prepare_folder", "split_classes"]
+__all__ = ["FolderTasks", "folder_layout", "SPLIT_FOLDERS", "prepare_folder", "split_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -93,40 +98,19 @@ def split_classes(
     return out
 
 
-def prepare_folder(
+def folder_layout(
     root: str | os.PathLike,
     *,
-    image_size: int,
-    channels: int = 3,
     split_ratios: Mapping[str, float] | None = None,
     seed: int = 0,
     min_classes: int = 2,
     min_images: int = 1,
-) -> Prepared:
-    """Read a folder of class sub-folders (see the module docstring for the layouts).
+) -> dict[str, list[tuple[Path, int]]]:
+    """The splits of ``root`` without decoding an image: ``{split: [(class folder, images)]}``.
 
-    Args:
-      root: the folder.
-      image_size: side ``S`` the images are resized to.
-      channels: 3 (RGB) or 1 (grey).
-      split_ratios: split the classes of ``root/<class>/`` by these ratios (see
-        :func:`split_classes`); not allowed with ``root/{train,val,test}/``.
-      seed: the seed of that split.
-      min_classes: fewest classes a split may have (N of N-way; at least 2).
-      min_images: fewest images a class may have (K shots + queries; at least 1).
-
-    Returns:
-      :class:`~jaxmeta.data.prepared.Prepared` (``name="folder"``): splits of uint8
-      ``[n, S, S, channels]``, classes in sorted name order, the images of a class in sorted
-      file-name order.
-
-    Raises:
-      ImageFolderError: naming the folder or file (see the module docstring).
-      ValueError: bad arguments.
+    Arguments and errors as :func:`prepare_folder` (it lists folders only, so it is fast
+    enough for a constructor to call).
     """
-    image_size = check_int("image_size", image_size, minimum=1)
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     min_classes = check_int("min_classes", min_classes, minimum=2)
     min_images = check_int("min_images", min_images, minimum=1)
     root = Path(root).expanduser()
@@ -173,21 +157,65 @@ def prepare_folder(
                 )
             seen.setdefault(c.name, split)
 
-    out, names, shas, size = {}, [], [], 0
+    out = {}
     for split, classes in layout.items():
-        files = []
-        counts = []
+        out[split] = []
         for c in classes:
-            found = _images_of(c)
-            if len(found) < min_images:
+            n = len(_images_of(c))
+            if n < min_images:
                 raise ImageFolderError(
-                    f"class folder {c} has {len(found)} images; at least {min_images} are needed "
+                    f"class folder {c} has {n} images; at least {min_images} are needed "
                     f"({', '.join(IMAGE_SUFFIXES)})"
-                    if found
+                    if n
                     else f"class folder {c} has no images ({', '.join(IMAGE_SUFFIXES)})"
                 )
-            files += found
-            counts.append(len(found))
+            out[split].append((c, n))
+    return out
+
+
+def prepare_folder(
+    root: str | os.PathLike,
+    *,
+    image_size: int,
+    channels: int = 3,
+    split_ratios: Mapping[str, float] | None = None,
+    seed: int = 0,
+    min_classes: int = 2,
+    min_images: int = 1,
+) -> Prepared:
+    """Read a folder of class sub-folders (see the module docstring for the layouts).
+
+    Args:
+      root: the folder.
+      image_size: side ``S`` the images are resized to.
+      channels: 3 (RGB) or 1 (grey).
+      split_ratios: split the classes of ``root/<class>/`` by these ratios (see
+        :func:`split_classes`); not allowed with ``root/{train,val,test}/``.
+      seed: the seed of that split.
+      min_classes: fewest classes a split may have (N of N-way; at least 2).
+      min_images: fewest images a class may have (K shots + queries; at least 1).
+
+    Returns:
+      :class:`~jaxmeta.data.prepared.Prepared` (``name="folder"``): splits of uint8
+      ``[n, S, S, channels]``, classes in sorted name order, the images of a class in sorted
+      file-name order.
+
+    Raises:
+      ImageFolderError: naming the folder or file (see the module docstring).
+      ValueError: bad arguments.
+    """
+    image_size = check_int("image_size", image_size, minimum=1)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    root = Path(root).expanduser()
+    layout = folder_layout(
+        root, split_ratios=split_ratios, seed=seed, min_classes=min_classes, min_images=min_images
+    )
+    out, names, shas, size = {}, [], [], 0
+    for split, found in layout.items():
+        classes = [c for c, _ in found]
+        counts = [n for _, n in found]
+        files = [f for c in classes for f in _images_of(c)]
         digests: list[str] = []
         images = load_images(files, size=image_size, channels=channels, sha256=digests)
         out[split] = Split(
@@ -223,3 +251,140 @@ def _classes(folder: Path) -> list[Path]:
             f"{folder}/cat/1.jpg, {folder}/dog/1.jpg)"
         )
     return classes
+
+
+class FolderTasks(ImageTasks):
+    """N-way K-shot episodes from your own images: ``data: {name: folder, root: DIR}``.
+
+    ``root`` holds one sub-folder per class, or ``train/``, ``val/``, ``test/`` sub-folders
+    of class folders (module docstring). Classes may have different numbers of images
+    (sampled as :class:`~jaxmeta.data.episodes.ClassImages`, no padding). The folders are
+    listed (not decoded) when the source is built, so a wrong ``root``, too few classes or
+    too few images per class fail at once, naming the folder.
+
+    Args:
+      root: the image folder.
+      ways: N classes per task (>= 2).
+      shots: K support images per class.
+      queries: query images per class (training).
+      image_size: side the images are resized to (LANCZOS).
+      channels: 3 (RGB) or 1 (grey).
+      split_ratios: ``[train, val, test]`` (or ``[train, val]``) fractions of the classes of
+        ``root/<class>/`` (a seeded class split); without it and without split folders,
+        every class is in ``train`` (no validation or test).
+      seed: the seed of that class split.
+      rotations: rotated copies (90/180/270 degrees) are new classes.
+
+    Raises:
+      TaskSourceError: naming the option (``root`` for a folder that cannot be used).
+    """
+
+    name: ClassVar[str] = "folder"
+    resumable_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int = 84,
+        channels: int = 3,
+        split_ratios: tuple[float, ...] | None = None,
+        seed: int = 0,
+        rotations: bool = False,
+    ):
+        super().__init__(ways=ways, shots=shots, queries=queries, rotations=rotations)
+        self.image_size = check_option("image_size", image_size, minimum=1)
+        if channels not in (1, 3):
+            raise TaskSourceError("channels", f"must be 1 (grey) or 3 (RGB), got {channels!r}")
+        self.channels = int(channels)
+        self.seed = check_option("seed", seed, minimum=0)
+        ratios = None
+        if split_ratios is not None:
+            if not isinstance(split_ratios, list | tuple) or len(split_ratios) not in (2, 3):
+                raise TaskSourceError(
+                    "split_ratios",
+                    f"expected [train, val] or [train, val, test] fractions, got {split_ratios!r}",
+                )
+            ratios = dict(zip(SPLIT_FOLDERS, split_ratios, strict=False))
+        self.split_ratios = None if ratios is None else tuple(ratios.values())
+        self.root = Path(root).expanduser()
+        try:
+            layout = folder_layout(
+                self.root,
+                split_ratios=ratios,
+                seed=self.seed,
+            )
+        except ImageFolderError as err:
+            raise TaskSourceError("root", str(err)) from None
+        except ValueError as err:
+            raise TaskSourceError("split_ratios", str(err)) from None
+        self._layout = {("train" if s == "all" else s): v for s, v in layout.items()}
+        self.splits = tuple(s for s in SPLIT_FOLDERS if s in self._layout)
+        if "train" not in self.splits:
+            raise TaskSourceError("root", f"{self.root} has no train/ split folder")
+        self.input_shape = (self.image_size, self.image_size, self.channels)
+        self._prepared: Prepared | None = None
+        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
+
+    def class_counts(self) -> dict[str, int]:
+        return {s: len(v) for s, v in self._layout.items()}
+
+    def check_episodes(self, split: str, *, ways: int | None, shots: int, queries: int) -> None:
+        super().check_episodes(split, ways=ways, shots=shots, queries=queries)
+        c, fewest = min(self._layout[split], key=lambda cn: cn[1])
+        if shots + queries > fewest:
+            raise TaskSourceError(
+                "queries",
+                f"shots + queries = {shots} + {queries} = {shots + queries} > {fewest}, the "
+                f"images of {c} (the smallest class of the {split} split)",
+            )
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "root": str(self.root),
+            "image_size": self.image_size,
+            "channels": self.channels,
+        }
+        if self.split_ratios is not None:
+            out.update(split_ratios=list(self.split_ratios), seed=self.seed)
+        if self.rotations:
+            out["rotations"] = True
+        return out
+
+    def load_split(self, split: str) -> np.ndarray | ClassImages:
+        if self._prepared is None:
+            ratios = None
+            if self.split_ratios is not None:
+                ratios = dict(zip(SPLIT_FOLDERS, self.split_ratios, strict=False))
+            self._prepared = prepare_folder(
+                self.root,
+                image_size=self.image_size,
+                channels=self.channels,
+                split_ratios=ratios,
+                seed=self.seed,
+            )
+        splits = self._prepared.splits
+        return to_sampler_array(splits["all"] if "all" in splits else splits[split])
+
+    @classmethod
+    def prepare(cls, **options: Any) -> list[str]:
+        """Read the folder with ``options`` (the constructor's) and list its splits: classes,
+        images, the smallest and largest class, memory."""
+        source = cls(**options)
+        lines = [f"folder {source.root}: {'x'.join(map(str, source.input_shape))} uint8"]
+        lines.append(f"{'split':<6} {'classes':>7} {'images':>8} {'per class':>11} {'MB':>8}")
+        for split in source.splits:
+            data = source.split_images(split, ways=2)
+            if isinstance(data, ClassImages):
+                counts = data.counts()
+            else:
+                counts = np.full(data.shape[0], data.shape[1])
+            n = int(np.sum(counts))
+            lo, hi = int(np.min(counts)), int(np.max(counts))
+            per = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            mb = n * int(np.prod(source.input_shape)) / 1e6
+            lines.append(f"{split:<6} {data.shape[0]:>7} {n:>8} {per:>11} {mb:>8.1f}")
+        return lines

@@ -45,6 +45,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -65,9 +66,18 @@ from jaxmeta.data.prepared import (
     folder_source,
     source_file,
 )
+from jaxmeta.data.prepared_tasks import PreparedTasks
+from jaxmeta.data.source import TaskSourceError
 from jaxmeta.validation import check_int
 
-__all__ = ["EXPECTED", "IMAGE_SIZE", "RAVI_WNIDS", "SPLITS", "prepare_miniimagenet"]
+__all__ = [
+    "EXPECTED",
+    "IMAGE_SIZE",
+    "RAVI_WNIDS",
+    "SPLITS",
+    "MiniImageNetTasks",
+    "prepare_miniimagenet",
+]
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
@@ -353,3 +363,63 @@ def _from_csv(folder: Path, splits, *, image_size, expected):
     sources = [source_file(folder / f"{s}.csv") for s in splits]
     sources.append(folder_source(image_dir, names, digests, size))
     return out, tuple(sources)
+
+
+class MiniImageNetTasks(PreparedTasks):
+    """N-way K-shot miniImageNet episodes (Vinyals et al. 2016; Ravi & Larochelle 2017 split:
+    64/16/20 classes x 600 images, 84x84 RGB), read by :func:`prepare_miniimagenet`.
+
+    Args:
+      ways: N classes per task (>= 2).
+      shots: K support images per class.
+      queries: query images per class (training).
+      image_size: side of the stored images (84 in the literature).
+      source: ``"auto"``, ``"pickle"`` (learn2learn's) or ``"csv"`` (Ravi's CSVs + JPEGs).
+      manual_dir: folder with the files (default ``~/jaxmeta_data/miniimagenet`` or
+        ``$JAXMETA_DATA_DIR/miniimagenet``).
+      data_dir: folder for the uint8 cache (default: the manual dir).
+      published_counts: check 64/16/20 classes x 600 (false: a partial copy).
+
+    Raises:
+      TaskSourceError: a bad option, naming it.
+    """
+
+    name: ClassVar[str] = "miniimagenet"
+    published: ClassVar[Mapping[str, SplitSpec]] = EXPECTED
+    examples_per_class = _PER_CLASS
+
+    def __init__(
+        self,
+        *,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int = IMAGE_SIZE,
+        source: str = "auto",
+        manual_dir: str | None = None,
+        data_dir: str | None = None,
+        published_counts: bool = True,
+    ):
+        super().__init__(
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            rotations=False,
+            image_size=image_size,
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+            published_counts=published_counts,
+        )
+        if source not in ("auto", "pickle", "csv"):
+            raise TaskSourceError("source", f"must be 'auto', 'pickle' or 'csv', got {source!r}")
+        self.source = source
+        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
+
+    def read(self, splits: Sequence[str]) -> Prepared:
+        return prepare_miniimagenet(
+            self.manual_dir,
+            image_size=self.image_size,
+            splits=splits,
+            source=self.source,
+            expected=self.expected(),
+        )

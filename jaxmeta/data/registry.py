@@ -9,16 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from jaxmeta.data.cifar_fs import CifarFSTasks, FC100Tasks
+from jaxmeta.data.folder import FolderTasks
+from jaxmeta.data.miniimagenet import MiniImageNetTasks
 from jaxmeta.data.omniglot.source import OmniglotTasks
 from jaxmeta.data.sinusoid import SinusoidTasks
 from jaxmeta.data.source import TaskSource, TaskSourceError
+from jaxmeta.data.tieredimagenet import TieredImageNetTasks
 
 __all__ = [
     "TASK_SOURCES",
+    "CifarFSTasks",
+    "FC100Tasks",
+    "FolderTasks",
+    "MiniImageNetTasks",
     "OmniglotTasks",
     "SinusoidTasks",
     "TaskSource",
     "TaskSourceError",
+    "TieredImageNetTasks",
     "get_task_source",
     "register_task_source",
 ]
@@ -26,6 +35,11 @@ __all__ = [
 TASK_SOURCES: dict[str, Callable[..., TaskSource]] = {
     "omniglot": OmniglotTasks,
     "sinusoid": SinusoidTasks,
+    "miniimagenet": MiniImageNetTasks,
+    "tieredimagenet": TieredImageNetTasks,
+    "cifar_fs": CifarFSTasks,
+    "fc100": FC100Tasks,
+    "folder": FolderTasks,
 }
 
 

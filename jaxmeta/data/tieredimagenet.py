@@ -44,6 +44,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -64,9 +65,10 @@ from jaxmeta.data.prepared import (
     group_by_class,
     source_file,
 )
+from jaxmeta.data.prepared_tasks import PreparedTasks
 from jaxmeta.validation import check_int
 
-__all__ = ["EXPECTED", "IMAGE_SIZE", "SPLITS", "prepare_tieredimagenet"]
+__all__ = ["EXPECTED", "IMAGE_SIZE", "SPLITS", "TieredImageNetTasks", "prepare_tieredimagenet"]
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
@@ -299,3 +301,54 @@ def prepare_tieredimagenet(
         citation=_CITATION,
         preprocessing=how,
     )
+
+
+class TieredImageNetTasks(PreparedTasks):
+    """N-way K-shot tieredImageNet episodes (Ren et al. 2018: 351/97/160 classes of unequal
+    sizes, 84x84 RGB), read by :func:`prepare_tieredimagenet`; classes are sampled as
+    :class:`~jaxmeta.data.episodes.ClassImages` (no padding).
+
+    Args:
+      ways: N classes per task (>= 2).
+      shots: K support images per class.
+      queries: query images per class (training).
+      image_size: side of the stored images (84 in the literature).
+      manual_dir: folder with the pickles (default ``~/jaxmeta_data/tieredimagenet`` or
+        ``$JAXMETA_DATA_DIR/tieredimagenet``).
+      data_dir: folder for the uint8 cache, one file per split (default: the manual dir).
+      published_counts: check the published class, image and superclass counts.
+
+    Raises:
+      TaskSourceError: a bad option, naming it.
+    """
+
+    name: ClassVar[str] = "tieredimagenet"
+    published: ClassVar[Mapping[str, SplitSpec]] = EXPECTED
+
+    def __init__(
+        self,
+        *,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int = IMAGE_SIZE,
+        manual_dir: str | None = None,
+        data_dir: str | None = None,
+        published_counts: bool = True,
+    ):
+        super().__init__(
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            rotations=False,
+            image_size=image_size,
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+            published_counts=published_counts,
+        )
+        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
+
+    def read(self, splits: Sequence[str]) -> Prepared:
+        return prepare_tieredimagenet(
+            self.manual_dir, image_size=self.image_size, splits=splits, expected=self.expected()
+        )
