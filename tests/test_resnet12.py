@@ -15,7 +15,7 @@ import pytest
 
 from jaxmeta.algorithms import ALGORITHMS, get_algorithm
 from jaxmeta.algorithms.maml import maml
-from jaxmeta.models import MODELS, ResNet12
+from jaxmeta.models import MODELS, Conv4, ResNet12
 from jaxmeta.models.layers import block_mask, conv1x1, drop_block
 from jaxmeta.types import Episode
 
@@ -100,8 +100,9 @@ def test_conv_impls_agree_on_the_second_order_meta_gradient():
             # Two blocks: every convolution kind (3x3 from 3 and from c channels, 1x1).
             model = ResNet12(num_classes=3, channels=(4, 8), conv_impl=impl, dtype=jnp.float64)
             params = _init(model, eps.support_x[0])
-            learner = maml(model.apply, inner_lr=0.1, inner_steps=1, task_batch_size=None)
-            grad, metrics = jit(learner.meta_grad)(params, eps, jax.random.key(0))
+            learner = maml(model.apply, inner_lr=0.1, inner_steps=1)
+            meta_grad = functools.partial(learner.meta_grad, task_chunk=None)  # all vmapped
+            grad, metrics = jit(meta_grad)(params, eps, jax.random.key(0))
             assert np.isfinite(float(metrics["loss"]))
             grads.append(grad)
         jax.tree_util.tree_map(
@@ -180,33 +181,89 @@ def test_every_algorithm_is_covered():
 
 
 @functools.cache
-def _smoke_params(num_classes):
-    # Two ResNet-12 blocks: what is checked here is how each learner uses the model
+def _smoke_params(arch, num_classes):
+    # ResNet-12 with two blocks: what is checked here is how each learner uses the model
     # (heads, embeddings, stats_rows, input_shape), not depth; the four-block net is
     # differentiated above. Compiling 8 second-order programs through 12 convolutions
-    # would cost minutes of CPU.
-    model = ResNet12(num_classes=num_classes, channels=(4, 4), conv_impl="xla")
+    # would cost minutes of CPU. Conv-4 as on miniImageNet (max-pool, flatten) on RGB,
+    # 4 filters.
+    if arch == "resnet12":
+        model = ResNet12(num_classes=num_classes, channels=(4, 4), conv_impl="xla")
+    else:
+        model = Conv4(num_classes=num_classes, filters=4, pool=True, head="flatten")
     return model, _init(model, jnp.zeros((2, SIZE, SIZE, 3)))
+
+
+def _bn_mode_check(learner, meta, eps, name):
+    """Both BatchNorm modes through the learner's predict. Inductive: a query's logits do not
+    depend on the other queries (support statistics only); transductive: they do (the query
+    batch's statistics)."""
+    sx, sy, qx = eps.support_x[0], eps.support_y[0], eps.query_x[0]
+    other = qx.at[1:].set(qx[1:] * 3.0 + 1.0)  # the first query, the others replaced
+    for mode in ("inductive", "transductive"):
+        predict = jit(
+            lambda m, q, mode=mode: learner.predict(m, sx, sy, q, jax.random.key(2), bn_mode=mode)
+        )
+        out, alone = predict(meta, qx), predict(meta, other)
+        assert out.shape[0] == WAYS * QUERIES and out.shape[1] >= WAYS
+        assert bool(jnp.all(jnp.isfinite(out)))
+        same = np.allclose(np.asarray(out[0]), np.asarray(alone[0]), rtol=1e-4, atol=1e-5)
+        assert same == (mode == "inductive"), (name, mode)
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_every_algorithm_builds_and_differentiates_through_resnet12(name):
     model_kw, algo_kw = SMOKE[name]
-    model, params = _smoke_params(model_kw["num_classes"])
+    model, params = _smoke_params("resnet12", model_kw["num_classes"])
     learner = get_algorithm(name)(model.apply, **algo_kw)
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
-    meta = learner.init(params)
+    meta = learner.init(jax.random.key(0), params)
     grad, metrics = jit(learner.meta_grad)(meta, eps, jax.random.key(1))
     assert np.isfinite(float(metrics["loss"]))
     leaves = jax.tree_util.tree_leaves(grad)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
-    if name in ("maml", "protonets"):
-        # The inductive BatchNorm mode (stats_rows) through a learner's predict, one per
-        # family (every learner's bn_mode is tested on Conv-4 in tests/test_inference.py).
-        predict = jit(functools.partial(learner.predict, bn_mode="inductive"))
-        out = predict(meta, eps.support_x[0], eps.support_y[0], eps.query_x[0], jax.random.key(2))
-        assert out.shape == (WAYS * QUERIES, WAYS) and bool(jnp.all(jnp.isfinite(out)))
+    if name in ("maml", "protonets"):  # one per family; every learner on Conv-4-RGB below
+        _bn_mode_check(learner, meta, eps, name)
+
+
+@pytest.mark.parametrize("arch", ["resnet12", "conv4_rgb"])
+def test_every_algorithm_traces_with_both_bn_modes(arch):
+    """Every learner's meta-gradient and both predict modes on each RGB model, traced
+    abstractly (``jax.eval_shape``: the shapes and the plumbing, no compile); the numbers are
+    checked above (ResNet-12) and in test_algorithm_contract.py (Conv-4 on Omniglot)."""
+    eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
+    for name, (model_kw, algo_kw) in SMOKE.items():
+        model, params = _smoke_params(arch, model_kw["num_classes"])
+        learner = get_algorithm(name)(model.apply, **algo_kw)
+        meta = learner.init(jax.random.key(0), params)
+        grad, _ = jax.eval_shape(learner.meta_grad, meta, eps, jax.random.key(1))
+        assert jax.tree.structure(grad) == jax.tree.structure(meta), name
+        for mode in ("inductive", "transductive"):
+            out = jax.eval_shape(
+                functools.partial(learner.predict, bn_mode=mode),
+                meta,
+                eps.support_x[0],
+                eps.support_y[0],
+                eps.query_x[0],
+                jax.random.key(2),
+            )
+            assert out.shape[0] == WAYS * QUERIES and out.shape[1] >= WAYS, (name, mode)
+
+
+def test_conv4_rgb_bn_modes_numerically():
+    """Conv-4 on RGB (miniImageNet's net, 4 filters) through MAML and ProtoNets: real
+    meta-gradients and both BatchNorm modes."""
+    eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
+    for name in ("maml", "protonets"):
+        model_kw, algo_kw = SMOKE[name]
+        model, params = _smoke_params("conv4_rgb", model_kw["num_classes"])
+        learner = get_algorithm(name)(model.apply, **algo_kw)
+        meta = learner.init(jax.random.key(0), params)
+        grad, metrics = jit(learner.meta_grad)(meta, eps, jax.random.key(1))
+        assert np.isfinite(float(metrics["loss"]))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad))
+        _bn_mode_check(learner, meta, eps, name)
 
 
 def test_block_mask_drops_whole_squares():
