@@ -119,7 +119,7 @@ def test_folder_trains_end_to_end_through_jaxmeta_train(tmp_path, capsys):
             "ways": 2,
             "shots": 1,
             "queries": 2,
-            "image_size": 8,
+            "image_size": 16,
             "split_ratios": [0.6, 0.2, 0.2],
             "seed": 0,
         },
@@ -146,4 +146,5 @@ def test_folder_trains_end_to_end_through_jaxmeta_train(tmp_path, capsys):
     result = json.loads((workdir / "eval_test.json").read_text())
     text = json.dumps(result)
     assert str(images) in text and "split_ratios" in text  # the source's describe()
-    assert 0.0 <= result["accuracy"] <= 1.0 if "accuracy" in result else "accuracy" in text
+    assert result["dataset"] == "folder" and 0.0 <= result["accuracy"] <= 1.0
+    assert (result["ways"], result["image_size"], result["channels"]) == (2, 16, 3)
