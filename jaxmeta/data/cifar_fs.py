@@ -479,6 +479,7 @@ class _CifarTasks(PreparedTasks):
     """The shared part of CIFAR-FS and FC100 as task sources."""
 
     examples_per_class = _IMAGES_PER_CLASS
+    default_image_size: ClassVar[int] = 32
     reader: ClassVar[Any]
 
     def __init__(
@@ -493,18 +494,16 @@ class _CifarTasks(PreparedTasks):
         download: bool = True,
         published_counts: bool = True,
     ):
+        self.download = bool(download)
         super().__init__(
             ways=ways,
             shots=shots,
             queries=queries,
-            rotations=False,
             image_size=image_size,
             manual_dir=manual_dir,
             data_dir=data_dir,
             published_counts=published_counts,
         )
-        self.download = bool(download)
-        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
 
     def read(self, splits: Sequence[str]) -> Prepared:
         return type(self).reader(

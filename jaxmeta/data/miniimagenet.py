@@ -386,6 +386,7 @@ class MiniImageNetTasks(PreparedTasks):
 
     name: ClassVar[str] = "miniimagenet"
     published: ClassVar[Mapping[str, SplitSpec]] = EXPECTED
+    default_image_size: ClassVar[int] = IMAGE_SIZE
     examples_per_class = _PER_CLASS
 
     def __init__(
@@ -400,20 +401,18 @@ class MiniImageNetTasks(PreparedTasks):
         data_dir: str | None = None,
         published_counts: bool = True,
     ):
+        if source not in ("auto", "pickle", "csv"):
+            raise TaskSourceError("source", f"must be 'auto', 'pickle' or 'csv', got {source!r}")
+        self.source = source
         super().__init__(
             ways=ways,
             shots=shots,
             queries=queries,
-            rotations=False,
             image_size=image_size,
             manual_dir=manual_dir,
             data_dir=data_dir,
             published_counts=published_counts,
         )
-        if source not in ("auto", "pickle", "csv"):
-            raise TaskSourceError("source", f"must be 'auto', 'pickle' or 'csv', got {source!r}")
-        self.source = source
-        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
 
     def read(self, splits: Sequence[str]) -> Prepared:
         return prepare_miniimagenet(

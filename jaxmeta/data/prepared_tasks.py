@@ -50,8 +50,8 @@ class PreparedTasks(ImageTasks):
     """Base of the sources read from published files (see the module docstring).
 
     Args:
-      ways, shots, queries, rotations: as :class:`~jaxmeta.data.image_tasks.ImageTasks`.
-      image_size: side ``S`` of the stored square images.
+      ways, shots, queries: as :class:`~jaxmeta.data.image_tasks.ImageTasks`.
+      image_size: side ``S`` of the stored square images (default: the dataset's).
       manual_dir: folder with the published files.
       data_dir: folder for the ``.npz`` cache (default: ``manual_dir``).
       published_counts: check the published class and image counts; false for a partial
@@ -60,22 +60,23 @@ class PreparedTasks(ImageTasks):
 
     resumable_options: ClassVar[tuple[str, ...]] = ("manual_dir", "data_dir", "download")
     published: ClassVar[Mapping[str, SplitSpec]]
+    default_image_size: ClassVar[int]
     channels: ClassVar[int] = 3
 
     def __init__(
         self,
         *,
-        ways: int,
-        shots: int,
-        queries: int,
-        rotations: bool,
-        image_size: int,
-        manual_dir: str | None,
-        data_dir: str | None,
-        published_counts: bool,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int | None = None,
+        manual_dir: str | None = None,
+        data_dir: str | None = None,
+        published_counts: bool = True,
     ):
-        super().__init__(ways=ways, shots=shots, queries=queries, rotations=rotations)
-        self.image_size = check_option("image_size", image_size, minimum=1)
+        super().__init__(ways=ways, shots=shots, queries=queries, rotations=False)
+        size = self.default_image_size if image_size is None else image_size
+        self.image_size = check_option("image_size", size, minimum=1)
         self.input_shape = (self.image_size, self.image_size, self.channels)
         self.manual_dir = (
             Path(manual_dir).expanduser() if manual_dir else default_manual_dir(self.name)
@@ -83,6 +84,7 @@ class PreparedTasks(ImageTasks):
         self.data_dir = Path(data_dir).expanduser() if data_dir else self.manual_dir
         self.published_counts = bool(published_counts)
         self._loaded: dict[str, Split] = {}
+        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
 
     # ------------------------------------------------------------------ what a subclass gives
 

@@ -324,29 +324,7 @@ class TieredImageNetTasks(PreparedTasks):
 
     name: ClassVar[str] = "tieredimagenet"
     published: ClassVar[Mapping[str, SplitSpec]] = EXPECTED
-
-    def __init__(
-        self,
-        *,
-        ways: int = 5,
-        shots: int = 1,
-        queries: int = 15,
-        image_size: int = IMAGE_SIZE,
-        manual_dir: str | None = None,
-        data_dir: str | None = None,
-        published_counts: bool = True,
-    ):
-        super().__init__(
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            rotations=False,
-            image_size=image_size,
-            manual_dir=manual_dir,
-            data_dir=data_dir,
-            published_counts=published_counts,
-        )
-        self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
+    default_image_size: ClassVar[int] = IMAGE_SIZE
 
     def read(self, splits: Sequence[str]) -> Prepared:
         return prepare_tieredimagenet(
