@@ -223,39 +223,46 @@ def test_every_algorithm_builds_and_differentiates_through_resnet12(name):
     leaves = jax.tree_util.tree_leaves(grad)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
-    if name in ("maml", "protonets"):  # one per family; every learner on Conv-4-RGB below
+    if name in ("maml", "protonets"):  # numerically, one per family
         _bn_mode_check(learner, meta, eps, name)
+    _trace_predict(learner, meta, eps, name)
 
 
-@pytest.mark.parametrize("arch", ["resnet12", "conv4_rgb"])
-def test_every_algorithm_traces_with_both_bn_modes(arch):
-    """Every learner's meta-gradient and both predict modes on each RGB model, traced
-    abstractly (``jax.eval_shape``: the shapes and the plumbing, no compile); the numbers are
-    checked above (ResNet-12) and in test_algorithm_contract.py (Conv-4 on Omniglot)."""
+def _trace_predict(learner, meta, eps, name):
+    """Both predict modes traced abstractly (``jax.eval_shape``: shapes and plumbing)."""
+    for mode in ("inductive", "transductive"):
+        out = jax.eval_shape(
+            functools.partial(learner.predict, bn_mode=mode),
+            meta,
+            eps.support_x[0],
+            eps.support_y[0],
+            eps.query_x[0],
+            jax.random.key(2),
+        )
+        assert out.shape[0] == WAYS * QUERIES and out.shape[1] >= WAYS, (name, mode)
+
+
+def test_every_algorithm_traces_on_conv4_rgb_with_both_bn_modes():
+    """Every learner's meta-gradient and both predict modes on Conv-4-RGB (miniImageNet's
+    net, 4 filters), traced abstractly (``jax.eval_shape``: the shapes and the plumbing, no
+    compile); Conv-4's numbers are checked with every learner in test_algorithm_contract.py
+    (Omniglot) and on RGB below."""
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
     for name, (model_kw, algo_kw) in SMOKE.items():
-        model, params = _smoke_params(arch, model_kw["num_classes"])
+        model, params = _smoke_params("conv4_rgb", model_kw["num_classes"])
         learner = get_algorithm(name)(model.apply, **algo_kw)
         meta = learner.init(jax.random.key(0), params)
         grad, _ = jax.eval_shape(learner.meta_grad, meta, eps, jax.random.key(1))
         assert jax.tree.structure(grad) == jax.tree.structure(meta), name
-        for mode in ("inductive", "transductive"):
-            out = jax.eval_shape(
-                functools.partial(learner.predict, bn_mode=mode),
-                meta,
-                eps.support_x[0],
-                eps.support_y[0],
-                eps.query_x[0],
-                jax.random.key(2),
-            )
-            assert out.shape[0] == WAYS * QUERIES and out.shape[1] >= WAYS, (name, mode)
+        _trace_predict(learner, meta, eps, name)
 
 
 def test_conv4_rgb_bn_modes_numerically():
-    """Conv-4 on RGB (miniImageNet's net, 4 filters) through MAML and ProtoNets: real
-    meta-gradients and both BatchNorm modes."""
+    """Conv-4 on RGB (miniImageNet's net, 4 filters) through second-order MAML: a real
+    meta-gradient and both BatchNorm modes (every learner's modes on Conv-4 are checked in
+    test_inference.py)."""
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
-    for name in ("maml", "protonets"):
+    for name in ("maml",):
         model_kw, algo_kw = SMOKE[name]
         model, params = _smoke_params("conv4_rgb", model_kw["num_classes"])
         learner = get_algorithm(name)(model.apply, **algo_kw)
