@@ -3,11 +3,13 @@
 A dataset is one :class:`~jaxmeta.data.source.TaskSource` class plus one registry entry
 (:func:`register_task_source`); image datasets stored as one uint8 array per split build on
 :class:`~jaxmeta.data.image_tasks.ImageTasks`. Shipped: Omniglot (TFDS builder, uint8 cache,
-splits) and sinusoid regression.
+splits), miniImageNet, tieredImageNet, CIFAR-FS, FC100, your own image folders
+(:mod:`jaxmeta.data.prepared_tasks`) and sinusoid regression.
 """
 
 from jaxmeta.data.episodes import (
     ROTATIONS,
+    ClassImages,
     eval_episode_keys,
     eval_episodes,
     num_classes,
@@ -35,6 +37,7 @@ __all__ = [
     "ROTATIONS",
     "SCHEMES",
     "TASK_SOURCES",
+    "ClassImages",
     "ImageTasks",
     "Omniglot",
     "OmniglotCorruptError",
