@@ -105,14 +105,12 @@ class PreparedTasks(ImageTasks):
         return self.data_dir / f"jaxmeta_{self.name}_{self.image_size}px_{split}.npz"
 
     def prepared_split(self, split: str) -> Split:
-        """One split from its cache, or read from the files (all missing splits at once,
-        each then cached)."""
+        """One split from its cache, or read from the files and cached (one split at a time,
+        so tieredImageNet's 9.5 GB training split is never in memory with the others)."""
         if split not in self._loaded:
             got = load_cache(self.cache_path(split), splits=[split])
             if got is None:
-                todo = [s for s in self.splits if not self.cache_path(s).is_file()]
-                todo = todo if split in todo else [split]
-                prepared = self.read(todo)
+                prepared = self.read([split])
                 for s, data in prepared.splits.items():
                     save_cache(
                         Prepared(
