@@ -92,6 +92,7 @@ def test_source_on_published_format(name, tmp_path):
     np.testing.assert_array_equal(
         test.query_x, source.eval_episodes("test", episodes=4, seed=0).query_x
     )
+    assert source.eval_episodes("val", episodes=2, seed=0).support_x.shape == (2, 2, *shape)
     if name != "folder":  # the per-split cache: a new source reads it without the files
         assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
             f"jaxmeta_{name}_{shape[0]}px_{s}.npz" for s in SPLITS
