@@ -23,7 +23,11 @@ Sweeps (``--sweeps``, comma-separated):
 Presets: ``--preset canonical`` is the PyTorch-peer workload (Conv-4 strided, flatten
 head, 5-way 1-shot, 15 and 1 queries per class, meta-batch 32, 1 and 5 inner steps at lr
 0.4, Adam 1e-3, second and first order) with a projection of a 60k-iteration run
-(``--project-steps``); ``benchmarks/gpu.sh`` uses it.
+(``--project-steps``); ``benchmarks/gpu.sh`` uses it. ``--preset miniimagenet`` is the
+miniImageNet shape (5-way 1-shot, 84x84x3 episodes, 15 queries per class, meta-batch 4):
+MAML and first-order MAML with 5 inner steps at lr 0.01 and ProtoNets, each on Conv-4-32
+(max-pool, flatten: MAML's miniImageNet net) and on ResNet-12 (64-160-320-640; ``--models``
+picks them).
 
 Examples::
 
@@ -31,6 +35,7 @@ Examples::
     python benchmarks/throughput.py                          # everything (long on a CPU)
     python benchmarks/throughput.py --preset canonical --json out.json
     python benchmarks/throughput.py --tiny --sweeps algorithms --inner-steps 1 --in-process
+    python benchmarks/throughput.py --preset miniimagenet --json mini.json
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ def build(cfg: dict[str, Any]):
     """``(learner, model)`` for a configuration (the Omniglot setting of each paper)."""
     from jaxmeta.algorithms import get_algorithm
     from jaxmeta.models.conv4 import Conv4
+    from jaxmeta.models.resnet12 import ResNet12
 
     alg, ways, shots, k = cfg["algorithm"], cfg["ways"], cfg["shots"], cfg["inner_steps"]
     if alg in FEATURE_BASED:
@@ -86,12 +92,15 @@ def build(cfg: dict[str, Any]):
         )
         return learner, Identity()
     embed = alg in OTHERS
-    model = Conv4(
-        num_classes=None if embed else ways,
-        filters=cfg["filters"],
-        head=cfg["head"],
-        pool=(alg == "snail"),
-    )
+    if cfg.get("model", "conv4") == "resnet12":
+        model = ResNet12(num_classes=None if embed else ways)
+    else:
+        model = Conv4(
+            num_classes=None if embed else ways,
+            filters=cfg["filters"],
+            head=cfg["head"],
+            pool=bool(cfg.get("pool")) or alg == "snail",
+        )
     kw: dict[str, Any] = {}
     if alg in ("maml", "fomaml"):
         kw.update(inner_lr=cfg["inner_lr"], inner_steps=k, remat=bool(cfg.get("remat")))
@@ -112,9 +121,11 @@ def build(cfg: dict[str, Any]):
 
 
 def synthetic_episodes(
-    key, *, tasks: int, ways: int, shots: int, queries: int, size: int = 28, features: int = 0
+    key, *, tasks: int, ways: int, shots: int, queries: int, size: int = 28,
+    channels: int = 1, features: int = 0,
 ):
-    """Omniglot-shaped random episodes (values in [0, 1), class-major labels); ``features``:
+    """Random episodes of ``size x size x channels`` images (Omniglot: 28x28x1,
+    miniImageNet: 84x84x3; values in [0, 1), class-major labels); ``features``:
     feature vectors ``[tasks, n, features]`` instead."""
     import jax
     import jax.numpy as jnp
@@ -128,7 +139,7 @@ def synthetic_episodes(
     qy = jnp.broadcast_to(
         jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries), (tasks, ways * queries)
     )
-    item = (features,) if features else (size, size, 1)
+    item = (features,) if features else (size, size, channels)
     return Episode(
         jax.random.uniform(ks, (tasks, ways * shots, *item), jnp.float32),
         sy,
@@ -156,6 +167,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         shots=cfg["shots"],
         queries=cfg["queries"],
         features=FEATURES if cfg["algorithm"] in FEATURE_BASED else 0,
+        size=cfg.get("size", 28),
+        channels=cfg.get("channels", 1),
     )
     params = jax.jit(model.init)(k_init, eps.support_x[0])
     optimizer = optax.adam(cfg["outer_lr"])
@@ -196,6 +209,9 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
                 "task_chunk",
                 "filters",
                 "head",
+                "model",
+                "size",
+                "channels",
             )
         },
         "order": _order(cfg),
@@ -263,6 +279,29 @@ def grid(args) -> list[dict[str, Any]]:
                 for fo in (False, True):
                     add("canonical", queries=q, inner_steps=k, first_order=fo)
         return cfgs
+    if args.preset == "miniimagenet":
+        # MAML's miniImageNet setting (Finn et al. 2017): 5-way 1-shot, 15 queries, 4 tasks,
+        # 5 inner steps at lr 0.01, 84x84x3 images.
+        base.update(
+            ways=5,
+            shots=1,
+            size=84,
+            channels=3,
+            filters=32,
+            head="flatten",
+            pool=True,
+            inner_lr=0.01,
+        )
+        if args.meta_batch_given is None:
+            base["meta_batch"] = 4
+        if args.queries_given is None:
+            base["queries"] = 15
+        k = 5 if args.inner_steps_given is None else max(args.inner_steps)
+        for model in args.models:
+            add("miniimagenet", model=model, algorithm="maml", inner_steps=k)
+            add("miniimagenet", model=model, algorithm="maml", inner_steps=k, first_order=True)
+            add("miniimagenet", model=model, algorithm="protonets", inner_steps=0)
+        return cfgs
     for sweep in args.sweeps:
         if sweep == "algorithms":
             for alg in args.algorithms:
@@ -299,9 +338,16 @@ def parse_args(argv=None):
     )
     ap.add_argument(
         "--preset",
-        choices=["canonical"],
+        choices=["canonical", "miniimagenet"],
         default=None,
-        help="canonical: the PyTorch-peer workload (ignores --sweeps)",
+        help="canonical: the PyTorch-peer workload; miniimagenet: 84x84x3 episodes on "
+        "Conv-4-32 and ResNet-12 (both ignore --sweeps)",
+    )
+    ap.add_argument(
+        "--models",
+        type=csv_list,
+        default=["conv4", "resnet12"],
+        help="models of --preset miniimagenet (conv4,resnet12)",
     )
     ap.add_argument(
         "--algorithms",
@@ -404,6 +450,8 @@ def parse_args(argv=None):
     )
     ap.add_argument("--no-plots", action="store_true", help="write the JSON only, no PNG")
     args = ap.parse_args(argv)
+    args.meta_batch_given, args.queries_given = args.meta_batch, args.queries
+    args.inner_steps_given = args.inner_steps
     if args.sweeps is None:
         args.sweeps = ["algorithms", "memory"] if (args.quick or args.tiny) else list(SWEEPS)
     bad = [s for s in args.sweeps if s not in SWEEPS] + [a for a in args.algorithms if a not in ALL]
@@ -429,6 +477,7 @@ def parse_args(argv=None):
 
 COLUMNS = [
     ("sweep", "sweep"),
+    ("model", "model"),
     ("algorithm", "algorithm"),
     ("order", "order"),
     ("inner_steps", "K"),

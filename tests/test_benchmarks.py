@@ -158,6 +158,17 @@ def test_throughput_grid_covers_options():
     assert len({c["meta_batch"] for c in shape}) >= 3
     canon = throughput.grid(throughput.parse_args(["--preset", "canonical"]))
     assert len(canon) == 8 and all(c["meta_batch"] == 32 and c["filters"] == 64 for c in canon)
+    # miniImageNet-shaped rows: 84x84x3, MAML's setting, on Conv-4-32 and ResNet-12.
+    mini = throughput.grid(throughput.parse_args(["--preset", "miniimagenet"]))
+    assert {c["model"] for c in mini} == {"conv4", "resnet12"} and len(mini) == 6
+    assert all(
+        (c["size"], c["channels"], c["meta_batch"], c["queries"]) == (84, 3, 4, 15) for c in mini
+    )
+    assert {(c["algorithm"], c["inner_steps"], c["first_order"]) for c in mini} == {
+        ("maml", 5, False),
+        ("maml", 5, True),
+        ("protonets", 0, False),
+    }
 
 
 def test_compare_pytorch_without_torch(tmp_path):

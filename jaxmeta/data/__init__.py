@@ -3,12 +3,14 @@
 A dataset is one :class:`~jaxmeta.data.source.TaskSource` class plus one registry entry
 (:func:`register_task_source`); image datasets stored as one uint8 array per split build on
 :class:`~jaxmeta.data.image_tasks.ImageTasks`. Shipped: Omniglot (TFDS builder, uint8 cache,
-splits), sinusoid regression, and fixed feature vectors (the LEO paper's embeddings,
-features exported from a trained run).
+splits), miniImageNet, tieredImageNet, CIFAR-FS, FC100, your own image folders
+(:mod:`jaxmeta.data.prepared_tasks`), sinusoid regression, and fixed feature vectors
+(the LEO paper's embeddings, features exported from a trained run).
 """
 
 from jaxmeta.data.episodes import (
     ROTATIONS,
+    ClassImages,
     eval_episode_keys,
     eval_episodes,
     num_classes,
@@ -38,6 +40,7 @@ __all__ = [
     "ROTATIONS",
     "SCHEMES",
     "TASK_SOURCES",
+    "ClassImages",
     "ExportedFeatures",
     "FeatureTasks",
     "FeaturesError",

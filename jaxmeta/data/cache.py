@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +45,18 @@ def load_arrays(
     format: int,
     check: Callable[[dict[str, np.ndarray]], bool],
     what: str = "dataset cache",
+    keys: Collection[str] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """The arrays of a cache written by :func:`save_arrays`, or ``None`` (absent, unreadable,
-    another ``format``, or ``check(arrays)`` false: a warning says it will be rebuilt)."""
+    another ``format``, a key of ``keys`` missing, or ``check(arrays)`` false: a warning says
+    it will be rebuilt). ``keys``: read only these arrays (default all; e.g. one split of a
+    large dataset)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in (z.files if keys is None else keys)}
         ok = int(arrays["format"]) == format and check(arrays)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # EOFError: a 0-byte file; the others: truncated, garbage or foreign files.

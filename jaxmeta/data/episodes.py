@@ -9,6 +9,14 @@ images) every class gives four classes (0/90/180/270 degrees), class ``r * C + c
 ``c`` rotated by ``r * 90`` degrees counter-clockwise; the rotation is applied on the device.
 Episodes hold float32 images ``[..., H, W, ch]`` (``ch = 1`` for grey).
 
+Classes of unequal sizes (tieredImageNet, your own folders) come as :class:`ClassImages`:
+all images of a split in one array ``[n, H, W(, ch)]``, class ``c`` being
+``images[offsets[c]:offsets[c + 1]]``, nothing padded. A class's examples are drawn as the
+top ``shots + queries`` of i.i.d. uniforms over a static ``[max_count]`` row whose entries
+past the class's count are set to -1, so every example of the class is equally likely and
+no index past the class is ever drawn; the row length (the largest class) is static pytree
+metadata, so the jitted step traces once per dataset.
+
 Label ``i`` of a task is the ``i``-th class drawn; the classes come in random order (the top
 ``ways`` of i.i.d. uniforms), so a character's label is random in every task. Examples are class-
 major: ``support_y = [0]*shots + [1]*shots + ...``, ``query_y = [0]*queries + [1]*queries + ...``.
@@ -23,7 +31,9 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +44,7 @@ from jaxmeta.validation import check_int
 
 __all__ = [
     "ROTATIONS",
+    "ClassImages",
     "eval_episode_keys",
     "eval_episodes",
     "num_classes",
@@ -42,6 +53,57 @@ __all__ = [
 ]
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["images", "offsets"],
+    meta_fields=["min_count", "max_count"],
+)
+@dataclasses.dataclass(frozen=True)
+class ClassImages:
+    """One split whose classes may have different numbers of examples (a pytree).
+
+    Attributes:
+      images: uint8 ``[n, H, W]`` or ``[n, H, W, ch]``, the images of each class contiguous.
+      offsets: int32 ``[classes + 1]``, rising from 0 to ``n``; class ``c`` is
+        ``images[offsets[c]:offsets[c + 1]]``.
+      min_count, max_count: the smallest and largest class (static: part of the tree
+        structure, so a jitted function sees them as Python ints).
+    """
+
+    images: Any
+    offsets: Any
+    min_count: int
+    max_count: int
+
+    @classmethod
+    def from_offsets(cls, images, offsets) -> ClassImages:
+        """From host arrays (counts computed here); ``offsets`` as in the attributes."""
+        offsets = np.asarray(offsets)
+        counts = np.diff(offsets)
+        if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or np.any(counts < 1):
+            raise ValueError("offsets must rise strictly from 0 (every class non-empty)")
+        if offsets[-1] != images.shape[0]:
+            raise ValueError(f"offsets end at {offsets[-1]}, images has {images.shape[0]}")
+        return cls(images, offsets.astype(np.int32), int(counts.min()), int(counts.max()))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(classes, max_count, H, W(, ch))``: the shape of the padded array it stands for."""
+        return (int(self.offsets.shape[0]) - 1, self.max_count, *self.images.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.images.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.images.ndim + 1
+
+    def counts(self) -> np.ndarray:
+        """Examples per class (host)."""
+        return np.diff(np.asarray(self.offsets))
 
 
 def num_classes(images, rotations: bool) -> int:
@@ -80,10 +142,12 @@ def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations
             f"ways={ways} exceeds the {available} classes available ({shape[0]} characters"
             f"{' x 4 rotations' if rotations else ''}); classes are drawn without replacement"
         )
-    if shots + queries > shape[1]:
+    fewest = images.min_count if isinstance(images, ClassImages) else shape[1]
+    if shots + queries > fewest:
+        smallest = "the smallest class's" if isinstance(images, ClassImages) else "the"
         raise ValueError(
-            f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {shape[1]} "
-            "examples per class; support and query images are distinct examples"
+            f"shots + queries = {shots} + {queries} = {shots + queries} exceeds {smallest} "
+            f"{fewest} examples per class; support and query images are distinct examples"
         )
 
 
@@ -131,15 +195,24 @@ def _one_task(
     queries: int,
     rotations: bool,
 ) -> Episode:
-    n_char, n_drawers = images.shape[:2]
+    n_char, n_drawers = images.shape[:2]  # ClassImages: n_drawers = its largest class
     n = shots + queries
     n_cls = num_classes(images, rotations)
     # One draw of uniforms for classes and examples (one threefry call: half the compile time).
     u = jax.random.uniform(key, (n_cls + ways * n_drawers,))
     classes = _top_k_indices(u[:n_cls], ways)  # [ways]
     char = classes % n_char
-    drawers = _top_k_indices(u[n_cls:].reshape(ways, n_drawers), n)  # [ways, n]
-    x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, H, W(, ch)] u8
+    v = u[n_cls:].reshape(ways, n_drawers)
+    if isinstance(images, ClassImages):
+        start = images.offsets[char]  # [ways]
+        count = images.offsets[char + 1] - start
+        # Entries past a class's count can never reach its top n (n <= its count, uniforms
+        # are >= 0): the draw is a uniform subset of that class's examples.
+        v = jnp.where(jnp.arange(n_drawers)[None, :] < count[:, None], v, -1.0)
+        x = images.images[start[:, None] + _top_k_indices(v, n)]  # [ways, n, H, W(, ch)] u8
+    else:
+        drawers = _top_k_indices(v, n)  # [ways, n]
+        x = images[jnp.broadcast_to(char[:, None], (ways, n)), drawers]  # [ways, n, H, W(, ch)]
     if rotations:
         x = _rotate(x, classes // n_char)
     x = to_float(x)
@@ -182,7 +255,8 @@ def sample_episodes(
     Args:
       key: a PRNG key (``jax.random.key`` or legacy ``uint32[2]``).
       images: uint8 ``[C, E, H, W]`` or ``[C, E, H, W, ch]``, one split's images, e.g. from
-        :func:`jaxmeta.data.omniglot.split_images` put on the device once.
+        :func:`jaxmeta.data.omniglot.split_images` put on the device once; or a
+        :class:`ClassImages` (classes of unequal sizes, ``E`` = the smallest class).
       tasks: number of tasks (meta-batch size).
       ways: classes per task (N >= 2), drawn without replacement from ``C`` (or ``4 C``) classes.
       shots: support images per class (K).
@@ -279,9 +353,11 @@ def eval_episodes(
     _check(images, tasks=episodes, ways=ways, shots=shots, queries=queries, rotations=rotations)
     cpu = jax.devices("cpu")[0]
     keys = eval_episode_keys(seed, episodes)[start:stop]
+    if not isinstance(images, ClassImages):
+        images = np.asarray(images)
     ep = _sample_from_keys(
         jax.device_put(keys, cpu),
-        jax.device_put(np.asarray(images), cpu),
+        jax.device_put(images, cpu),
         ways=ways,
         shots=shots,
         queries=queries,

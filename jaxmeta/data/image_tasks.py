@@ -38,7 +38,7 @@ class ImageTasks(TaskSource):
 
     classification: ClassVar[bool] = True
     name: ClassVar[str] = "images"
-    examples_per_class: int
+    examples_per_class: int | None = None  # None: unequal or unknown before the data is read
 
     def __init__(self, *, ways: int, shots: int, queries: int, rotations: bool = False):
         if ways is not None and isinstance(ways, numbers.Integral) and ways < 2:
@@ -85,7 +85,7 @@ class ImageTasks(TaskSource):
                 f"{ways}-way is larger than the {n} classes of the {self.split_label(split)}"
                 + (f" (rotations={self.rotations})" if "rotations" in self.describe() else ""),
             )
-        if shots + queries > self.examples_per_class:
+        if self.examples_per_class is not None and shots + queries > self.examples_per_class:
             raise TaskSourceError(
                 "queries",
                 f"shots + queries = {shots} + {queries} = {shots + queries} > "

@@ -15,13 +15,23 @@ one vectorised call.
 Reading folders (for ``jaxmeta predict`` and the examples): :func:`read_image` decodes one
 file to greyscale (transparent pixels count as paper), :func:`read_support_folder` reads
 one subfolder per class, :func:`read_query` a list of files and folders.
+
+Natural images (the dataset readers of :mod:`jaxmeta.data.miniimagenet`,
+:mod:`~jaxmeta.data.tieredimagenet`, :mod:`~jaxmeta.data.cifar_fs`,
+:mod:`~jaxmeta.data.folder`): :func:`load_image` / :func:`load_images` decode files or
+encoded bytes to uint8 ``[S, S, C]`` (RGB or grey, not inverted) resized with Pillow's
+LANCZOS, the filter of MAML's miniImageNet preprocessing; :func:`resize_images` does the
+same for decoded ``[n, h, w, C]`` arrays with the exact vectorised LANCZOS above.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import hashlib
+import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +39,13 @@ import numpy as np
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageFolderError",
+    "load_image",
+    "load_images",
     "preprocess",
     "read_image",
     "read_query",
     "read_support_folder",
+    "resize_images",
     "resize_ink",
 ]
 
@@ -236,13 +249,144 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             im.load()
             if im.mode == "1":
                 return np.asarray(im)
-            if "A" in im.getbands() or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
-            return np.asarray(im.convert("L"))
+            return np.asarray(_convert_on_white(im, "L"))
     except (OSError, UnidentifiedImageError) as err:
         raise ImageFolderError(f"{path}: not a readable image ({err})") from None
+
+
+def _convert_on_white(im, mode: str):
+    """``im`` in PIL ``mode``, transparent pixels composited onto white first."""
+    from PIL import Image
+
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert(mode)
+    return im.convert(mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Natural images (RGB or grey, not inverted) for the dataset readers.
+
+_CHANNEL_MODES = {1: "L", 3: "RGB"}
+
+
+def _check_channels(channels: int) -> str:
+    if channels not in _CHANNEL_MODES:
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    return _CHANNEL_MODES[channels]
+
+
+def load_image(
+    source: bytes | str | os.PathLike, *, size: int, channels: int = 3, where: str | None = None
+) -> np.ndarray:
+    """Decode one image (a file or its encoded bytes) to uint8 ``[size, size, channels]``.
+
+    Any format and mode Pillow reads; converted to RGB (``channels=3``) or grey (``1``) with
+    Pillow's ``convert`` (transparent pixels composited onto white), then stretched to
+    ``size x size`` with ``Image.resize((size, size), Image.LANCZOS)`` unless already that
+    size: what MAML's miniImageNet script does (cbfinn/maml ``data/miniImagenet/
+    proc_images.py``), without its re-encoding as JPEG. Values are not inverted.
+
+    Raises:
+      ImageFolderError: the data is not a readable image (names ``where`` or the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    mode = _check_channels(channels)
+    name = where if where is not None else ("<bytes>" if isinstance(source, bytes) else source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            im = _convert_on_white(im, mode)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageFolderError(f"{name}: not a readable image ({err})") from None
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.LANCZOS)
+    return np.asarray(im, np.uint8).reshape(size, size, channels)
+
+
+def load_images(
+    sources: Sequence[bytes | str | os.PathLike],
+    *,
+    size: int,
+    channels: int = 3,
+    names: Sequence[str] | None = None,
+    out: np.ndarray | None = None,
+    sha256: list[str] | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """:func:`load_image` for many images, decoded by a pool of threads (Pillow's decoders
+    release the GIL).
+
+    Args:
+      sources: ``n`` files or encoded images.
+      size, channels: as :func:`load_image`.
+      names: ``n`` names for error messages (default: the paths, or ``item <i>``).
+      out: uint8 ``[n, size, size, channels]`` to fill (default: a new array).
+      sha256: a list to receive the sha256 of each source's bytes (in order).
+      workers: threads (default ``min(8, os.cpu_count())``).
+
+    Returns:
+      uint8 ``[n, size, size, channels]`` (``out`` when given).
+
+    Raises:
+      ImageFolderError: an unreadable image, naming it (the first in order).
+    """
+    _check_channels(channels)
+    n = len(sources)
+    if out is None:
+        out = np.empty((n, size, size, channels), np.uint8)
+    if out.shape != (n, size, size, channels) or out.dtype != np.uint8:
+        raise ValueError(
+            f"out must be uint8 {(n, size, size, channels)}, got {out.dtype} {out.shape}"
+        )
+    digests = [""] * n
+
+    def name_of(i: int) -> str:
+        if names is not None:
+            return str(names[i])
+        return f"item {i}" if isinstance(sources[i], bytes | bytearray) else str(sources[i])
+
+    def work(start: int) -> None:
+        for i in range(start, min(start + 256, n)):
+            src = sources[i]
+            if not isinstance(src, bytes | bytearray | memoryview):
+                try:
+                    src = Path(src).read_bytes()
+                except OSError as err:
+                    raise ImageFolderError(f"{name_of(i)}: cannot be read ({err})") from None
+            src = bytes(src)
+            if sha256 is not None:
+                digests[i] = hashlib.sha256(src).hexdigest()
+            out[i] = load_image(src, size=size, channels=channels, where=name_of(i))
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(work, range(0, n, 256)):
+            pass  # re-raises the first failure, in order
+    if sha256 is not None:
+        sha256[:] = digests
+    return out
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[n, h, w, C]`` -> ``[n, size, size, C]`` with Pillow's LANCZOS, bit-exact.
+
+    Each channel plane goes through :func:`resize_ink` (two exact matrix products for
+    square images), which equals ``Image.resize((size, size), Image.LANCZOS)`` of the RGB or
+    grey image (Pillow resamples every band with the same fixed-point weights; tested).
+    An array already ``size x size`` is returned unchanged.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [n, h, w, C], got {images.dtype} {images.shape}")
+    n, h, w, c = images.shape
+    if (h, w) == (size, size):
+        return images
+    planes = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(n * c, h, w)
+    out = resize_ink(planes, size).reshape(n, c, size, size)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -11,18 +11,27 @@ from collections.abc import Callable
 
 from jaxmeta.data.features import ExportedFeatures
 from jaxmeta.data.leo_embeddings import LEOEmbeddings
+from jaxmeta.data.cifar_fs import CifarFSTasks, FC100Tasks
+from jaxmeta.data.folder import FolderTasks
+from jaxmeta.data.miniimagenet import MiniImageNetTasks
 from jaxmeta.data.omniglot.source import OmniglotTasks
 from jaxmeta.data.sinusoid import SinusoidTasks
 from jaxmeta.data.source import TaskSource, TaskSourceError
+from jaxmeta.data.tieredimagenet import TieredImageNetTasks
 
 __all__ = [
     "TASK_SOURCES",
     "ExportedFeatures",
     "LEOEmbeddings",
+    "CifarFSTasks",
+    "FC100Tasks",
+    "FolderTasks",
+    "MiniImageNetTasks",
     "OmniglotTasks",
     "SinusoidTasks",
     "TaskSource",
     "TaskSourceError",
+    "TieredImageNetTasks",
     "get_task_source",
     "register_task_source",
 ]
@@ -32,6 +41,11 @@ TASK_SOURCES: dict[str, Callable[..., TaskSource]] = {
     "sinusoid": SinusoidTasks,
     "leo_embeddings": LEOEmbeddings,
     "features": ExportedFeatures,
+    "miniimagenet": MiniImageNetTasks,
+    "tieredimagenet": TieredImageNetTasks,
+    "cifar_fs": CifarFSTasks,
+    "fc100": FC100Tasks,
+    "folder": FolderTasks,
 }
 
 

@@ -11,11 +11,13 @@ from jaxmeta.models.conv4 import Conv4
 from jaxmeta.models.fce import FullContextEmbedding
 from jaxmeta.models.identity import Identity
 from jaxmeta.models.mlp import MLP
+from jaxmeta.models.resnet12 import ResNet12
 from jaxmeta.models.snail import SNAIL
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "conv4": Conv4,
+    "resnet12": ResNet12,
     "snail": SNAIL,
     "fce": FullContextEmbedding,
     "identity": Identity,

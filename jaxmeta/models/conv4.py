@@ -4,7 +4,9 @@ Each block is 3x3 conv (64 filters) -> BatchNorm (current-batch statistics) -> R
 either stride 2 (the strided variant, 28 -> 14 -> 7 -> 4 -> 2, cbfinn/maml
 ``--max_pool False``) or stride 1 + 2x2 max-pool (28 -> 14 -> 7 -> 3 -> 1). A linear
 head follows (``flatten`` or spatial ``mean``); ``num_classes=None`` returns the
-embedding instead.
+embedding instead. Any ``[n, H, W, C]`` input works: MAML's miniImageNet net is
+``Conv4(filters=32, pool=True, head="flatten")`` on 84x84 RGB (84 -> 42 -> 21 -> 10 -> 5,
+5 x 5 x 32 = 800 features; cbfinn/maml ``maml.py``).
 
 **BatchNorm modes.** Normalisation uses the mean and (biased) variance of a batch, over
 ``(n, h, w)``; it has a learned scale and bias and keeps no running averages and no mutable
@@ -46,7 +48,8 @@ HEADS = ("flatten", "mean")
 
 
 class Conv4(nn.Module):
-    """MAML-paper Conv-4: ``x [n, 28, 28, 1] -> logits [n, num_classes]``.
+    """MAML-paper Conv-4: ``x [n, H, W, C] -> logits [n, num_classes]`` (Omniglot
+    ``[n, 28, 28, 1]``, miniImageNet ``[n, 84, 84, 3]``).
 
     Attributes:
       num_classes: width of the linear head; ``None`` returns the embedding
@@ -62,7 +65,7 @@ class Conv4(nn.Module):
         ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
       dtype: parameter and compute dtype (``float64`` for finite-difference tests).
 
-    Call: ``(x [n, 28, 28, 1], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
+    Call: ``(x [n, H, W, C], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
     normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
     """
 
