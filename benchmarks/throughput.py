@@ -121,8 +121,15 @@ def build(cfg: dict[str, Any]):
 
 
 def synthetic_episodes(
-    key, *, tasks: int, ways: int, shots: int, queries: int, size: int = 28,
-    channels: int = 1, features: int = 0,
+    key,
+    *,
+    tasks: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    size: int = 28,
+    channels: int = 1,
+    features: int = 0,
 ):
     """Random episodes of ``size x size x channels`` images (Omniglot: 28x28x1,
     miniImageNet: 84x84x3; values in [0, 1), class-major labels); ``features``:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxmeta.data.features import ExportedFeatures
-from jaxmeta.data.leo_embeddings import LEOEmbeddings
 from jaxmeta.data.cifar_fs import CifarFSTasks, FC100Tasks
+from jaxmeta.data.features import ExportedFeatures
 from jaxmeta.data.folder import FolderTasks
+from jaxmeta.data.leo_embeddings import LEOEmbeddings
 from jaxmeta.data.miniimagenet import MiniImageNetTasks
 from jaxmeta.data.omniglot.source import OmniglotTasks
 from jaxmeta.data.sinusoid import SinusoidTasks
