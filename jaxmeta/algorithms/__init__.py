@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxmeta.algorithms import anil as _anil
+from jaxmeta.algorithms import imaml as _imaml
 from jaxmeta.algorithms import maml as _maml
+from jaxmeta.algorithms import mamlpp as _mamlpp
 from jaxmeta.algorithms import matching as _matching
 from jaxmeta.algorithms import metasgd as _metasgd
 from jaxmeta.algorithms import protonets as _protonets
@@ -31,6 +33,8 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "protonets": _protonets.protonets,
     "matching": _matching.matching,
     "snail": _snail.snail,
+    "mamlpp": _mamlpp.mamlpp,
+    "imaml": _imaml.imaml,
 }
 
 
