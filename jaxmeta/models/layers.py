@@ -105,8 +105,8 @@ def batch_moments(x: Array, *, stats_rows: int | None = None) -> tuple[Array, Ar
     """The ``(mean [C], biased var [C])`` :func:`batch_stat_norm` normalises ``x`` with."""
     ref = x if stats_rows is None else x[:stats_rows]
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(ref, axis=axes)
-    return mean, jnp.mean(jnp.square(ref - mean), axis=axes)
+    mean = jnp.mean(ref, axis=axes, keepdims=True)
+    return mean.reshape(-1), jnp.mean(jnp.square(ref - mean), axis=axes)
 
 
 def batch_stat_norm(
