@@ -107,7 +107,7 @@ def plot(rows: list[dict[str, Any]], path: Path, key: str, title: str) -> None:
     for name in LEARNERS:
         pts = [(r["inner_steps"], r[key]) for r in rows if r["learner"] == name and key in r]
         if pts:
-            ax.plot(*zip(*sorted(pts)), marker="o", label=name)
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=name)
     ax.set_xlabel("inner steps")
     ax.set_ylabel(f"{key} (MiB)")
     ax.set_title(title, fontsize=9)
@@ -157,12 +157,13 @@ def main() -> int:
                 execute=execute,
             )
             rec = run_worker(__file__, cfg, timeout=args.timeout)
-            print(
-                f"{name:11s} K={k:3d}  "
-                + (rec.get("error") or f"temp {rec['temp_mb']:.1f} MiB"
-                   + (f", peak {rec['peak_mb']:.1f} MiB ({rec['memory_kind']})" if "peak_mb" in rec else "")),
-                flush=True,
-            )
+            if "error" in rec:
+                line = rec["error"]
+            else:
+                line = f"temp {rec['temp_mb']:.1f} MiB"
+                if "peak_mb" in rec:
+                    line += f", peak {rec['peak_mb']:.1f} MiB ({rec['memory_kind']})"
+            print(f"{name:11s} K={k:3d}  {line}", flush=True)
             rows.append(rec)
             write_json(args.out / "memory.json", {"machine": machine(), "rows": rows})
 

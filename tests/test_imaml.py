@@ -81,7 +81,9 @@ def test_small_mlp_float64_equals_gradient_through_converged_unrolled_loop():
                 sup = cross_entropy_loss(model.apply(p, ep.support_x), ep.support_y)
                 prox = sum(
                     jnp.sum(jnp.square(x - t))
-                    for x, t in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(theta))
+                    for x, t in zip(
+                        jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(theta), strict=True
+                    )
                 )
                 return sup + 0.5 * lam * prox
 

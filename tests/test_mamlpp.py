@@ -103,9 +103,7 @@ def test_lslr_meta_gradient_matches_finite_differences_float64():
             lambda a: a * jnp.array([1.0, 0.6], jnp.float64), meta["lr"]
         )
         step = jnp.int32(1)
-        grads, _ = jax.jit(lambda m: learner.meta_grad(m, eps, jax.random.key(0), step=step))(
-            meta
-        )
+        grads, _ = jax.jit(lambda m: learner.meta_grad(m, eps, jax.random.key(0), step=step))(meta)
 
         def objective(lr):
             m = {**meta, "lr": lr}
@@ -143,8 +141,7 @@ def test_per_step_bn_statistics_threaded_and_restored_from_a_checkpoint(tmp_path
     # the running mean of step 0 becomes 0.9 * 0 + 0.1 * (mean over tasks of those means).
     kernel = params["params"]["conv0"]
     moments = [
-        batch_moments(conv3x3(eps.support_x[t], kernel, stride=2, impl="xla"))
-        for t in range(TASKS)
+        batch_moments(conv3x3(eps.support_x[t], kernel, stride=2, impl="xla")) for t in range(TASKS)
     ]
     want_mean = 0.1 * np.mean([m[0] for m in moments], axis=0)
     want_var = 0.9 + 0.1 * np.mean([m[1] for m in moments], axis=0)

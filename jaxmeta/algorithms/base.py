@@ -131,6 +131,16 @@ def apply_support_query(
     return out[:n_s], out[n_s:]
 
 
+def query_outputs(
+    apply_fn: ApplyFn, adapted: Params, support_x: Array, query_x: Array, *, bn_mode=None
+) -> Array:
+    """The adapted model's outputs on one task's queries in a BatchNorm mode (``None`` =
+    transductive: the queries alone; see :func:`apply_support_query`)."""
+    if bn_mode in (None, "transductive"):
+        return apply_fn(adapted, query_x)
+    return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
+
+
 def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
     """``loss`` plus ``accuracy`` for classification targets."""
     out = {"loss": loss}
@@ -214,9 +224,7 @@ def gradient_learner(
         del key
         check_task(support_x, support_y, query_x)  # adapt checks the labels
         adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
-        if bn_mode in (None, "transductive"):
-            return apply_fn(adapted, query_x)
-        return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
+        return query_outputs(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)
 
     return MetaLearner(
         init=init,

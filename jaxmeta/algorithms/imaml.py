@@ -34,10 +34,10 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import (
     MetaLearner,
-    apply_support_query,
     identity_init,
     mean_task_grad,
     query_loss,
+    query_outputs,
 )
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -49,7 +49,10 @@ _tmap = jax.tree_util.tree_map
 
 
 def _vdot(a: Params, b: Params) -> Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return sum(
+        jnp.vdot(x, y)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
 
 
 def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, *, steps: int) -> Params:
@@ -249,9 +252,7 @@ def imaml(
         del key
         check_task(support_x, support_y, query_x)
         phi = adapt(params, support_x, support_y, steps)
-        if bn_mode in (None, "transductive"):
-            return apply_fn(phi, query_x)
-        return apply_support_query(apply_fn, phi, support_x, query_x, bn_mode=bn_mode)[1]
+        return query_outputs(apply_fn, phi, support_x, query_x, bn_mode=bn_mode)
 
     return MetaLearner(
         init=identity_init,

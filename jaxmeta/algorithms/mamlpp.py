@@ -43,7 +43,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, apply_support_query, query_loss
+from jaxmeta.algorithms.base import MetaLearner, query_loss, query_outputs
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -308,7 +308,9 @@ def mamlpp(
             second = jnp.asarray(0.0 if first_order else 1.0, jnp.float32)
         else:
             is_fo = jnp.asarray(step, jnp.int32) // steps_per_epoch < first_order_epochs
-            grads, (metrics, moments) = jax.lax.cond(is_fo, with_order(True), with_order(False), meta)
+            grads, (metrics, moments) = jax.lax.cond(
+                is_fo, with_order(True), with_order(False), meta
+            )
             second = 1.0 - is_fo.astype(jnp.float32)
         metrics = {**metrics, "second_order": second}
         return grads, metrics, moments
@@ -362,9 +364,7 @@ def mamlpp(
         del key
         check_task(support_x, support_y, query_x)
         adapted = adapt(meta, support_x, support_y, steps)
-        if bn_mode in (None, "transductive"):
-            return apply_fn(adapted, query_x)
-        return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
+        return query_outputs(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)
 
     return MetaLearner(
         init=init,

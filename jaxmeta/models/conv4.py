@@ -39,7 +39,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.models.layers import batch_moments, batch_stat_norm, conv3x3, max_pool2x2, resolve_conv_impl
+from jaxmeta.models.layers import (
+    batch_moments,
+    batch_stat_norm,
+    conv3x3,
+    max_pool2x2,
+    resolve_conv_impl,
+)
 from jaxmeta.types import Array
 
 HEADS = ("flatten", "mean")
