@@ -56,11 +56,13 @@ class MetaLearner(NamedTuple):
         evaluation reports); ``None`` for learners that do not adapt by gradient steps.
       init_state: optional ``(key, meta_params) -> learner_state``: state the learner
         carries from step to step that is not optimised by the outer optimizer (e.g.
-        running statistics). ``None`` (every shipped learner): no state; the train state's
+        running statistics: ``mamlpp``'s per-step BatchNorm statistics). ``None`` (every other
+        shipped learner): no state; the train state's
         ``learner_state`` slot stays ``None`` and checkpoints hold no such entry.
       update: optional outer update replacing the shared one (the *outer-update hook*):
         ``(state, episodes, key, *, optimizer, task_chunk) -> (state, metrics)`` with
-        ``state`` a :class:`jaxmeta.step.TrainState`. ``None`` (every shipped learner):
+        ``state`` a :class:`jaxmeta.step.TrainState`. ``None`` (every shipped learner but
+        ``mamlpp``, whose update passes ``state.step`` to its annealing and threads its state):
         :func:`jaxmeta.step.meta_update` applies ``optimizer`` to ``meta_grad``'s gradients.
         A learner whose outer step is not an optax update (e.g. TRPO) or that must thread
         ``learner_state`` supplies it; it may reuse :func:`jaxmeta.step.apply_gradients`.

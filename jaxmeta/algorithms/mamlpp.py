@@ -18,7 +18,9 @@ each a switch so that ablations can be run.
    (whose BatchNorm always runs with ``training=True``), normalisation itself always uses the
    statistics of the current batch; the running statistics are tracked, not used.
 5. ``lslr``: learned per-layer, per-step inner learning rates: one ``[inner_steps]`` vector per
-   parameter array (meta-parameters ``{"params", "lr"}``), initialised to ``inner_lr``.
+   parameter array (meta-parameters ``{"params", "lr"}``, ``lr`` shaped like the model's
+   parameters), initialised to ``inner_lr``. With ``per_step_bn`` the BatchNorm leaves are not
+   adapted and their vectors stay unused (zero gradient).
 6. Cosine annealing of the outer learning rate: the optimizer's schedule
    (``optimizer.schedule: {name: cosine}`` in a config), not this module.
 
