@@ -25,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -132,7 +133,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 and 5 steps, 8 filters, 4 tasks")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=scratch("memory"))
+    ap.add_argument("--report", action="store_true", help="only redraw --out's table and plot")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads((args.out / "memory.json").read_text())
+        report(saved["rows"], args)
+        return 0
     if args.quick:
         args.inner_steps, args.filters, args.tasks = [1, 5], 8, 4
     unknown = sorted(set(args.learners) - set(LEARNERS))
@@ -167,6 +173,13 @@ def main() -> int:
             rows.append(rec)
             write_json(args.out / "memory.json", {"machine": machine(), "rows": rows})
 
+    report(rows, args)
+    return 0
+
+
+def report(rows: list[dict[str, Any]], args) -> None:
+    """``memory.md`` and ``memory.png`` (and the device-peak plot) from result rows."""
+    rows = [r for r in rows if "error" not in r]
     cols = [("learner", "learner"), ("inner_steps", "inner steps"), ("temp_mb", "temp MiB")]
     if any("device_peak_mb" in r for r in rows):
         cols.append(("device_peak_mb", "device peak MiB"))
@@ -175,16 +188,15 @@ def main() -> int:
     table = markdown_table(rows, cols)
     (args.out / "memory.md").write_text(table + "\n")
     print(table)
-    backend = rows[0].get("backend", "?") if rows else "?"
+    r0 = rows[0] if rows else {}
     title = (
-        f"meta-gradient memory, Conv-4 {args.filters}f 5w1s Q{args.queries}, "
-        f"{args.tasks} tasks vmapped ({backend})"
+        f"meta-gradient memory, Conv-4 {r0.get('filters')}f 5w1s Q{r0.get('queries')}, "
+        f"{r0.get('tasks')} tasks vmapped ({r0.get('backend', '?')})"
     )
     plot(rows, args.out / "memory.png", "temp_mb", title)
     if any("device_peak_mb" in r for r in rows):
         plot(rows, args.out / "memory_device_peak.png", "device_peak_mb", title)
     print(f"wrote {args.out}/memory.json, memory.md, memory.png")
-    return 0
 
 
 if __name__ == "__main__":
