@@ -215,6 +215,40 @@ def memory_record(peak_steps_mb: float | None = None) -> dict[str, Any]:
     return rec
 
 
+def program_memory_parts(compiled) -> dict[str, float] | None:
+    """XLA's memory analysis of a compiled program, MiB: ``argument``, ``output``, ``alias``
+    (donated), ``temp`` (the program's own scratch: activations kept for the backward
+    pass etc.) and ``peak`` (XLA's peak when it reports one, else arguments + outputs -
+    aliases + temporaries); ``None`` on backends without the analysis."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - backends without the analysis
+        return None
+    if m is None:
+        return None
+    mib = lambda b: round(b / 2**20, 3)
+    parts = {
+        "argument": m.argument_size_in_bytes,
+        "output": m.output_size_in_bytes,
+        "alias": m.alias_size_in_bytes,
+        "temp": m.temp_size_in_bytes,
+    }
+    peak = getattr(m, "peak_memory_in_bytes", 0) or (
+        parts["argument"] + parts["output"] - parts["alias"] + parts["temp"]
+    )
+    return {**{k: mib(v) for k, v in parts.items()}, "peak": mib(peak)}
+
+
+def program_memory_mb(compiled) -> float | None:
+    """Device memory the compiled program needs (XLA's memory analysis), MiB.
+
+    Arguments + outputs - donated aliases + temporaries: what one step holds at its peak,
+    independent of the allocator's history, so rows timed in one process stay separate.
+    """
+    parts = program_memory_parts(compiled)
+    return None if parts is None else round(parts["peak"], 1)
+
+
 # ------------------------------------------------------------------------------ machine
 
 

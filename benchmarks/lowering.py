@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
     csv_list,
     machine,
     markdown_table,
+    program_memory_mb,
     run_worker,
     time_state_calls,
     worker_main,
@@ -61,27 +62,6 @@ def _task_chunk(text: str) -> int | str | None:
     if text.lower() in ("none", "null"):
         return None
     return text if text == "auto" else int(text)
-
-
-def program_memory_mb(compiled) -> float | None:
-    """Device memory the compiled program needs (XLA's memory analysis), MiB.
-
-    Arguments + outputs - donated aliases + temporaries: what one step holds at its peak,
-    independent of the allocator's history, so rows timed in one process stay separate.
-    """
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - backends without the analysis
-        return None
-    if m is None:
-        return None
-    peak = getattr(m, "peak_memory_in_bytes", 0) or (
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        - m.alias_size_in_bytes
-        + m.temp_size_in_bytes
-    )
-    return round(peak / 2**20, 1)
 
 
 def build_train_step(cfg: dict[str, Any]):

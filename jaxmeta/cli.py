@@ -120,9 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         help="train (or resume) an experiment, then test its best checkpoint",
         description="Meta-train from a config with a live progress bar (steps/s, loss, "
         "accuracy, ETA), validate periodically, keep the latest and the best orbax "
-        "checkpoints (best = highest validation accuracy, or lowest validation MSE for "
-        "regression), and finish with a test evaluation of the best checkpoint (the "
-        "final one when the data has no validation split).",
+        "checkpoints (best = highest validation accuracy, lowest validation MSE for "
+        "regression, highest return for meta-RL), and finish with a test evaluation of "
+        "the best checkpoint (the final one when the data has no validation split).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG_TRAIN,
     )

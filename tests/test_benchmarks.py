@@ -40,44 +40,61 @@ def check_machine(doc):
 
 
 def test_first_vs_second_order(tmp_path):
+    """--smoke runs every part (accuracy over seeds, gradient gap at the checkpoints, cost vs
+    inner steps) and a rerun skips what is done (resume)."""
     out = tmp_path / "fvs"
-    p = run(
-        "first_vs_second_order.py",
-        "--quick",
-        "--tiny",
-        "--steps",
-        "3",
-        "--tasks",
-        "sinusoid",
-        "--in-process",
-        "--out",
-        str(out),
-    )
+    args = ["--smoke", "--seeds", "2", "--algorithms", "maml,fomaml,imaml",
+            "--inner-steps", "1", "--out", str(out)]  # fmt: skip
+    p = run("first_vs_second_order.py", *args)
     doc = json.loads((out / "first_vs_second_order.json").read_text())
     check_machine(doc)
-    assert doc["benchmark"] == "first_vs_second_order"
+    assert doc["benchmark"] == "first_vs_second_order" and doc["mode"] == "smoke"
     written = p.stdout.split("wrote:", 1)[1].split()
-    assert written == [str(out / "first_vs_second_order.json"), *doc.get("plots", [])]
-    runs = {r["order"]: r for r in doc["runs"]}
-    assert set(runs) == {"second", "first"}
-    for r in runs.values():
-        assert "error" not in r, r.get("error")
-        for key in ("ms_per_step", "compile_s", "peak_mb", "train_s", "tasks_per_s"):
-            assert positive(r[key]), (key, r[key])
-        assert r["memory_kind"] in ("device", "rss", "rss_steps")
-        assert r["metric"] == "mse" and r["steps"] == 3
-        steps = [p["step"] for p in r["curve"]]
-        assert steps[0] == 0 and steps[-1] == 3 and steps == sorted(steps)
-        for p in r["curve"]:
-            assert positive(p["mse"]) and p["ci95"] >= 0 and p["train_s"] >= 0
-    # Identical seeds and episodes: the same initial parameters give the same step-0 score.
-    assert math.isclose(
-        runs["second"]["curve"][0]["mse"], runs["first"]["curve"][0]["mse"], rel_tol=1e-6
-    )
-    (s,) = doc["summary"]
-    assert s["task"] == "sinusoid" and positive(s["second_over_first_ms"])
+    assert written[:2] == [
+        str(out / "first_vs_second_order.json"),
+        str(out / "first_vs_second_order.md"),
+    ]
+    assert written[2:] == doc.get("plots", [])
+    runs = [r for r in doc["runs"] if "skipped" not in r]
+    assert {(r["algorithm"], r["seed"]) for r in runs} == {
+        (a, s) for a in ("maml", "fomaml") for s in (0, 1)
+    }
+    for r in runs:
+        assert r["metric"] == "mse" and positive(r["test"]["mse"]) and r["steps"] == 20
+        assert [p["step"] for p in r["curve"]] == [10, 20]
+        assert all(positive(p["wall_s"]) and positive(p["train_s"]) for p in r["curve"])
+    imaml = [r for r in doc["runs"] if r["algorithm"] == "imaml"]
+    assert len(imaml) == 2 and all("skipped" in r or "test" in r for r in imaml)
+    acc = {r["algorithm"]: r for r in doc["summary"]["accuracy"]}
+    assert acc["maml"]["seeds"] == 2 and acc["maml"]["std"] >= 0
+    assert acc["maml"]["equal_time_s"] == acc["fomaml"]["equal_time_s"] > 0
+    costs = [c for c in doc["cost"] if "skipped" not in c]
+    assert {c["algorithm"] for c in costs} == {"maml", "fomaml"}
+    for c in costs:
+        assert c["inner_steps"] == 1 and positive(c["ms_per_step"]) and positive(c["compile_s"])
+        assert positive(c["memory_mb"]["temp"]) and positive(c["memory_mb"]["peak"])
+    (gap,) = doc["gap"]
+    assert sorted({r["step"] for r in gap["rows"]}) == [0, 10, 20]
+    for row in gap["rows"]:
+        assert -1 <= row["cosine"] <= 1 and row["rel_diff"] >= 0
+        assert set(row["per_leaf"]) >= {"params/Dense_0/kernel", "params/Dense_0/bias"}
     for png in doc.get("plots", []):
         assert Path(png).stat().st_size > 0
+    assert len(doc.get("plots", [])) == 4
+    # A rerun finds every record and trains, times and measures nothing again.
+    again = run("first_vs_second_order.py", *args)
+    assert ": 20 steps" not in again.stderr and "cost:" not in again.stderr, again.stderr
+    doc2 = json.loads((out / "first_vs_second_order.json").read_text())
+    assert doc2["runs"] == doc["runs"] and doc2["cost"] == doc["cost"]
+
+
+def test_first_vs_second_order_bad_input():
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "first_vs_second_order.py"), "--tasks", "omniglot_9w1s"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and "unknown task/algorithm/section" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_throughput(tmp_path):
@@ -383,3 +400,23 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
     recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
     assert recs["maml"]["unfinished"] and math.isclose(recs["maml"]["accuracy"], 70.0)
     assert "test of the step-200 checkpoint" in rep.stdout
+
+
+def test_maml_rl_quick(tmp_path):
+    out = tmp_path / "maml_rl"
+    run("maml_rl.py", "--quick", "--out", str(out))
+    doc = json.loads((out / "maml_rl.json").read_text())
+    check_machine(doc)
+    assert doc["benchmark"] == "maml_rl" and doc["quick"]
+    ev = doc["eval"]
+    assert ev["steps"] == [0, 1, 2, 3]
+    for name in ("maml", "pretrained", "random"):
+        assert len(ev[name]["mean"]) == 4 and all(math.isfinite(v) for v in ev[name]["mean"])
+        assert all(c >= 0 for c in ev[name]["ci95"])
+    s = doc["speed"]
+    for key in ("maml_train_s", "maml_compile_s", "train_env_steps_per_s"):
+        assert positive(s[key]), (key, s[key])
+    assert positive(s["rollout_only"]["env_steps_per_s"])
+    assert len(doc["maml"]["curve"]["return_after"]) == 5
+    for png in doc.get("plots", []):
+        assert Path(png).stat().st_size > 0

@@ -67,6 +67,15 @@ class MetaLearner(NamedTuple):
         A learner whose outer step is not an optax update (e.g. TRPO) or that must thread
         ``learner_state`` supplies it; it may reuse :func:`jaxmeta.step.apply_gradients`.
         The step counter and the run key are advanced by the caller, whatever it returns.
+      evaluate: optional evaluation replacing the one built on ``predict`` (the
+        *evaluation hook*): ``(meta_params, episodes, key, *, steps=None) -> {metric:
+        [episodes]}``, per-episode metrics of the task source's fixed evaluation
+        episodes (``steps`` overrides the evaluation's inner steps). A learner whose
+        tasks have no query labels to score (meta-RL: the returns of the adapted
+        policies) supplies it with ``eval_metric``. ``None`` (every classifier and
+        regressor): accuracy or MSE of ``predict``.
+      eval_metric: the key of ``evaluate``'s result that validation maximises (best
+        checkpoint) and results report first with its ``ci95``.
 
     Every shipped learner's ``predict`` also takes ``bn_mode=`` (:data:`BN_MODES`): how a
     model with batch statistics normalises the queries (see :func:`apply_support_query`).
@@ -81,6 +90,8 @@ class MetaLearner(NamedTuple):
     eval_inner_steps: int | None = None
     init_state: Callable[[PRNGKey, Params], PyTree] | None = None
     update: Callable[..., tuple[Any, Metrics]] | None = None
+    evaluate: Callable[..., dict[str, Array]] | None = None
+    eval_metric: str | None = None
 
 
 # How queries are normalised at prediction time by models with batch statistics (Conv-4).

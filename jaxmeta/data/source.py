@@ -45,9 +45,12 @@ class TaskSource:
 
     Construction: ``cls(**options)``, the config's ``data:`` keys but ``name``, checked
     against the constructor's signature and annotations like an algorithm's keywords. It must
-    be cheap and read no data (configs are validated by building one). Every source takes
-    ``shots`` and ``queries`` (support and query examples per class, or points per task);
-    classification sources also take ``ways``. A bad value raises :class:`TaskSourceError`
+    be cheap and read no data (configs are validated by building one). Every source of
+    episodes takes ``shots`` and ``queries`` (support and query examples per class, or points
+    per task); classification sources also take ``ways``. A source whose tasks are not
+    episodes (a meta-RL environment: ``sample`` draws task parameters such as goals) takes
+    neither and leaves them ``None``; its algorithm then supplies the evaluation
+    (``MetaLearner.evaluate``). A bad value raises :class:`TaskSourceError`
     naming the option, e.g. ``TaskSourceError("ways", "101-way is larger than ...")``.
 
     Class attributes:
@@ -135,6 +138,12 @@ class TaskSource:
         for ``model.init``."""
         n = self.shots * (self.ways or 1)
         return np.zeros((n, *self.input_shape), np.float32)
+
+    def supplies(self) -> dict[str, Any]:
+        """Keyword arguments this source gives the model and the algorithm factory when they
+        take them and the config does not set them (e.g. a meta-RL environment:
+        ``{"env": ..., "action_size": ...}``); ``{}`` by default."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """What an evaluation result records about the data besides its name and the episode

@@ -102,6 +102,18 @@ def _check_kw(cfg: ExperimentConfig, dotted: str, value: Any, hint: Any) -> Any:
     return coerced
 
 
+def _check_not_supplied(cfg: ExperimentConfig, section: str, source: TaskSource) -> None:
+    """A key the task source supplies (``TaskSource.supplies``) may not be set by the config."""
+    supplied = source.supplies()
+    for key, _ in getattr(cfg, section).options:
+        if key in supplied:
+            raise ConfigError(
+                cfg.where(f"{section}.{key}"),
+                f"{section}.{key}",
+                f"set by the dataset {cfg.data.name!r}; leave it out",
+            )
+
+
 def _unknown(cfg: ExperimentConfig, section: str, registry: Mapping[str, Any], what: str):
     name = getattr(cfg, section).name
     if name not in registry:
@@ -206,8 +218,11 @@ def model_kwargs(cfg: ExperimentConfig, source: TaskSource | None = None) -> dic
         k: (check_type(v, hints[k])[1] if k in hints else v) for k, v in cfg.model.kwargs.items()
     }
     classification = cfg.classification if source is None else source.classification
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for k, v in (source.supplies() if source is not None else {}).items():
+        if k in fields:
+            kwargs.setdefault(k, v)
     if classification:
-        fields = {f.name for f in dataclasses.fields(cls)}
         for out_key in ("num_classes", "out"):
             if out_key in fields:
                 kwargs.setdefault(out_key, cfg.data.ways)
@@ -220,6 +235,7 @@ def make_model(cfg: ExperimentConfig, source: TaskSource):
     cls = _unknown(cfg, "model", MODELS, "model")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
     hints = _hints(cls)
+    _check_not_supplied(cfg, "model", source)
     for key, value in cfg.model.options:
         dotted = f"model.{key}"
         if key not in fields:
@@ -256,9 +272,9 @@ def eval_differs(cfg: ExperimentConfig) -> tuple[str, ...]:
     out: tuple[str, ...] = ()
     if cfg.classification and cfg.eval_ways != cfg.data.ways:
         out += WAYS_KEYS
-    if cfg.eval_shots != cfg.data.shots:
+    if cfg.eval_shots != getattr(cfg.data, "shots", None):
         out += SHOTS_KEYS
-    if cfg.eval_queries != cfg.data.queries:
+    if cfg.eval_queries != getattr(cfg.data, "queries", None):
         out += ("queries",)
     return out
 
@@ -281,12 +297,15 @@ def algorithm_kwargs(
         "ways": getattr(cfg.data, "ways", None),
         "n_way": getattr(cfg.data, "ways", None),
         "num_classes": getattr(cfg.data, "ways", None),
-        "shots": cfg.data.shots,
-        "k_shot": cfg.data.shots,
-        "queries": cfg.data.queries,
+        "shots": getattr(cfg.data, "shots", None),
+        "k_shot": getattr(cfg.data, "shots", None),
+        "queries": getattr(cfg.data, "queries", None),
     }
     if source is not None:
         data_values["input_shape"] = tuple(source.input_shape)
+        for k, v in source.supplies().items():
+            if k in params and k not in kwargs:
+                kwargs[k] = v
     for k in DATA_SUPPLIED:
         if k in params and k not in kwargs and k in data_values:
             # An optional shape argument (e.g. ProtoNets' ``ways``) that evaluation does
@@ -315,7 +334,7 @@ def _check_eval_shapes(cfg: ExperimentConfig, params) -> None:
     differs = eval_differs(cfg)
     for key, names, value, train_value in (
         ("eval.ways", WAYS_KEYS, cfg.eval_ways, getattr(cfg.data, "ways", None)),
-        ("eval.shots", SHOTS_KEYS, cfg.eval_shots, cfg.data.shots),
+        ("eval.shots", SHOTS_KEYS, cfg.eval_shots, getattr(cfg.data, "shots", None)),
     ):
         if names[0] not in differs:
             continue
@@ -352,6 +371,7 @@ def make_learner(
     factory = _unknown(cfg, "algorithm", ALGORITHMS, "algorithm")
     params = algorithm_parameters(factory)
     hints = _hints(factory)
+    _check_not_supplied(cfg, "algorithm", source)
     for key, value in cfg.algorithm.options:
         dotted = f"algorithm.{key}"
         if key not in params or key in ENGINE_SUPPLIED:
@@ -371,19 +391,13 @@ def make_learner(
         and p.name not in ENGINE_SUPPLIED
         and p.name not in cfg.algorithm.kwargs
         and p.name not in DATA_SUPPLIED
+        and p.name not in source.supplies()
     ]
     if missing:
         raise ConfigError(
             cfg.where("algorithm"),
             "algorithm",
             f"algorithm {cfg.algorithm.name!r} needs {', '.join(missing)}",
-        )
-    if not source.classification and "loss_fn" not in params:
-        raise ConfigError(
-            cfg.where("algorithm.name"),
-            "algorithm.name",
-            f"algorithm {cfg.algorithm.name!r} has no loss_fn argument, so it cannot do "
-            f"regression ({cfg.data.name})",
         )
     try:
         learner = build_learner(cfg, apply_fn=apply_fn, source=source, any_ways=any_ways)
@@ -394,6 +408,14 @@ def make_learner(
             "algorithm",
         )
         raise ConfigError(cfg.where(key), key, f"{cfg.algorithm.name}: {err}") from None
+    # A learner that evaluates itself (meta-RL returns) needs no regression loss.
+    if not source.classification and "loss_fn" not in params and learner.evaluate is None:
+        raise ConfigError(
+            cfg.where("algorithm.name"),
+            "algorithm.name",
+            f"algorithm {cfg.algorithm.name!r} has no loss_fn argument, so it cannot do "
+            f"regression ({cfg.data.name})",
+        )
     if cfg.eval.inner_steps is not None and not accepts_steps(learner.predict):
         raise ConfigError(
             cfg.where("eval.inner_steps"),

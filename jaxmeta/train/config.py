@@ -266,12 +266,13 @@ class ExperimentConfig:
     @property
     def eval_shots(self) -> int:
         """K of the evaluation episodes (``eval.shots``, default ``data.shots``)."""
-        return self.data.shots if self.eval.shots is None else self.eval.shots
+        return getattr(self.data, "shots", None) if self.eval.shots is None else self.eval.shots
 
     @property
     def eval_queries(self) -> int:
         """Queries per class of the evaluation episodes (``eval.queries`` or ``data.queries``)."""
-        return self.data.queries if self.eval.queries is None else self.eval.queries
+        train = getattr(self.data, "queries", None)
+        return train if self.eval.queries is None else self.eval.queries
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the resolved config written to the workdir)."""

@@ -6,6 +6,10 @@ one XLA program whose memory is bounded by the chunk size.
 
 The interval is the one of the MAML paper: ``1.96 * std / sqrt(episodes)`` with the
 population standard deviation (``np.std``) of the per-episode accuracies (or MSEs).
+
+A learner may bring its own evaluation (``MetaLearner.evaluate``, e.g. the returns of
+meta-RL policies after 0-3 adaptation steps): it is then jitted as given, and every metric
+it returns is summarised the same way, its ``eval_metric`` first (:func:`main_metric`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def make_evaluator(
 ) -> Callable[[Params, Episode, PRNGKey], dict[str, Array]]:
     """A jitted ``(params, episodes, key) -> per-episode metrics``.
 
+    A learner with its own ``evaluate`` (the evaluation hook) is jitted as it is, with
+    ``steps=inner_steps`` when given; it maps its tasks itself (``batch_size`` unused).
+
     Args:
       learner: the algorithm; its ``predict`` handles one task.
       classification: report ``accuracy`` and ``loss`` (cross-entropy) per episode;
@@ -70,6 +77,11 @@ def make_evaluator(
       ValueError: ``inner_steps`` given but the algorithm's ``predict`` has no
         ``steps`` argument (it does not adapt by gradient steps).
     """
+    if learner.evaluate is not None:
+        if bn_mode is not None:
+            raise ValueError(f"algorithm {learner.name!r} has no BatchNorm mode")
+        steps = {} if inner_steps is None else {"steps": int(inner_steps)}
+        return jax.jit(lambda params, eps, key: learner.evaluate(params, eps, key, **steps))
     kwargs = {}
     if inner_steps is not None:
         if not accepts_steps(learner.predict):
@@ -136,16 +148,34 @@ def evaluate(
         bn_mode=bn_mode,
     )
     per = jax.device_get(fn(params, episodes, key))
-    return summarize(per, classification=classification)
+    return summarize(per, classification=classification, metric=learner.eval_metric)
 
 
-def summarize(per: dict[str, Any], *, classification: bool) -> dict[str, Any]:
-    """Summary (mean, ci95) of the per-episode metrics of :func:`make_evaluator`."""
-    main = "accuracy" if classification else "mse"
+def main_metric(learner: MetaLearner, *, classification: bool) -> tuple[str, bool]:
+    """``(name, higher is better)`` of the metric validation selects the best checkpoint
+    by: the learner's ``eval_metric`` (maximised), else accuracy or MSE."""
+    if learner.eval_metric is not None:
+        return learner.eval_metric, True
+    return ("accuracy", True) if classification else ("mse", False)
+
+
+def summarize(
+    per: dict[str, Any], *, classification: bool, metric: str | None = None
+) -> dict[str, Any]:
+    """Summary (mean, ci95) of the per-episode metrics of :func:`make_evaluator`.
+
+    ``metric`` (a learner's ``eval_metric``): the main metric is this one, reported with
+    ``ci95``, and every other metric ``k`` with ``k_ci95`` next to it.
+    """
+    main = metric or ("accuracy" if classification else "mse")
     values = np.asarray(per[main])
     mean, ci = mean_ci95(values)
     out: dict[str, Any] = {main: mean, "ci95": ci, "episodes": int(values.size)}
-    if classification:
+    if metric is not None:
+        for name in per:
+            if name != main:
+                out[name], out[f"{name}_ci95"] = mean_ci95(per[name])
+    elif classification:
         out["loss"] = float(np.mean(np.asarray(per["loss"], np.float64)))
     out["per_episode"] = values
     return out

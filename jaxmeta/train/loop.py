@@ -53,7 +53,7 @@ from jaxmeta.train.build import (
 )
 from jaxmeta.train.checkpoint import CheckpointError, Checkpoints
 from jaxmeta.train.config import ExperimentConfig
-from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.evaluate import main_metric, make_evaluator, summarize
 from jaxmeta.train.interrupt import Interrupted, InterruptGuard
 from jaxmeta.train.metrics import (
     METRICS_FILE,
@@ -211,7 +211,9 @@ class Training:
         self.primary = sharding.is_primary()
         self.progress = progress and self.primary
         self.classification = exp.source.classification
-        self.main_metric = "accuracy" if self.classification else "mse"
+        self.main_metric, self.maximise = main_metric(
+            exp.learner, classification=self.classification
+        )
         self.mesh = task_mesh(cfg)
         self.saved_config = saved_config(cfg).to_dict()
         self.bar = None
@@ -443,6 +445,8 @@ class Training:
         post = {"loss": f"{metrics['loss'].mean():.4f}"}
         if "accuracy" in metrics:
             post[self.acc_label] = f"{metrics['accuracy'].mean():.3f}"
+        elif self.exp.learner.eval_metric in metrics:  # e.g. meta-RL's return
+            post[self.main_metric] = f"{metrics[self.main_metric].mean():.4g}"
         self.bar.set_postfix(post, refresh=False)
 
     def log_row(self) -> None:
@@ -461,11 +465,13 @@ class Training:
         """A val row on the fixed episodes; a new best is checkpointed to ``best/``."""
         per = self.evaluator(self.state.params, self.val_eps, self.eval_key)
         per = jax.device_get(per) if self.mesh is None else sharding.gather(per, self.mesh)
-        res = summarize(per, classification=self.classification)
+        res = summarize(
+            per, classification=self.classification, metric=self.exp.learner.eval_metric
+        )
         res.pop("per_episode")
         self.writer.write({"split": "val", "step": self.step, **res})
         score, best = res[self.main_metric], self.best_score
-        improved = best is None or (score > best if self.classification else score < best)
+        improved = best is None or (score > best if self.maximise else score < best)
         msg = f"step {self.step}: val {self.main_metric} {score:.4f} ± {res['ci95']:.4f}"
         if improved:
             self.best_score, self.best_step = score, self.step

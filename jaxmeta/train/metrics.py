@@ -213,7 +213,7 @@ def plot_learning_curves(
     rows = read_metrics(metrics_path)
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val"]
-    panels = [k for k in ("loss", "accuracy", "mse") if any(k in r for r in train + val)]
+    panels = [k for k in ("loss", "accuracy", "mse", "return") if any(k in r for r in train + val)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6))
     axes = [axes] if not hasattr(axes, "__len__") else list(axes)
     for ax, key in zip(axes, panels, strict=False):
@@ -224,7 +224,8 @@ def plot_learning_curves(
                 ax.plot(xs, ys, label=name, marker="o" if name == "val" else None, ms=3)
         ax.set_xlabel("meta-step")
         ax.set_ylabel(key)
-        if key == "loss":
+        values = [r.get(key) for r in train + val]
+        if key == "loss" and not any(isinstance(v, int | float) and v <= 0 for v in values):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -322,8 +322,10 @@ def run_evaluation(
     else:
         eps = sharding.shard_eval_episodes(eps, mesh)
         per = sharding.gather(fn(params, eps, jax.random.key(cfg.eval.seed)), mesh)
-    res = summarize(per, classification=exp.source.classification)
+    res = summarize(per, classification=exp.source.classification, metric=exp.learner.eval_metric)
     res.pop("per_episode")
+    if exp.learner.eval_metric is not None:
+        res["metric"] = exp.learner.eval_metric
     res.update(
         split=split,
         algorithm=cfg.algorithm.name,
@@ -408,7 +410,13 @@ def format_result(res: dict[str, Any]) -> str:
             f"{res['split']} accuracy: {100 * res['accuracy']:.2f}% ± "
             f"{100 * res['ci95']:.2f}% (95% CI, {res['episodes']} episodes)"
         )
-    return (
-        f"{res['split']} mse: {res['mse']:.4f} ± {res['ci95']:.4f} "
-        f"(95% CI, {res['episodes']} episodes)"
-    )
+    if "mse" in res:
+        return (
+            f"{res['split']} mse: {res['mse']:.4f} ± {res['ci95']:.4f} "
+            f"(95% CI, {res['episodes']} episodes)"
+        )
+    # A learner's own metrics (its eval_metric first, e.g. meta-RL returns): each ± its CI.
+    main = res["metric"]
+    parts = [f"{main} {res[main]:.4g} ± {res['ci95']:.2g}"]
+    parts += [f"{k} {res[k]:.4g} ± {res[f'{k}_ci95']:.2g}" for k in res if f"{k}_ci95" in res]
+    return f"{res['split']}: {', '.join(parts)} (95% CI, {res['episodes']} episodes)"
