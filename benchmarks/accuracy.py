@@ -53,7 +53,19 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "matching", "snail")
+ALGORITHMS = (
+    "maml",
+    "fomaml",
+    "anil",
+    "metasgd",
+    "reptile",
+    "protonets",
+    "matching",
+    "snail",
+    "mamlpp",
+    "imaml",  # iMAML-GD
+    "imaml_hf",  # iMAML-HF: the imaml algorithm with solver hf (configs imaml_hf_*.yaml)
+)
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 
 # Published Omniglot test accuracy (%) from each paper's results table (5w1s / 5w5s / 20w1s /
@@ -67,6 +79,9 @@ PAPER = {
     "snail": ("Mishra et al. 2018", (99.07, 99.78, 97.64, 99.36)),
     "metasgd": ("Li et al. 2017", (99.53, 99.93, 95.93, 98.97)),
     "anil": ("Raghu et al. 2020 (no Omniglot number published)", (None, None, None, None)),
+    "mamlpp": ("Antoniou et al. 2019", (99.47, 99.93, 97.65, 99.33)),
+    "imaml": ("Rajeswaran et al. 2019 (iMAML-GD)", (99.16, 99.67, 94.46, 98.69)),
+    "imaml_hf": ("Rajeswaran et al. 2019 (iMAML-HF)", (99.50, 99.74, 96.18, 99.14)),
 }
 
 TINY_SETS = [

@@ -10,7 +10,8 @@ repeated steps (``benchmarks/_common.py``).
 Sweeps (``--sweeps``, comma-separated):
 
 * ``algorithms``: every registered algorithm (``jaxmeta.algorithms.ALGORITHMS``); the
-  gradient-based ones (maml, fomaml, anil, metasgd, reptile) at each of ``--inner-steps``
+  gradient-based ones (maml, fomaml, anil, metasgd, reptile, mamlpp, imaml) at each of
+  ``--inner-steps``
   (default 1, 5, 10): how step time and memory grow with inner steps.
 * ``shape``: second- and first-order MAML with 1 inner step while one of ways (5, 20),
   shots (1, 5), queries per class (1, 15) or meta-batch (1/4, 1/2, 1 x ``--meta-batch``)
@@ -64,7 +65,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-GRADIENT_BASED = ("maml", "fomaml", "anil", "metasgd", "reptile")
+GRADIENT_BASED = ("maml", "fomaml", "anil", "metasgd", "reptile", "mamlpp", "imaml")
 OTHERS = ("protonets", "matching", "snail")
 # On fixed 640-d feature vectors (the LEO paper's WRN-28-10 embeddings), not images: the
 # paper's 5 latent + 5 fine-tuning steps, 64 latents.
@@ -111,6 +112,12 @@ def build(cfg: dict[str, Any]):
     elif alg == "reptile":
         # Reptile's inner Adam on the whole support set (Nichol et al.: lr 1e-3).
         kw.update(inner_lr=1e-3, inner_steps=k, inner_batch_size=ways * shots)
+    elif alg == "mamlpp":
+        # every MAML++ switch on (the paper's Omniglot setting), at this inner-step count
+        kw.update(inner_lr=cfg["inner_lr"], inner_steps=k)
+    elif alg == "imaml":
+        # iMAML-GD, the authors' Omniglot lam / CG settings, this many inner GD steps
+        kw.update(inner_lr=0.1, inner_steps=k, lam=2.0, cg_steps=5)
     elif alg in ("protonets", "matching"):
         kw.update(ways=ways)
     elif alg == "snail":
@@ -245,7 +252,9 @@ def _order(cfg):
     alg = cfg["algorithm"]
     if alg == "fomaml" or (cfg.get("first_order") and alg in ("maml", "anil", "metasgd")):
         return "first"
-    return "second" if alg in ("maml", "anil", "metasgd", "leo") else "-"
+    if alg == "imaml":
+        return "implicit"
+    return "second" if alg in ("maml", "anil", "metasgd", "mamlpp", "leo") else "-"
 
 
 # ------------------------------------------------------------------------------ grids

@@ -10,8 +10,10 @@ few-shot classifier. The modules and the words used are in docs/architecture.md.
 
 from jaxmeta.algorithms.anil import anil
 from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.imaml import imaml
 from jaxmeta.algorithms.leo import leo
 from jaxmeta.algorithms.maml import fomaml, maml
+from jaxmeta.algorithms.mamlpp import mamlpp
 from jaxmeta.algorithms.matching import matching
 from jaxmeta.algorithms.metasgd import metasgd
 from jaxmeta.algorithms.protonets import protonets
@@ -49,12 +51,14 @@ __all__ = [
     "apply_gradients",
     "cross_entropy_loss",
     "fomaml",
+    "imaml",
     "init_meta_train_state",
     "init_train_state",
     "leo",
     "load",
     "make_meta_step",
     "maml",
+    "mamlpp",
     "map_tasks",
     "mean_map_tasks",
     "matching",

@@ -50,6 +50,19 @@ SETUPS = {
         optax.adam(3e-3),
         300,
     ),
+    # MAML++ with every switch on; the multi-step loss anneals within the run.
+    "mamlpp": (
+        _CLF,
+        dict(inner_lr=0.4, inner_steps=2, msl_epochs=5, steps_per_epoch=20),
+        optax.adam(3e-3),
+        STEPS,
+    ),
+    "imaml": (
+        _CLF,
+        dict(inner_lr=0.4, inner_steps=5, lam=0.5, cg_steps=5, cg_damping=1.0),
+        optax.adam(3e-3),
+        STEPS,
+    ),
     "protonets": (_EMB, dict(), optax.adam(3e-3), STEPS),
     "matching": (_EMB, dict(), optax.adam(3e-3), STEPS),
     # SNAIL starts at chance and needs more steps to learn to match queries to supports.
@@ -96,9 +109,9 @@ def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
     model = Conv4(**model_kw)
     traces = []
 
-    def apply_fn(params, x):
+    def apply_fn(params, x, **kwargs):  # kwargs: MAML++ asks for the BatchNorm moments
         traces.append(1)  # a Python side effect: runs only while tracing
-        return model.apply(params, x)
+        return model.apply(params, x, **kwargs)
 
     learner = get_algorithm(name)(apply_fn, **algo_kw)
     assert learner.name == name

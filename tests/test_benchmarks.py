@@ -56,9 +56,8 @@ def test_first_vs_second_order(tmp_path):
     ]
     assert written[2:] == doc.get("plots", [])
     runs = [r for r in doc["runs"] if "skipped" not in r]
-    assert {(r["algorithm"], r["seed"]) for r in runs} == {
-        (a, s) for a in ("maml", "fomaml") for s in (0, 1)
-    }
+    ran = ("maml", "fomaml", "imaml")  # imaml is registered since issue 17
+    assert {(r["algorithm"], r["seed"]) for r in runs} == {(a, s) for a in ran for s in (0, 1)}
     for r in runs:
         assert r["metric"] == "mse" and positive(r["test"]["mse"]) and r["steps"] == 20
         assert [p["step"] for p in r["curve"]] == [10, 20]
@@ -69,7 +68,7 @@ def test_first_vs_second_order(tmp_path):
     assert acc["maml"]["seeds"] == 2 and acc["maml"]["std"] >= 0
     assert acc["maml"]["equal_time_s"] == acc["fomaml"]["equal_time_s"] > 0
     costs = [c for c in doc["cost"] if "skipped" not in c]
-    assert {c["algorithm"] for c in costs} == {"maml", "fomaml"}
+    assert {c["algorithm"] for c in costs} == set(ran)
     for c in costs:
         assert c["inner_steps"] == 1 and positive(c["ms_per_step"]) and positive(c["compile_s"])
         assert positive(c["memory_mb"]["temp"]) and positive(c["memory_mb"]["peak"])

@@ -450,6 +450,13 @@ def _learners():
         "fomaml": (clf, jaxmeta.fomaml(clf.apply, inner_lr=0.1, inner_steps=1)),
         "anil": (clf, jaxmeta.anil(clf.apply, inner_lr=0.1, inner_steps=1)),
         "metasgd": (clf, jaxmeta.metasgd(clf.apply, inner_steps=1)),
+        "mamlpp": (
+            clf,
+            jaxmeta.mamlpp(
+                clf.apply, inner_lr=0.1, inner_steps=2, per_step_bn=False, per_step_bn_stats=False
+            ),
+        ),
+        "imaml": (clf, jaxmeta.imaml(clf.apply, inner_lr=0.1, inner_steps=2)),
         "reptile": (clf, jaxmeta.reptile(clf.apply, inner_steps=1, inner_batch_size=3)),
         "protonets": (emb, jaxmeta.protonets(emb.apply)),
         "matching": (emb, jaxmeta.matching(emb.apply)),

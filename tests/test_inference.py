@@ -33,6 +33,8 @@ ALGORITHM_SECTIONS = {
     "reptile": ({"inner_steps": 2, "inner_batch_size": 5, "eval_inner_steps": 2}, None),
     "anil": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
     "metasgd": ({"inner_steps": 1, "eval_inner_steps": 2}, None),
+    "mamlpp": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
+    "imaml": ({"inner_lr": 0.4, "inner_steps": 2, "eval_inner_steps": 2}, None),
     "protonets": ({}, EMBEDDING),
     "matching": ({}, EMBEDDING),
     "snail": ({"tc_filters": 8, "key_size": 8}, EMBEDDING),

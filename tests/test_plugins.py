@@ -27,6 +27,8 @@ SECTIONS = {
     "fomaml": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1}, None),
     "anil": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1}, None),
     "metasgd": ({"inner_steps": 1, "eval_inner_steps": 1}, None),
+    "mamlpp": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1}, None),
+    "imaml": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1}, None),
     "reptile": ({"inner_steps": 1, "inner_batch_size": 3, "eval_inner_steps": 1}, None),
     "protonets": ({}, EMBEDDING),
     "matching": ({"fce": True, "fce_steps": 1}, EMBEDDING),

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxmeta.algorithms import anil as _anil
+from jaxmeta.algorithms import imaml as _imaml
 from jaxmeta.algorithms import leo as _leo
 from jaxmeta.algorithms import maml as _maml
+from jaxmeta.algorithms import mamlpp as _mamlpp
 from jaxmeta.algorithms import matching as _matching
 from jaxmeta.algorithms import metasgd as _metasgd
 from jaxmeta.algorithms import protonets as _protonets
@@ -33,6 +35,8 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "matching": _matching.matching,
     "snail": _snail.snail,
     "leo": _leo.leo,
+    "mamlpp": _mamlpp.mamlpp,
+    "imaml": _imaml.imaml,
 }
 
 

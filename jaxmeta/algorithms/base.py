@@ -56,11 +56,13 @@ class MetaLearner(NamedTuple):
         evaluation reports); ``None`` for learners that do not adapt by gradient steps.
       init_state: optional ``(key, meta_params) -> learner_state``: state the learner
         carries from step to step that is not optimised by the outer optimizer (e.g.
-        running statistics). ``None`` (every shipped learner): no state; the train state's
+        running statistics: ``mamlpp``'s per-step BatchNorm statistics). ``None`` (every other
+        shipped learner): no state; the train state's
         ``learner_state`` slot stays ``None`` and checkpoints hold no such entry.
       update: optional outer update replacing the shared one (the *outer-update hook*):
         ``(state, episodes, key, *, optimizer, task_chunk) -> (state, metrics)`` with
-        ``state`` a :class:`jaxmeta.step.TrainState`. ``None`` (every shipped learner):
+        ``state`` a :class:`jaxmeta.step.TrainState`. ``None`` (every shipped learner but
+        ``mamlpp``, whose update passes ``state.step`` to its annealing and threads its state):
         :func:`jaxmeta.step.meta_update` applies ``optimizer`` to ``meta_grad``'s gradients.
         A learner whose outer step is not an optax update (e.g. TRPO) or that must thread
         ``learner_state`` supplies it; it may reuse :func:`jaxmeta.step.apply_gradients`.
@@ -140,6 +142,16 @@ def apply_support_query(
     n_s = support_x.shape[0]
     out = apply_fn(params, jnp.concatenate([support_x, query_x], axis=0), stats_rows=n_s)
     return out[:n_s], out[n_s:]
+
+
+def query_outputs(
+    apply_fn: ApplyFn, adapted: Params, support_x: Array, query_x: Array, *, bn_mode=None
+) -> Array:
+    """The adapted model's outputs on one task's queries in a BatchNorm mode (``None`` =
+    transductive: the queries alone; see :func:`apply_support_query`)."""
+    if bn_mode in (None, "transductive"):
+        return apply_fn(adapted, query_x)
+    return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
 
 
 def task_metrics(predictions: Array, targets: Array, loss: Array) -> Metrics:
@@ -225,9 +237,7 @@ def gradient_learner(
         del key
         check_task(support_x, support_y, query_x)  # adapt checks the labels
         adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
-        if bn_mode in (None, "transductive"):
-            return apply_fn(adapted, query_x)
-        return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
+        return query_outputs(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)
 
     return MetaLearner(
         init=init,

@@ -41,7 +41,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.models.layers import batch_stat_norm, conv3x3, max_pool2x2, resolve_conv_impl
+from jaxmeta.models.layers import (
+    batch_moments,
+    batch_stat_norm,
+    conv3x3,
+    max_pool2x2,
+    resolve_conv_impl,
+)
 from jaxmeta.types import Array
 
 HEADS = ("flatten", "mean")
@@ -67,6 +73,8 @@ class Conv4(nn.Module):
 
     Call: ``(x [n, H, W, C], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
     normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
+    With ``mutable=["batch_stats"]`` the ``(mean [C], var [C])`` each BatchNorm normalised
+    with are returned too, under ``batch_stats/bn{i}`` (MAML++ tracks them per inner step).
     """
 
     # Read by the engine: the output depends on the batch (so an inductive mode exists).
@@ -98,6 +106,9 @@ class Conv4(nn.Module):
             scale = self.param(f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype)
             bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
             x = conv3x3(x, kernel, stride=stride, impl=impl)
+            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+                # Only when asked (MAML++'s per-step running statistics); a no-op otherwise.
+                self.sow("batch_stats", f"bn{i}", batch_moments(x, stats_rows=stats_rows))
             x = nn.relu(batch_stat_norm(x, scale, bias, stats_rows=stats_rows))
             if self.pool:
                 x = max_pool2x2(x)

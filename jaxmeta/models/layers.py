@@ -123,6 +123,14 @@ def conv1x1(x: Array, kernel: Array, *, impl: str) -> Array:
     return out.reshape(n, h, w, kernel.shape[-1])
 
 
+def batch_moments(x: Array, *, stats_rows: int | None = None) -> tuple[Array, Array]:
+    """The ``(mean [C], biased var [C])`` :func:`batch_stat_norm` normalises ``x`` with."""
+    ref = x if stats_rows is None else x[:stats_rows]
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(ref, axis=axes, keepdims=True)
+    return mean.reshape(-1), jnp.mean(jnp.square(ref - mean), axis=axes)
+
+
 def batch_stat_norm(
     x: Array, scale: Array, bias: Array, *, eps: float = 1e-5, stats_rows: int | None = None
 ) -> Array:
