@@ -14,6 +14,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def shipped_algorithms() -> set[str]:
+    """The algorithms the package itself registers (``jaxmeta/algorithms``): the set every
+    "each algorithm is covered" test compares with. Plug-ins registered while the suite runs
+    (``jaxmeta.rl``'s ``maml_trpo``/``maml_rl`` once an RL test imported it, test plug-ins)
+    are not included, so those tests do not depend on test order."""
+    from jaxmeta.algorithms import ALGORITHMS
+
+    def module(factory) -> str:  # functools.partial (fomaml) keeps its function in .func
+        return getattr(getattr(factory, "func", factory), "__module__", "")
+
+    return {n for n, f in ALGORITHMS.items() if module(f).startswith("jaxmeta.algorithms.")}
+
+
 @pytest.fixture(scope="session")
 def omniglot_zip_dir() -> Path:
     """Folder with the genuine Omniglot zips (../shared/data/omniglot or $JAXMETA_OMNIGLOT_DIR)."""

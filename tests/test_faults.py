@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import shipped_algorithms
 
 from jaxmeta.cli import main
 from jaxmeta.train import (
@@ -466,6 +467,7 @@ def _learners():
                 emb.apply, ways=WAYS, shots=1, input_shape=(N_IN,), tc_filters=4, key_size=4
             ),
         ),
+        "leo": (emb, jaxmeta.leo(emb.apply, ways=WAYS, input_shape=(N_IN,), num_latents=4)),
     }, x0
 
 
@@ -482,9 +484,7 @@ def _episodes(tasks=2, queries=2):
 
 
 def test_every_algorithm_is_covered():
-    from jaxmeta.algorithms import ALGORITHMS
-
-    assert set(_learners()[0]) == set(ALGORITHMS)
+    assert set(_learners()[0]) == shipped_algorithms()
 
 
 @pytest.mark.parametrize("name", sorted(_learners()[0]))

@@ -353,7 +353,8 @@ def leo(
         As the reference code (``LEO.grads_and_vars``): when the loss or a gradient is not
         finite, the step only decays the network weights (the gradient of
         ``1e-4 * sum(w^2) / 2``), which pulls them back where the loss is defined; that
-        step's non-finite metrics read 0 and ``nonfinite`` is 1.
+        step's non-finite metrics read 0 and ``nonfinite`` is 1. Labels outside ``[0, ways)``
+        make the loss and the gradients NaN (:func:`~jaxmeta.losses.label_guard`).
         """
         check_episode(episodes, batched=True, num_classes=ways)
         shots_of(episodes.support_x[0])
@@ -377,7 +378,12 @@ def leo(
         grads = jax.tree_util.tree_map(lambda g, f: jnp.where(bad, f, g), grads, decay)
         metrics = {k: jnp.where(jnp.isfinite(v), v, jnp.zeros_like(v)) for k, v in metrics.items()}
         metrics["nonfinite"] = bad.astype(metrics["loss"].dtype)
-        return jax.tree_util.tree_map(clip, grads), metrics
+        # Labels outside [0, ways) are bad input, not a numerical accident: they stay NaN (loss
+        # and gradients), so the engine's NaN guard stops the run instead of decaying weights.
+        labels = jnp.concatenate([episodes.support_y.ravel(), episodes.query_y.ravel()])
+        guard = label_guard(labels, ways, metrics["loss"].dtype)
+        metrics["loss"] = metrics["loss"] * guard
+        return jax.tree_util.tree_map(lambda g: clip(g) * guard.astype(g.dtype), grads), metrics
 
     def predict(meta_params, support_x, support_y, query_x, key=None, *, bn_mode=None):
         """Logits ``[n_q, N]`` (means, no dropout: the paper's evaluation). ``bn_mode``:
