@@ -228,6 +228,22 @@ def gradient_learner(
         check_episode(episodes, batched=True, num_classes=lambda: n_out(meta_params, sx[0], sy[0]))
         return mean_task_grad(outer_loss, meta_params, episodes, key, task_chunk=task_chunk)
 
+    return MetaLearner(
+        init=init,
+        meta_grad=meta_grad,
+        predict=adapting_predict(apply_fn, adapt, eval_steps),
+        name=name,
+        adapt=adapt,
+        outer_loss=outer_loss,
+        eval_inner_steps=eval_steps,
+    )
+
+
+def adapting_predict(apply_fn: ApplyFn, adapt: Callable[..., Params], eval_steps: int):
+    """The ``predict`` of a learner that adapts by inner steps: ``adapt(meta_params,
+    support_x, support_y, steps)`` (which checks the labels), then the adapted model's outputs
+    on the queries."""
+
     def predict(meta_params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
         """Adapt on one task's support set and predict its queries (``eval_steps``).
 
@@ -239,15 +255,7 @@ def gradient_learner(
         adapted = adapt(meta_params, support_x, support_y, eval_steps if steps is None else steps)
         return query_outputs(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)
 
-    return MetaLearner(
-        init=init,
-        meta_grad=meta_grad,
-        predict=predict,
-        name=name,
-        adapt=adapt,
-        outer_loss=outer_loss,
-        eval_inner_steps=eval_steps,
-    )
+    return predict
 
 
 def identity_init(key: PRNGKey, params: Params) -> Params:

@@ -34,10 +34,10 @@ import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import (
     MetaLearner,
+    adapting_predict,
     identity_init,
     mean_task_grad,
     query_loss,
-    query_outputs,
 )
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -247,17 +247,10 @@ def imaml(
         fn = train_adapt if steps == inner_steps else make_adapt(steps)
         return fn(params, (support_x, support_y))
 
-    def predict(params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
-        """Adapt on one task's support set and predict its queries (``eval_inner_steps``)."""
-        del key
-        check_task(support_x, support_y, query_x)
-        phi = adapt(params, support_x, support_y, steps)
-        return query_outputs(apply_fn, phi, support_x, query_x, bn_mode=bn_mode)
-
     return MetaLearner(
         init=identity_init,
         meta_grad=meta_grad,
-        predict=predict,
+        predict=adapting_predict(apply_fn, adapt, eval_steps),
         name="imaml",
         adapt=adapt,
         outer_loss=outer_loss,

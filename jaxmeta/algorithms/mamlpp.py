@@ -45,7 +45,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, query_loss, query_outputs
+from jaxmeta.algorithms.base import MetaLearner, adapting_predict, query_loss
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -361,17 +361,10 @@ def mamlpp(
         )[0]
         return model_at(adapted, bn_mask(adapted), max(steps - 1, 0))
 
-    def predict(meta, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
-        """Adapt on one task's support set and predict its queries (``eval_inner_steps``)."""
-        del key
-        check_task(support_x, support_y, query_x)
-        adapted = adapt(meta, support_x, support_y, steps)
-        return query_outputs(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)
-
     return MetaLearner(
         init=init,
         meta_grad=meta_grad,
-        predict=predict,
+        predict=adapting_predict(apply_fn, adapt, eval_steps),
         name="mamlpp",
         adapt=adapt,
         outer_loss=outer_loss,
