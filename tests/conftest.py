@@ -4,6 +4,8 @@ project's convention, docs/architecture.md) and shared fixtures."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -12,6 +14,60 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the whole run, shared by the xdist workers and the
+# subprocesses the tests start: many tests compile the same programs (the tiny Omniglot run,
+# the sinusoid MLP), and only the first compiles each. The controller creates it before the
+# workers start (they inherit the variable) and removes it at the end; a test that needs a
+# cold cache or no cache sets its own. Every compiled program is cached (no size or time floor).
+_XLA_CACHE_ENV = "JAXMETA_TEST_XLA_CACHE"
+
+
+def _use_xla_cache(directory: str) -> None:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", directory)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_configure(config) -> None:
+    directory = os.environ.get(_XLA_CACHE_ENV)
+    if directory is None:  # the controller (or a run without xdist)
+        directory = tempfile.mkdtemp(prefix="jaxmeta-tests-xla-")
+        os.environ[_XLA_CACHE_ENV] = directory
+        config._jaxmeta_xla_cache = directory
+    _use_xla_cache(directory)
+
+
+def pytest_unconfigure(config) -> None:
+    directory = getattr(config, "_jaxmeta_xla_cache", None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_report_header(config) -> list[str]:
+    """Say when the installed packages are not the set CI tests (``constraints.txt``): a
+    failure may then come from a newer release rather than from the change under test."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#") and "==" in line:
+            name, pinned = line.split("==", 1)
+            pins[name.strip()] = pinned.strip()
+    differ = []
+    for name, pinned in sorted(pins.items()):
+        try:
+            got = version(name)
+        except PackageNotFoundError:
+            got = "missing"
+        if got != pinned:
+            differ.append(f"{name} {got} (tested {pinned})")
+    if not differ:
+        return ["packages: the tested set (constraints.txt)"]
+    return ["packages NOT the tested set (pip install -c constraints.txt): " + ", ".join(differ)]
 
 
 def shipped_algorithms() -> set[str]:
