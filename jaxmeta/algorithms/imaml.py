@@ -15,8 +15,29 @@ the CG solve. Memory therefore does not grow with the inner steps (tests/test_im
 benchmarks/memory.py), and ``jax.grad`` of a task's query loss *is* the implicit
 meta-gradient, so the shared ``mean_task_grad`` and meta-update apply unchanged.
 
-Damping: CG solves ``(I + H / (lam + cg_damping)) v = g`` (the reference code's
-``lam_damping``); ``cg_damping = 0`` is the exact system.
+Two protocols, chosen by named switches (the factory's defaults keep jaxmeta's original one,
+so workdirs saved before the switches existed train and evaluate unchanged; the Omniglot
+paper configs select the reference code's):
+
+* ``solver="gd"``: ``inner_steps`` gradient steps on the proximal objective (the paper's
+  Algorithm 2). ``solver="gd_pullback"``: the reference code's inner solve
+  (``omniglot_implicit_maml.py``: ``learn_task`` with no regularisation, then one
+  ``inner_opt.step()`` on ``regularization_loss``): ``inner_steps`` plain gradient steps on
+  the support loss, then one step of ``inner_lr`` on the proximal term alone,
+  ``phi <- phi - inner_lr * lam * (phi - theta)``.
+* ``cg_system="damped"``: CG solves ``(I + H / (lam + cg_damping)) v = g``; ``cg_damping = 0``
+  is the paper's exact system ``I + H / lam`` (Eq. 6). ``cg_system="imaml_dev"``: the
+  reference code's ``matrix_evaluator(task, lam, regu_coef=cg_damping)``, which solves
+  ``((1 + cg_damping) I + H / (lam + lam_damping)) v = g`` with ``lam_damping = 10`` (its
+  default, which the training script never changes): its ``cg_damping`` is added to the
+  identity, not to ``lam``. With the authors' command (``lam 2``, ``cg_damping 1``) that is
+  ``2 (I + H / 24)``: half the size of, and far less curvature than, the paper's ``I + H / 2``.
+* ``eval_lam``: the proximal strength of test-time adaptation (``predict``, ``adapt``);
+  ``None`` is ``lam``. The reference's ``measure_accuracy.py`` adapts with ``lam 0`` (plain
+  gradient steps; its pull-back step is then a no-op).
+
+The reference's outer optimizer is Adam with ``eps=1e-3`` (``Learner.__init__``), an
+optimizer setting (``optimizer.eps`` in the configs), not an argument here.
 
 References:
   Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit Gradients. NeurIPS 2019.
@@ -26,6 +47,8 @@ References:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +66,19 @@ from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
 
-SOLVERS = ("gd", "hf")
+SOLVERS = ("gd", "hf", "gd_pullback")
+CG_SYSTEMS = ("damped", "imaml_dev")
 
 _tmap = jax.tree_util.tree_map
+
+
+def check_nonnegative_float(name: str, value) -> float:
+    """``value`` must be a finite real number ``>= 0`` (one-line errors)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 def _vdot(a: Params, b: Params) -> Array:
@@ -95,6 +128,8 @@ def implicit_adapt(
     cg_steps: int = 5,
     cg_damping: float = 0.0,
     hf_cg_steps: int = 5,
+    cg_system: str = "damped",
+    lam_damping: float = 10.0,
 ) -> Callable[[Params, Any], Params]:
     """``adapt(theta, data) -> phi``: the regularised inner solve with an implicit gradient.
 
@@ -102,17 +137,26 @@ def implicit_adapt(
       support_loss: ``(params, data) -> scalar``, one task's support loss (``data`` any
         pytree of arrays, e.g. ``(support_x, support_y)``; passed explicitly, not closed
         over, so that ``adapt`` composes with ``vmap`` and ``jit``).
-      lam: proximal regularisation ``lam / 2 ||phi - theta||^2`` (``> 0``).
-      steps: gradient steps (``"gd"``) or Newton steps (``"hf"``) of the inner solve.
-      inner_lr: step size of ``"gd"`` (``"hf"`` takes full Newton steps).
-      solver: ``"gd"`` or ``"hf"``.
+      lam: proximal regularisation ``lam / 2 ||phi - theta||^2`` (``>= 0``; ``0`` only
+        for an adaptation that is not differentiated with ``cg_system="damped"`` and
+        ``cg_damping = 0``).
+      steps: gradient steps (``"gd"``, ``"gd_pullback"``) or Newton steps (``"hf"``).
+      inner_lr: step size of ``"gd"`` and ``"gd_pullback"`` (``"hf"`` takes full Newton
+        steps).
+      solver: ``"gd"``, ``"gd_pullback"`` (the reference code's: plain steps, then one
+        pull-back step) or ``"hf"`` (module docstring).
       cg_steps: CG iterations of the implicit meta-gradient.
-      cg_damping: added to ``lam`` in the meta-gradient's system (0: exact).
+      cg_damping: ``"damped"``: added to ``lam`` (0: exact); ``"imaml_dev"``: added to the
+        identity (the reference's ``regu_coef``).
       hf_cg_steps: CG iterations per Newton step of ``"hf"``.
+      cg_system: ``"damped"`` or ``"imaml_dev"`` (module docstring).
+      lam_damping: added to ``lam`` by ``"imaml_dev"`` (the reference's default, 10).
 
     Returns:
-      ``adapt`` whose vector-Jacobian product w.r.t. ``theta`` is
-      ``(I + H / (lam + cg_damping))^{-1} g`` (no gradient to ``data``).
+      ``adapt`` whose vector-Jacobian product w.r.t. ``theta`` is ``A^{-1} g`` (``cg_steps``
+      CG iterations), ``A = I + H / (lam + cg_damping)`` (``"damped"``) or
+      ``(1 + cg_damping) I + H / (lam + lam_damping)`` (``"imaml_dev"``), ``H`` the support
+      loss's Hessian at the returned ``phi`` (no gradient to ``data``).
     """
 
     def regularised_grad(phi, theta, data):
@@ -121,6 +165,15 @@ def implicit_adapt(
 
     def solve(theta, data):
         theta = jax.lax.stop_gradient(theta)
+        if solver == "gd_pullback":
+
+            def plain(phi, _):
+                g = jax.grad(support_loss)(phi, data)
+                return _tmap(lambda p, gi: p - inner_lr * gi, phi, g), None
+
+            phi = jax.lax.scan(plain, theta, None, length=steps)[0]
+            # One step of inner_lr on the proximal term alone (its gradient lam (phi - theta)).
+            return _tmap(lambda p, t: p - inner_lr * lam * (p - t), phi, theta)
         if solver == "gd":
 
             def step(phi, _):
@@ -149,9 +202,14 @@ def implicit_adapt(
 
     def bwd(res, g):
         phi, data = res
-        scale = 1.0 / (lam + cg_damping)
+        if cg_system == "imaml_dev":
+            eye, scale = 1.0 + cg_damping, 1.0 / (lam + lam_damping)
+        elif isinstance(lam + cg_damping, numbers.Real) and lam + cg_damping <= 0:
+            raise ValueError("the implicit gradient needs lam + cg_damping > 0, got 0")
+        else:
+            eye, scale = 1.0, 1.0 / (lam + cg_damping)
         matvec = lambda v: _tmap(
-            lambda vi, hv: vi + scale * hv, v, hvp(lambda q: support_loss(q, data), phi, v)
+            lambda vi, hv: eye * vi + scale * hv, v, hvp(lambda q: support_loss(q, data), phi, v)
         )
         v = conjugate_gradient(matvec, g, steps=cg_steps)
         return v, None  # no gradient to the data
@@ -172,21 +230,34 @@ def imaml(
     hf_cg_steps: int = 5,
     loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
+    cg_system: str = "damped",
+    lam_damping: float = 10.0,
+    eval_lam: float | None = None,
 ) -> MetaLearner:
     """Implicit MAML as pure functions over a params pytree.
 
     Args:
       apply_fn: ``(params, x[n, ...]) -> predictions[n, ...]``.
-      inner_lr: step size of the gradient-descent inner solve (0.1 in the authors' code).
-      inner_steps: inner gradient steps (``"gd"``, 16 for Omniglot 5-way in the authors'
-        code) or Newton steps (``"hf"``).
-      lam: the proximal regularisation strength (2.0).
-      solver: ``"gd"`` (iMAML-GD) or ``"hf"`` (iMAML-HF, Hessian-free Newton-CG).
+      inner_lr: step size of the gradient inner solves (0.1 in the authors' command).
+      inner_steps: inner gradient steps (``"gd"``, ``"gd_pullback"``; 16 in the authors'
+        command) or Newton steps (``"hf"``).
+      lam: the proximal regularisation strength of meta-training (2.0).
+      solver: ``"gd"`` (iMAML-GD: gradient descent on the proximal objective),
+        ``"gd_pullback"`` (the reference code's: ``inner_steps`` plain steps on the support
+        loss, then one pull-back step ``phi -= inner_lr * lam * (phi - theta)``) or ``"hf"``
+        (iMAML-HF, Hessian-free Newton-CG on the proximal objective).
       cg_steps: CG iterations of the implicit meta-gradient (5).
-      cg_damping: damping of the meta-gradient's CG system (1.0).
+      cg_damping: damping of the meta-gradient's CG system (1.0; see ``cg_system``).
       hf_cg_steps: CG iterations per Newton step (``"hf"`` only).
       loss_fn: ``(predictions, targets) -> scalar``.
       eval_inner_steps: inner steps of ``predict`` (default ``inner_steps``).
+      cg_system: the meta-gradient's linear system ``A v = grad L_query(phi)``:
+        ``"damped"``, ``A = I + H / (lam + cg_damping)`` (``cg_damping = 0``: the paper's
+        ``I + H / lam``), or ``"imaml_dev"``, the reference code's
+        ``A = (1 + cg_damping) I + H / (lam + lam_damping)``.
+      lam_damping: added to ``lam`` by ``cg_system="imaml_dev"`` (10, the reference's).
+      eval_lam: proximal strength of test-time adaptation (``predict``, ``adapt``); ``None``
+        is ``lam``; the reference evaluates with ``0.0`` (plain gradient steps).
 
     Returns:
       A :class:`MetaLearner`; its ``meta_grad`` is the mean implicit meta-gradient.
@@ -199,10 +270,15 @@ def imaml(
     lam = check_positive_float("lam", lam)
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
     hf_cg_steps = check_int("hf_cg_steps", hf_cg_steps, minimum=1)
-    if float(cg_damping) < 0:
-        raise ValueError(f"cg_damping must be >= 0, got {cg_damping!r}")
+    cg_damping = check_nonnegative_float("cg_damping", cg_damping)
+    lam_damping = check_nonnegative_float("lam_damping", lam_damping)
+    eval_lam = lam if eval_lam is None else check_nonnegative_float("eval_lam", eval_lam)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if cg_system not in CG_SYSTEMS:
+        raise ValueError(f"cg_system must be one of {CG_SYSTEMS}, got {cg_system!r}")
+    if solver == "hf" and eval_lam == 0:
+        raise ValueError("eval_lam must be > 0 with solver 'hf' (Newton steps need lam > 0)")
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
 
@@ -210,19 +286,21 @@ def imaml(
         x, y = data
         return loss_fn(apply_fn(params, x), y)
 
-    def make_adapt(steps: int):
+    def make_adapt(steps: int, prox: float):
         return implicit_adapt(
             support_loss,
-            lam=lam,
+            lam=prox,
             steps=steps,
             inner_lr=inner_lr,
             solver=solver,
             cg_steps=cg_steps,
-            cg_damping=float(cg_damping),
+            cg_damping=cg_damping,
             hf_cg_steps=hf_cg_steps,
+            cg_system=cg_system,
+            lam_damping=lam_damping,
         )
 
-    train_adapt = make_adapt(inner_steps)
+    train_adapt = make_adapt(inner_steps, lam)
 
     def n_out(params, support_x) -> int:
         return jax.eval_shape(apply_fn, params, support_x).shape[-1]
@@ -241,10 +319,12 @@ def imaml(
         return mean_task_grad(outer_loss, params, episodes, key, task_chunk=task_chunk)
 
     def adapt(params: Params, support_x: Array, support_y: Array, steps=None) -> Params:
-        """``phi*``: the regularised inner solve from ``params`` on one task."""
+        """Test-time adaptation: the inner solve from ``params`` on one task, with
+        ``eval_lam`` and ``eval_inner_steps`` (or ``steps``)."""
         steps = eval_steps if steps is None else check_int("steps", steps, minimum=0)
         check_task(support_x, support_y, num_classes=lambda: n_out(params, support_x))
-        fn = train_adapt if steps == inner_steps else make_adapt(steps)
+        same = steps == inner_steps and eval_lam == lam
+        fn = train_adapt if same else make_adapt(steps, eval_lam)
         return fn(params, (support_x, support_y))
 
     return MetaLearner(
