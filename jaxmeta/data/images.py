@@ -2,7 +2,9 @@
 
 The Omniglot cache holds every drawing as uint8 ``[S, S]`` with the strokes high (255 = ink,
 0 = paper), made from the 105x105 PNGs (strokes dark) by inverting and resizing with
-Pillow's LANCZOS filter. :func:`preprocess` is that transformation for any decoded image and
+Pillow's LANCZOS filter on the greyscale ink (anti-aliased, jaxmeta's default) or, with
+``resize="binary"``, as the reference code did (:func:`resize_ink_binary`: binary images).
+:func:`preprocess` is the LANCZOS transformation for any decoded image and
 is the code the cache builder itself runs (:func:`jaxmeta.data.omniglot.decode_and_resize`
 calls :func:`resize_ink`), so a PNG gives the same bytes through either path (tested on the
 genuine files). The models then see ``uint8 / 255`` as float32
@@ -92,6 +94,38 @@ def _pil_lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
         one = float(1 << _PIL_PRECISION_BITS)
         k[xx, lo:hi] = np.where(w < 0, np.trunc(w * one - 0.5), np.trunc(w * one + 0.5))
     return k
+
+
+@functools.cache
+def _pil_nearest_rows(in_size: int, out_size: int) -> np.ndarray:
+    """The source row of each output row of Pillow's NEAREST resize (int ``[out_size]``), read
+    from Pillow itself (an index ramp resized in mode ``"I"``)."""
+    from PIL import Image
+
+    ramp = np.tile(np.arange(in_size, dtype=np.int32), (1, 1))
+    return np.asarray(Image.fromarray(ramp).resize((out_size, 1), Image.NEAREST))[0].copy()
+
+
+def resize_ink_binary(ink: np.ndarray, size: int) -> np.ndarray:
+    """What the reference code's ``Image.resize((S, S), Image.LANCZOS)`` of a 1-bit PNG gives.
+
+    cbfinn/maml (``data/omniglot_resized/resize_images.py``), jakesnell/prototypical-networks
+    (``protonets/data/omniglot.py``, default filter) and openai/supervised-reptile
+    (``supervised_reptile/omniglot.py``) resize the mode-``"1"`` PNGs, and Pillow resamples
+    mode ``"1"`` with NEAREST whatever filter is asked for: the images stay binary (0 / 255).
+    Vectorised: the rows and columns Pillow picks are gathered (bit-identical, tested).
+
+    Args:
+      ink: bool ``[n, h, w]`` ink masks (True = stroke).
+      size: output side ``S``.
+
+    Returns:
+      uint8 ``[n, S, S]`` in {0, 255}, strokes high.
+    """
+    ink = np.asarray(ink, bool)
+    n, h, w = ink.shape
+    rows, cols = _pil_nearest_rows(h, size), _pil_nearest_rows(w, size)
+    return ink[:, rows][:, :, cols].astype(np.uint8) * np.uint8(255)
 
 
 def resize_ink(ink: np.ndarray, size: int, *, chunk: int = 2048) -> np.ndarray:

@@ -70,6 +70,9 @@ class Conv4(nn.Module):
       head: ``"flatten"`` (features = h*w*filters, 256 for the strided net) or
         ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
       dtype: parameter and compute dtype (``float64`` for finite-difference tests).
+      bn_scale: BatchNorm has a learned scale (default). ``False``: offset only, as
+        cbfinn/maml (``tf.contrib.layers.batch_norm``'s default ``scale=False``); with
+        ``maml(adapt_norm=False)`` this is the reference's BatchNorm.
 
     Call: ``(x [n, H, W, C], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
     normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
@@ -86,6 +89,7 @@ class Conv4(nn.Module):
     conv_impl: str = "auto"
     head: str = "flatten"
     dtype: jax.typing.DTypeLike = jnp.float32
+    bn_scale: bool = True
 
     @nn.compact
     def __call__(self, x: Array, *, stats_rows: int | None = None) -> Array:
@@ -103,7 +107,12 @@ class Conv4(nn.Module):
                 (3, 3, x.shape[-1], self.filters),
                 self.dtype,
             )
-            scale = self.param(f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype)
+            if self.bn_scale:
+                scale = self.param(
+                    f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype
+                )
+            else:
+                scale = jnp.ones((self.filters,), self.dtype)
             bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
             x = conv3x3(x, kernel, stride=stride, impl=impl)
             if self.is_mutable_collection("batch_stats") and not self.is_initializing():

@@ -33,6 +33,7 @@ compiled. What the named sections may contain is checked against their registrie
       name: adam
       learning_rate: 0.001
       grad_clip_norm: null          # optional optax.clip_by_global_norm before it
+      grad_clip_value: null         # optional optax.clip (each entry to [-v, v]) before it
       schedule: null                # optional learning-rate schedule (optax), e.g.
                                     #   {name: linear, end_value: 0.0}  (to 0 at train.steps)
                                     #   {name: exponential, transition_steps: 2000,
