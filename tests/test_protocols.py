@@ -19,6 +19,7 @@ from PIL import Image
 from jaxmeta.algorithms import get_algorithm
 from jaxmeta.algorithms.protonets import protonets, prototypes, squared_euclidean
 from jaxmeta.data.episodes import sample_episodes
+from jaxmeta.data.images import preprocess
 from jaxmeta.data.omniglot.decode import decode_and_resize
 from jaxmeta.inner import norm_free_mask
 from jaxmeta.losses import cross_entropy_loss
@@ -118,6 +119,9 @@ def test_binary_preprocessing_is_pillow_resize_of_the_mode_1_png(omniglot_zip_di
         ours = decode_and_resize(pngs, 28, resize="binary", use_pil=use_pil)
         np.testing.assert_array_equal(ours, ref)
     assert set(np.unique(ref)) == {0, 255}
+    # Your own drawings reach a binary-trained model in the same form (jaxmeta predict).
+    decoded = [np.asarray(Image.open(io.BytesIO(png))) for png in pngs]  # bool, True = paper
+    np.testing.assert_array_equal(preprocess(decoded, resize="binary"), ref)
     # jaxmeta's default differs: anti-aliased grey levels
     assert len(np.unique(decode_and_resize(pngs, 28))) > 2
 

@@ -217,7 +217,13 @@ def _one(image, where: str) -> np.ndarray:
     return _ink(image, where)
 
 
-def preprocess(images, *, image_size: int = 28) -> np.ndarray:
+def _resize_to(ink: np.ndarray, size: int, resize: str) -> np.ndarray:
+    if resize == "binary":  # a drawing's grey ink is thresholded at half intensity first
+        return resize_ink_binary(ink if ink.dtype == bool else ink >= 128, size)
+    return resize_ink(ink, size)
+
+
+def preprocess(images, *, image_size: int = 28, resize: str = "lanczos") -> np.ndarray:
     """Decoded image files (strokes dark, any size) -> the dataset cache's uint8 form.
 
     Inverts (ink = 255 - grey, so strokes become high) and resizes to ``image_size`` with
@@ -233,6 +239,10 @@ def preprocess(images, *, image_size: int = 28) -> np.ndarray:
         (1 = paper; rounded to uint8 first). Colour images: convert to greyscale first
         (:func:`read_image` does it for files).
       image_size: output side ``S`` (28 for the shipped configs).
+      resize: ``"lanczos"`` (default) or ``"binary"``: the Omniglot cache's two forms
+        (:mod:`jaxmeta.data.omniglot.decode`, ``data.resize``); give the one the model was
+        trained on. ``"binary"`` thresholds grey ink at 128, then resizes as
+        :func:`resize_ink_binary`.
 
     Returns:
       uint8 ``[n, S, S]`` with strokes high (255 = ink), as
@@ -244,21 +254,23 @@ def preprocess(images, *, image_size: int = 28) -> np.ndarray:
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if resize not in ("lanczos", "binary"):
+        raise ValueError(f"resize must be 'lanczos' or 'binary', got {resize!r}")
     if isinstance(images, np.ndarray) or hasattr(images, "__array__"):
         arr = np.asarray(images)
         if arr.ndim == 2:
-            return resize_ink(_one(arr, "image")[None], image_size)
+            return _resize_to(_one(arr, "image")[None], image_size, resize)
         if arr.ndim == 4 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim != 3:
             raise ValueError(
                 f"images: expected [h, w], [n, h, w] or [n, h, w, 1], got shape {arr.shape}"
             )
-        return resize_ink(_ink(arr, "images"), image_size)
+        return _resize_to(_ink(arr, "images"), image_size, resize)
     images = list(images)
     out = np.empty((len(images), image_size, image_size), np.uint8)
     for i, im in enumerate(images):
-        out[i] = resize_ink(_one(im, f"images[{i}]")[None], image_size)[0]
+        out[i] = _resize_to(_one(im, f"images[{i}]")[None], image_size, resize)[0]
     return out
 
 
@@ -428,12 +440,13 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def read_support_folder(
-    folder: str | os.PathLike, *, image_size: int = 28
+    folder: str | os.PathLike, *, image_size: int = 28, resize: str = "lanczos"
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A support set from ``folder/<class name>/<image files>``.
 
     Classes are the subfolders in sorted order (label ``i`` = the ``i``-th name); files with
-    the suffixes in :data:`IMAGE_SUFFIXES` are read in sorted order and preprocessed.
+    the suffixes in :data:`IMAGE_SUFFIXES` are read in sorted order and preprocessed
+    (:func:`preprocess` with ``image_size`` and ``resize``).
 
     Returns:
       ``(class_names [N], images uint8 [n, S, S], labels int32 [n])``.
@@ -461,14 +474,15 @@ def read_support_folder(
         names.append(cls.name)
         files += found
         labels += [label] * len(found)
-    images = preprocess([read_image(f) for f in files], image_size=image_size)
+    images = preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)
     return names, images, np.asarray(labels, np.int32)
 
 
 def read_query(
-    paths: Iterable[str | os.PathLike], *, image_size: int = 28
+    paths: Iterable[str | os.PathLike], *, image_size: int = 28, resize: str = "lanczos"
 ) -> tuple[list[Path], np.ndarray]:
-    """Query images from files and/or folders (a folder's image files, recursively, sorted).
+    """Query images from files and/or folders (a folder's image files, recursively, sorted),
+    preprocessed (:func:`preprocess` with ``image_size`` and ``resize``).
 
     Returns:
       ``(files [n], images uint8 [n, S, S])``.
@@ -495,4 +509,4 @@ def read_query(
             + ", ".join(map(str, paths))
             + f" ({', '.join(IMAGE_SUFFIXES)})"
         )
-    return files, preprocess([read_image(f) for f in files], image_size=image_size)
+    return files, preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)
