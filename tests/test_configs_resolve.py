@@ -30,7 +30,7 @@ PINNED = json.loads((Path(__file__).parent / "data" / "shipped_configs_pre14.jso
 # of these configs changed on purpose and are pinned by tests/test_protocols.py instead.
 ISSUE30_KEYS = {
     "data": ("resize", "distinct_characters", "eval_rotations", "train_on_val", "queries"),
-    "model": ("bn_scale",),
+    "model": ("bn_scale", "activation"),
     "algorithm": (
         "inner_loss_reduction", "adapt_norm", "joint_batch", "estimator", "inner_lr",
         "inner_steps", "inner_batch_size", "eval_inner_steps", "eval_inner_batch_size",

@@ -18,7 +18,7 @@ from PIL import Image
 
 from jaxmeta.algorithms import get_algorithm
 from jaxmeta.algorithms.protonets import protonets, prototypes, squared_euclidean
-from jaxmeta.data.episodes import sample_episodes
+from jaxmeta.data.episodes import eval_episodes, sample_episodes
 from jaxmeta.data.images import preprocess
 from jaxmeta.data.omniglot.decode import decode_and_resize
 from jaxmeta.inner import norm_free_mask
@@ -51,7 +51,9 @@ def test_maml_paper_inner_step_is_the_reference_step(path="configs/omniglot/maml
     cfg = load_config(path)
     ways, shots = cfg.data.ways, cfg.data.shots
     with jax.enable_x64():
-        model = Conv4(num_classes=ways, filters=2, dtype=jnp.float64, **_bn_kwargs(cfg))
+        model = Conv4(
+            num_classes=ways, filters=2, dtype=jnp.float64, conv_impl="xla", **_bn_kwargs(cfg)
+        )
         x, y = _tiny_task(jax.random.key(0), ways, shots)
         params = model.init(jax.random.key(1), x)
         kwargs = {k: v for k, v in cfg.algorithm.kwargs.items() if k != "inner_steps"}
@@ -82,7 +84,7 @@ def _bn_kwargs(cfg):
 
 def test_protonets_joint_batch_normalises_the_concatenated_batch():
     with jax.enable_x64():
-        model = Conv4(num_classes=None, filters=2, pool=True, dtype=jnp.float64)
+        model = Conv4(num_classes=None, filters=2, pool=True, dtype=jnp.float64, conv_impl="xla")
         sx, sy = _tiny_task(jax.random.key(0), 3, 2, size=16)  # 16 -> 8 -> 4 -> 2 -> 1
         qx, qy = _tiny_task(jax.random.key(1), 3, 3, size=16)
         params = model.init(jax.random.key(2), sx)
@@ -182,7 +184,7 @@ def test_other_paper_configs_set_the_reference_switches():
         assert r.algorithm.kwargs["transductive"] is (s == "5w1s")
         m = load_config(f"configs/omniglot/mamlpp_{s}.yaml")
         assert m.data.eval_rotations is False and m.data.distinct_characters is True
-        assert m.eval_queries == 1
+        assert m.eval_queries == 1 and m.model.kwargs["activation"] == "leaky_relu"
     for name in ("nav2d", "nav2d_sparse"):
         assert (
             load_config(f"configs/rl/maml_trpo_{name}.yaml").algorithm.kwargs["estimator"]
@@ -191,3 +193,35 @@ def test_other_paper_configs_set_the_reference_switches():
     # The README's first command keeps jaxmeta's defaults (its figures were measured so).
     short = load_config("configs/omniglot/maml_5w1s.yaml")
     assert "inner_loss_reduction" not in short.algorithm.kwargs and short.eval_queries == 15
+
+
+def test_train_on_val_trains_on_train_and_val_classes_and_eval_rotations_switch():
+    from jaxmeta.data.image_tasks import ImageTasks
+
+    class Tiny(ImageTasks):
+        name = "tiny"
+        splits = ("train", "val", "test")
+        input_shape = (4, 4, 1)
+
+        def class_counts(self):
+            return {"train": 3, "val": 2, "test": 5}
+
+        def load_split(self, split):
+            first = {"train": 0, "val": 3, "test": 5}[split]
+            n = self.class_counts()[split]
+            ids = np.arange(first, first + n, dtype=np.uint8)[:, None, None, None]
+            return np.broadcast_to(ids * 20, (n, 2, 4, 4)).copy()
+
+    kw = dict(ways=2, shots=1, queries=1, rotations=True)
+    data = np.asarray(Tiny(train_on_val=True, **kw).train_data())
+    assert sorted(data[:, 0, 0, 0] // 20) == [0, 1, 2, 3, 4]
+    assert len(Tiny(**kw).train_data()) == 3
+    src = Tiny(eval_rotations=False, **kw)
+    assert src.describe() == {"rotations": True, "eval_rotations": False}
+    src._split_cache["test"] = np.random.default_rng(0).integers(0, 255, (5, 2, 4, 4), np.uint8)
+    got = src.fixed_episodes("test", episodes=8, seed=0, ways=2, shots=1, queries=1)
+    args = dict(episodes=8, ways=2, shots=1, queries=1, seed=0)
+    want = eval_episodes(src._split_cache["test"], rotations=False, **args)
+    rotated = eval_episodes(src._split_cache["test"], rotations=True, **args)
+    np.testing.assert_array_equal(got.support_x, want.support_x)
+    assert not np.array_equal(got.support_x, rotated.support_x)

@@ -151,7 +151,12 @@ class ImageTasks(TaskSource):
         return images
 
     def train_data(self) -> jax.Array:
-        if self.train_on_val and "val" in self.splits:
+        if self.train_on_val:
+            if "val" not in self.splits:
+                desc = ", ".join(f"{k}={v}" for k, v in self.describe().items())
+                raise TaskSourceError(
+                    "train_on_val", f"{self.name} ({desc}) has no validation split to train on"
+                )
             both = [self.split_images("train"), self.split_images("val")]
             return jax.device_put(np.concatenate(both, axis=0))
         return jax.device_put(self.split_images("train"))
