@@ -18,7 +18,9 @@ compiled. What the named sections may contain is checked against their registrie
       queries: 15                   # query examples per class (sinusoid: points)
       scheme: maml                  # omniglot: maml (1100/100/423) | vinyals (1028/172/423)
                                     #   | lake; rotations, image_size, data_dir, manual_dir,
-                                    #   download: see jaxmeta.data.omniglot.OmniglotTasks
+                                    #   download, resize (lanczos | binary),
+                                    #   distinct_characters, eval_rotations, train_on_val:
+                                    #   see jaxmeta.data.omniglot.OmniglotTasks
     model:                          # name + keyword arguments of the Flax module
       name: conv4                   # jaxmeta.models.MODELS
       filters: 64                   # any field of the module; checked against it (integers
