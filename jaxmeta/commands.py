@@ -113,7 +113,11 @@ def predict_folders(
     if not clf.classification:
         raise ValueError(f"{workdir} is a {clf.config.data.name} regression run, not a classifier")
     size = clf.input_shape[0]
-    names, sx, sy = read_support_folder(support, image_size=size)
+    # The preprocessing the model was trained on (Omniglot's data.resize; absent: LANCZOS).
+    resize = getattr(clf.config.data, "resize", "lanczos")
+    if resize not in ("lanczos", "binary"):
+        resize = "lanczos"
+    names, sx, sy = read_support_folder(support, image_size=size, resize=resize)
     if clf.ways is not None and len(names) != clf.ways:
         raise ImageFolderError(
             f"{support} has {len(names)} class folders ({', '.join(names)}) but this "
@@ -122,7 +126,7 @@ def predict_folders(
         )
     if len(names) < 2:
         raise ImageFolderError(f"{support} has one class folder ({names[0]}): give at least 2")
-    files, qx = read_query(query, image_size=size)
+    files, qx = read_query(query, image_size=size, resize=resize)
     probs = np.asarray(clf.probabilities(sx, sy, qx), np.float64)
     rows = []
     for f, p in zip(files, probs, strict=True):

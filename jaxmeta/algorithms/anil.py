@@ -12,7 +12,7 @@ import re
 import jax
 
 from jaxmeta.algorithms.base import MetaLearner, gradient_learner
-from jaxmeta.inner import sgd_adapt
+from jaxmeta.inner import inner_loss, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_int, check_positive_float
@@ -69,6 +69,7 @@ def anil(
     head: str = "auto",
     loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
+    inner_loss_reduction: str = "mean",
 ) -> MetaLearner:
     """Almost No Inner Loop: MAML with the inner SGD restricted to the head's parameters.
 
@@ -88,6 +89,8 @@ def anil(
         largest index.
       loss_fn: ``(predictions, targets) -> scalar``.
       eval_inner_steps: inner steps used by ``predict`` (default ``inner_steps``).
+      inner_loss_reduction: ``"mean"`` (default) or ``"sum_over_k"`` (N x mean, the MAML
+        reference's loss whose protocol ANIL reuses; :func:`jaxmeta.algorithms.maml.maml`).
 
     Returns:
       A :class:`MetaLearner` (``init`` is the identity); ``predict(params, support_x
@@ -100,6 +103,7 @@ def anil(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
+    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
 
     def init(key: PRNGKey, params: Params) -> Params:
         del key
@@ -107,7 +111,7 @@ def anil(
         return params
 
     def _adapt(params, support_x, support_y, steps):
-        support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
+        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
         return sgd_adapt(
             support_loss,
             params,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from jaxmeta.algorithms.base import MetaLearner, gradient_learner, identity_init
-from jaxmeta.inner import sgd_adapt
+from jaxmeta.inner import inner_loss, norm_free_mask, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, LossFn, Params
 from jaxmeta.validation import check_int, check_positive_float
@@ -25,6 +25,8 @@ def maml(
     loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
     remat: bool = False,
+    inner_loss_reduction: str = "mean",
+    adapt_norm: bool = True,
 ) -> MetaLearner:
     """Model-Agnostic Meta-Learning as pure functions over a params pytree.
 
@@ -41,6 +43,15 @@ def maml(
       eval_inner_steps: inner steps used by ``predict`` (MAML evaluates Omniglot with
         10); defaults to ``inner_steps``.
       remat: recompute inner-step activations in the backward pass to save memory.
+      inner_loss_reduction: how the support loss is reduced (:data:`jaxmeta.inner.
+        INNER_LOSS_REDUCTIONS`): ``"mean"`` (default, as the PyTorch ports) or
+        ``"sum_over_k"`` (sum over the support examples / K = N x mean, cbfinn/maml
+        ``utils.xent``: the inner step on the mean loss is N times ``inner_lr``). The outer
+        (query) loss stays a mean: the reference's is N x mean too, which Adam does not see.
+      adapt_norm: adapt the normalisation layers' parameters in the inner loop (default).
+        ``False`` keeps them out of the inner loop but meta-learns them, as cbfinn/maml,
+        whose BatchNorm offset is not among the adapted ``weights`` (its BatchNorm has no
+        scale: ``Conv4(bn_scale=False)``).
 
     Returns:
       A :class:`MetaLearner` with ``init`` (the identity), ``adapt``, ``outer_loss``,
@@ -54,11 +65,20 @@ def maml(
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
+    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
+    if not isinstance(adapt_norm, bool):
+        raise TypeError(f"adapt_norm must be a bool, got {adapt_norm!r}")
 
     def adapt_fn(params: Params, support_x: Array, support_y: Array, steps: int):
-        support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
+        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
         return sgd_adapt(
-            support_loss, params, lr=inner_lr, steps=steps, first_order=first_order, remat=remat
+            support_loss,
+            params,
+            lr=inner_lr,
+            steps=steps,
+            first_order=first_order,
+            remat=remat,
+            mask=None if adapt_norm else norm_free_mask(params),
         )
 
     return gradient_learner(

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import MetaLearner, gradient_learner
-from jaxmeta.inner import sgd_adapt
+from jaxmeta.inner import inner_loss, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
 from jaxmeta.validation import check_int, check_positive_float
@@ -25,6 +25,7 @@ def metasgd(
     first_order: bool = False,
     loss_fn: LossFn = cross_entropy_loss,
     eval_inner_steps: int | None = None,
+    inner_loss_reduction: str = "mean",
 ) -> MetaLearner:
     """Meta-SGD: ``theta' = theta - alpha * grad`` with ``alpha`` learned elementwise.
 
@@ -41,6 +42,9 @@ def metasgd(
         gradient through ``alpha * stop_gradient(g)``).
       loss_fn: ``(predictions, targets) -> scalar``.
       eval_inner_steps: inner steps used by ``predict`` (default ``inner_steps``).
+      inner_loss_reduction: ``"mean"`` (default) or ``"sum_over_k"`` (N x mean, the MAML
+        reference's loss, :func:`jaxmeta.algorithms.maml.maml`; Meta-SGD has no public code
+        and states it follows MAML's setup).
 
     Returns:
       A :class:`MetaLearner`; ``predict(meta_params, support_x [n_s, ...], support_y
@@ -53,6 +57,7 @@ def metasgd(
     inner_lr_init = check_positive_float("inner_lr_init", inner_lr_init)
     eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
     eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
+    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
 
     def init(key: PRNGKey, params: Params) -> Params:
         del key
@@ -60,7 +65,7 @@ def metasgd(
         return {"params": params, "lr": lr}
 
     def _adapt(meta_params, support_x, support_y, steps):
-        support_loss = lambda p: loss_fn(apply_fn(p, support_x), support_y)
+        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
         return sgd_adapt(
             support_loss,
             meta_params["params"],

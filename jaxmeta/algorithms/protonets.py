@@ -53,6 +53,7 @@ def protonets(
     ways: int | None = None,
     distance: str = "sqeuclidean",
     loss_fn: LossFn = cross_entropy_loss,
+    joint_batch: bool = False,
 ) -> MetaLearner:
     """Prototypical Networks: logits are negative squared distances to class means.
 
@@ -69,6 +70,12 @@ def protonets(
         integer gives exactly ``[n_query, ways]``.
       distance: ``"sqeuclidean"`` (the paper's choice) or ``"cosine"``.
       loss_fn: ``(logits, labels) -> scalar``.
+      joint_batch: in training, embed support and query in one pass over
+        ``concat([support, query])``, so BatchNorm normalises with their joint statistics
+        (jakesnell/prototypical-networks ``protonets/models/few_shot.py``, ``torch.cat([xs,
+        xq])``). Default ``False``: support and query batches each with their own statistics.
+        Evaluation (``predict``) is unchanged; the reference evaluates with running
+        statistics (``model.eval()``), which jaxmeta's batch-statistics BatchNorm does not keep.
 
     Returns:
       A :class:`MetaLearner`; ``init`` returns the embedding params unchanged and
@@ -84,11 +91,17 @@ def protonets(
     if ways is not None:
         ways = check_int("ways", ways, minimum=2)
 
-    def predict(params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
-        del key
+    if not isinstance(joint_batch, bool):
+        raise TypeError(f"joint_batch must be a bool, got {joint_batch!r}")
+
+    def logits_of(params, support_x, support_y, query_x, *, bn_mode, joint=False):
         n_slots = class_slots(support_y, ways)
         check_task(support_x, support_y, query_x, num_classes=lambda: n_slots)
-        zs, zq = apply_support_query(apply_fn, params, support_x, query_x, bn_mode=bn_mode)
+        if joint:
+            z = apply_fn(params, jnp.concatenate([support_x, query_x], axis=0))
+            zs, zq = z[: support_x.shape[0]], z[support_x.shape[0] :]
+        else:
+            zs, zq = apply_support_query(apply_fn, params, support_x, query_x, bn_mode=bn_mode)
         protos, present = prototypes(zs, support_y, n_slots)
         if distance == "sqeuclidean":
             logits = -squared_euclidean(zq, protos)
@@ -97,10 +110,22 @@ def protonets(
             logits = unit(zq) @ unit(protos).T
         return jnp.where(present[None, :], logits, ABSENT_LOGIT)
 
+    def predict(params, support_x, support_y, query_x, key=None, *, bn_mode="transductive"):
+        del key
+        return logits_of(params, support_x, support_y, query_x, bn_mode=bn_mode)
+
     def task_loss(params, episode: Episode, key):
         n_slots = lambda: class_slots(episode.support_y, ways)
         check_episode(episode, batched=False, num_classes=n_slots)
-        logits = predict(params, episode.support_x, episode.support_y, episode.query_x, key)
+        del key
+        logits = logits_of(
+            params,
+            episode.support_x,
+            episode.support_y,
+            episode.query_x,
+            bn_mode="transductive",
+            joint=joint_batch,
+        )
         return query_loss(loss_fn, logits, episode)
 
     def meta_grad(params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):

@@ -151,6 +151,16 @@ def _check(images, *, tasks: int, ways: int, shots: int, queries: int, rotations
         )
 
 
+def _check_distinct(images, ways: int, rotations: bool, distinct_characters: bool) -> None:
+    if not isinstance(distinct_characters, bool):
+        raise TypeError(f"distinct_characters must be a bool, got {distinct_characters!r}")
+    if rotations and distinct_characters and ways > int(images.shape[0]):
+        raise ValueError(
+            f"ways={ways} exceeds the {images.shape[0]} characters (distinct_characters: "
+            "one rotation of each character per task)"
+        )
+
+
 def to_float(images: jax.Array) -> jax.Array:
     """The model input of cached uint8 images: ``float32(u8) * (1 / 255)``, strokes 1.0.
 
@@ -194,15 +204,24 @@ def _one_task(
     shots: int,
     queries: int,
     rotations: bool,
+    distinct_characters: bool = False,
 ) -> Episode:
     n_char, n_drawers = images.shape[:2]  # ClassImages: n_drawers = its largest class
     n = shots + queries
-    n_cls = num_classes(images, rotations)
-    # One draw of uniforms for classes and examples (one threefry call: half the compile time).
-    u = jax.random.uniform(key, (n_cls + ways * n_drawers,))
-    classes = _top_k_indices(u[:n_cls], ways)  # [ways]
-    char = classes % n_char
-    v = u[n_cls:].reshape(ways, n_drawers)
+    if rotations and distinct_characters:
+        # ``ways`` distinct characters, then a rotation for each (cbfinn/maml data_generator.py).
+        u = jax.random.uniform(key, (n_char + ways + ways * n_drawers,))
+        char = _top_k_indices(u[:n_char], ways)  # [ways]
+        rot = jnp.minimum((u[n_char : n_char + ways] * ROTATIONS).astype(jnp.int32), ROTATIONS - 1)
+        classes = rot * n_char + char
+        v = u[n_char + ways :].reshape(ways, n_drawers)
+    else:
+        n_cls = num_classes(images, rotations)
+        # One draw of uniforms for classes and examples (one threefry call: half the compile time).
+        u = jax.random.uniform(key, (n_cls + ways * n_drawers,))
+        classes = _top_k_indices(u[:n_cls], ways)  # [ways]
+        char = classes % n_char
+        v = u[n_cls:].reshape(ways, n_drawers)
     if isinstance(images, ClassImages):
         start = images.offsets[char]  # [ways]
         count = images.offsets[char + 1] - start
@@ -228,11 +247,20 @@ def _one_task(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("ways", "shots", "queries", "rotations"))
-def _sample_from_keys(keys, images, *, ways, shots, queries, rotations) -> Episode:
+@functools.partial(
+    jax.jit, static_argnames=("ways", "shots", "queries", "rotations", "distinct_characters")
+)
+def _sample_from_keys(
+    keys, images, *, ways, shots, queries, rotations, distinct_characters=False
+) -> Episode:
     # jit: one compiled program when called eagerly; simply inlined inside an outer jit.
     task = functools.partial(
-        _one_task, ways=ways, shots=shots, queries=queries, rotations=rotations
+        _one_task,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        rotations=rotations,
+        distinct_characters=distinct_characters,
     )
     return jax.vmap(task, in_axes=(0, None))(keys, images)
 
@@ -246,6 +274,7 @@ def sample_episodes(
     shots: int,
     queries: int,
     rotations: bool = False,
+    distinct_characters: bool = False,
 ) -> Episode:
     """Sample a batch of N-way K-shot tasks from one split, on the device.
 
@@ -263,6 +292,11 @@ def sample_episodes(
       queries: query images per class (Q); ``shots + queries <= D``.
       rotations: draw from the ``4 C`` classes made by rotating every character by 0/90/180/270
         degrees.
+      distinct_characters: with ``rotations``, draw ``ways`` distinct characters and then a
+        rotation for each, so a task never holds two rotations of one character (cbfinn/maml).
+        ``False`` (default) draws ``ways`` of the ``4 C`` classes: two rotations of a character
+        can share a task (about 1.8% of 5-way and 29% of 20-way tasks on the 423 test
+        characters). Needs ``ways <= C``.
 
     Returns:
       ``Episode`` with ``support_x`` float32 ``[tasks, ways*shots, H, W, ch]`` in [0, 1],
@@ -279,6 +313,7 @@ def sample_episodes(
       Vinyals et al. 2016; Finn et al. 2017.
     """
     _check(images, tasks=tasks, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    _check_distinct(images, ways, rotations, distinct_characters)
     return _sample_from_keys(
         jax.random.split(key, tasks),
         images,
@@ -286,6 +321,7 @@ def sample_episodes(
         shots=shots,
         queries=queries,
         rotations=rotations,
+        distinct_characters=distinct_characters,
     )
 
 
@@ -308,6 +344,7 @@ def eval_episodes(
     seed: int,
     start: int = 0,
     stop: int | None = None,
+    distinct_characters: bool = False,
 ) -> Episode:
     """A fixed, seeded set of evaluation tasks, identical across runs and algorithms.
 
@@ -325,6 +362,8 @@ def eval_episodes(
       shots: support images per class (K).
       queries: query images per class (Q).
       rotations: draw from the ``4 C`` rotated classes.
+      distinct_characters: never two rotations of one character in a task
+        (:func:`sample_episodes`).
       seed: non-negative int; with ``episodes`` and the task shape, all the set depends on.
       start: first episode of the set to return.
       stop: one past the last episode to return (default ``episodes``).
@@ -351,6 +390,7 @@ def eval_episodes(
             f"episodes={episodes}"
         )
     _check(images, tasks=episodes, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    _check_distinct(images, ways, rotations, distinct_characters)
     cpu = jax.devices("cpu")[0]
     keys = eval_episode_keys(seed, episodes)[start:stop]
     if not isinstance(images, ClassImages):
@@ -362,5 +402,6 @@ def eval_episodes(
         shots=shots,
         queries=queries,
         rotations=rotations,
+        distinct_characters=distinct_characters,
     )
     return Episode(*(np.asarray(a) for a in ep))

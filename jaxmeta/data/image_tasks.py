@@ -32,6 +32,14 @@ class ImageTasks(TaskSource):
       queries: query images per class (training).
       rotations: rotated copies (90/180/270 degrees) of every class are new classes (square
         images only).
+      distinct_characters: with ``rotations``, a task never holds two rotations of one class
+        (:func:`jaxmeta.data.episodes.sample_episodes`; cbfinn/maml's sampling).
+      eval_rotations: rotations in the validation and test episodes; ``None`` (default) = as
+        ``rotations``. ``False``: unrotated test classes (openai/supervised-reptile and
+        HowToTrainYourMAMLPytorch rotate only the training classes).
+      train_on_val: meta-train on the training and validation classes together (the final
+        training of jakesnell/prototypical-networks ``run_trainval.py``; Reptile's 1200
+        training characters). Validation then scores seen classes: set ``train.eval_every: 0``.
 
     The data is loaded lazily on first use, once per object.
     """
@@ -40,13 +48,33 @@ class ImageTasks(TaskSource):
     name: ClassVar[str] = "images"
     examples_per_class: int | None = None  # None: unequal or unknown before the data is read
 
-    def __init__(self, *, ways: int, shots: int, queries: int, rotations: bool = False):
+    def __init__(
+        self,
+        *,
+        ways: int,
+        shots: int,
+        queries: int,
+        rotations: bool = False,
+        distinct_characters: bool = False,
+        eval_rotations: bool | None = None,
+        train_on_val: bool = False,
+    ):
         if ways is not None and isinstance(ways, numbers.Integral) and ways < 2:
             raise TaskSourceError("ways", f"must be >= 2 for classification, got {ways}")
         self.ways = check_option("ways", ways, minimum=2)
         self.shots = check_option("shots", shots, minimum=1)
         self.queries = check_option("queries", queries, minimum=1)
         self.rotations = bool(rotations)
+        if not isinstance(distinct_characters, bool):
+            raise TaskSourceError(
+                "distinct_characters", f"must be true or false, got {distinct_characters!r}"
+            )
+        self.distinct_characters = distinct_characters
+        for key, value in (("eval_rotations", eval_rotations), ("train_on_val", train_on_val)):
+            if value is not None and not isinstance(value, bool):
+                raise TaskSourceError(key, f"must be true or false, got {value!r}")
+        self.eval_rotations = self.rotations if eval_rotations is None else eval_rotations
+        self.train_on_val = train_on_val
         self._split_cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ what a dataset gives
@@ -65,7 +93,14 @@ class ImageTasks(TaskSource):
 
     def describe(self) -> dict[str, Any]:
         """What evaluation results record besides the dataset name and the episode shape."""
-        return {"rotations": self.rotations} if self.rotations else {}
+        out: dict[str, Any] = {"rotations": self.rotations} if self.rotations else {}
+        if self.rotations and self.distinct_characters:
+            out["distinct_characters"] = True
+        if self.eval_rotations != self.rotations:
+            out["eval_rotations"] = self.eval_rotations
+        if self.train_on_val:
+            out["train_on_val"] = True
+        return out
 
     # ------------------------------------------------------------------ the shared part
 
@@ -116,6 +151,14 @@ class ImageTasks(TaskSource):
         return images
 
     def train_data(self) -> jax.Array:
+        if self.train_on_val:
+            if "val" not in self.splits:
+                desc = ", ".join(f"{k}={v}" for k, v in self.describe().items())
+                raise TaskSourceError(
+                    "train_on_val", f"{self.name} ({desc}) has no validation split to train on"
+                )
+            both = [self.split_images("train"), self.split_images("val")]
+            return jax.device_put(np.concatenate(both, axis=0))
         return jax.device_put(self.split_images("train"))
 
     def sample(self, key: PRNGKey, data: jax.Array, *, tasks: int) -> Episode:
@@ -127,6 +170,7 @@ class ImageTasks(TaskSource):
             shots=self.shots,
             queries=self.queries,
             rotations=self.rotations,
+            distinct_characters=self.distinct_characters,
         )
 
     def fixed_episodes(
@@ -139,8 +183,9 @@ class ImageTasks(TaskSource):
             ways=ways,
             shots=shots,
             queries=queries,
-            rotations=self.rotations,
+            rotations=self.eval_rotations,
             seed=seed,
+            distinct_characters=self.distinct_characters,
         )
 
     @classmethod

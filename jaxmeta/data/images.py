@@ -2,7 +2,9 @@
 
 The Omniglot cache holds every drawing as uint8 ``[S, S]`` with the strokes high (255 = ink,
 0 = paper), made from the 105x105 PNGs (strokes dark) by inverting and resizing with
-Pillow's LANCZOS filter. :func:`preprocess` is that transformation for any decoded image and
+Pillow's LANCZOS filter on the greyscale ink (anti-aliased, jaxmeta's default) or, with
+``resize="binary"``, as the reference code did (:func:`resize_ink_binary`: binary images).
+:func:`preprocess` is the LANCZOS transformation for any decoded image and
 is the code the cache builder itself runs (:func:`jaxmeta.data.omniglot.decode_and_resize`
 calls :func:`resize_ink`), so a PNG gives the same bytes through either path (tested on the
 genuine files). The models then see ``uint8 / 255`` as float32
@@ -94,6 +96,38 @@ def _pil_lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
     return k
 
 
+@functools.cache
+def _pil_nearest_rows(in_size: int, out_size: int) -> np.ndarray:
+    """The source row of each output row of Pillow's NEAREST resize (int ``[out_size]``), read
+    from Pillow itself (an index ramp resized in mode ``"I"``)."""
+    from PIL import Image
+
+    ramp = np.tile(np.arange(in_size, dtype=np.int32), (1, 1))
+    return np.asarray(Image.fromarray(ramp).resize((out_size, 1), Image.NEAREST))[0].copy()
+
+
+def resize_ink_binary(ink: np.ndarray, size: int) -> np.ndarray:
+    """What the reference code's ``Image.resize((S, S), Image.LANCZOS)`` of a 1-bit PNG gives.
+
+    cbfinn/maml (``data/omniglot_resized/resize_images.py``), jakesnell/prototypical-networks
+    (``protonets/data/omniglot.py``, default filter) and openai/supervised-reptile
+    (``supervised_reptile/omniglot.py``) resize the mode-``"1"`` PNGs, and Pillow resamples
+    mode ``"1"`` with NEAREST whatever filter is asked for: the images stay binary (0 / 255).
+    Vectorised: the rows and columns Pillow picks are gathered (bit-identical, tested).
+
+    Args:
+      ink: bool ``[n, h, w]`` ink masks (True = stroke).
+      size: output side ``S``.
+
+    Returns:
+      uint8 ``[n, S, S]`` in {0, 255}, strokes high.
+    """
+    ink = np.asarray(ink, bool)
+    n, h, w = ink.shape
+    rows, cols = _pil_nearest_rows(h, size), _pil_nearest_rows(w, size)
+    return ink[:, rows][:, :, cols].astype(np.uint8) * np.uint8(255)
+
+
 def resize_ink(ink: np.ndarray, size: int, *, chunk: int = 2048) -> np.ndarray:
     """LANCZOS resize of ink images ``[n, h, w]`` to uint8 ``[n, size, size]`` (ink 255).
 
@@ -183,7 +217,13 @@ def _one(image, where: str) -> np.ndarray:
     return _ink(image, where)
 
 
-def preprocess(images, *, image_size: int = 28) -> np.ndarray:
+def _resize_to(ink: np.ndarray, size: int, resize: str) -> np.ndarray:
+    if resize == "binary":  # a drawing's grey ink is thresholded at half intensity first
+        return resize_ink_binary(ink if ink.dtype == bool else ink >= 128, size)
+    return resize_ink(ink, size)
+
+
+def preprocess(images, *, image_size: int = 28, resize: str = "lanczos") -> np.ndarray:
     """Decoded image files (strokes dark, any size) -> the dataset cache's uint8 form.
 
     Inverts (ink = 255 - grey, so strokes become high) and resizes to ``image_size`` with
@@ -199,6 +239,10 @@ def preprocess(images, *, image_size: int = 28) -> np.ndarray:
         (1 = paper; rounded to uint8 first). Colour images: convert to greyscale first
         (:func:`read_image` does it for files).
       image_size: output side ``S`` (28 for the shipped configs).
+      resize: ``"lanczos"`` (default) or ``"binary"``: the Omniglot cache's two forms
+        (:mod:`jaxmeta.data.omniglot.decode`, ``data.resize``); give the one the model was
+        trained on. ``"binary"`` thresholds grey ink at 128, then resizes as
+        :func:`resize_ink_binary`.
 
     Returns:
       uint8 ``[n, S, S]`` with strokes high (255 = ink), as
@@ -210,21 +254,23 @@ def preprocess(images, *, image_size: int = 28) -> np.ndarray:
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if resize not in ("lanczos", "binary"):
+        raise ValueError(f"resize must be 'lanczos' or 'binary', got {resize!r}")
     if isinstance(images, np.ndarray) or hasattr(images, "__array__"):
         arr = np.asarray(images)
         if arr.ndim == 2:
-            return resize_ink(_one(arr, "image")[None], image_size)
+            return _resize_to(_one(arr, "image")[None], image_size, resize)
         if arr.ndim == 4 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim != 3:
             raise ValueError(
                 f"images: expected [h, w], [n, h, w] or [n, h, w, 1], got shape {arr.shape}"
             )
-        return resize_ink(_ink(arr, "images"), image_size)
+        return _resize_to(_ink(arr, "images"), image_size, resize)
     images = list(images)
     out = np.empty((len(images), image_size, image_size), np.uint8)
     for i, im in enumerate(images):
-        out[i] = resize_ink(_one(im, f"images[{i}]")[None], image_size)[0]
+        out[i] = _resize_to(_one(im, f"images[{i}]")[None], image_size, resize)[0]
     return out
 
 
@@ -394,12 +440,13 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def read_support_folder(
-    folder: str | os.PathLike, *, image_size: int = 28
+    folder: str | os.PathLike, *, image_size: int = 28, resize: str = "lanczos"
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A support set from ``folder/<class name>/<image files>``.
 
     Classes are the subfolders in sorted order (label ``i`` = the ``i``-th name); files with
-    the suffixes in :data:`IMAGE_SUFFIXES` are read in sorted order and preprocessed.
+    the suffixes in :data:`IMAGE_SUFFIXES` are read in sorted order and preprocessed
+    (:func:`preprocess` with ``image_size`` and ``resize``).
 
     Returns:
       ``(class_names [N], images uint8 [n, S, S], labels int32 [n])``.
@@ -427,14 +474,15 @@ def read_support_folder(
         names.append(cls.name)
         files += found
         labels += [label] * len(found)
-    images = preprocess([read_image(f) for f in files], image_size=image_size)
+    images = preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)
     return names, images, np.asarray(labels, np.int32)
 
 
 def read_query(
-    paths: Iterable[str | os.PathLike], *, image_size: int = 28
+    paths: Iterable[str | os.PathLike], *, image_size: int = 28, resize: str = "lanczos"
 ) -> tuple[list[Path], np.ndarray]:
-    """Query images from files and/or folders (a folder's image files, recursively, sorted).
+    """Query images from files and/or folders (a folder's image files, recursively, sorted),
+    preprocessed (:func:`preprocess` with ``image_size`` and ``resize``).
 
     Returns:
       ``(files [n], images uint8 [n, S, S])``.
@@ -461,4 +509,4 @@ def read_query(
             + ", ".join(map(str, paths))
             + f" ({', '.join(IMAGE_SUFFIXES)})"
         )
-    return files, preprocess([read_image(f) for f in files], image_size=image_size)
+    return files, preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)

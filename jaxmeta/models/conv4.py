@@ -51,6 +51,9 @@ from jaxmeta.models.layers import (
 from jaxmeta.types import Array
 
 HEADS = ("flatten", "mean")
+# Activations after each BatchNorm: ReLU (MAML, ProtoNets) or leaky ReLU with PyTorch's default
+# slope 0.01 (HowToTrainYourMAMLPytorch, meta_neural_network_architectures.py).
+ACTIVATIONS = {"relu": nn.relu, "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01)}
 
 
 class Conv4(nn.Module):
@@ -70,6 +73,10 @@ class Conv4(nn.Module):
       head: ``"flatten"`` (features = h*w*filters, 256 for the strided net) or
         ``"mean"`` (spatial mean, features = filters, as in cbfinn/maml).
       dtype: parameter and compute dtype (``float64`` for finite-difference tests).
+      bn_scale: BatchNorm has a learned scale (default). ``False``: offset only, as
+        cbfinn/maml (``tf.contrib.layers.batch_norm``'s default ``scale=False``); with
+        ``maml(adapt_norm=False)`` this is the reference's BatchNorm.
+      activation: ``"relu"`` (default) or ``"leaky_relu"`` (slope 0.01, MAML++'s reference).
 
     Call: ``(x [n, H, W, C], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
     normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
@@ -86,11 +93,18 @@ class Conv4(nn.Module):
     conv_impl: str = "auto"
     head: str = "flatten"
     dtype: jax.typing.DTypeLike = jnp.float32
+    bn_scale: bool = True
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: Array, *, stats_rows: int | None = None) -> Array:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        act = ACTIVATIONS[self.activation]
         impl = resolve_conv_impl(self.conv_impl)
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects x of shape [n, h, w, c], got {x.shape}")
@@ -103,13 +117,18 @@ class Conv4(nn.Module):
                 (3, 3, x.shape[-1], self.filters),
                 self.dtype,
             )
-            scale = self.param(f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype)
+            if self.bn_scale:
+                scale = self.param(
+                    f"bn{i}_scale", nn.initializers.ones, (self.filters,), self.dtype
+                )
+            else:
+                scale = jnp.ones((self.filters,), self.dtype)
             bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
             x = conv3x3(x, kernel, stride=stride, impl=impl)
             if self.is_mutable_collection("batch_stats") and not self.is_initializing():
                 # Only when asked (MAML++'s per-step running statistics); a no-op otherwise.
                 self.sow("batch_stats", f"bn{i}", batch_moments(x, stats_rows=stats_rows))
-            x = nn.relu(batch_stat_norm(x, scale, bias, stats_rows=stats_rows))
+            x = act(batch_stat_norm(x, scale, bias, stats_rows=stats_rows))
             if self.pool:
                 x = max_pool2x2(x)
         if self.head == "mean":

@@ -431,13 +431,16 @@ def make_learner(
 
 
 def build_optimizer(cfg: ExperimentConfig, *, learning_rate=None) -> optax.GradientTransformation:
-    """The optax optimizer (optionally after global-norm clipping; ``schedule`` -> optax).
+    """The optax optimizer (optionally after clipping each gradient entry to ``[-v, v]``
+    (``grad_clip_value``, cbfinn/maml's miniImageNet ``tf.clip_by_value``) and/or its global
+    norm (``grad_clip_norm``); ``schedule`` -> optax).
 
     ``learning_rate``: replaces ``optimizer.learning_rate`` (e.g. a traced per-run value of
     a population sweep, :mod:`jaxmeta.train.population`).
     """
     kwargs = cfg.optimizer.kwargs
     clip = kwargs.pop("grad_clip_norm", None)
+    clip_value = kwargs.pop("grad_clip_value", None)
     schedule = kwargs.pop("schedule", None)
     if learning_rate is not None and schedule is None:
         kwargs["learning_rate"] = learning_rate
@@ -449,6 +452,8 @@ def build_optimizer(cfg: ExperimentConfig, *, learning_rate=None) -> optax.Gradi
     opt = getattr(optax, cfg.optimizer.name)(**kwargs)
     if clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
+    if clip_value is not None:
+        opt = optax.chain(optax.clip(float(clip_value)), opt)
     return opt
 
 
@@ -471,7 +476,7 @@ def make_optimizer(cfg: ExperimentConfig) -> optax.GradientTransformation:
                     sub = f"{dotted}.{err.key}" if isinstance(value, Mapping) else dotted
                     raise ConfigError(cfg.where(dotted), sub, str(err).split(": ", 1)[1]) from None
             continue
-        if key == "grad_clip_norm":
+        if key in ("grad_clip_norm", "grad_clip_value"):
             if value is not None:
                 _check_kw(cfg, dotted, value, float)
                 if value <= 0:
@@ -481,7 +486,8 @@ def make_optimizer(cfg: ExperimentConfig) -> optax.GradientTransformation:
             raise ConfigError(
                 cfg.where(dotted),
                 dotted,
-                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, schedule, "
+                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, grad_clip_value, "
+                f"schedule, "
                 f"{', '.join(sig)}",
             )
     lr = cfg.optimizer.kwargs.get("learning_rate")

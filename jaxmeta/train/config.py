@@ -18,7 +18,9 @@ compiled. What the named sections may contain is checked against their registrie
       queries: 15                   # query examples per class (sinusoid: points)
       scheme: maml                  # omniglot: maml (1100/100/423) | vinyals (1028/172/423)
                                     #   | lake; rotations, image_size, data_dir, manual_dir,
-                                    #   download: see jaxmeta.data.omniglot.OmniglotTasks
+                                    #   download, resize (lanczos | binary),
+                                    #   distinct_characters, eval_rotations, train_on_val:
+                                    #   see jaxmeta.data.omniglot.OmniglotTasks
     model:                          # name + keyword arguments of the Flax module
       name: conv4                   # jaxmeta.models.MODELS
       filters: 64                   # any field of the module; checked against it (integers
@@ -33,6 +35,7 @@ compiled. What the named sections may contain is checked against their registrie
       name: adam
       learning_rate: 0.001
       grad_clip_norm: null          # optional optax.clip_by_global_norm before it
+      grad_clip_value: null         # optional optax.clip (each entry to [-v, v]) before it
       schedule: null                # optional learning-rate schedule (optax), e.g.
                                     #   {name: linear, end_value: 0.0}  (to 0 at train.steps)
                                     #   {name: exponential, transition_steps: 2000,

@@ -29,6 +29,7 @@ from jaxmeta.data.omniglot.acquire import (
     default_data_dir,
     locate_zips,
 )
+from jaxmeta.data.omniglot.decode import RESIZE_MODES
 from jaxmeta.data.omniglot.splits import (
     DRAWERS,
     NUM_CHARACTERS,
@@ -94,8 +95,10 @@ def split_images(omniglot: Omniglot, scheme: str, split: str) -> np.ndarray:
     return np.ascontiguousarray(omniglot.images[split_indices(scheme, split)])
 
 
-def _cache_path(data_dir: Path, image_size: int) -> Path:
-    return prepared_folder(data_dir) / f"jaxmeta_images_{image_size}px.npz"
+def _cache_path(data_dir: Path, image_size: int, resize: str = "lanczos") -> Path:
+    # The default keeps the name caches were written under before ``resize`` existed.
+    suffix = "" if resize == "lanczos" else f"_{resize}"
+    return prepared_folder(data_dir) / f"jaxmeta_images_{image_size}px{suffix}.npz"
 
 
 def _load_cache(path: Path, image_size: int) -> Omniglot | None:
@@ -134,8 +137,8 @@ def _save_cache(path: Path, om: Omniglot) -> None:
     )
 
 
-def _build_from_tfds(data_dir: Path, image_size: int) -> Omniglot:
-    images, ids = read_prepared(data_dir, image_size)
+def _build_from_tfds(data_dir: Path, image_size: int, resize: str = "lanczos") -> Omniglot:
+    images, ids = read_prepared(data_dir, image_size, resize)
     rows = character_table()
     return Omniglot(
         images=images,
@@ -153,22 +156,28 @@ def load_omniglot(
     manual_dir: str | os.PathLike | None = None,
     image_size: int = 28,
     download: bool = True,
+    resize: str = "lanczos",
 ) -> Omniglot:
     """Load all 1623 Omniglot characters, preparing TFDS data and the cache on first use.
 
     First call: locate the zips (manual dir first), verify them, prepare the ``jaxmeta_omniglot``
     TFDS dataset (array_record) in ``data_dir``, read it back with ``tfds.data_source``, decode,
     invert and resize every image once, and write ``<data_dir>/jaxmeta_omniglot/1.0.0/
-    jaxmeta_images_{S}px.npz``. Later calls only read that file (tens of milliseconds).
+    jaxmeta_images_{S}px.npz`` (``..._{S}px_binary.npz`` for ``resize="binary"``). Later calls
+    only read that file (tens of milliseconds).
 
     Args:
       data_dir: TFDS data dir; default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
       manual_dir: folder with ``images_background.zip`` and ``images_evaluation.zip``; default
         TFDS's ``<data_dir>/downloads/manual``. Official or re-zipped copies are both accepted
         (their PNG content is verified).
-      image_size: side ``S`` of the stored images (28 is the standard; 105 keeps the originals).
+      image_size: side ``S`` of the stored images (28 in the literature; 105 keeps the
+        originals).
       download: when the zips are not in the manual dir, download the official ones (sha256
         checked). ``False`` never touches the network.
+      resize: ``"lanczos"`` (default: greyscale, anti-aliased) or ``"binary"`` (what the
+        reference implementations trained on: Pillow resizes their mode-``"1"`` images with
+        NEAREST although they ask for LANCZOS); :mod:`jaxmeta.data.omniglot.decode`.
 
     Returns:
       :class:`Omniglot` with ``images`` uint8 ``[1623, 20, S, S]`` (strokes = 255).
@@ -184,12 +193,14 @@ def load_omniglot(
       ValueError: ``image_size`` < 1.
 
     References:
-      Lake et al., Science 2015 (data); Finn et al. 2017 and Vinyals et al. 2016 (28x28 LANCZOS).
+      Lake et al., Science 2015 (data); Finn et al. 2017 and Vinyals et al. 2016 (28x28).
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    cache = _cache_path(root, image_size)
+    cache = _cache_path(root, image_size, resize)
     om = _load_cache(cache, image_size)
     if om is not None:
         return om
@@ -224,7 +235,7 @@ def load_omniglot(
             builder.download_and_prepare(download_config=config)
     t1 = time.perf_counter()
     try:
-        om = _build_from_tfds(root, image_size)
+        om = _build_from_tfds(root, image_size, resize)
     except PreparedDataCorruptError as err:
         try:
             locate_zips(manual, download=download)  # before deleting anything
@@ -241,7 +252,7 @@ def load_omniglot(
         )
         builder.download_and_prepare(download_config=config)
         t1 = time.perf_counter()
-        om = _build_from_tfds(root, image_size)
+        om = _build_from_tfds(root, image_size, resize)
     _save_cache(cache, om)
     print(
         f"jaxmeta: Omniglot ready ({'TFDS prepare %.1f s, ' % (t1 - t0) if not prepared else ''}"

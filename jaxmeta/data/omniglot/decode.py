@@ -1,9 +1,17 @@
-"""Decoding Omniglot's PNGs into the uint8 training form (strokes 255, LANCZOS-resized).
+"""Decoding Omniglot's PNGs into the uint8 training form (strokes 255, resized to ``S x S``).
 
-Preprocessing (the standard one, Finn et al. 2017; Vinyals et al. 2016): PIL decodes the 1-bit
+Two preprocessings (:data:`RESIZE_MODES`, ``data.resize`` in configs). PIL decodes the 1-bit
 PNGs to {0, 1} with 1 = white paper; ``ink = ~(png > 0)`` (the ``img > 0`` normalisation, robust
-to decoders that give {0, 255}); ``ink * 255`` resized to ``S x S`` with LANCZOS; stored as
-``uint8`` with strokes high. Float images are ``u8 / 255``. The default path does this
+to decoders that give {0, 255}); then
+
+* ``"lanczos"`` (jaxmeta's default): ``ink * 255`` as a greyscale image resized with LANCZOS
+  (anti-aliased grey levels);
+* ``"binary"`` (what the reference implementations trained on: cbfinn/maml, ProtoNets and
+  Reptile call ``resize`` on the mode-``"1"`` image, which Pillow performs as NEAREST whatever
+  filter is named, LANCZOS included): binary images, 0 or 255
+  (:func:`jaxmeta.data.images.resize_ink_binary`).
+
+Stored as ``uint8`` with strokes high. Float images are ``u8 / 255``. The default path does this
 vectorised: the PNGs (all 1-bit, unfiltered rows) are inflated with :mod:`zlib` and
 bit-unpacked, and Pillow's fixed-point LANCZOS is reproduced as two exact matrix products; the
 result is bit-identical to ``Image.resize(..., Image.LANCZOS)`` (tested), and any PNG of another
@@ -20,11 +28,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmeta.data.images import resize_ink
+from jaxmeta.data.images import resize_ink, resize_ink_binary
 
-__all__ = ["PNG_SIZE", "decode_and_resize", "decode_png"]
+__all__ = ["PNG_SIZE", "RESIZE_MODES", "decode_and_resize", "decode_png"]
 
 PNG_SIZE = 105
+RESIZE_MODES = ("lanczos", "binary")
 
 
 def decode_png(png: bytes) -> np.ndarray:
@@ -81,9 +90,9 @@ def _ink_fast(pngs: Sequence[bytes]) -> np.ndarray | None:
 
 
 def decode_and_resize(
-    pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False
+    pngs: Sequence[bytes], image_size: int, *, use_pil: bool = False, resize: str = "lanczos"
 ) -> np.ndarray:
-    """Decode PNGs, invert so strokes are 255, resize with LANCZOS.
+    """Decode PNGs, invert so strokes are 255, resize (:data:`RESIZE_MODES`).
 
     The default path decodes and resizes vectorised (bit-exact with PIL, and faster); PNGs that
     are not plain 1-bit Omniglot files, or ``use_pil=True``, go through PIL image by image.
@@ -92,17 +101,27 @@ def decode_and_resize(
       pngs: ``n`` Omniglot PNG files.
       image_size: output side ``S``.
       use_pil: force the PIL reference path.
+      resize: ``"lanczos"`` (greyscale LANCZOS of the ink) or ``"binary"`` (the reference
+        code's ``Image.resize(LANCZOS)`` of the mode-``"1"`` image, which Pillow does as
+        NEAREST).
 
     Returns:
       uint8 ``[n, S, S]``, strokes high.
     """
     from PIL import Image
 
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     ink = None if use_pil else _ink_fast(pngs)
     if ink is not None:
+        if resize == "binary":
+            return resize_ink_binary(ink, image_size)
         return resize_ink(ink, image_size)  # the code path of preprocess()
     out = np.empty((len(pngs), image_size, image_size), np.uint8)
     for i, png in enumerate(pngs):
+        if resize == "binary":
+            out[i] = resize_ink_binary(decode_png(png)[None], image_size)[0]
+            continue
         im = decode_png(png).astype(np.uint8) * np.uint8(255)
         if im.shape != (image_size, image_size):
             im = np.asarray(Image.fromarray(im).resize((image_size, image_size), Image.LANCZOS))

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from jaxmeta.data.image_tasks import ImageTasks, check_option
+from jaxmeta.data.omniglot.decode import RESIZE_MODES
 from jaxmeta.data.omniglot.splits import DRAWERS, SCHEMES, split_counts
 from jaxmeta.data.source import TaskSourceError
 
@@ -25,7 +26,13 @@ class OmniglotTasks(ImageTasks):
       scheme: class split, ``"maml"`` (1100/100/423), ``"vinyals"`` (1028/172/423) or
         ``"lake"`` (background/evaluation, no validation split).
       rotations: rotated copies (90/180/270) are new classes.
+      distinct_characters: with ``rotations``, a task never holds two rotations of one
+        character: ``ways`` distinct characters, then a rotation for each (cbfinn/maml
+        ``data_generator.py``). Default ``False``: ``ways`` of the ``4 C`` rotated classes.
       image_size: side of the square images (28 in the literature).
+      resize: ``"lanczos"`` (default: greyscale, anti-aliased) or ``"binary"`` (the binary
+        images the reference implementations trained on; :mod:`jaxmeta.data.omniglot.decode`).
+      eval_rotations, train_on_val: see :class:`~jaxmeta.data.image_tasks.ImageTasks`.
       data_dir, manual_dir, download: where the prepared data and the zips are, and
         whether the zips may be downloaded (:func:`jaxmeta.data.omniglot.load_omniglot`).
 
@@ -50,8 +57,25 @@ class OmniglotTasks(ImageTasks):
         data_dir: str | None = None,
         manual_dir: str | None = None,
         download: bool = True,
+        distinct_characters: bool = False,
+        resize: str = "lanczos",
+        eval_rotations: bool | None = None,
+        train_on_val: bool = False,
     ):
-        super().__init__(ways=ways, shots=shots, queries=queries, rotations=rotations)
+        super().__init__(
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            rotations=rotations,
+            distinct_characters=distinct_characters,
+            eval_rotations=eval_rotations,
+            train_on_val=train_on_val,
+        )
+        if resize not in RESIZE_MODES:
+            raise TaskSourceError(
+                "resize", f"unknown resize {resize!r}; available: {', '.join(RESIZE_MODES)}"
+            )
+        self.resize = resize
         if scheme not in SCHEMES:
             raise TaskSourceError(
                 "scheme", f"unknown split scheme {scheme!r}; available: {', '.join(SCHEMES)}"
@@ -61,7 +85,11 @@ class OmniglotTasks(ImageTasks):
         self.input_shape = (self.image_size, self.image_size, 1)
         self.splits = ("train", "test") if scheme == "lake" else ("train", "val", "test")
         self._load_kwargs = dict(
-            data_dir=data_dir, manual_dir=manual_dir, image_size=image_size, download=download
+            data_dir=data_dir,
+            manual_dir=manual_dir,
+            image_size=image_size,
+            download=download,
+            resize=resize,
         )
         self._omniglot = None
         self.check_episodes("train", ways=self.ways, shots=self.shots, queries=self.queries)
@@ -77,7 +105,16 @@ class OmniglotTasks(ImageTasks):
         return f"an Omniglot class has only {DRAWERS} drawings"
 
     def describe(self) -> dict[str, Any]:
-        return {"scheme": self.scheme, "rotations": self.rotations}
+        out: dict[str, Any] = {"scheme": self.scheme, "rotations": self.rotations}
+        if self.rotations and self.distinct_characters:
+            out["distinct_characters"] = True
+        if self.resize != "lanczos":
+            out["resize"] = self.resize
+        if self.eval_rotations != self.rotations:
+            out["eval_rotations"] = self.eval_rotations
+        if self.train_on_val:
+            out["train_on_val"] = True
+        return out
 
     def dataset(self):
         """The whole :class:`~jaxmeta.data.omniglot.Omniglot` (loaded, or prepared, once)."""

@@ -197,9 +197,11 @@ def _records(sources: dict[str, Any], data_dir: Path) -> Iterator[tuple[str, Any
             ) from None
 
 
-def read_prepared(data_dir: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and resize every prepared image: ``(images uint8 [1623, 20, S, S], character
-    ids int32 [1623])`` in cache order.
+def read_prepared(
+    data_dir: Path, image_size: int, resize: str = "lanczos"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and resize (``resize``: :func:`decode_and_resize`) every prepared image:
+    ``(images uint8 [1623, 20, S, S], character ids int32 [1623])`` in cache order.
 
     Raises:
       PreparedDataCorruptError: the prepared data cannot be opened or read, or is incomplete.
@@ -250,7 +252,7 @@ def read_prepared(data_dir: Path, image_size: int) -> tuple[np.ndarray, np.ndarr
             f"({len(where)} records for {seen.size} images)",
             folder,
         )
-    images[cs, ds] = decode_and_resize(pngs, image_size)
+    images[cs, ds] = decode_and_resize(pngs, image_size, resize=resize)
     return images, ids
 
 
