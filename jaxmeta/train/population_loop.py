@@ -33,6 +33,7 @@ from jaxmeta.train.loop import Training, TrainingDiverged
 from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxmeta.train.population import (
     check_memory,
+    check_sizes,
     members,
     population_builder,
     population_hparams,
@@ -510,6 +511,7 @@ def evaluate_population(
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
     exp = build_experiment(cfg)
+    check_sizes(cfg, exp.source, train=False)
     source, ev = exp.source, cfg.eval
     if split not in source.splits:
         raise ValueError(

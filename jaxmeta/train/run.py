@@ -322,6 +322,9 @@ def run_evaluation(
     mode (``transductive`` unless ``bn_mode`` says otherwise), and what the task source
     describes of itself (e.g. Omniglot's scheme and rotations).
     """
+    from jaxmeta.train.population import check_sizes
+
+    check_sizes(cfg, exp.source, train=False, episodes=episodes)  # before sampling them
     eps = exp.source.eval_episodes(
         split, episodes=episodes, seed=cfg.eval.seed, **eval_episode_shape(cfg, exp.source)
     )
