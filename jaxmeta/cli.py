@@ -49,7 +49,9 @@ EPILOG_TRAIN = textwrap.dedent(
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
     best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
     train again on a workdir with a checkpoint resumes it exactly (same final
-    parameters as an uninterrupted run); --config may then be omitted. The progress
+    parameters as an uninterrupted run); --config may then be omitted (a run folder's
+    plug-ins are then imported only with --plugin FILE or --trust-plugins: a run
+    folder is data, a config is code; docs/security.md). The progress
     bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
     inner steps; validation accuracy is printed on its own lines.
 
