@@ -49,7 +49,9 @@ EPILOG_TRAIN = textwrap.dedent(
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
     best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
     train again on a workdir with a checkpoint resumes it exactly (same final
-    parameters as an uninterrupted run); --config may then be omitted. The progress
+    parameters as an uninterrupted run); --config may then be omitted (a run folder's
+    plug-ins are then imported only with --plugin FILE or --trust-plugins: a run
+    folder is data, a config is code; docs/security.md). The progress
     bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
     inner steps; validation accuracy is printed on its own lines.
 
@@ -145,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.steps=60000 (repeatable)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_trust_flags(t)
     t.add_argument(
         "--seeds",
         type=int,
@@ -243,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override a key of the run's config, e.g. data.manual_dir=DIR or "
         "eval.batch_size=20 (model/algorithm changes will not match the checkpoint)",
     )
+    _add_trust_flags(e)
 
     pr = sub.add_parser(
         "predict",
@@ -299,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
         help="adaptation steps of gradient-based learners (default: the algorithm's "
         "evaluation steps)",
     )
+    _add_trust_flags(pr)
 
     pl = sub.add_parser(
         "plot",
@@ -321,6 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="output folder")
     x.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
     x.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
+    _add_trust_flags(x)
 
     d = sub.add_parser(
         "data",
@@ -366,8 +372,10 @@ def _train(args) -> int:
         "distributed.process_id": args.process_id,
     }
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    # A config named with -c is the user's script; a run folder's is data (docs/security.md).
+    trust = args.config is not None or args.trust_plugins
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, trust_plugins=trust)
     except (ConfigError, FileNotFoundError) as err:
         return _err(str(err), 2)
     from jaxmeta.sharding import initialize_distributed
@@ -422,6 +430,7 @@ def _evaluate(args) -> int:
             overrides=args.overrides,
             episodes=args.episodes,
             run=args.run,
+            trust_plugins=args.trust_plugins,
         )
     except ConfigError as err:
         return _err(str(err), 2)
@@ -487,6 +496,7 @@ def _evaluate_population(args, workdir: Path) -> int:
             split=args.split,
             inner_steps=args.inner_steps,
             bn_mode=args.bn_mode,
+            trust_plugins=args.trust_plugins,
         )
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
@@ -513,6 +523,7 @@ def _predict(args) -> int:
             bn_mode=args.bn_mode,
             inner_steps=args.inner_steps,
             run=args.run,
+            trust_plugins=args.trust_plugins,
         )
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
@@ -535,7 +546,13 @@ def _export_features(args) -> int:
 
     ckpt = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
     try:
-        lines = export_features(args.workdir, args.out, checkpoint=ckpt, batch_size=args.batch_size)
+        lines = export_features(
+            args.workdir,
+            args.out,
+            checkpoint=ckpt,
+            batch_size=args.batch_size,
+            trust_plugins=args.trust_plugins,
+        )
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
     print("\n".join(lines))
@@ -632,7 +649,8 @@ def _add_data_command(dsub, name: str, cls) -> None:
                 "--no-" + opt.replace("_", "-"),
                 dest=f"opt_{opt}",
                 action="store_false",
-                help=text or f"{opt}: false",
+                # the Args: text describes the option when on; this flag turns it off
+                help=f"turn {opt} off (on by default: {text.rstrip('.')})" if text else None,
             )
         elif param.default is False:
             p.add_argument(flag, dest=f"opt_{opt}", action="store_true", help=text)
@@ -659,6 +677,19 @@ def _add_plugin_flag(parser) -> None:
         metavar="FILE_OR_MODULE",
         help="import a plug-in first (a .py file or a module name) that registers a dataset, "
         "algorithm or model (repeatable); configs name theirs with plugins:",
+    )
+
+
+def _add_trust_flags(parser) -> None:
+    """``--plugin`` and ``--trust-plugins`` of the commands that open a run folder: its
+    plug-ins are code and are imported only when allowed (docs/security.md)."""
+    _add_plugin_flag(parser)
+    parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import every plug-in the run folder's config names (they run code: only for "
+        "a run folder you trust); by default only jaxmeta's own and those given with "
+        "--plugin are imported",
     )
 
 

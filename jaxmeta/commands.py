@@ -9,6 +9,7 @@ here take keyword arguments and raise ``ValueError`` / ``FileNotFoundError`` for
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def predict_folders(
     bn_mode: str = "inductive",
     inner_steps: int | None = None,
     run: int | None = None,
+    trust_plugins: bool | tuple[str, ...] | list[str] = False,
 ) -> dict[str, Any]:
     """Classify query images with a trained run adapted to a folder of labelled examples.
 
@@ -93,8 +95,8 @@ def predict_folders(
       support: folder with one subfolder per class, holding that class's images.
       query: image files and/or folders (searched recursively; a query inside a subfolder
         named like a support class counts as labelled, and accuracy is reported).
-      checkpoint, bn_mode, inner_steps, run: as :func:`jaxmeta.load` (``run``: a
-        population's member).
+      checkpoint, bn_mode, inner_steps, run, trust_plugins: as :func:`jaxmeta.load`
+        (``run``: a population's member).
 
     Returns:
       ``{"workdir", "checkpoint", "step", "algorithm", "bn_mode", "classes", "predictions":
@@ -109,7 +111,14 @@ def predict_folders(
     import jaxmeta
     from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
 
-    clf = jaxmeta.load(workdir, checkpoint, bn_mode=bn_mode, inner_steps=inner_steps, run=run)
+    clf = jaxmeta.load(
+        workdir,
+        checkpoint,
+        bn_mode=bn_mode,
+        inner_steps=inner_steps,
+        run=run,
+        trust_plugins=trust_plugins,
+    )
     if not clf.classification:
         raise ValueError(f"{workdir} is a {clf.config.data.name} regression run, not a classifier")
     size = clf.input_shape[0]
@@ -127,7 +136,7 @@ def predict_folders(
     if len(names) < 2:
         raise ImageFolderError(f"{support} has one class folder ({names[0]}): give at least 2")
     files, qx = read_query(query, image_size=size, resize=resize)
-    probs = np.asarray(clf.probabilities(sx, sy, qx), np.float64)
+    probs = _probabilities(clf, sx, sy, qx)
     rows = []
     for f, p in zip(files, probs, strict=True):
         i = int(np.argmax(p))
@@ -156,27 +165,59 @@ def predict_folders(
     return out
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cells(values: list[str]) -> list[str]:
+    """Text cells safe to open in a spreadsheet: one starting like a formula (``= + - @``,
+    tab, CR; a class folder named ``=HYPERLINK(...)``) gets a leading ``'`` (OWASP's CSV
+    injection advice), so it is shown as text, never evaluated."""
+    return [f"'{v}" if str(v).startswith(_FORMULA_STARTS) else str(v) for v in values]
+
+
+PREDICT_BATCH = 256
+
+
+def _probabilities(clf, sx, sy, qx) -> np.ndarray:
+    """float64 ``[n_q, N]``. Inductive queries are independent: they go in batches of
+    :data:`PREDICT_BATCH` (the last padded, so one program serves all), so memory does not
+    grow with the number of files; transductive ones are normalised together, in one call."""
+    if clf.uses_batch_statistics and clf.bn_mode == "transductive":
+        return np.asarray(clf.probabilities(sx, sy, qx), np.float64)
+    adapted = clf.adapt(sx, sy)
+    out = []
+    for start in range(0, len(qx), PREDICT_BATCH):
+        batch = qx[start : start + PREDICT_BATCH]
+        n = len(batch)
+        if n < PREDICT_BATCH and len(qx) > PREDICT_BATCH:
+            batch = np.concatenate([batch, np.zeros_like(qx[: PREDICT_BATCH - n])])
+        out.append(np.asarray(adapted.probabilities(batch), np.float64)[:n])
+    return np.concatenate(out)
+
+
 def write_predictions(result: dict[str, Any], path: str | Path) -> Path:
     """``.json``: the whole result; ``.csv``: one row per query (file, predicted,
     probability, true if known, then one probability column per class)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     elif path.suffix.lower() == ".csv":
         names = result["classes"]
         labelled = any("true" in r for r in result["predictions"])
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(
+            _cells(["file", "predicted", "probability", *(["true"] if labelled else []), *names])
+        )
+        for r in result["predictions"]:
             w.writerow(
-                ["file", "predicted", "probability", *(["true"] if labelled else []), *names]
+                _cells([r["file"], r["predicted"]])
+                + [f"{r['probability']:.6f}"]
+                + (_cells([r.get("true", "")]) if labelled else [])
+                + [f"{r['probabilities'][n]:.6f}" for n in names]
             )
-            for r in result["predictions"]:
-                w.writerow(
-                    [r["file"], r["predicted"], f"{r['probability']:.6f}"]
-                    + ([r.get("true", "")] if labelled else [])
-                    + [f"{r['probabilities'][n]:.6f}" for n in names]
-                )
+        atomic_write_text(path, buf.getvalue())
     else:
         raise ValueError(f"--out {path}: use a .csv or .json file name")
     return path

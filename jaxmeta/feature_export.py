@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta.data.episodes import ROTATIONS, to_float
+from jaxmeta.train.workdir import atomic_write, atomic_write_text
 
 __all__ = ["export_features", "feature_model"]
 
@@ -54,8 +55,12 @@ def export_features(
     *,
     checkpoint: str | int = "best",
     batch_size: int = 1000,
+    trust_plugins: bool | tuple[str, ...] | list[str] = False,
 ) -> list[str]:
     """Write the features of every split of a run's dataset; the lines to print.
+
+    ``trust_plugins``: as :func:`jaxmeta.load`. Each file is written to a fresh temporary
+    name and renamed into place, so nothing is written through a link in ``out``.
 
     Raises:
       FileNotFoundError: not a workdir / no such checkpoint.
@@ -68,7 +73,7 @@ def export_features(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    clf = load(workdir, checkpoint)
+    clf = load(workdir, checkpoint, trust_plugins=trust_plugins)
     source = make_source(clf.config)
     if not isinstance(source, ImageTasks):
         raise ValueError(
@@ -106,7 +111,10 @@ def export_features(
             feats.append(np.asarray(apply(params, x), np.float32))
         features = np.concatenate(feats)
         labels = np.repeat(np.arange(n_cls, dtype=np.int32), n_ex)
-        np.savez(out / f"{split}_features.npz", features=features, labels=labels)
+        atomic_write(
+            out / f"{split}_features.npz",
+            lambda f, x=features, y=labels: np.savez(f, features=x, labels=y),
+        )
         lines.append(f"{split:<6} {n_cls:>5} classes x {n_ex} examples -> {features.shape[1]}-d")
     record = {
         "workdir": str(Path(workdir).resolve()),
@@ -119,6 +127,6 @@ def export_features(
         "features": int(features.shape[1]),
         "batch_size": batch_size,
     }
-    (out / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
     lines.append(f"wrote {out}/{{{','.join(source.splits)}}}_features.npz and export.json")
     return lines

@@ -304,6 +304,7 @@ def load(
     bn_mode: str = "inductive",
     inner_steps: int | None = None,
     run: int | None = None,
+    trust_plugins: bool | tuple[str, ...] | list[str] = False,
 ) -> FewShotClassifier:
     """Load a ``jaxmeta train`` workdir as a few-shot classifier (no dataset needed).
 
@@ -319,6 +320,9 @@ def load(
         evaluation steps, e.g. MAML's ``eval_inner_steps``).
       run: which member of a population workdir (``train.seeds`` / ``sweep``; required
         there): its best checkpoint is the member's own best validation step.
+      trust_plugins: the plug-ins of the run's config that may be imported: ``True`` all,
+        a list those, ``False`` (default) only jaxmeta's own and those already imported. A
+        plug-in is code; a run folder is data (docs/security.md).
 
     Returns:
       A :class:`FewShotClassifier`.
@@ -336,7 +340,7 @@ def load(
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     # Optional shape arguments (ProtoNets' / Matching Nets' ways) are left to the episode:
     # the same parameters then classify any N-way support set.
-    run = restore_run(workdir, checkpoint, any_ways=True, run=run)
+    run = restore_run(workdir, checkpoint, any_ways=True, run=run, trust_plugins=trust_plugins)
     cfg, exp, learner = run.config, run.experiment, run.experiment.learner
     if inner_steps is not None:
         if not accepts_steps(learner.predict) or learner.eval_inner_steps is None:

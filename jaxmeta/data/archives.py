@@ -9,7 +9,9 @@ names the file and what to do:
   unless downloading is allowed *and* one TCP connect (:func:`network_available`, 5 s
   timeout) succeeds;
 * :func:`read_zip` reads every member of a zip archive, so a truncated or corrupt archive
-  fails there, naming it;
+  fails there, naming it; :func:`read_tar` reads named members of a tar archive. Both
+  check each member's declared size against what the genuine file holds *before* reading
+  it (a 3 MB archive can declare a 3 GiB member), and read member by member;
 * :func:`manifest_sha256` fingerprints the *content* of an archive (the sha256 of its
   path-sorted ``"<sha256>  <path>"`` lines), so a re-zipped but genuine copy is accepted
   while any change to a file is not; :func:`sha256_file` / :func:`file_digests` check a
@@ -54,6 +56,7 @@ __all__ = [
     "missing_files_message",
     "network_available",
     "probe_address",
+    "read_tar",
     "read_zip",
     "sha256_file",
 ]
@@ -150,27 +153,106 @@ def locate(
     return found
 
 
+def _too_large(path: Path, name: str, size: int, limit: int, what: str) -> str:
+    return (
+        f"{path}: {what} {name!r} declares {size:,} bytes, more than the {limit:,} any genuine "
+        "copy holds; not read (a damaged or hostile archive)"
+    )
+
+
 def read_zip(
     path: str | os.PathLike,
     *,
     suffix: str,
     hint: str = "",
     error: type[CorruptFileError] = CorruptFileError,
+    max_member_bytes: int | None = None,
+    max_total_bytes: int | None = None,
 ) -> list[tuple[str, bytes]]:
     """Every member of a zip whose name ends with ``suffix``, read (CRC-checked), by path.
 
+    The sizes the archive declares are checked before anything is read (a member's read
+    stops at its declared size, so they bound the memory used).
+
+    Args:
+      max_member_bytes: the largest member a genuine archive has (``None``: no limit).
+      max_total_bytes: the most all read members may add up to.
+
     Raises:
-      CorruptFileError: the archive cannot be opened or a member cannot be read (a truncated
-        download, an HTML page saved under the archive's name, ...); ``hint`` is appended.
+      CorruptFileError: the archive cannot be opened, a member cannot be read (a truncated
+        download, an HTML page saved under the archive's name, ...) or declares more bytes
+        than allowed; ``hint`` is appended.
     """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            names = sorted(n for n in zf.namelist() if n.endswith(suffix))
-            return [(n, zf.read(n)) for n in names]
+            infos = sorted(
+                (i for i in zf.infolist() if i.filename.endswith(suffix)),
+                key=lambda i: i.filename,
+            )
+            total = 0
+            for i in infos:
+                total += i.file_size
+                if max_member_bytes is not None and i.file_size > max_member_bytes:
+                    msg = _too_large(path, i.filename, i.file_size, max_member_bytes, "member")
+                    raise error(f"{msg}. {hint}".rstrip())
+                if max_total_bytes is not None and total > max_total_bytes:
+                    msg = _too_large(path, "*" + suffix, total, max_total_bytes, "members")
+                    raise error(f"{msg}. {hint}".rstrip())
+            return [(i.filename, zf.read(i)) for i in infos]
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        if isinstance(e, error):
+            raise
         msg = f"{path}: not a readable, complete zip archive ({type(e).__name__}: {e})."
         raise error(f"{msg} {hint}".rstrip()) from e
+
+
+def read_tar(
+    path: str | os.PathLike,
+    limits: Mapping[str, int],
+    *,
+    corrupt: Callable[[str], Exception],
+) -> dict[str, bytes]:
+    """The members named in ``limits`` of a tar archive (compressed or not), each checked
+    against its limit (the most bytes a genuine member has) before it is read.
+
+    The archive is read as a stream, member by member, and left as soon as every named
+    member is in hand: a huge member declared after them is never reached, one of them is
+    refused at its header.
+
+    Raises:
+      whatever ``corrupt(reason)`` returns: a member missing, not a regular file or too
+      large, or the archive unreadable.
+    """
+    import tarfile
+
+    path = Path(path)
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if m.name not in limits or m.name in out:
+                    continue
+                if not m.isreg():
+                    raise corrupt(f"{m.name} is not a file")
+                if m.size > limits[m.name]:
+                    raise corrupt(
+                        f"{m.name} declares {m.size:,} bytes, more than the {limits[m.name]:,} "
+                        "the genuine file has; not read"
+                    )
+                f = tar.extractfile(m)
+                if f is None:
+                    raise corrupt(f"{m.name} is not a file")
+                out[m.name] = f.read()
+                if len(out) == len(limits):
+                    break
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        kind = ".tar.gz" if path.name.endswith((".tar.gz", ".tgz")) else "tar archive"
+        raise corrupt(f"not a readable, complete {kind} ({type(err).__name__}: {err})") from None
+    for name in limits:
+        if name not in out:
+            raise corrupt(f"no member {name}")
+    return out
 
 
 def manifest_sha256(files: Iterable[tuple[str, bytes]]) -> str:
@@ -297,6 +379,13 @@ def load_pickle(data: Path | bytes, *, what: str, get_from: str, name: str | Non
             return _DataUnpickler(io.BytesIO(data), encoding="latin1").load()
         with open(data, "rb") as f:
             return _DataUnpickler(f, encoding="latin1").load()
+    except MemoryError:
+        # The allow-list holds (no code runs), but a pickle may still ask for a huge
+        # bytearray or list: that is not a dataset file either.
+        raise CorruptFileError(
+            f"{name} asks for more memory than this machine has while loading, so it is not "
+            f"{what}; get it again from {get_from}"
+        ) from None
     except (
         pickle.UnpicklingError,
         EOFError,

@@ -40,6 +40,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
     "ImageFolderError",
     "load_image",
     "load_images",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# The most pixels read_image decodes (its header is checked first): a 100 KB PNG can declare
+# 13000x13000 pixels (169 M, under Pillow's own refusal at 179 M), ~170 MB once decoded.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class ImageFolderError(ValueError):
@@ -286,18 +290,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     composited onto white paper first.
 
     Raises:
-      ImageFolderError: the file cannot be read as an image.
+      ImageFolderError: the file cannot be read as an image, or its header declares more
+        than :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageFolderError(
+                    f"{path}: a {w}x{h} image ({w * h / 1e6:.0f} M pixels), more than the "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.1f} M pixels jaxmeta decodes; shrink it first"
+                )
             im.load()
             if im.mode == "1":
                 return np.asarray(im)
             return np.asarray(_convert_on_white(im, "L"))
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ImageFolderError(f"{path}: not a readable image ({err})") from None
+
+
+def _read_preprocessed(files: list[Path], image_size: int, resize: str) -> np.ndarray:
+    """uint8 ``[n, S, S]``: each file decoded and resized in turn (one full-size image in
+    memory at a time)."""
+    out = np.empty((len(files), image_size, image_size), np.uint8)
+    for i, f in enumerate(files):
+        out[i] = preprocess(read_image(f), image_size=image_size, resize=resize)[0]
+    return out
 
 
 def _convert_on_white(im, mode: str):
@@ -474,8 +494,7 @@ def read_support_folder(
         names.append(cls.name)
         files += found
         labels += [label] * len(found)
-    images = preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)
-    return names, images, np.asarray(labels, np.int32)
+    return names, _read_preprocessed(files, image_size, resize), np.asarray(labels, np.int32)
 
 
 def read_query(
@@ -509,4 +528,4 @@ def read_query(
             + ", ".join(map(str, paths))
             + f" ({', '.join(IMAGE_SUFFIXES)})"
         )
-    return files, preprocess([read_image(f) for f in files], image_size=image_size, resize=resize)
+    return files, _read_preprocessed(files, image_size, resize)

@@ -32,7 +32,10 @@ from jaxmeta.data.source import TaskSourceError
 
 __all__ = ["LEOEmbeddings", "read_leo_pickle"]
 
-URL = "http://storage.googleapis.com/leo-embeddings/embeddings.zip"
+# The leo README links it over plain http; the same bucket serves https. No checksum is
+# published and jaxmeta never downloads it (you do, and unzip it): the pickles are read with
+# the restricted unpickler (no code runs) and their shapes and counts are checked.
+URL = "https://storage.googleapis.com/leo-embeddings/embeddings.zip"
 DATASETS = ("miniImageNet", "tieredImageNet")
 CROPS = ("center", "multiview")
 FEATURES = 640

@@ -181,7 +181,16 @@ def _npz_images(path: Path, n: int) -> np.ndarray:
     check_not_html(path, what="a tieredImageNet .npz of images", get_from=_GET)
     try:
         with np.load(path, allow_pickle=False) as z:
+            # the declared size first: n images of 84x84x3 bytes (plus the .npy header)
+            declared = z.zip.getinfo("images.npy").file_size
+            if declared > n * IMAGE_SIZE * IMAGE_SIZE * 3 + 2**16:
+                raise CorruptFileError(
+                    f"{path}: 'images' declares {declared:,} bytes, more than {n} images of "
+                    f"{IMAGE_SIZE}x{IMAGE_SIZE}x3; not read (get it again from {_GET})"
+                )
             images = z["images"]
+    except CorruptFileError:
+        raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise CorruptFileError(
             f"{path} is truncated or not a tieredImageNet .npz with an 'images' array "

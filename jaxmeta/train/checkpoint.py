@@ -195,6 +195,14 @@ class Checkpoints:
         self.latest_dir = workdir / "checkpoints"
         self.best_dir = workdir / "best"
         self.read_only = read_only
+        if not read_only:
+            for folder in (self.latest_dir, self.best_dir):
+                if folder.is_symlink():  # a received workdir's link to somewhere else
+                    raise CheckpointWriteError(
+                        f"{folder} is a symbolic link; jaxmeta writes no checkpoint through a "
+                        "link: remove the link (or copy the run into a real folder) and run "
+                        "the same command again"
+                    )
         self._latest = _manager(self.latest_dir, keep, read_only=read_only)
         self._best = _manager(self.best_dir, 1, read_only=read_only)
         self._damaged: set[tuple[bool, int]] = set()
@@ -239,10 +247,13 @@ class Checkpoints:
                 )
                 mngr.wait_until_finished()
         except Exception as err:
+            reason = _reason(err)
+            space = any(w in reason.lower() for w in ("no space", "quota"))
             raise CheckpointWriteError(
-                f"cannot write checkpoint {self.step_dir(step, best=best)}: {_reason(err)}; "
-                "the checkpoints before it are intact: fix the cause (e.g. free disk space) "
-                "and run the same command again"
+                f"cannot write checkpoint {self.step_dir(step, best=best)}: {reason}; "
+                "the checkpoints before it are intact: fix the cause"
+                + (" (free disk space)" if space else "")
+                + " and run the same command again"
             ) from None
 
     def restore(

@@ -445,13 +445,21 @@ def read_config_file(
     return merged, origins
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    trust_plugins: bool | tuple[str, ...] | list[str] = True,
+) -> ExperimentConfig:
     """Read a YAML config (and its base files), apply ``key=value`` overrides, import its
     plug-ins, validate everything (:func:`jaxmeta.train.build.check_config`).
 
     Args:
       path: the YAML file (see :func:`find_config` for how it is resolved).
       overrides: ``"section.key=value"`` strings; ``value`` is parsed as YAML.
+      trust_plugins: ``True`` (a config the user chose): import its plug-ins. ``False`` or
+        a list (a run folder's config): only plug-ins shipped in jaxmeta, already imported
+        or listed (:func:`jaxmeta.plugins.load_plugins`); another is a ConfigError.
 
     Returns:
       The validated, frozen :class:`ExperimentConfig`.
@@ -461,7 +469,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
       FileNotFoundError: no such config.
     """
     raw, origins = read_config_file(path)
-    return config_from_dict(raw, source=str(path), overrides=overrides, origins=origins)
+    return config_from_dict(
+        raw, source=str(path), overrides=overrides, origins=origins, trust_plugins=trust_plugins
+    )
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -506,8 +516,12 @@ def config_from_dict(
     source: str = "<dict>",
     overrides: list[str] | tuple[str, ...] = (),
     origins: Mapping[str, str] | None = None,
+    trust_plugins: bool | tuple[str, ...] | list[str] = True,
 ) -> ExperimentConfig:
     """Validate a nested dict (as read from YAML) plus overrides into a config.
+
+    ``trust_plugins``: as :func:`load_config` (``False`` for a dict read from a run folder
+    or a checkpoint: nothing outside jaxmeta that is not already imported is imported).
 
     Each value remembers where it came from (``origins``, else ``source``; ``--set`` for an
     overridden key), so an error names the right file. Plug-ins are imported before the
@@ -565,8 +579,9 @@ def config_from_dict(
     plugins = raw.get("plugins") or []
     if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(src("plugins"), "plugins", f"expected a list, got {plugins!r}")
+    allow = None if trust_plugins is True else tuple(trust_plugins or ())
     try:
-        load_plugins(plugins)
+        load_plugins(plugins, allow=allow)
     except PluginError as err:
         raise ConfigError(src("plugins"), "plugins", str(err)) from None
 

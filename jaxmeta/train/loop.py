@@ -64,7 +64,7 @@ from jaxmeta.train.metrics import (
     record_run_start,
     truncate_metrics,
 )
-from jaxmeta.train.population import is_population
+from jaxmeta.train.population import check_program, check_sizes, is_population
 from jaxmeta.train.run import (
     check_resumable,
     environment,
@@ -122,6 +122,7 @@ def train_and_evaluate(
     """
     exp = build_experiment(cfg)
     check_buildable(cfg, exp)  # before anything is written
+    check_sizes(cfg, exp.source)  # absurd sizes: before anything is sampled or compiled
     workdir = ensure_workdir(workdir)
     where: dict[str, int | None] = {"step": None, "checkpoint": None}
     try:  # around the cleanup too: a signal while closing is still one clean message
@@ -373,6 +374,7 @@ class Training:
             t0 = time.perf_counter()
             one = jnp.asarray(1, jnp.int32)
             self.chunk_fn = self.chunk_fn.lower(self.state, self.data, one).compile()
+            check_program(self.chunk_fn, "train step")  # before it runs
             self.say(
                 f"compiled the fused step ({t.steps_per_call} meta-steps per call) in "
                 f"{time.perf_counter() - t0:.1f} s"

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jaxmeta.train.workdir import atomic_write_text
+from jaxmeta.train.workdir import WorkdirError, atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -61,16 +61,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: str | Path, *, max_step: int) -> int:
     """Keep only the rows with ``step <= max_step`` (atomic rewrite); returns rows kept."""
     path = Path(path)
+    if path.is_symlink():  # not the run's own log: never read or written through
+        atomic_write_text(path, "")
+        return 0
     if not path.exists():
         return 0
-    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= max_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rows = [
+        r for r in read_metrics(path) if isinstance(r, dict) and int(r.get("step", 0)) <= max_step
+    ]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 
 
@@ -101,6 +100,30 @@ def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+CONFIG_HEADER = "# the resolved config of this run, written by jaxmeta train\n"
+
+
+def _check_ours(config_path: Path, config_yaml: str) -> None:
+    """Refuse to replace a ``config.yaml`` that jaxmeta did not write for this run."""
+    import yaml
+
+    if not config_path.exists() and not config_path.is_symlink():
+        return
+    try:
+        text = config_path.read_text() if not config_path.is_symlink() else None
+        same = text is not None and (
+            text.startswith(CONFIG_HEADER) or yaml.safe_load(text) == yaml.safe_load(config_yaml)
+        )
+    except (OSError, ValueError, yaml.YAMLError):
+        same = False
+    if not same:
+        raise WorkdirError(
+            f"{config_path} exists and was not written by jaxmeta train (a fresh run never "
+            "replaces it): move it elsewhere and pass it with --config, or choose another "
+            "--workdir"
+        )
+
+
 def record_run_start(
     workdir: str | Path,
     *,
@@ -110,9 +133,12 @@ def record_run_start(
 ) -> None:
     """Write ``config.yaml`` and ``environment.json`` at a run's start; keep them on resume.
 
-    A fresh run writes both. A resumed run leaves ``config.yaml`` as it is unless a key that
-    may change on resume (e.g. ``train.steps``) changed, in which case the file is updated
-    (the change is recorded); ``environment.json`` keeps the first session's environment at
+    A fresh run writes both, but never replaces a ``config.yaml`` it did not write (one
+    without :data:`CONFIG_HEADER` that differs from the run's: e.g. the user's own file with
+    comments and a ``base:`` line): :class:`~jaxmeta.train.workdir.WorkdirError` instead.
+    A resumed run leaves ``config.yaml`` as it is unless a key that may change on resume
+    (e.g. ``train.steps``) changed, in which case the file is updated (the change is
+    recorded); ``environment.json`` keeps the first session's environment at
     its top level and appends ``{"resumed_at_step": s, "config_changes": {...}, ...env}`` to
     its ``resumes`` list.
     """
@@ -120,6 +146,9 @@ def record_run_start(
 
     workdir = Path(workdir)
     config_path, env_path = workdir / "config.yaml", workdir / "environment.json"
+    if resume_step is None:
+        _check_ours(config_path, config_yaml)
+    config_yaml = CONFIG_HEADER + config_yaml
     if resume_step is None or not config_path.exists() or not env_path.exists():
         atomic_write_text(config_path, config_yaml)
         atomic_write_text(env_path, json.dumps(env, indent=2) + "\n")
@@ -153,7 +182,9 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path, *, tensorboard: bool = False):
         self.path = Path(workdir) / METRICS_FILE
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: tail -f works
+        # O_NOFOLLOW: rows are never appended through a link (ELOOP instead).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self._file = os.fdopen(fd, "a", buffering=1)  # line-buffered: tail -f works
         self._tb = None
         if tensorboard:
             try:
@@ -232,14 +263,10 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, png_path)  # a reader never sees half a PNG
+    try:  # a reader never sees half a PNG; nothing is written through a link
+        atomic_write(png_path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return True
 
 

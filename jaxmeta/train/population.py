@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import typing
 from typing import Any
 
@@ -223,6 +224,93 @@ def device_memory_limit() -> int | None:
     except Exception:
         return None
     return stats.get("bytes_limit")
+
+
+def memory_limit() -> int | None:
+    """Bytes a program may use: the first device's memory, else (the CPU) the host's RAM."""
+    limit = device_memory_limit()
+    if limit is None and jax.local_devices()[0].platform == "cpu":
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return limit
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_sizes(
+    cfg: ExperimentConfig,
+    source,
+    *,
+    train: bool = True,
+    episodes: int | None = None,
+    limit: int | None = None,
+) -> None:
+    """Refuse, before anything is compiled or sampled, sizes whose inputs alone cannot fit.
+
+    The estimate is a lower bound: the float32 inputs of one meta-batch (times the runs of
+    a population), and of the fixed validation and test episodes, each against ``limit``
+    (default :func:`memory_limit`). A config that passes may still not fit; the compiled
+    train step is checked again by :func:`check_program` before it runs.
+
+    Args:
+      train: also check the training meta-batch (not for an evaluation).
+      episodes: the test episodes, if not ``eval.episodes``.
+
+    Raises:
+      ConfigError: naming the key, the estimate and the limit (one line).
+    """
+    limit = memory_limit() if limit is None else limit
+    if limit is None:
+        return
+    example = 4 * int(np.prod(tuple(source.input_shape) or (1,)))
+    ways = getattr(source, "ways", None) if source.classification else None
+    shots, queries = getattr(source, "shots", 0) or 0, getattr(source, "queries", 0) or 0
+
+    def per_task(ways, shots, queries) -> int:
+        return (ways or 1) * (shots + queries) * example
+
+    t, e = cfg.train, cfg.eval
+    runs = len(members(cfg)) if is_population(cfg) else 1
+    need = runs * t.meta_batch_size * per_task(ways, shots, queries)
+    ev = per_task(
+        (e.ways or ways) if ways else None,
+        shots if e.shots is None else e.shots,
+        queries if e.queries is None else e.queries,
+    )
+    episodes = e.episodes if episodes is None else episodes
+    checks = [("eval.episodes", episodes, episodes * ev, "evaluation episodes")]
+    if train:
+        checks.append(("train.meta_batch_size", t.meta_batch_size, need, "tasks per meta-step"))
+    if train and e.val_episodes is not None:
+        checks.append(("eval.val_episodes", e.val_episodes, e.val_episodes * ev, "episodes"))
+    for key, value, need, what in checks:
+        if need > limit:
+            raise ConfigError(
+                cfg.origins.get(key, "config"),
+                key,
+                f"{value:,} {what} need at least {_gib(need)} for their float32 inputs alone, "
+                f"more than the {_gib(limit)} this machine's "
+                f"{'device' if device_memory_limit() else 'RAM'} holds; lower it",
+            )
+
+
+def check_program(compiled, what: str, *, limit: int | None = None) -> None:
+    """Refuse a compiled program whose memory analysis exceeds ``limit`` (default
+    :func:`memory_limit`) before it runs (a ConfigError stating both)."""
+    limit = memory_limit() if limit is None else limit
+    need = program_bytes(compiled)
+    if limit is None or need is None or need <= limit:
+        return
+    raise ConfigError(
+        "config",
+        "train.meta_batch_size",
+        f"the compiled {what} needs {_gib(need)} (its memory analysis), more than the "
+        f"{_gib(limit)} this machine holds; lower train.meta_batch_size or the model's size",
+    )
 
 
 def program_bytes(compiled) -> int | None:

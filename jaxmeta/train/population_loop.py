@@ -15,7 +15,6 @@ What a population's workdir holds, next to a single run's::
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,14 @@ from jaxmeta.train.loop import Training, TrainingDiverged
 from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxmeta.train.population import (
     check_memory,
+    check_sizes,
     members,
     population_builder,
     population_hparams,
     population_state,
 )
 from jaxmeta.train.run import check_resumable, write_eval_json
+from jaxmeta.train.workdir import atomic_write
 
 __all__ = [
     "PopulationTraining",
@@ -481,14 +482,10 @@ def plot_population_curves(
     if title:
         fig.suptitle(f"{title}: {len(runs)} runs, mean ± std band")
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, png_path)
+        atomic_write(png_path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -501,6 +498,7 @@ def evaluate_population(
     split: str = "test",
     inner_steps: int | None = None,
     bn_mode: str = "both",
+    trust_plugins: bool | tuple[str, ...] | list[str] = False,
 ) -> dict[str, Any]:
     """``jaxmeta evaluate`` of every member in one vmapped program (the same fixed episodes
     for all), and the statistics across seeds. ``bn_mode="both"`` adds each run's inductive
@@ -509,10 +507,11 @@ def evaluate_population(
     from jaxmeta.train.config import load_config, replace
     from jaxmeta.train.population import restore_population
 
-    cfg = load_config(Path(workdir) / "config.yaml", overrides)
+    cfg = load_config(Path(workdir) / "config.yaml", overrides, trust_plugins=trust_plugins)
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
     exp = build_experiment(cfg)
+    check_sizes(cfg, exp.source, train=False)
     source, ev = exp.source, cfg.eval
     if split not in source.splits:
         raise ValueError(

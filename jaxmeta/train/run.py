@@ -118,7 +118,9 @@ def _normalised(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return saved_config(config_from_dict(raw, source="saved config")).to_dict()
+            # A checkpoint's meta is outside its state checksum: never import from it.
+            cfg = config_from_dict(raw, source="saved config", trust_plugins=False)
+            return saved_config(cfg).to_dict()
     except (ValueError, TypeError):
         raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
         migrate(raw)
@@ -249,6 +251,7 @@ def restore_run(
     episodes: int | None = None,
     any_ways: bool = False,
     run: int | None = None,
+    trust_plugins: bool | tuple[str, ...] | list[str] = False,
 ) -> TrainedRun:
     """Restore a ``jaxmeta train`` workdir's checkpoint, reading (and locking) nothing else.
 
@@ -261,6 +264,9 @@ def restore_run(
         (:func:`jaxmeta.train.build.algorithm_kwargs`).
       run: a population's member (``train.seeds`` / ``sweep``): its state, and the config
         of the single run it stands for (:func:`jaxmeta.train.population.member_config`).
+      trust_plugins: import the plug-ins the run's config names (``True``), only those
+        listed, or (default ``False``) none but jaxmeta's own and those already imported:
+        a run folder is data (:func:`jaxmeta.plugins.load_plugins`).
 
     Raises:
       FileNotFoundError: not a workdir, no such checkpoint.
@@ -270,7 +276,7 @@ def restore_run(
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise FileNotFoundError(f"{workdir} has no config.yaml: not a 'jaxmeta train' workdir")
-    cfg = load_config(workdir / "config.yaml", overrides)
+    cfg = load_config(workdir / "config.yaml", overrides, trust_plugins=trust_plugins)
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
     from jaxmeta.train.population import is_population, restore_member
@@ -316,6 +322,9 @@ def run_evaluation(
     mode (``transductive`` unless ``bn_mode`` says otherwise), and what the task source
     describes of itself (e.g. Omniglot's scheme and rotations).
     """
+    from jaxmeta.train.population import check_sizes
+
+    check_sizes(cfg, exp.source, train=False, episodes=episodes)  # before sampling them
     eps = exp.source.eval_episodes(
         split, episodes=episodes, seed=cfg.eval.seed, **eval_episode_shape(cfg, exp.source)
     )

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 LOCK_FILE = ".lock"
 
@@ -100,8 +103,15 @@ class WorkdirLock:
         import fcntl
 
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a received workdir's .lock may be a link to another file, which
+            # the PID would overwrite.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise WorkdirError(
+                    f"workdir {self.workdir}: {LOCK_FILE} is a symbolic link; jaxmeta writes "
+                    "nothing through a link: delete it and run the same command again"
+                ) from None
             raise WorkdirError(
                 f"workdir {self.workdir} is not writable ({err.strerror or err}); "
                 "fix its permissions or choose another --workdir"
@@ -124,6 +134,13 @@ class WorkdirLock:
                 f"workdir {self.workdir} is in use by {who}; wait for it to finish, or use "
                 "another --workdir"
             ) from None
+        st = os.fstat(fd)
+        if st.st_nlink > 1 or not stat.S_ISREG(st.st_mode):
+            os.close(fd)  # a hard link is another file's content too: never truncate it
+            raise WorkdirError(
+                f"workdir {self.workdir}: {LOCK_FILE} is not a file of its own (a hard link or "
+                "a special file); delete it and run the same command again"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -142,17 +159,28 @@ class WorkdirLock:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory.
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    return atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path``
+    through a fresh temporary file in the same directory, renamed over ``path``.
 
     Readers see the old content or the new one, never a mix; two writers never share a
-    temporary file. The temporary file is removed when the write fails (e.g. disk full).
+    temporary file; nothing is written through a link (``mkstemp`` creates a new file
+    with ``O_EXCL``, and the rename replaces a link at ``path`` rather than its target).
+    The temporary file is removed when the write fails (e.g. disk full).
     """
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
