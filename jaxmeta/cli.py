@@ -50,7 +50,7 @@ EPILOG_TRAIN = textwrap.dedent(
     best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
     train again on a workdir with a checkpoint resumes it exactly (same final
     parameters as an uninterrupted run); --config may then be omitted. The progress
-    bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
+    bar's train_acc(q,N steps) is the accuracy on the training tasks' queries after N
     inner steps; validation accuracy is printed on its own lines.
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or

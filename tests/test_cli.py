@@ -79,6 +79,12 @@ def test_no_command_prints_help(capsys):
         (["data.ways=150", "data.rotations=false"], "--set: data.ways: 150-way is larger than"),
         (["data.shots=10", "data.queries=11"], "--set: data.queries: shots + queries = 10 + 11"),
         (["algorithm.inner_steps=two"], "--set: algorithm.inner_steps: expected int"),
+        # The key the user set is blamed, not the file's data.queries it adds up with.
+        (["data.shots=25"], "--set: data.shots: shots + queries = 25 + 1 = 26 > 20"),
+        (["train.stesp=3"], "train.stesp: unknown key (did you mean 'steps'?)"),
+        (["trian.steps=3"], "trian.steps: unknown key (did you mean 'train'?)"),
+        (["algorithm.inner_lf=3"], "(did you mean 'inner_lr'?)"),
+        (["data.shotz=3"], "(did you mean 'shots'?)"),
     ],
 )
 def test_bad_config_exits_2_before_anything_runs(capsys, tmp_path, sets, needle):
@@ -96,6 +102,15 @@ def test_bad_file_is_named(capsys, tmp_path):
     bad.write_text(Path(TINY).read_text().replace("steps: 20", "steps: twenty"))
     assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "wd")]) == 2
     assert f"{bad}: train.steps: expected int, got 'twenty'" in capsys.readouterr().err
+
+
+def test_yaml_error_is_one_clean_line(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny.yaml\ntrain: {steps: 3\n")
+    assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not valid YAML: line 3, column 1: expected ',' or '}}'" in err, err
+    assert "<yaml>" not in err and "<unicode string>" not in err and len(err.splitlines()) == 1
 
 
 def test_missing_config_and_workdir(capsys, tmp_path):
@@ -202,3 +217,15 @@ def test_readme_synopsis_defaults_match_the_parser():
             assert str(default) == value, (line, opt, default)
             checked += 1
     assert checked >= 6
+
+
+def test_failed_data_step_leaves_no_workdir(capsys, tmp_path):
+    """A run whose data cannot be prepared (wrong manual_dir) leaves no empty skeleton."""
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    wd = tmp_path / "wd"
+    args = ["train", "--config", TINY, "--workdir", str(wd), "--set", f"data.manual_dir={empty}"]
+    args += ["--set", "data.download=false", "--set", f"data.data_dir={tmp_path / 'tfds'}"]
+    assert main(args) == 2
+    assert "jaxmeta: error:" in capsys.readouterr().err
+    assert not wd.exists()
