@@ -194,7 +194,8 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
     curve = training_curve(rows, metric)
     test = result.get("test", {})
     one_step = None
-    if task == "sinusoid" and (seed == 0 or not settings["tiny"]):  # also examples/first_vs_second_order.py's test: 1 inner step
+    # Also examples/first_vs_second_order.py's test (1 inner step); --smoke: seed 0 only.
+    if task == "sinusoid" and (seed == 0 or not settings["tiny"]):
         from jaxmeta.train import evaluate_run, restore_run
 
         one_step = evaluate_run(restore_run(workdir, "best"), split="test", inner_steps=1)
