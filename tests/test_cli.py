@@ -229,3 +229,48 @@ def test_failed_data_step_leaves_no_workdir(capsys, tmp_path):
     assert main(args) == 2
     assert "jaxmeta: error:" in capsys.readouterr().err
     assert not wd.exists()
+
+
+def test_help_imports_no_jax_and_lists_every_config():
+    """`jaxmeta --help` parses before anything imports JAX (it took 5.5 s); train --help
+    lists every shipped config (generated from the folder)."""
+    import re
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom jaxmeta.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint('JAX' if 'jax' in sys.modules else 'NO-JAX')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().endswith("NO-JAX"), p.stdout + p.stderr
+    from jaxmeta.cli import _config_listing
+
+    listed = set()
+    for folder, names in re.findall(r"configs/(\w+)/: ((?:.|\n {6})*)", _config_listing()):
+        for name in names.split():
+            head, _, tails = name.partition("{")
+            for tail in tails.rstrip("}").split(",") if tails else [""]:
+                listed.add(f"{folder}/{head}{tail}")
+    shipped = {f"{p.parent.name}/{p.stem}" for p in (REPO / "configs").glob("*/*.yaml")}
+    assert listed == shipped
+
+
+def test_data_help_keeps_parentheses_whole(capsys):
+    from jaxmeta.cli import _first_sentence
+
+    assert _first_sentence("Episodes (Vinyals et al. 2016; split). More.") == (
+        "Episodes (Vinyals et al. 2016; split)"
+    )
+    out = " ".join(_help(capsys, "data").split())
+    assert "miniimagenet N-way K-shot miniImageNet episodes (Vinyals et al. 2016; Ravi" in out
+
+
+def test_version_matches_the_readme(capsys):
+    import jaxmeta
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"jaxmeta {jaxmeta.__version__}"
+    major_minor = ".".join(jaxmeta.__version__.split(".")[:2])
+    assert f"## Upgrading from 0.1 to {major_minor}" in (REPO / "README.md").read_text()
