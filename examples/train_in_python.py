@@ -88,9 +88,9 @@ def main() -> None:
         )
         return jaxmeta.meta_update(learner, optimizer, state, episodes, k_step)
 
-    print(f"MAML 5-way 1-shot, {filters} filters, meta-batch {tasks}, {steps} meta-steps")
     t0 = time.perf_counter()
     try:
+        print(f"MAML 5-way 1-shot, {filters} filters, meta-batch {tasks}, {steps} meta-steps")
         for i in range(steps):
             state, metrics = step(state, train, jax.random.fold_in(jax.random.key(1), i))
             if (i + 1) % max(1, steps // 10) == 0:
