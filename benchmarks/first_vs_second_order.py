@@ -19,18 +19,25 @@ Omniglot 5w1s, 5w5s, 20w1s, 20w5s with the paper protocol of ``configs/omniglot/
   meta-gradients (``jaxmeta.analysis.meta_gradient_gap``), overall and per parameter leaf,
   for inner steps 1, 5 and 10.
 
+The verdict (terminal, Markdown, plots): per task, which order wins at equal meta-steps (test
+score) and at equal training wall time (validation score within the faster order's training
+time), by how much, whether the difference exceeds the seed spread (paired t-test over seeds,
+sign test as a check), the second- over first-order cost per meta-step, and whether the
+validation curves have flattened (last change within the validation CI).
+
 Resumable: every run, cost row and gap record is written under ``--out`` when it finishes
 and skipped on a rerun; a run cut in the middle resumes from its last checkpoint (the seed-0
 MAML run checkpoints at every validation point, the others only at the end).
 
 Outputs in ``--out`` (default ``bench-out/first_vs_second_order``): ``first_vs_second_order.json``
-(every number), ``first_vs_second_order.md`` (tables), ``accuracy_vs_steps.png``,
-``accuracy_vs_time.png``, ``gradient_cosine.png``, ``memory_vs_inner_steps.png``, and
+(every number), ``first_vs_second_order.md`` (the verdict, then tables), ``score_vs_steps.png``,
+``score_vs_time.png`` (validation accuracy, or MSE for sinusoid, with the verdict in each
+panel's title), ``gradient_cosine.png``, ``memory_vs_inner_steps.png``, and
 ``runs/``, ``cost/``, ``gap/`` (the per-unit records and workdirs).
 
 Examples::
 
-    python benchmarks/first_vs_second_order.py --quick     # sinusoid, all four parts: CPU minutes
+    python benchmarks/first_vs_second_order.py --quick     # + short Omniglot 5w1s: ~10 CPU min
     python benchmarks/first_vs_second_order.py             # + the four Omniglot settings (GPU)
     python benchmarks/first_vs_second_order.py --smoke     # seconds; numbers meaningless (tests)
 """
