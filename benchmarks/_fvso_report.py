@@ -432,15 +432,16 @@ def _per_seed(runs: list[dict], task: str, alg: str) -> dict[int, dict]:
 
 
 def flattened(runs: list[dict], task: str, alg: str) -> dict[str, Any] | None:
-    """Whether the mean validation curve has flattened: the change over its last validation
-    interval is within the validation estimate's mean 95% CI (noise), else still moving."""
+    """Whether the mean validation curve has flattened: its change over the second half of
+    training (from the middle validation point to the last) is within the validation
+    estimate's mean 95% CI (noise), else it is still moving."""
     rs = [r for r in _per_seed(runs, task, alg).values() if len(r.get("curve", [])) >= 2]
     if not rs:
         return None
     m = rs[0]["metric"]
     n = min(len(r["curve"]) for r in rs)
     last = [r["curve"][n - 1] for r in rs]
-    prev = [r["curve"][n - 2] for r in rs]
+    prev = [r["curve"][(n - 1) // 2] for r in rs]
     if any(p[m] is None for p in [*last, *prev]):
         return None
     change = float(np.mean([p[m] for p in last]) - np.mean([p[m] for p in prev])) * _scale(m)
