@@ -48,7 +48,8 @@ EPILOG_TRAIN = textwrap.dedent(
     The workdir gets config.yaml, environment.json, metrics.jsonl, checkpoints/,
     best/, eval_test.json and learning_curves.png ('jaxmeta plot' redraws it). Running
     train again on a workdir with a checkpoint resumes it exactly (same final
-    parameters as an uninterrupted run); --config may then be omitted. The progress
+    parameters as an uninterrupted run); --config may then be omitted. On a finished run
+    it only says so and where its results are (--set train.steps=N trains on). The progress
     bar's train_acc(q,N steps) is the accuracy on the training tasks' queries after N
     inner steps; validation accuracy is printed on its own lines.
 
