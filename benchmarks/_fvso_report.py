@@ -575,6 +575,8 @@ def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The verdict as sentences a researcher can quote, one block per task."""
     lines = []
     for v in rows:
+        if lines:
+            lines.append("")  # one block per task
         m = v["metric"]
         score = "test accuracy" if m == "accuracy" else "test MSE (lower is better)"
         lines.append(
