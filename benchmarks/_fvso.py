@@ -102,11 +102,12 @@ def _load(path: Path) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------ accuracy
 
 
-def run_overrides(steps: int, settings: dict[str, Any], *, keep_all: bool) -> list[str]:
+def run_overrides(task: str, steps: int, settings: dict[str, Any], *, keep_all: bool) -> list[str]:
     """Length, evaluation points and checkpoints of an accuracy run (every validation point
     is checkpointed only in ``keep_all`` runs: those the gradient gap reads)."""
     evals = settings["evals"]
     spc = max(1, min(settings["steps_per_call"], steps // evals))
+    episodes, val_episodes = settings["episodes"][task]
     every = max(spc, steps // evals // spc * spc)
     out = [
         f"train.steps={steps}",
@@ -115,8 +116,8 @@ def run_overrides(steps: int, settings: dict[str, Any], *, keep_all: bool) -> li
         f"train.eval_every={every}",
         f"train.checkpoint_every={every if keep_all else steps}",
         f"train.keep_checkpoints={steps // every + 2 if keep_all else 1}",
-        f"eval.episodes={settings['eval_episodes']}",
-        f"eval.val_episodes={settings['val_episodes']}",
+        f"eval.episodes={episodes}",
+        f"eval.val_episodes={val_episodes}",
     ]
     return out
 
@@ -177,7 +178,7 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
     path, overrides = found
     steps = settings["steps"][task]
     keep_all = algorithm == "maml" and seed == settings["gap_seed"]
-    overrides = [*overrides, *run_overrides(steps, settings, keep_all=keep_all)]
+    overrides = [*overrides, *run_overrides(task, steps, settings, keep_all=keep_all)]
     overrides.append(f"train.seed={seed}")
     log(f"{task} / {algorithm} / seed {seed}: {steps} steps")
     try:
@@ -192,6 +193,12 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
     metric = "accuracy" if task != "sinusoid" else "mse"
     curve = training_curve(rows, metric)
     test = result.get("test", {})
+    one_step = None
+    # Also examples/first_vs_second_order.py's test (1 inner step); --smoke: seed 0 only.
+    if task == "sinusoid" and (seed == 0 or not settings["tiny"]):
+        from jaxmeta.train import evaluate_run, restore_run
+
+        one_step = evaluate_run(restore_run(workdir, "best"), split="test", inner_steps=1)
     record = {
         "task": task,
         "algorithm": algorithm,
@@ -206,6 +213,11 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
             "step": test.get("step"),
             "episodes": test.get("episodes"),
         },  # fmt: skip
+        "test_1_inner_step": None
+        if one_step is None
+        else {metric: one_step.get(metric), "ci95": one_step.get("ci95")},  # fmt: skip
+        "inner_steps": cfg.algorithm.kwargs.get("inner_steps"),
+        "eval_inner_steps": cfg.algorithm.kwargs.get("eval_inner_steps"),
         "curve": curve,
         "train_wall_s": curve[-1]["train_s"] if curve else None,
         "call_s": elapsed,  # this call only (a resumed run: the rest)

@@ -15,21 +15,20 @@ import textwrap
 import typing
 from pathlib import Path
 
-from jaxmeta.data.registry import TASK_SOURCES
-from jaxmeta.data.source import TaskSourceError
+# No JAX (nor any module that imports it) at import time: `jaxmeta --help` stays fast. The
+# dataset registry is imported only for `jaxmeta data ...`, whose sub-commands it lists.
 
 EPILOG_TRAIN = textwrap.dedent(
     """\
     config files (from the repository root; also found relative to the repository
     when run elsewhere):
-      configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol;
-        <algorithm>: maml fomaml reptile anil metasgd protonets matching snail
       configs/omniglot/maml_5w1s.yaml        default run, shortened for a laptop CPU
       configs/omniglot/base_5w1s.yaml        the MAML protocol every Omniglot config
                                              extends (base: FILE, then what differs)
       configs/omniglot/maml_5w1s_paper.yaml  the same at paper length (60k steps)
-      configs/sinusoid/maml_k{5,10,20}.yaml  MAML sinusoid regression
-      configs/tests/tiny.yaml                tiny Conv-4, a few steps (tests)
+      configs/omniglot/<algorithm>_{5w1s,5w5s,20w1s,20w5s}.yaml  each paper's protocol
+    every shipped config (read from the configs folder):
+    {configs}
 
     --set overrides (repeatable; value parsed as YAML; validated like the file):
       train.steps=60000        meta-iterations (the MAML paper's length)
@@ -51,8 +50,9 @@ EPILOG_TRAIN = textwrap.dedent(
     train again on a workdir with a checkpoint resumes it exactly (same final
     parameters as an uninterrupted run); --config may then be omitted (a run folder's
     plug-ins are then imported only with --plugin FILE or --trust-plugins: a run
-    folder is data, a config is code; docs/security.md). The progress
-    bar's train_acc(q,K=...) is the accuracy on the training tasks' queries after K
+    folder is data, a config is code; docs/security.md). On a finished run it only
+    says so and where its results are (--set train.steps=N trains on). The progress
+    bar's train_acc(q,N steps) is the accuracy on the training tasks' queries after N
     inner steps; validation accuracy is printed on its own lines.
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
@@ -103,7 +103,35 @@ EPILOG_PREDICT = textwrap.dedent(
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _config_listing(width: int = 84) -> str:
+    """The shipped configs, one folder a paragraph, names sharing a prefix grouped
+    (``maml_{5w1s,5w5s}``); read from the repository's (else the package's) configs folder."""
+    pkg = Path(__file__).resolve().parent
+    root = next((d for d in (pkg.parent / "configs", pkg / "configs") if d.is_dir()), None)
+    if root is None:
+        return "  (no configs folder found)"
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        groups: dict[str, list[str]] = {}
+        for f in sorted(folder.glob("*.yaml")):
+            head, _, tail = f.stem.rpartition("_")
+            groups.setdefault(head or f.stem, []).append(tail if head else "")
+        names = []
+        for head, tails in groups.items():
+            if tails == [""]:
+                names.append(head)
+            elif len(tails) == 1:
+                names.append(f"{head}_{tails[0]}")
+            else:
+                names.append(f"{head}_{{{','.join(t for t in tails)}}}")
+        text = f"configs/{folder.name}/: " + " ".join(names)
+        out.append(textwrap.fill(text, width, initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(out)
+
+
+def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``with_datasets=False`` leaves out the ``data NAME`` sub-commands (their
+    options come from the dataset classes, which import JAX)."""
     from jaxmeta import __version__
 
     p = argparse.ArgumentParser(
@@ -130,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         "regression, highest return for meta-RL), and finish with a test evaluation of "
         "the best checkpoint (the final one when the data has no validation split).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG_TRAIN,
+        epilog=EPILOG_TRAIN.replace("{configs}", _config_listing()),
     )
     t.add_argument("--config", "-c", help="YAML config (optional when resuming a workdir)")
     t.add_argument(
@@ -336,9 +364,13 @@ def _parser() -> argparse.ArgumentParser:
         "--plugin FILE_OR_MODULE registers it first.",
     )
     _add_plugin_flag(d)
-    dsub = d.add_subparsers(dest="dataset", metavar="{" + ",".join(sorted(TASK_SOURCES)) + "}")
-    for name in sorted(TASK_SOURCES):
-        _add_data_command(dsub, name, TASK_SOURCES[name])
+    if with_datasets:
+        from jaxmeta.data.registry import TASK_SOURCES
+
+        names = sorted(TASK_SOURCES)
+        dsub = d.add_subparsers(dest="dataset", metavar="{" + ",".join(names) + "}")
+        for name in names:
+            _add_data_command(dsub, name, TASK_SOURCES[name])
     return p
 
 
@@ -514,19 +546,28 @@ def _predict(args) -> int:
         return _err(f"--out {args.out}: use a .csv or .json file name", 2)
     if args.inner_steps is not None and args.inner_steps < 0:
         return _err(f"--inner-steps must be >= 0, got {args.inner_steps}", 2)
+    import warnings
+
     try:
-        result = predict_folders(
-            workdir=args.workdir,
-            support=args.support,
-            query=args.query,
-            checkpoint=args.checkpoint,
-            bn_mode=args.bn_mode,
-            inner_steps=args.inner_steps,
-            run=args.run,
-            trust_plugins=args.trust_plugins,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = predict_folders(
+                workdir=args.workdir,
+                support=args.support,
+                query=args.query,
+                checkpoint=args.checkpoint,
+                bn_mode=args.bn_mode,
+                inner_steps=args.inner_steps,
+                run=args.run,
+                trust_plugins=args.trust_plugins,
+            )
     except (ValueError, FileNotFoundError) as err:
         return _err(str(err), 2)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"jaxmeta: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     names = result["classes"]
     print(
         f"{result['algorithm']} (step {result['step']}, {result['checkpoint']} checkpoint"
@@ -571,6 +612,9 @@ def _plot(args) -> int:
 
 
 def _data(args) -> int:
+    from jaxmeta.data.registry import TASK_SOURCES
+    from jaxmeta.data.source import TaskSourceError
+
     if args.dataset is None:
         names = " | ".join(sorted(TASK_SOURCES))
         return _err(f"choose a dataset: jaxmeta data {{{names}}} [options]", 2)
@@ -622,6 +666,22 @@ def _arg_help(doc: str) -> dict[str, str]:
     return out
 
 
+def _first_sentence(text: str) -> str:
+    """The first sentence of ``text``, without its period: the first ". " outside
+    parentheses, brackets and backquotes ("(Vinyals et al. 2016)" stays whole)."""
+    depth, quoted = 0, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            quoted = not quoted
+        elif not quoted and ch in "([{":
+            depth += 1
+        elif not quoted and ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch == "." and not depth and not quoted and text[i + 1 : i + 2] in (" ", ""):
+            return text[:i]
+    return text.rstrip(".")
+
+
 def _add_data_command(dsub, name: str, cls) -> None:
     """``jaxmeta data NAME``: one flag per keyword option of the source's ``prepare`` (or of
     its constructor), with the help of that function's (or the class's) ``Args:``."""
@@ -631,7 +691,7 @@ def _add_data_command(dsub, name: str, cls) -> None:
     first = paragraphs.split("\n\n")[0].replace("\n", " ")
     p = dsub.add_parser(
         name,
-        help=first.split(". ")[0].rstrip("."),
+        help=_first_sentence(first),
         description=paragraphs,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -734,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             load_plugins([p if not p.endswith(".py") else str(Path(p).resolve()) for p in plugins])
         except PluginError as err:
             return _err(f"--plugin: {err}", 2)
-    parser = _parser()
+    parser = _parser(with_datasets="data" in argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -238,7 +238,15 @@ class FewShotClassifier:
                 raise ValueError(f"support_y has {sy.shape[0]} targets for {sx.shape[0]} inputs")
             return self._program(check_bn_mode(bn_mode or self.bn_mode))(self.params, sx, sy, qx)
         sy, n = self._labels(support_y, sx.shape[0])
-        out = self._program(check_bn_mode(bn_mode or self.bn_mode))(self.params, sx, sy, qx)
+        mode = check_bn_mode(bn_mode or self.bn_mode)
+        if mode == "transductive" and qx.shape[0] == 1 and self.uses_batch_statistics:
+            warnings.warn(
+                "bn_mode='transductive' with a single query: BatchNorm normalises it with its "
+                "own statistics alone, which can leave predictions at chance; use "
+                "bn_mode='inductive' (the support set's statistics) or give several queries",
+                stacklevel=2,
+            )
+        out = self._program(mode)(self.params, sx, sy, qx)
         return out[:, :n]  # metric learners without a fixed N give n_support columns
 
     def probabilities(self, support_x, support_y, query_x, **kwargs) -> Array:

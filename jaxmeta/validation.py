@@ -19,6 +19,24 @@ from jaxmeta.types import Episode
 NumClasses = int | Callable[[], int] | None
 
 
+def check_apply_fn(apply_fn, *, name: str = "apply_fn") -> None:
+    """``apply_fn`` must be ``apply(params, x)``, not a Flax module (a common slip: calling
+    an unbound module with ``(params, x)`` ends deep in Flax with
+    ``CallCompactUnboundModuleError``)."""
+    try:
+        from flax import linen as nn
+    except ImportError:  # pragma: no cover - flax is a dependency
+        nn = None
+    if nn is not None and isinstance(apply_fn, nn.Module):
+        kind = type(apply_fn).__name__
+        raise TypeError(
+            f"{name} is a Flax module ({kind}); pass its apply method, e.g. "
+            f"jaxmeta.maml(model.apply, ...) with params = model.init(key, x)"
+        )
+    if not callable(apply_fn):
+        raise TypeError(f"{name} must be a function (params, x) -> outputs, got {apply_fn!r}")
+
+
 def check_int(name: str, value, *, minimum: int) -> int:
     """``value`` must be a Python/NumPy integer (not bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -111,7 +129,41 @@ def check_task(
     Raises:
       ValueError: as :func:`check_episode`.
     """
+    _check_not_batched(support_x, support_y, query_x)
     sets = [("support", support_x, support_y)]
     if query_x is not None:
         sets.append(("query", query_x, query_y))
     _check_sets(sets, lead=1, num_classes=num_classes)
+
+
+BATCH_HINT = (
+    "predict takes one task (support_x: [n_support, ...], query_x: [n_query, ...]); vmap it "
+    "over tasks, jax.vmap(lambda sx, sy, qx: learner.predict(params, sx, sy, qx)), or use "
+    "jaxmeta.evaluate(learner, params, episodes, ...) for accuracy over a batch of episodes"
+)
+
+
+def _check_not_batched(support_x, support_y, query_x) -> None:
+    """A batch of tasks given where one task is expected: say so, not a shape mismatch.
+
+    Seen as integer labels with two axes matching ``support_x``'s first two ([tasks, n]
+    labels of [tasks, n, ...] inputs), or support and query inputs whose shapes differ
+    only in their second axis (the examples per task) with the same first (the tasks).
+    """
+    sx, sy, qx = (getattr(a, "shape", None) for a in (support_x, support_y, query_x))
+    if sx is None or sy is None:
+        return
+    int_labels = np.issubdtype(np.dtype(getattr(support_y, "dtype", np.float32)), np.integer)
+    labels_2d = int_labels and len(sy) == 2 and len(sx) > 2 and sx[:2] == sy
+    inputs = (
+        qx is not None
+        and len(sx) == len(qx) > 2
+        and sx[0] == qx[0]
+        and sx[1] != qx[1]
+        and sx[2:] == qx[2:]
+    )
+    if labels_2d or inputs:
+        shapes = f"support_x {tuple(sx)}, support_y {tuple(sy)}" + (
+            f", query_x {tuple(qx)}" if qx is not None else ""
+        )
+        raise ValueError(f"{shapes} look like a batch of {sx[0]} tasks: {BATCH_HINT}")

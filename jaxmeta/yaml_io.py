@@ -10,10 +10,12 @@ path and both line numbers), and only then constructed.
 from __future__ import annotations
 
 import collections.abc
+import difflib
 import inspect
 import numbers
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,29 @@ def load(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'steps'?)"`` for the closest of ``choices`` to a mistyped ``word``
+    (``difflib``), or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe_error(err: yaml.YAMLError) -> str:
+    """A YAML error in one line, ``line L, column C: problem (context at line L)``, without
+    PyYAML's ``in "<unicode string>"`` lines (the caller names the file)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    extra = ""
+    if context:
+        at = f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark else ""
+        extra = f" ({context}{at})"
+    return f"{where}: {problem}{extra}"
 
 
 def read_text(path: str | Path) -> str:

@@ -49,7 +49,7 @@ def test_first_vs_second_order(tmp_path):
     doc = json.loads((out / "first_vs_second_order.json").read_text())
     check_machine(doc)
     assert doc["benchmark"] == "first_vs_second_order" and doc["mode"] == "smoke"
-    written = p.stdout.split("wrote:", 1)[1].split()
+    written = p.stdout.split("wrote:", 1)[1].split("\n\n")[0].split()
     assert written[:2] == [
         str(out / "first_vs_second_order.json"),
         str(out / "first_vs_second_order.md"),
@@ -80,11 +80,41 @@ def test_first_vs_second_order(tmp_path):
     for png in doc.get("plots", []):
         assert Path(png).stat().st_size > 0
     assert len(doc.get("plots", [])) == 4
+    assert {Path(p).name for p in doc["plots"]} >= {"score_vs_steps.png", "score_vs_time.png"}
+    # The verdict: per task, winner at equal steps and time with a paired test, cost ratio.
+    (v,) = doc["summary"]["verdict"]
+    assert v["task"] == "sinusoid" and v["seeds"] == [0, 1] and positive(v["cost_ratio_train"])
+    assert v["equal_steps"]["n"] == 2  # equal time: the seeds with a point in the time
+    for c in (v["equal_steps"], v["equal_time"]):
+        assert c["winner"] in ("maml", "fomaml", None)
+        assert c.get("p_t") is None or 0 <= c["p_t"] <= 1
+    assert set(v["flattened"]) == {"maml", "fomaml"}
+    assert "## Verdict: first vs second order" in (out / "first_vs_second_order.md").read_text()
+    assert "VERDICT (first vs second order):" in p.stdout and "at equal meta-steps" in p.stdout
+    assert "short runs" in p.stdout
     # A rerun finds every record and trains, times and measures nothing again.
     again = run("first_vs_second_order.py", *args)
     assert ": 20 steps" not in again.stderr and "cost:" not in again.stderr, again.stderr
     doc2 = json.loads((out / "first_vs_second_order.json").read_text())
     assert doc2["runs"] == doc["runs"] and doc2["cost"] == doc["cost"]
+
+
+def test_first_vs_second_order_paired_test():
+    """The verdict's paired t-test and sign test against closed forms (1 and 2 degrees of
+    freedom) and exact binomial sums."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _fvso_report import paired_test
+    finally:
+        sys.path.remove(str(BENCH))
+    r = paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # d = 1, 2, 3: t = 2 sqrt(3), df 2
+    t = 2 * math.sqrt(3)
+    assert r["t"] == pytest.approx(t) and r["p_t"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert r["p_sign"] == pytest.approx(0.25) and (r["positive"], r["negative"]) == (3, 0)
+    r = paired_test([0.5, 3.0], [0.0, 0.0])  # df 1: p = 1 - 2 atan(t) / pi
+    assert r["p_t"] == pytest.approx(1 - 2 * math.atan(r["t"]) / math.pi)
+    r = paired_test([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7])  # 5 of 6 positive
+    assert r["p_sign"] == pytest.approx(2 * (1 + 6) / 64)
 
 
 def test_first_vs_second_order_bad_input():

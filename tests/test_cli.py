@@ -79,6 +79,12 @@ def test_no_command_prints_help(capsys):
         (["data.ways=150", "data.rotations=false"], "--set: data.ways: 150-way is larger than"),
         (["data.shots=10", "data.queries=11"], "--set: data.queries: shots + queries = 10 + 11"),
         (["algorithm.inner_steps=two"], "--set: algorithm.inner_steps: expected int"),
+        # The key the user set is blamed, not the file's data.queries it adds up with.
+        (["data.shots=25"], "--set: data.shots: shots + queries = 25 + 1 = 26 > 20"),
+        (["train.stesp=3"], "train.stesp: unknown key (did you mean 'steps'?)"),
+        (["trian.steps=3"], "trian.steps: unknown key (did you mean 'train'?)"),
+        (["algorithm.inner_lf=3"], "(did you mean 'inner_lr'?)"),
+        (["data.shotz=3"], "(did you mean 'shots'?)"),
     ],
 )
 def test_bad_config_exits_2_before_anything_runs(capsys, tmp_path, sets, needle):
@@ -96,6 +102,15 @@ def test_bad_file_is_named(capsys, tmp_path):
     bad.write_text(Path(TINY).read_text().replace("steps: 20", "steps: twenty"))
     assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "wd")]) == 2
     assert f"{bad}: train.steps: expected int, got 'twenty'" in capsys.readouterr().err
+
+
+def test_yaml_error_is_one_clean_line(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny.yaml\ntrain: {steps: 3\n")
+    assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not valid YAML: line 3, column 1: expected ',' or '}}'" in err, err
+    assert "<yaml>" not in err and "<unicode string>" not in err and len(err.splitlines()) == 1
 
 
 def test_missing_config_and_workdir(capsys, tmp_path):
@@ -202,3 +217,60 @@ def test_readme_synopsis_defaults_match_the_parser():
             assert str(default) == value, (line, opt, default)
             checked += 1
     assert checked >= 6
+
+
+def test_failed_data_step_leaves_no_workdir(capsys, tmp_path):
+    """A run whose data cannot be prepared (wrong manual_dir) leaves no empty skeleton."""
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    wd = tmp_path / "wd"
+    args = ["train", "--config", TINY, "--workdir", str(wd), "--set", f"data.manual_dir={empty}"]
+    args += ["--set", "data.download=false", "--set", f"data.data_dir={tmp_path / 'tfds'}"]
+    assert main(args) == 2
+    assert "jaxmeta: error:" in capsys.readouterr().err
+    assert not wd.exists()
+
+
+def test_help_imports_no_jax_and_lists_every_config():
+    """`jaxmeta --help` parses before anything imports JAX (it took 5.5 s); train --help
+    lists every shipped config (generated from the folder)."""
+    import re
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom jaxmeta.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint('JAX' if 'jax' in sys.modules else 'NO-JAX')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().endswith("NO-JAX"), p.stdout + p.stderr
+    from jaxmeta.cli import _config_listing
+
+    listed = set()
+    for folder, names in re.findall(r"configs/(\w+)/: ((?:.|\n {6})*)", _config_listing()):
+        for name in names.split():
+            head, _, tails = name.partition("{")
+            for tail in tails.rstrip("}").split(",") if tails else [""]:
+                listed.add(f"{folder}/{head}{tail}")
+    shipped = {f"{p.parent.name}/{p.stem}" for p in (REPO / "configs").glob("*/*.yaml")}
+    assert listed == shipped
+
+
+def test_data_help_keeps_parentheses_whole(capsys):
+    from jaxmeta.cli import _first_sentence
+
+    assert _first_sentence("Episodes (Vinyals et al. 2016; split). More.") == (
+        "Episodes (Vinyals et al. 2016; split)"
+    )
+    out = " ".join(_help(capsys, "data").split())
+    assert "miniimagenet N-way K-shot miniImageNet episodes (Vinyals et al. 2016; Ravi" in out
+
+
+def test_version_matches_the_readme(capsys):
+    import jaxmeta
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"jaxmeta {jaxmeta.__version__}"
+    major_minor = ".".join(jaxmeta.__version__.split(".")[:2])
+    assert f"## Upgrading from 0.1 to {major_minor}" in (REPO / "README.md").read_text()

@@ -297,3 +297,30 @@ def test_auto_task_chunk_equals_explicit_choices():
             grads["auto"],
             grads[tbs],
         )
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        functools.partial(maml, inner_lr=0.1, inner_steps=1),
+        functools.partial(jaxmeta.reptile, inner_lr=0.1, inner_steps=1),
+        jaxmeta.protonets,
+    ],
+)
+def test_a_flax_module_instead_of_apply_gets_a_hint(factory):
+    with pytest.raises(TypeError, match=r"is a Flax module \(MLP\); pass its apply method"):
+        factory(MLP(hidden=(4,), out=3))
+
+
+def test_predict_given_a_batch_of_tasks_says_so():
+    model = MLP(hidden=(4,), out=3)
+    learner = maml(model.apply, inner_lr=0.1, inner_steps=1)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+    sx, sy = jnp.zeros((4, 3, 2)), jnp.zeros((4, 3), jnp.int32)
+    for qx in (jnp.zeros((4, 6, 2)), jnp.zeros((4, 3, 2))):  # more queries, or as many
+        with pytest.raises(ValueError, match="look like a batch of 4 tasks: predict takes one"):
+            learner.predict(params, sx, sy, qx)
+    # One task passes the check (the check alone: no compilation).
+    from jaxmeta.validation import check_task
+
+    check_task(sx[0], sy[0], qx[0])

@@ -177,6 +177,12 @@ def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
         json.loads((tmp_path / "full" / "eval_test.json").read_text())["mse"]
         == (json.loads((part / "eval_test.json").read_text())["mse"])
     )
+    # Running a finished run again says so and where its results are; it tests nothing.
+    said, stored = [], (tmp_path / "full" / "eval_test.json").read_text()
+    again = train_and_evaluate(cfg, tmp_path / "full", progress=False, log=said.append)
+    assert again["complete"] and again["test"] == json.loads(stored)
+    assert any("run complete" in s and "eval_test.json" in s for s in said), said
+    assert (tmp_path / "full" / "eval_test.json").read_text() == stored
     # A workdir only resumes the same experiment.
     with pytest.raises(ValueError, match="different config.*algorithm.inner_lr"):
         train_and_evaluate(
@@ -325,3 +331,37 @@ def test_tensorboard_is_optional(tmp_path, capsys):
     w.write({"split": "train", "step": 1, "loss": 0.5})
     w.close()
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] == 0.5
+
+
+def test_resumed_run_lowers_its_step_like_a_fresh_one(tmp_path, monkeypatch):
+    """The persistent compilation cache keys a program by its lowered text: a resumed run
+    (restored, committed arrays) must lower the fused step exactly as the fresh run did
+    (issue 32: it compiled again because the fresh state was uncommitted)."""
+    import jaxmeta.train.loop as loop
+
+    class Lowered(Exception):
+        pass
+
+    texts = []
+
+    def recording(*args, **kwargs):
+        fn = loop_make(*args, **kwargs)
+
+        class Recorder:
+            def lower(self, *a):
+                lowered = fn.lower(*a)
+                texts.append(lowered.as_text())
+                if len(texts) == 2:  # the resumed run: no need to compile and train
+                    raise Lowered
+                return lowered
+
+        return Recorder()
+
+    loop_make = loop.make_train_chunk
+    monkeypatch.setattr(loop, "make_train_chunk", recording)
+    monkeypatch.setattr(loop.Training, "test", lambda self: {})  # not what is tested
+    small = {"steps_per_call": 2, "log_every": 2, "eval_every": 0, "checkpoint_every": 2}
+    train_and_evaluate(_cfg(train={**small, "steps": 2}), tmp_path, progress=False)
+    with pytest.raises(Lowered):
+        train_and_evaluate(_cfg(train={**small, "steps": 4}), tmp_path, progress=False)
+    assert len(texts) == 2 and texts[0] == texts[1]

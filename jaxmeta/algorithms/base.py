@@ -28,7 +28,7 @@ from jaxmeta.execution import (  # noqa: F401 -- re-exported: the algorithms' to
 )
 from jaxmeta.losses import accuracy, is_classification, label_guard
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Metrics, Params, PRNGKey, PyTree
-from jaxmeta.validation import check_episode, check_int, check_task
+from jaxmeta.validation import check_apply_fn, check_episode, check_int, check_task
 
 
 class MetaLearner(NamedTuple):
@@ -197,6 +197,7 @@ def gradient_learner(
     the input checks of all four (shapes always; label values when concrete, against the
     model's output width, found abstractly with ``jax.eval_shape``).
     """
+    check_apply_fn(apply_fn)
 
     def n_out(meta_params: Params, support_x: Array, support_y: Array) -> int:
         """The model's output width (what labels must stay below), without computing."""

@@ -49,7 +49,13 @@ from jaxmeta.algorithms.base import MetaLearner, adapting_predict, query_loss
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
+from jaxmeta.validation import (
+    check_apply_fn,
+    check_episode,
+    check_int,
+    check_positive_float,
+    check_task,
+)
 
 # BatchNorm scale/bias leaves: Conv-4's ``bn{i}_scale``/``bn{i}_bias`` and Flax's ``BatchNorm``.
 DEFAULT_BN_PARAMS = r"(^|/)(bn\d*_(scale|bias)|BatchNorm[^/]*/(scale|bias))$"
@@ -142,6 +148,7 @@ def mamlpp(
       Antoniou et al., ICLR 2019, Section 4 (the six changes); code
       github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch.
     """
+    check_apply_fn(apply_fn)
     steps_train = check_int("inner_steps", inner_steps, minimum=0)
     inner_lr = check_positive_float("inner_lr", inner_lr)
     eval_steps = steps_train if eval_inner_steps is None else eval_inner_steps

@@ -18,7 +18,13 @@ from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.fce import FullContextEmbedding
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
+from jaxmeta.validation import (
+    check_apply_fn,
+    check_episode,
+    check_int,
+    check_positive_float,
+    check_task,
+)
 
 
 def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
@@ -89,6 +95,7 @@ def matching(
     References:
       Vinyals et al., NeurIPS 2016, Section 2.1 (Eq. 1-2) and Appendix A.2 (FCE).
     """
+    check_apply_fn(apply_fn)
     fce_steps = check_int("fce_steps", fce_steps, minimum=1)
     temperature = check_positive_float("temperature", temperature)
     if ways is not None:

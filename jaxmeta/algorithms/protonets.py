@@ -18,7 +18,7 @@ from jaxmeta.algorithms.metric import (  # noqa: F401 -- ABSENT_LOGIT: its docum
 from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_task
+from jaxmeta.validation import check_apply_fn, check_episode, check_int, check_task
 
 
 def prototypes(embeddings: Array, support_y: Array, n_slots: int) -> tuple[Array, Array]:
@@ -86,6 +86,7 @@ def protonets(
     References:
       Snell et al., NeurIPS 2017, Eq. (1)-(2) and Algorithm 1.
     """
+    check_apply_fn(apply_fn)
     if distance not in ("sqeuclidean", "cosine"):
         raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
     if ways is not None:

@@ -22,7 +22,13 @@ from jaxmeta.algorithms.base import (
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_positive_float, check_task
+from jaxmeta.validation import (
+    check_apply_fn,
+    check_episode,
+    check_int,
+    check_positive_float,
+    check_task,
+)
 
 
 def minibatch_indices(key: PRNGKey, n: int, batch_size: int, steps: int) -> Array:
@@ -117,6 +123,7 @@ def reptile(
       Nichol et al. 2018, Algorithm 2 (batched Reptile) and Section 7 / Appendix A
       (Omniglot hyper-parameters, transductive evaluation).
     """
+    check_apply_fn(apply_fn)
     inner_lr = check_positive_float("inner_lr", inner_lr)
     inner_steps = check_int("inner_steps", inner_steps, minimum=0)
     inner_batch_size = check_int("inner_batch_size", inner_batch_size, minimum=1)

@@ -17,7 +17,7 @@ from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_episode, check_int, check_task
+from jaxmeta.validation import check_apply_fn, check_episode, check_int, check_task
 
 
 def episode_sequences(emb_s: Array, support_y: Array, emb_q: Array, ways: int) -> Array:
@@ -86,6 +86,7 @@ def snail(
     References:
       Mishra et al., ICLR 2018, Section 4.1 and Appendix B.
     """
+    check_apply_fn(apply_fn)
     ways = check_int("ways", ways, minimum=2)
     shots = check_int("shots", shots, minimum=1)
     tc_filters = check_int("tc_filters", tc_filters, minimum=1)

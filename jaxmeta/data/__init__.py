@@ -5,7 +5,8 @@ A dataset is one :class:`~jaxmeta.data.source.TaskSource` class plus one registr
 :class:`~jaxmeta.data.image_tasks.ImageTasks`. Shipped: Omniglot (TFDS builder, uint8 cache,
 splits), miniImageNet, tieredImageNet, CIFAR-FS, FC100, your own image folders
 (:mod:`jaxmeta.data.prepared_tasks`), sinusoid regression, and fixed feature vectors
-(the LEO paper's embeddings, features exported from a trained run).
+(the LEO paper's embeddings, features exported from a trained run). :func:`tasksets` turns a
+registered name into train/validation/test task samplers in one call.
 """
 
 from jaxmeta.data.episodes import (
@@ -34,6 +35,7 @@ from jaxmeta.data.omniglot import (
 )
 from jaxmeta.data.registry import TASK_SOURCES, get_task_source, register_task_source
 from jaxmeta.data.source import TaskSource, TaskSourceError
+from jaxmeta.data.tasksets import TaskSampler, TaskSets, tasksets
 
 __all__ = [
     "DATASET_NAME",
@@ -49,6 +51,8 @@ __all__ = [
     "Omniglot",
     "OmniglotCorruptError",
     "OmniglotFilesMissingError",
+    "TaskSampler",
+    "TaskSets",
     "TaskSource",
     "TaskSourceError",
     "character_names",
@@ -63,4 +67,5 @@ __all__ = [
     "split_counts",
     "split_images",
     "split_indices",
+    "tasksets",
 ]

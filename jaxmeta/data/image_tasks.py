@@ -123,7 +123,8 @@ class ImageTasks(TaskSource):
         if self.examples_per_class is not None and shots + queries > self.examples_per_class:
             raise TaskSourceError(
                 "queries",
-                f"shots + queries = {shots} + {queries} = {shots + queries} > "
+                related=("shots",),
+                message=f"shots + queries = {shots} + {queries} = {shots + queries} > "
                 f"{self.examples_per_class}: {self._examples_note()}",
             )
 

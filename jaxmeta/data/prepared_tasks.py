@@ -134,8 +134,9 @@ class PreparedTasks(ImageTasks):
         if split == "train" and self.shots + self.queries > fewest:
             raise TaskSourceError(
                 "queries",
-                f"shots + queries = {self.shots} + {self.queries} > {fewest}, the images of the "
-                f"smallest class of the {self.split_label(split)}",
+                related=("shots",),
+                message=f"shots + queries = {self.shots} + {self.queries} > {fewest}, the images "
+                f"of the smallest class of the {self.split_label(split)}",
             )
         return to_sampler_array(data)
 

@@ -30,10 +30,13 @@ __all__ = ["TaskSource", "TaskSourceError", "check_option"]
 
 class TaskSourceError(ValueError):
     """A bad option of a task source; ``option`` names the constructor argument (the config
-    key ``data.<option>``, or ``eval.<option>`` for evaluation episodes) it is about."""
+    key ``data.<option>``, or ``eval.<option>`` for evaluation episodes) it is about;
+    ``related`` names the other options the check combines (``shots`` for ``shots +
+    queries``), so the error can blame the one the user set."""
 
-    def __init__(self, option: str, message: str):
+    def __init__(self, option: str, message: str, *, related: tuple[str, ...] = ()):
         self.option = option
+        self.related = tuple(related)
         super().__init__(message)
 
 

@@ -31,7 +31,7 @@ from jaxmeta.step import TrainState, init_train_state
 from jaxmeta.train.config import ConfigError, DataConfig, ExperimentConfig
 from jaxmeta.train.evaluate import accepts_steps
 from jaxmeta.train.schedules import ScheduleError, build_schedule, schedule_kwargs
-from jaxmeta.yaml_io import check_type, describe_type
+from jaxmeta.yaml_io import check_type, describe_type, did_you_mean
 
 __all__ = [
     "DATA_SUPPLIED",
@@ -149,7 +149,8 @@ def resolve_data(cfg: ExperimentConfig) -> DataConfig:
             raise ConfigError(
                 cfg.where(f"data.{key}"),
                 f"data.{key}",
-                f"unknown key for dataset {cfg.data.name!r}; valid keys: name, {', '.join(params)}",
+                f"unknown key for dataset {cfg.data.name!r}{did_you_mean(key, params)}; "
+                f"valid keys: name, {', '.join(params)}",
             )
         given[key] = _check_kw(cfg, f"data.{key}", value, hints.get(key))
     missing = [n for n, p in params.items() if p.default is p.empty and n not in given]
@@ -170,13 +171,25 @@ def _eval_key(cfg: ExperimentConfig, option: str) -> str:
     return f"data.{option}"
 
 
+def _blamed(cfg: ExperimentConfig, keys: list[str]) -> str:
+    """Of the keys a failed check combines, the one to name: the first the user set with
+    ``--set``, else the first set in the config file itself (not a base file it extends),
+    else the first."""
+    first_file = cfg.origins.get("", None)
+    for wanted in ("--set", first_file):
+        for key in keys:
+            if wanted is not None and cfg.origins.get(key) == wanted:
+                return key
+    return keys[0]
+
+
 def make_source(cfg: ExperimentConfig) -> TaskSource:
     """The task source, with the evaluation episodes checked against its splits."""
     cls = TASK_SOURCES[cfg.data.name]
     try:
         source = cls(**cfg.data.kwargs)
     except TaskSourceError as err:
-        key = f"data.{err.option}"
+        key = _blamed(cfg, [f"data.{o}" for o in (err.option, *err.related)])
         raise ConfigError(cfg.where(key), key, str(err)) from None
     if not source.classification and cfg.eval.ways is not None:
         raise ConfigError(
@@ -195,7 +208,7 @@ def make_source(cfg: ExperimentConfig) -> TaskSource:
                 queries=cfg.eval_queries,
             )
         except TaskSourceError as err:
-            key = _eval_key(cfg, err.option)
+            key = _blamed(cfg, [_eval_key(cfg, o) for o in (err.option, *err.related)])
             raise ConfigError(cfg.where(key), key, str(err)) from None
     return source
 
@@ -243,7 +256,8 @@ def make_model(cfg: ExperimentConfig, source: TaskSource):
             raise ConfigError(
                 cfg.where(dotted),
                 dotted,
-                f"unknown key for model {cfg.model.name!r}; valid keys: name, {', '.join(fields)}",
+                f"unknown key for model {cfg.model.name!r}{did_you_mean(key, fields)}; "
+                f"valid keys: name, {', '.join(fields)}",
             )
         _check_kw(cfg, dotted, value, hints.get(key))
         # Every integer of a model is a size (filters, widths, steps): 0 or -1 would fail
@@ -380,7 +394,7 @@ def make_learner(
             raise ConfigError(
                 cfg.where(dotted),
                 dotted,
-                f"unknown key for algorithm {cfg.algorithm.name!r}; "
+                f"unknown key for algorithm {cfg.algorithm.name!r}{did_you_mean(key, valid)}; "
                 f"valid keys: name, {', '.join(valid)}",
             )
         _check_kw(cfg, dotted, value, hints.get(key))
@@ -486,9 +500,9 @@ def make_optimizer(cfg: ExperimentConfig) -> optax.GradientTransformation:
             raise ConfigError(
                 cfg.where(dotted),
                 dotted,
-                f"unknown key for optax.{opt_name}; valid keys: grad_clip_norm, grad_clip_value, "
-                f"schedule, "
-                f"{', '.join(sig)}",
+                f"unknown key for optax.{opt_name}"
+                f"{did_you_mean(key, ['grad_clip_norm', 'grad_clip_value', 'schedule', *sig])}; "
+                f"valid keys: grad_clip_norm, grad_clip_value, schedule, {', '.join(sig)}",
             )
     lr = cfg.optimizer.kwargs.get("learning_rate")
     if lr is not None:

@@ -108,7 +108,7 @@ import yaml
 from jaxmeta import yaml_io
 from jaxmeta.plugins import PluginError, load_plugins
 from jaxmeta.train.sweep_config import parse_sweep
-from jaxmeta.yaml_io import check_type, describe_type
+from jaxmeta.yaml_io import check_type, describe_type, did_you_mean
 
 SECTIONS = (
     "data",
@@ -131,9 +131,9 @@ DEFAULT_NAMED = {"data": "omniglot", "model": "conv4", "algorithm": "maml", "opt
 class ConfigError(ValueError):
     """A bad config value; the message names the source (file or ``--set``) and the key."""
 
-    def __init__(self, source: str, key: str, message: str):
+    def __init__(self, source: str, key: str | None, message: str):
         self.source, self.key = source, key
-        super().__init__(f"{source}: {key}: {message}")
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
 
 
 # --------------------------------------------------------------------------- schema
@@ -361,7 +361,7 @@ def _read_yaml(file: Path, source: str) -> dict[str, Any]:
     except yaml_io.DuplicateKeyError as e:
         raise ConfigError(source, e.key, e.reason) from None
     except yaml.YAMLError as e:
-        raise ConfigError(source, "<yaml>", f"not valid YAML: {e}") from None
+        raise ConfigError(source, None, f"not valid YAML: {yaml_io.describe_error(e)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -547,10 +547,11 @@ def config_from_dict(
                 raise ConfigError(source, parts[0], "must be a mapping")
             section[parts[1]] = value
         else:
+            hint = did_you_mean(parts[0], SECTIONS) if len(parts) == 2 else ""
             raise ConfigError(
                 "--set",
                 key,
-                "unknown key; use section.key with section one of " + ", ".join(SECTIONS),
+                f"unknown key{hint}; use section.key with section one of " + ", ".join(SECTIONS),
             )
         origin[key] = "--set"
     for old, new in migrate(raw):
@@ -621,7 +622,9 @@ def _dataclass_section(cls, section: str, raw: Mapping[str, Any], src: Callable[
         dotted = f"{section}.{key}"
         if key not in fields:
             raise ConfigError(
-                src(dotted), dotted, f"unknown key; valid keys: {', '.join(sorted(fields))}"
+                src(dotted),
+                dotted,
+                f"unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(sorted(fields))}",
             )
         ok, value = check_type(value, hints[key])
         if not ok:

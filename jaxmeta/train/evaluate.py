@@ -126,19 +126,32 @@ def evaluate(
     params: Params,
     episodes: Episode,
     *,
-    classification: bool,
+    classification: bool | None = None,
     key: PRNGKey | None = None,
     batch_size: int = 50,
     inner_steps: int | None = None,
     bn_mode: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``params`` on fixed episodes; returns the summary dict.
+    """Evaluate ``params`` on fixed episodes; returns the summary dict (``jaxmeta.evaluate``).
+
+    Args:
+      learner: the :class:`~jaxmeta.MetaLearner` (its ``predict`` adapts to each task).
+      params: its meta-parameters.
+      episodes: a batch of fixed episodes (leading ``[episodes]`` axis), e.g.
+        ``jaxmeta.data.tasksets(...).test.fixed(episodes=600)``.
+      classification: accuracy (``True``) or MSE; default: ``True`` for integer labels.
+      key: for learners that draw randomness at test time.
+      batch_size: episodes evaluated together.
+      inner_steps: adaptation steps (default: the learner's ``eval_inner_steps``).
+      bn_mode: ``"transductive"`` or ``"inductive"`` BatchNorm for the queries.
 
     Returns:
       ``{"accuracy", "ci95", "loss", "episodes"}`` for classification (accuracy as a
       fraction in [0, 1]) or ``{"mse", "ci95", "episodes"}`` for regression, plus
       ``"per_episode"`` (a NumPy array of the main metric).
     """
+    if classification is None:
+        classification = bool(np.issubdtype(np.dtype(episodes.support_y.dtype), np.integer))
     key = jax.random.key(0) if key is None else key
     fn = make_evaluator(
         learner,

@@ -31,6 +31,7 @@ other OS errors are one-line errors, every file outside orbax is written atomica
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ from jaxmeta.train.run import (
     task_mesh,
     write_eval_json,
 )
-from jaxmeta.train.workdir import WorkdirLock, ensure_workdir
+from jaxmeta.train.workdir import WorkdirLock, ensure_workdir, remove_empty_skeleton
 
 __all__ = ["Training", "TrainingDiverged", "TrainingInterrupted", "train_and_evaluate"]
 
@@ -123,7 +124,17 @@ def train_and_evaluate(
     exp = build_experiment(cfg)
     check_buildable(cfg, exp)  # before anything is written
     check_sizes(cfg, exp.source)  # absurd sizes: before anything is sampled or compiled
+    created = not Path(workdir).exists()
     workdir = ensure_workdir(workdir)
+    try:
+        return _train_in(cfg, exp, workdir, progress=progress, log=log)
+    except BaseException:
+        if created and sharding.is_primary():  # e.g. the data step failed: no skeleton left
+            remove_empty_skeleton(workdir)
+        raise
+
+
+def _train_in(cfg: ExperimentConfig, exp, workdir: Path, *, progress: bool, log) -> dict[str, Any]:
     where: dict[str, int | None] = {"step": None, "checkpoint": None}
     try:  # around the cleanup too: a signal while closing is still one clean message
         with contextlib.ExitStack() as stack:
@@ -179,17 +190,28 @@ def _next_boundary(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
+def committed_state(state):
+    """``state`` committed to the default device, as a restored checkpoint's arrays are.
+
+    A fresh state's arrays are uncommitted and a restored one's committed; jit lowers the
+    two with different argument shardings, so the persistent compilation cache keyed a
+    resumed run's step differently and compiled it again. Committing both makes one key.
+    """
+    return jax.device_put(state, jax.devices()[0])
+
+
 def train_accuracy_label(cfg: ExperimentConfig) -> str:
-    """The progress bar's name for the training accuracy, e.g. ``train_acc(q,K=1)``.
+    """The progress bar's name for the training accuracy, e.g. ``train_acc(q,1 step)``.
 
     It is the accuracy on the training tasks' queries after the training inner steps
-    ``K`` (gradient learners), not the validation accuracy, which the status lines print.
+    (gradient learners; not K, which means shots), not the validation accuracy, which the
+    status lines print.
     """
     param = algorithm_parameters(ALGORITHMS[cfg.algorithm.name]).get("inner_steps")
     if param is None:
         return "train_acc(q)"
     steps = cfg.algorithm.kwargs.get("inner_steps", param.default)
-    return f"train_acc(q,K={steps})"
+    return f"train_acc(q,{steps} step{'' if steps == 1 else 's'})"
 
 
 class Training:
@@ -241,6 +263,9 @@ class Training:
 
     def run(self) -> dict[str, Any]:
         self.resume()
+        done = self.finished_result()
+        if done is not None:
+            return done
         self.setup_evaluation()
         self.compile()
         self.train()
@@ -257,6 +282,35 @@ class Training:
         if "test" in self.exp.source.splits:
             result["test"] = self.test()
         return result
+
+    def finished_result(self) -> dict[str, Any] | None:
+        """The stored result of a run that is already complete (every step trained and its
+        test written with the configured episodes), said as such; None otherwise."""
+        cfg = self.cfg
+        path = self.workdir / "eval_test.json"
+        if self.start < cfg.train.steps or not path.is_file() or not self.primary:
+            return None
+        try:
+            test = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable: test again
+            return None
+        if test.get("episodes") != cfg.eval.episodes:
+            return None
+        self.say(
+            f"run complete: all {cfg.train.steps} steps trained; nothing to do. Results in "
+            f"{self.workdir}: eval_test.json ({format_result(test)}, {test.get('checkpoint')} "
+            f"checkpoint, step {test.get('step')}), metrics.jsonl, learning_curves.png. "
+            "More steps: --set train.steps=N; another test: jaxmeta evaluate --workdir "
+            f"{self.workdir}"
+        )
+        return {
+            "start_step": self.start,
+            "steps": self.step,
+            "best_step": self.best_step,
+            "best_val": self.best_score,
+            "test": test,
+            "complete": True,
+        }
 
     # ------------------------------------------------------------------ resume
 
@@ -280,6 +334,8 @@ class Training:
         if self.mesh is not None:  # replicated state and data; the restore keeps these
             self.data = sharding.replicate(self.data, self.mesh)
             state = sharding.place_state(state, self.mesh, shard_params=cfg.mesh.shard_params)
+        else:
+            state = committed_state(state)
         latest = None
         if resuming:
             # A damaged newest step (truncated or deleted file, torn JSON, checksum mismatch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -193,3 +194,23 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], object]) -
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
     return path
+
+
+def remove_empty_skeleton(path: str | Path) -> bool:
+    """Delete ``path`` when it holds nothing but the skeleton a run creates before its first
+    record (empty folders such as ``checkpoints/`` and ``best/``, the ``.lock`` file): what
+    a run that failed before training (e.g. a wrong ``data.manual_dir``) leaves behind.
+
+    Returns:
+      Whether it was deleted. A workdir with any other file is left alone.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for p in path.rglob("*"):
+        if p.is_symlink() or (p.is_file() and not (p.name == LOCK_FILE and p.parent == path)):
+            return False
+        if not (p.is_dir() or p.is_file()):
+            return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()
