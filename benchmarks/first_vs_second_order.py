@@ -4,8 +4,8 @@ and the gap between the two meta-gradients.
 Four measurements, per task (sinusoid regression with the MAML paper's Fig. 2 settings;
 Omniglot 5w1s, 5w5s, 20w1s, 20w5s with the paper protocol of ``configs/omniglot/``):
 
-* **Accuracy**: MAML (second order), FOMAML and Reptile (and iMAML when an ``imaml``
-  algorithm is registered) trained from the shipped configs through the public API
+* **Accuracy**: MAML (second order), FOMAML, Reptile and iMAML (on sinusoid with its own
+  ``configs/sinusoid/imaml_k10.yaml``) trained from the shipped configs through the public API
   (``jaxmeta.train.train_and_evaluate``), one workdir per seed, tested on the fixed test
   episodes (600 by default) from the best-validation checkpoint: mean ± std over seeds,
   next to the published numbers.
@@ -95,8 +95,7 @@ def parse_args(argv=None):
         "--algorithms",
         type=csv_list,
         default=list(ALGORITHMS),
-        help="comma-separated, from maml, fomaml, reptile, imaml (imaml is "
-        "skipped with a note when not registered)",
+        help="comma-separated, from maml, fomaml, reptile, imaml",
     )
     ap.add_argument(
         "--sections",
