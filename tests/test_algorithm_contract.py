@@ -22,7 +22,13 @@ from jaxmeta.data.episodes import sample_episodes
 from jaxmeta.data.omniglot import split_images
 from jaxmeta.models.conv4 import Conv4
 
-WAYS, SHOTS, QUERIES, TASKS = 5, 1, 5, 8
+WAYS, SHOTS, QUERIES = 5, 1, 5
+# Tasks per meta-batch: 4 learns far above chance in 200-400 steps for most algorithms
+# (final query accuracy 0.63-0.75 when measured, threshold 0.5); iMAML and Reptile's
+# noisier meta-updates need 8 tasks and more steps (with 4 tasks: 0.43 and 0.51; with 8
+# tasks, 350 and 450 steps: 0.54 and 0.55).
+TASKS = 4
+TASKS_FOR = {"imaml": 8, "reptile": 8}
 STEPS = 200
 FILTERS = 16
 CONV = "xla"  # compiles faster than the im2col path on CPU; same function
@@ -49,7 +55,7 @@ SETUPS = {
             eval_inner_steps=10,
         ),
         optax.adam(3e-3),
-        300,
+        450,
     ),
     # MAML++ with every switch on; the multi-step loss anneals within the run.
     "mamlpp": (
@@ -62,7 +68,7 @@ SETUPS = {
         _CLF,
         dict(inner_lr=0.4, inner_steps=5, lam=0.5, cg_steps=5, cg_damping=1.0),
         optax.adam(3e-3),
-        STEPS,
+        350,
     ),
     "protonets": (_EMB, dict(), optax.adam(3e-3), STEPS),
     "matching": (_EMB, dict(), optax.adam(3e-3), STEPS),
@@ -93,11 +99,13 @@ def omniglot_train(omniglot):
     return jnp.asarray(split_images(omniglot, "maml", "train"))
 
 
-_sample = jax.jit(
-    functools.partial(
-        sample_episodes, tasks=TASKS, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True
+@functools.cache
+def _sampler(tasks: int):
+    return jax.jit(
+        functools.partial(
+            sample_episodes, tasks=tasks, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True
+        )
     )
-)
 
 
 def _signature(tree):
@@ -107,6 +115,7 @@ def _signature(tree):
 @pytest.mark.parametrize("name", sorted(SETUPS))
 def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
     model_kw, algo_kw, opt, steps = SETUPS[name]
+    sample = _sampler(TASKS_FOR.get(name, TASKS))
     model = Conv4(**model_kw)
     traces = []
 
@@ -125,7 +134,7 @@ def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
     keys = jax.random.split(jax.random.key(1), steps)
     for i in range(steps):
         ks, kt = jax.random.split(keys[i])
-        state, metrics = step(state, _sample(ks, omniglot_train), kt)
+        state, metrics = step(state, sample(ks, omniglot_train), kt)
         if i == 0:
             traced_once = len(traces)
             sig1 = _signature(state)
@@ -146,7 +155,7 @@ def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
     assert final > 0.5, (name, final)
 
     # predict: one task, [n_query, >= n_way] logits whose argmax is a valid label.
-    ep = jax.tree_util.tree_map(lambda x: x[0], _sample(jax.random.key(2), omniglot_train))
+    ep = jax.tree_util.tree_map(lambda x: x[0], sample(jax.random.key(2), omniglot_train))
     logits = learner.predict(
         state.params, ep.support_x, ep.support_y, ep.query_x, jax.random.key(3)
     )

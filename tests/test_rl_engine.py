@@ -121,7 +121,13 @@ def test_train_evaluate_and_exact_resume(tmp_path):
     cfg = tiny()
     exp = build_experiment(cfg)
     policy = rl.GaussianMLPPolicy(action_size=2, hidden=(8,))
-    learner = rl.maml_trpo(policy.apply, exp.source.env, num_trajectories=4, meta_batch=3)
+    learner = rl.maml_trpo(
+        policy.apply,
+        exp.source.env,
+        num_trajectories=4,
+        meta_batch=3,
+        estimator=cfg.algorithm.kwargs["estimator"],  # the config's: the references' "naive"
+    )
     library, _ = rl.train(learner, initial_state(cfg, exp), 4, chunk=4)
     assert leaves_equal(library, restore(cfg, full))
 

@@ -25,6 +25,9 @@ import pytest
 from jaxmeta.rl import maml_rl
 from jaxmeta.rl.envs import Environment
 
+# One worker runs this module: its module fixture (the exact meta-gradient) is built once.
+pytestmark = pytest.mark.xdist_group("test_rl_metagrad")
+
 H = 3
 LR = 0.5
 GOAL = 0.7

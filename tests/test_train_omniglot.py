@@ -24,6 +24,8 @@ import pytest
 from jaxmeta.train import Checkpoints, build_experiment, initial_state, load_config, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+# One worker runs this module: its module fixture (a trained run) is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_train_omniglot")
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
 STEPS = 200
 RUN_SETS = [

@@ -45,7 +45,9 @@ TINY = {
 }
 
 
+# One worker runs this module: its module fixture (a trained run) is built once, not per worker.
 pytestmark = [
+    pytest.mark.xdist_group("test_untrusted"),
     pytest.mark.filterwarnings("ignore:.*pixels are ink:UserWarning"),  # random test images
     pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
 ]
