@@ -16,62 +16,16 @@ from typing import Any
 
 import numpy as np
 
+import jaxmeta
+from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
 from jaxmeta.data.omniglot.export import export_test_images  # noqa: F401 -- its former home
-from jaxmeta.train.workdir import atomic_write_text
-
-# --------------------------------------------------------------------------------------------
-# evaluate: one file per evaluation setting, never silently replaced.
-
-
-def eval_result_name(
-    *,
-    split: str,
-    checkpoint: str,
-    episodes: int,
-    inner_steps: int | None = None,
-    bn_mode: str | None = None,
-    run: int | None = None,
-) -> str:
-    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>][_run<i>].json``.
-
-    ``inner_steps`` appears only when the evaluation overrode the algorithm's own,
-    ``bn_mode`` only when a single BatchNorm mode was asked for (the default reports both).
-    """
-    name = f"eval_{split}_{checkpoint}_{episodes}ep"
-    if inner_steps is not None:
-        name += f"_{inner_steps}steps"
-    if bn_mode is not None:
-        name += f"_{bn_mode}"
-    if run is not None:  # one member of a population
-        name += f"_run{run}"
-    return name + ".json"
-
-
-def write_new_json(path: str | Path, data: dict[str, Any]) -> tuple[Path, str]:
-    """Write ``data`` to ``path`` without ever replacing a different result.
-
-    Returns:
-      ``(path written or found, status)``: ``"new"``; ``"unchanged"`` when ``path`` already
-      holds exactly ``data`` (nothing is written); ``"kept"`` when ``path`` holds another
-      result, which stays, and ``data`` went to ``<stem>-2.json`` (``-3``, ...).
-    """
-    path = Path(path)
-    text = json.dumps(data, indent=2) + "\n"
-    status = "new"
-    candidate, n = path, 1
-    while candidate.exists():
-        try:
-            same = json.loads(candidate.read_text()) == json.loads(text)
-        except (OSError, json.JSONDecodeError):
-            same = False
-        if same:
-            return candidate, "unchanged"
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        status = "kept"
-    atomic_write_text(candidate, text)
-    return candidate, status
-
+from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves, read_metrics
+from jaxmeta.train.population_loop import plot_population_curves
+from jaxmeta.train.workdir import (  # noqa: F401 -- eval_result_name, write_new_json: former home
+    atomic_write_text,
+    eval_result_name,
+    write_new_json,
+)
 
 # --------------------------------------------------------------------------------------------
 # predict
@@ -108,9 +62,6 @@ def predict_folders(
         a class count the model cannot take.
       FileNotFoundError: not a workdir, or no such checkpoint.
     """
-    import jaxmeta
-    from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
-
     clf = jaxmeta.load(
         workdir,
         checkpoint,
@@ -253,8 +204,6 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
       FileNotFoundError: no ``metrics.jsonl`` there.
       RuntimeError: matplotlib could not draw it.
     """
-    from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves, read_metrics
-
     workdir = Path(workdir)
     metrics = workdir / METRICS_FILE
     if not metrics.is_file():
@@ -268,7 +217,7 @@ def replot(workdir: str | Path, out: str | Path | None = None) -> Path:
     png = Path(out) if out is not None else workdir / "learning_curves.png"
     plot = plot_learning_curves
     if any("run" in row for row in read_metrics(metrics)[:50]):  # a population's log
-        from jaxmeta.train.population_loop import plot_population_curves as plot
+        plot = plot_population_curves
     if not plot(metrics, png, title=title):
         raise RuntimeError("matplotlib is not available: no plot")
     return png

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import MetaLearner, apply_gradients
 from jaxmeta.execution import TaskChunk, check_task_chunk
 from jaxmeta.types import Array, Episode, Metrics, Params, PRNGKey, PyTree
 
@@ -154,24 +154,6 @@ def init_meta_train_state(
 def step_key(state: TrainState) -> PRNGKey:
     """The key of the step about to run: ``fold_in(base key, step)``."""
     return jax.random.fold_in(_typed(state.key), state.step)
-
-
-def apply_gradients(
-    optimizer: optax.GradientTransformation,
-    state: TrainState,
-    grads: Params,
-    metrics: Metrics,
-) -> tuple[TrainState, Metrics]:
-    """The shared outer update: ``optimizer`` applied to ``grads``; adds ``grad_norm``.
-
-    Returns the state with new ``params`` and ``opt_state`` (the step counter unchanged:
-    :func:`meta_update` advances it) and the metrics.
-    """
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), (
-        metrics
-    )
 
 
 def meta_update(

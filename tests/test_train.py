@@ -337,7 +337,7 @@ def test_resumed_run_lowers_its_step_like_a_fresh_one(tmp_path, monkeypatch):
     """The persistent compilation cache keys a program by its lowered text: a resumed run
     (restored, committed arrays) must lower the fused step exactly as the fresh run did
     (issue 32: it compiled again because the fresh state was uncommitted)."""
-    import jaxmeta.train.loop as loop
+    import jaxmeta.train.session as session
 
     class Lowered(Exception):
         pass
@@ -357,9 +357,9 @@ def test_resumed_run_lowers_its_step_like_a_fresh_one(tmp_path, monkeypatch):
 
         return Recorder()
 
-    loop_make = loop.make_train_chunk
-    monkeypatch.setattr(loop, "make_train_chunk", recording)
-    monkeypatch.setattr(loop.Training, "test", lambda self: {})  # not what is tested
+    loop_make = session.make_train_chunk
+    monkeypatch.setattr(session, "make_train_chunk", recording)
+    monkeypatch.setattr(session.Training, "test", lambda self: {})  # not what is tested
     small = {"steps_per_call": 2, "log_every": 2, "eval_every": 0, "checkpoint_every": 2}
     train_and_evaluate(_cfg(train={**small, "steps": 2}), tmp_path, progress=False)
     with pytest.raises(Lowered):

@@ -14,10 +14,11 @@ Adding an algorithm: one module with its factory, one entry in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxmeta.execution import (  # noqa: F401 -- re-exported: the algorithms' toolbox
     TaskChunk,
@@ -29,6 +30,9 @@ from jaxmeta.execution import (  # noqa: F401 -- re-exported: the algorithms' to
 from jaxmeta.losses import accuracy, is_classification, label_guard
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Metrics, Params, PRNGKey, PyTree
 from jaxmeta.validation import check_apply_fn, check_episode, check_int, check_task
+
+if TYPE_CHECKING:
+    from jaxmeta.step import TrainState
 
 
 class MetaLearner(NamedTuple):
@@ -263,3 +267,26 @@ def identity_init(key: PRNGKey, params: Params) -> Params:
     """The ``init`` of learners whose meta-parameters are the model parameters."""
     del key
     return params
+
+
+def apply_gradients(
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    grads: Params,
+    metrics: Metrics,
+) -> tuple[TrainState, Metrics]:
+    """The shared outer update: ``optimizer`` applied to ``grads``; adds ``grad_norm``.
+
+    ``state`` is any state with ``params``, ``opt_state`` and ``replace`` (the engine's
+    :class:`jaxmeta.step.TrainState`); it lives here, not in :mod:`jaxmeta.step`, so that
+    an algorithm's own outer update (``MetaLearner.update``, e.g. MAML++) can use it
+    without importing the engine. Importable from :mod:`jaxmeta.step` and ``jaxmeta`` too.
+
+    Returns the state with new ``params`` and ``opt_state`` (the step counter unchanged:
+    :func:`jaxmeta.step.meta_update` advances it) and the metrics.
+    """
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), (
+        metrics
+    )

@@ -45,7 +45,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, adapting_predict, query_loss
+from jaxmeta.algorithms.base import MetaLearner, adapting_predict, apply_gradients, query_loss
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -331,8 +331,6 @@ def mamlpp(
 
     def update(state, episodes: Episode, key: PRNGKey, *, optimizer, task_chunk="auto"):
         """The outer update: meta-gradient at ``state.step``, optimizer, running statistics."""
-        from jaxmeta.step import apply_gradients  # jaxmeta.step imports this package
-
         grads, metrics, moments = grads_and_moments(
             state.params, episodes, key, state.step, task_chunk
         )

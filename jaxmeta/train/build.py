@@ -28,15 +28,16 @@ from jaxmeta.data.source import TaskSource, TaskSourceError
 from jaxmeta.losses import mse_loss
 from jaxmeta.models import MODELS
 from jaxmeta.step import TrainState, init_train_state
-from jaxmeta.train.config import ConfigError, DataConfig, ExperimentConfig
 from jaxmeta.train.evaluate import accepts_steps
 from jaxmeta.train.schedules import ScheduleError, build_schedule, schedule_kwargs
+from jaxmeta.train.schema import ConfigError, DataConfig, ExperimentConfig
 from jaxmeta.yaml_io import check_type, describe_type, did_you_mean
 
 __all__ = [
     "DATA_SUPPLIED",
     "ENGINE_SUPPLIED",
     "Experiment",
+    "TrainedRun",
     "algorithm_kwargs",
     "algorithm_parameters",
     "build_experiment",
@@ -519,6 +520,16 @@ def make_optimizer(cfg: ExperimentConfig) -> optax.GradientTransformation:
 # --------------------------------------------------------------------------- the experiment
 
 
+class TrainedRun(NamedTuple):
+    """A restored run: its config, experiment (built, no data read) and train state."""
+
+    config: ExperimentConfig
+    experiment: Experiment
+    state: TrainState
+    checkpoint: str  # "best" or "latest"
+    step: int
+
+
 def build_experiment(cfg: ExperimentConfig, *, any_ways: bool = False) -> Experiment:
     """Task source, model, algorithm and optimizer described by ``cfg`` (checked on the way).
 
@@ -539,17 +550,15 @@ def build_experiment(cfg: ExperimentConfig, *, any_ways: bool = False) -> Experi
 
 def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """Validate ``cfg`` against the registries by building it; the config with its ``data``
-    section completed (the resolved form).
+    section completed (the resolved form). A sweep's keys are checked by
+    :func:`jaxmeta.train.population.check_sweep` (:func:`jaxmeta.train.config.config_from_dict`
+    calls both).
 
     Raises:
       ConfigError: naming the key and the file.
     """
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg))
     build_experiment(cfg)
-    if cfg.sweep:
-        from jaxmeta.train.population import check_sweep
-
-        check_sweep(cfg)
     return cfg
 
 

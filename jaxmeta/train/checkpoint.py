@@ -348,3 +348,39 @@ class Checkpoints:
     def close(self) -> None:
         self._latest.close()
         self._best.close()
+
+
+def resolve_checkpoint(ckpt: Checkpoints, checkpoint: str | int) -> tuple[str, int]:
+    """``("best" | "latest", step)`` to restore for a ``checkpoint`` request.
+
+    ``"best"`` falls back to ``"latest"`` when the run has no best checkpoint (no validation
+    split); an int picks that step from ``best/`` or ``checkpoints/``.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all, or not the requested step (the message lists
+        the steps there are).
+    """
+    latest_dir = Path(ckpt.latest_dir)
+    workdir = latest_dir.parent
+    if isinstance(checkpoint, str) and checkpoint.isdigit():
+        checkpoint = int(checkpoint)
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, str | int):
+        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
+    if isinstance(checkpoint, str) and checkpoint not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
+    if checkpoint == "best" and ckpt.best_step() is not None:
+        return "best", int(ckpt.best_step())
+    if checkpoint in ("best", "latest"):
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir} (nothing trained yet?)")
+        return "latest", int(ckpt.latest_step())
+    steps = {}
+    for which, folder in (("latest", latest_dir), ("best", Path(ckpt.best_dir))):
+        if folder.is_dir():  # finished checkpoints are folders named by their step
+            steps.update({int(p.name): which for p in folder.iterdir() if p.name.isdigit()})
+    if checkpoint not in steps:
+        have = ", ".join(str(s) for s in sorted(steps)) or "none"
+        raise FileNotFoundError(
+            f"no checkpoint of step {checkpoint} in {workdir} (steps there: {have})"
+        )
+    return steps[checkpoint], checkpoint

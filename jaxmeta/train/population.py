@@ -27,17 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmeta import yaml_io
 from jaxmeta.algorithms import ALGORITHMS
 from jaxmeta.algorithms.base import MetaLearner
 from jaxmeta.step import TrainState
 from jaxmeta.train.build import (
     Experiment,
+    TrainedRun,
     algorithm_kwargs,
     algorithm_parameters,
+    build_experiment,
     build_optimizer,
     seed_state,
 )
-from jaxmeta.train.config import ConfigError, ExperimentConfig
+from jaxmeta.train.checkpoint import Checkpoints, resolve_checkpoint
+from jaxmeta.train.schema import ConfigError, ExperimentConfig
 
 __all__ = [
     "PopulationMemoryError",
@@ -71,8 +75,6 @@ def is_population_workdir(workdir) -> bool:
     """Whether a workdir's ``config.yaml`` trains a population (read as plain YAML; a
     broken file is left to :func:`jaxmeta.train.run.restore_run` to name)."""
     from pathlib import Path
-
-    from jaxmeta import yaml_io
 
     try:
         raw = yaml_io.load(yaml_io.read_text(Path(workdir) / "config.yaml")) or {}
@@ -368,9 +370,6 @@ def check_memory(compiled, runs: int, *, one_run=None, limit: int | None = None)
 def restore_population(workdir, cfg: ExperimentConfig, exp: Experiment, checkpoint="best"):
     """``(stacked state, "best" | "latest")`` of a population workdir: ``best`` holds each
     run at its own best validation step."""
-    from jaxmeta.train.checkpoint import Checkpoints
-    from jaxmeta.train.run import resolve_checkpoint
-
     ckpt = Checkpoints(workdir, keep=cfg.train.keep_checkpoints, read_only=True)
     try:
         which, step = resolve_checkpoint(ckpt, checkpoint)
@@ -393,9 +392,6 @@ def restore_member(workdir, cfg: ExperimentConfig, checkpoint="best", *, run, an
       ValueError: ``run`` missing or out of range.
       FileNotFoundError, CheckpointError: as :func:`jaxmeta.train.run.restore_run`.
     """
-    from jaxmeta.train.build import build_experiment
-    from jaxmeta.train.run import TrainedRun
-
     count = len(members(cfg))
     if run is None:
         raise ValueError(

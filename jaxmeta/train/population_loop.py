@@ -26,10 +26,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxmeta import sharding
 from jaxmeta.step import make_population_chunk
-from jaxmeta.train.build import eval_episode_shape
-from jaxmeta.train.config import ConfigError
+from jaxmeta.train.build import build_experiment, eval_episode_shape
+from jaxmeta.train.config import ConfigError, load_config, replace
 from jaxmeta.train.evaluate import main_metric, make_evaluator, summarize
-from jaxmeta.train.loop import Training, TrainingDiverged
 from jaxmeta.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from jaxmeta.train.population import (
     check_memory,
@@ -38,9 +37,11 @@ from jaxmeta.train.population import (
     population_builder,
     population_hparams,
     population_state,
+    restore_population,
 )
 from jaxmeta.train.run import check_resumable, write_eval_json
-from jaxmeta.train.workdir import atomic_write
+from jaxmeta.train.session import Training, TrainingDiverged
+from jaxmeta.train.workdir import atomic_write, eval_result_name
 
 __all__ = [
     "PopulationTraining",
@@ -503,10 +504,6 @@ def evaluate_population(
     """``jaxmeta evaluate`` of every member in one vmapped program (the same fixed episodes
     for all), and the statistics across seeds. ``bn_mode="both"`` adds each run's inductive
     numbers as ``<metric>_inductive`` (models with batch statistics)."""
-    from jaxmeta.train.build import build_experiment
-    from jaxmeta.train.config import load_config, replace
-    from jaxmeta.train.population import restore_population
-
     cfg = load_config(Path(workdir) / "config.yaml", overrides, trust_plugins=trust_plugins)
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
@@ -568,8 +565,6 @@ def evaluate_population(
 
 def population_report(res: dict[str, Any], checkpoint, inner_steps, bn_mode: str):
     """``(lines to print, result file name)`` of :func:`evaluate_population`'s result."""
-    from jaxmeta.commands import eval_result_name
-
     metric, split = res["metric"], res["split"]
     lines = [
         f"run {r['run']} (seed {r['seed']}): {split} {metric} {r[metric]:.4f} ± {r['ci95']:.4f}"

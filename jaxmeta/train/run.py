@@ -19,17 +19,23 @@ import platform
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 
 from jaxmeta import sharding, yaml_io
-from jaxmeta.step import TrainState
-from jaxmeta.train.build import Experiment, build_experiment, eval_episode_shape, initial_state
-from jaxmeta.train.checkpoint import Checkpoints
+from jaxmeta.train.build import (  # noqa: F401 -- TrainedRun: its former home
+    Experiment,
+    TrainedRun,
+    build_experiment,
+    eval_episode_shape,
+    initial_state,
+)
+from jaxmeta.train.checkpoint import Checkpoints, resolve_checkpoint  # noqa: F401 -- former home
 from jaxmeta.train.config import ExperimentConfig, config_from_dict, load_config, migrate, replace
 from jaxmeta.train.evaluate import make_evaluator, summarize
 from jaxmeta.train.metrics import flatten_config
+from jaxmeta.train.population import check_sizes, is_population, restore_member
 from jaxmeta.train.schedules import steps_from_train
 from jaxmeta.train.workdir import atomic_write_text
 
@@ -197,52 +203,6 @@ def task_mesh(cfg: ExperimentConfig):
 # --------------------------------------------------------------------------- a trained run
 
 
-class TrainedRun(NamedTuple):
-    """A restored run: its config, experiment (built, no data read) and train state."""
-
-    config: ExperimentConfig
-    experiment: Experiment
-    state: TrainState
-    checkpoint: str  # "best" or "latest"
-    step: int
-
-
-def resolve_checkpoint(ckpt: Checkpoints, checkpoint: str | int) -> tuple[str, int]:
-    """``("best" | "latest", step)`` to restore for a ``checkpoint`` request.
-
-    ``"best"`` falls back to ``"latest"`` when the run has no best checkpoint (no validation
-    split); an int picks that step from ``best/`` or ``checkpoints/``.
-
-    Raises:
-      FileNotFoundError: no checkpoint at all, or not the requested step (the message lists
-        the steps there are).
-    """
-    latest_dir = Path(ckpt.latest_dir)
-    workdir = latest_dir.parent
-    if isinstance(checkpoint, str) and checkpoint.isdigit():
-        checkpoint = int(checkpoint)
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, str | int):
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
-    if isinstance(checkpoint, str) and checkpoint not in ("best", "latest"):
-        raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {checkpoint!r}")
-    if checkpoint == "best" and ckpt.best_step() is not None:
-        return "best", int(ckpt.best_step())
-    if checkpoint in ("best", "latest"):
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir} (nothing trained yet?)")
-        return "latest", int(ckpt.latest_step())
-    steps = {}
-    for which, folder in (("latest", latest_dir), ("best", Path(ckpt.best_dir))):
-        if folder.is_dir():  # finished checkpoints are folders named by their step
-            steps.update({int(p.name): which for p in folder.iterdir() if p.name.isdigit()})
-    if checkpoint not in steps:
-        have = ", ".join(str(s) for s in sorted(steps)) or "none"
-        raise FileNotFoundError(
-            f"no checkpoint of step {checkpoint} in {workdir} (steps there: {have})"
-        )
-    return steps[checkpoint], checkpoint
-
-
 def restore_run(
     workdir: str | os.PathLike,
     checkpoint: str | int = "best",
@@ -279,8 +239,6 @@ def restore_run(
     cfg = load_config(workdir / "config.yaml", overrides, trust_plugins=trust_plugins)
     if episodes is not None:
         cfg = replace(cfg, eval={"episodes": episodes})
-    from jaxmeta.train.population import is_population, restore_member
-
     if is_population(cfg):
         return restore_member(workdir, cfg, checkpoint, run=run, any_ways=any_ways)
     if run not in (None, 0):
@@ -322,8 +280,6 @@ def run_evaluation(
     mode (``transductive`` unless ``bn_mode`` says otherwise), and what the task source
     describes of itself (e.g. Omniglot's scheme and rotations).
     """
-    from jaxmeta.train.population import check_sizes
-
     check_sizes(cfg, exp.source, train=False, episodes=episodes)  # before sampling them
     eps = exp.source.eval_episodes(
         split, episodes=episodes, seed=cfg.eval.seed, **eval_episode_shape(cfg, exp.source)

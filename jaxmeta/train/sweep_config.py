@@ -19,6 +19,8 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jaxmeta.train.schema import ConfigError
+
 __all__ = ["parse_sweep"]
 
 
@@ -40,8 +42,6 @@ def parse_sweep(raw: Any, src: Callable[[str], str]) -> tuple[tuple[str, tuple[f
       ConfigError: not a mapping, a key without a section, an empty list or a value that
         is not a finite number.
     """
-    from jaxmeta.train.config import ConfigError
-
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):

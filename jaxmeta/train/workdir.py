@@ -12,13 +12,14 @@ never sees half a file.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 LOCK_FILE = ".lock"
 
@@ -214,3 +215,57 @@ def remove_empty_skeleton(path: str | Path) -> bool:
             return False
     shutil.rmtree(path, ignore_errors=True)
     return not path.exists()
+
+
+# --------------------------------------------------------------------------- result files
+# ``jaxmeta evaluate``: one file per evaluation setting, never silently replaced.
+
+
+def eval_result_name(
+    *,
+    split: str,
+    checkpoint: str,
+    episodes: int,
+    inner_steps: int | None = None,
+    bn_mode: str | None = None,
+    run: int | None = None,
+) -> str:
+    """``eval_<split>_<checkpoint>_<episodes>ep[_<inner>steps][_<bn_mode>][_run<i>].json``.
+
+    ``inner_steps`` appears only when the evaluation overrode the algorithm's own,
+    ``bn_mode`` only when a single BatchNorm mode was asked for (the default reports both).
+    """
+    name = f"eval_{split}_{checkpoint}_{episodes}ep"
+    if inner_steps is not None:
+        name += f"_{inner_steps}steps"
+    if bn_mode is not None:
+        name += f"_{bn_mode}"
+    if run is not None:  # one member of a population
+        name += f"_run{run}"
+    return name + ".json"
+
+
+def write_new_json(path: str | Path, data: dict[str, Any]) -> tuple[Path, str]:
+    """Write ``data`` to ``path`` without ever replacing a different result.
+
+    Returns:
+      ``(path written or found, status)``: ``"new"``; ``"unchanged"`` when ``path`` already
+      holds exactly ``data`` (nothing is written); ``"kept"`` when ``path`` holds another
+      result, which stays, and ``data`` went to ``<stem>-2.json`` (``-3``, ...).
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    status = "new"
+    candidate, n = path, 1
+    while candidate.exists():
+        try:
+            same = json.loads(candidate.read_text()) == json.loads(text)
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if same:
+            return candidate, "unchanged"
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        status = "kept"
+    atomic_write_text(candidate, text)
+    return candidate, status

@@ -13,47 +13,13 @@ Adding an environment = one module with a lowercase factory returning an
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
-from jaxmeta.types import Array, PRNGKey, PyTree
-
-Task = PyTree
-EnvState = PyTree
-
-
-class Environment(NamedTuple):
-    """A meta-RL environment as pure functions (one task, one trajectory; vmap for more).
-
-    Attributes:
-      name: registry name.
-      obs_size: length of an observation vector.
-      action_size: length of an action vector.
-      horizon: default episode length (the number of ``step`` calls of a rollout).
-      sample_tasks: ``(key, n) -> tasks`` with a leading ``[n]`` axis on every leaf.
-      reset: ``(key, task) -> (state, obs[obs_size])`` for ONE task.
-      step: ``(state, action[action_size]) -> (state, obs, reward[], done[])``; ``action``
-        is the raw policy output (the environment clips it); ``done`` ends the episode
-        (the rollout masks what follows).
-    """
-
-    name: str
-    obs_size: int
-    action_size: int
-    horizon: int
-    sample_tasks: Callable[[PRNGKey, int], Task]
-    reset: Callable[[PRNGKey, Task], tuple[EnvState, Array]]
-    step: Callable[[EnvState, Array], tuple[EnvState, Array, Array, Array]]
-
-
-def _navigation(**kwargs: Any) -> Environment:
-    from jaxmeta.rl.envs.navigation import navigation2d
-
-    return navigation2d(**kwargs)
+from jaxmeta.rl.envs.base import Environment, EnvState, Task
+from jaxmeta.rl.envs.navigation import navigation2d
 
 
 def _navigation_sparse(**kwargs: Any) -> Environment:
-    from jaxmeta.rl.envs.navigation import navigation2d
-
     return navigation2d(sparse=True, **kwargs)
 
 
@@ -69,9 +35,9 @@ def _cheetah_vel(**kwargs: Any) -> Environment:
     return halfcheetah_vel(**kwargs)
 
 
-# Factories are imported lazily: the cheetah needs the optional extra ``jaxmeta[rl]`` (brax).
+# The cheetah's factories are imported lazily: they need the optional extra ``jaxmeta[rl]`` (brax).
 ENVIRONMENTS: dict[str, Callable[..., Environment]] = {
-    "navigation2d": _navigation,
+    "navigation2d": navigation2d,
     "navigation2d_sparse": _navigation_sparse,
     "halfcheetah_dir": _cheetah_dir,
     "halfcheetah_vel": _cheetah_vel,

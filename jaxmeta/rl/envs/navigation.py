@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.rl.envs import Environment
+from jaxmeta.rl.envs.base import Environment
 from jaxmeta.types import Array, PRNGKey
 
 
