@@ -25,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmeta.data.episodes import ROTATIONS, to_float
+from jaxmeta.data.image_tasks import ImageTasks
+from jaxmeta.inference import load
+from jaxmeta.train.build import make_source
 from jaxmeta.train.workdir import atomic_write, atomic_write_text
 
 __all__ = ["export_features", "feature_model"]
@@ -67,10 +70,6 @@ def export_features(
       ValueError: the run's dataset is not an image dataset, or its model has no
         parameters the exporter can find.
     """
-    from jaxmeta.data.image_tasks import ImageTasks
-    from jaxmeta.inference import load
-    from jaxmeta.train.build import make_source
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     clf = load(workdir, checkpoint, trust_plugins=trust_plugins)
