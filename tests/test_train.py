@@ -365,3 +365,30 @@ def test_resumed_run_lowers_its_step_like_a_fresh_one(tmp_path, monkeypatch):
     with pytest.raises(Lowered):
         train_and_evaluate(_cfg(train={**small, "steps": 4}), tmp_path, progress=False)
     assert len(texts) == 2 and texts[0] == texts[1]
+
+
+def test_train_builds_the_experiment_once(tmp_path, monkeypatch):
+    """Loading validates a config by building it; ``train_and_evaluate`` of that config is
+    handed the experiment instead of building it again (issue 29), once: another command
+    with the same config object builds afresh."""
+    import functools
+
+    from jaxmeta.data.sinusoid import SinusoidTasks
+    from jaxmeta.train import session
+
+    built = []
+    init = SinusoidTasks.__init__
+
+    @functools.wraps(init)  # the builder reads the constructor's signature
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SinusoidTasks, "__init__", counting)
+    monkeypatch.setattr(session.Training, "run", lambda self: {})  # nothing is trained
+    cfg = _cfg()
+    assert len(built) == 1  # the validation
+    train_and_evaluate(cfg, tmp_path / "a", progress=False, log=lambda s: None)
+    assert len(built) == 1
+    train_and_evaluate(cfg, tmp_path / "b", progress=False, log=lambda s: None)
+    assert len(built) == 2

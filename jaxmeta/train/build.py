@@ -6,7 +6,9 @@ the Flax module's fields, ``algorithm:`` against the factory's signature, ``opti
 against the optax alias. A failure is a :class:`~jaxmeta.train.config.ConfigError` naming
 the key and the file that set it. Building reads no data and compiles nothing;
 :func:`jaxmeta.train.config.load_config` validates a config by building it once
-(:func:`check_config`).
+(:func:`check_config`), and the first :func:`build_experiment` of that same config object
+(the command that loaded it: ``train_and_evaluate``, ``restore_run``, ...) is handed that
+experiment instead of building it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -542,6 +545,12 @@ def build_experiment(cfg: ExperimentConfig, *, any_ways: bool = False) -> Experi
     Raises:
       ConfigError: naming the key and the file.
     """
+    global _validated
+    if not any_ways and _validated is not None:
+        ref, registered, exp = _validated
+        if ref() is cfg and registered == _registered(cfg):
+            _validated = None  # handed over once: a later build of cfg builds afresh
+            return exp
     source = make_source(cfg)
     model = make_model(cfg, source)
     learner = make_learner(cfg, apply_fn=model.apply, source=source, any_ways=any_ways)
@@ -557,9 +566,27 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     Raises:
       ConfigError: naming the key and the file.
     """
+    global _validated
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg))
-    build_experiment(cfg)
+    _validated = None
+    exp = build_experiment(cfg)
+    _validated = (weakref.ref(cfg), _registered(cfg), exp)
     return cfg
+
+
+# The experiment check_config built for the config object it returned, while no other build
+# has taken it: (weak reference to that config, the registry entries it was built from, it).
+# Keyed by identity, not equality (a config changed by ``replace`` is another object), and by
+# the registry entries (a plug-in registered since builds afresh).
+_validated: tuple[weakref.ref, tuple, Experiment] | None = None
+
+
+def _registered(cfg: ExperimentConfig) -> tuple:
+    return (
+        TASK_SOURCES.get(cfg.data.name),
+        MODELS.get(cfg.model.name),
+        ALGORITHMS.get(cfg.algorithm.name),
+    )
 
 
 def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 
 from jaxmeta import sharding, yaml_io
+from jaxmeta.data.registry import get_task_source
 from jaxmeta.train.build import (  # noqa: F401 -- TrainedRun: its former home
     Experiment,
     TrainedRun,
@@ -160,8 +161,11 @@ def check_resumable(workdir: Path, cfg: ExperimentConfig, meta: dict[str, Any] |
             ) from None
     saved = flatten_config(_normalised(raw))
     new = flatten_config(saved_config(cfg).to_dict())
-    source = build_experiment(cfg).source
-    resumable = RESUMABLE_CHANGES | {f"data.{k}" for k in type(source).resumable_options}
+    # The task source's class says which of its options may change (nothing to build).
+    options = getattr(get_task_source(cfg.data.name), "resumable_options", None)
+    if options is None:  # registered as a factory, not a class
+        options = type(build_experiment(cfg).source).resumable_options
+    resumable = RESUMABLE_CHANGES | {f"data.{k}" for k in options}
     changed = sorted(
         k for k in set(saved) | set(new) if saved.get(k) != new.get(k) and k not in resumable
     )
