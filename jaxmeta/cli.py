@@ -517,7 +517,7 @@ def _evaluate_population(args, workdir: Path) -> int:
     """``jaxmeta evaluate`` of every member of a population, with the across-seed summary."""
     from jaxmeta.commands import write_new_json
     from jaxmeta.train import CheckpointError, ConfigError
-    from jaxmeta.train.population_loop import evaluate_population, population_report
+    from jaxmeta.train.population_results import evaluate_population, population_report
 
     try:
         res = evaluate_population(

@@ -20,7 +20,7 @@ import jaxmeta
 from jaxmeta.data.images import ImageFolderError, read_query, read_support_folder
 from jaxmeta.data.omniglot.export import export_test_images  # noqa: F401 -- its former home
 from jaxmeta.train.metrics import METRICS_FILE, plot_learning_curves, read_metrics
-from jaxmeta.train.population_loop import plot_population_curves
+from jaxmeta.train.population_results import plot_population_curves
 from jaxmeta.train.workdir import (  # noqa: F401 -- eval_result_name, write_new_json: former home
     atomic_write_text,
     eval_result_name,
