@@ -342,29 +342,7 @@ def config_from_dict(
     raw.pop("base", None)
     origin: dict[str, str] = dict(origins or {})
     origin.setdefault("", source)
-    for item in overrides:
-        key, value = parse_override(item)
-        parts = key.split(".")
-        if len(parts) == 1 and parts[0] in ("name", "plugins"):
-            raw[parts[0]] = value
-        elif len(parts) >= 2 and parts[0] == "sweep":
-            sweep = raw.setdefault("sweep", {})
-            if not isinstance(sweep, dict):
-                raise ConfigError(source, "sweep", "must be a mapping")
-            sweep[".".join(parts[1:])] = value
-        elif len(parts) == 2 and parts[0] in SECTIONS:
-            section = raw.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise ConfigError(source, parts[0], "must be a mapping")
-            section[parts[1]] = value
-        else:
-            hint = did_you_mean(parts[0], SECTIONS) if len(parts) == 2 else ""
-            raise ConfigError(
-                "--set",
-                key,
-                f"unknown key{hint}; use section.key with section one of " + ", ".join(SECTIONS),
-            )
-        origin[key] = "--set"
+    _apply_overrides(raw, overrides, origin, source)
     for old, new in migrate(raw):
         origin[new] = origin.get(old, source)
         warnings.warn(
@@ -424,6 +402,33 @@ def config_from_dict(
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _apply_overrides(raw: dict[str, Any], overrides, origin: dict[str, str], source: str) -> None:
+    """``--set key=value`` items into ``raw`` (in place), each recorded in ``origin``."""
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in ("name", "plugins"):
+            raw[parts[0]] = value
+        elif len(parts) >= 2 and parts[0] == "sweep":
+            sweep = raw.setdefault("sweep", {})
+            if not isinstance(sweep, dict):
+                raise ConfigError(source, "sweep", "must be a mapping")
+            sweep[".".join(parts[1:])] = value
+        elif len(parts) == 2 and parts[0] in SECTIONS:
+            section = raw.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(source, parts[0], "must be a mapping")
+            section[parts[1]] = value
+        else:
+            hint = did_you_mean(parts[0], SECTIONS) if len(parts) == 2 else ""
+            raise ConfigError(
+                "--set",
+                key,
+                f"unknown key{hint}; use section.key with section one of " + ", ".join(SECTIONS),
+            )
+        origin[key] = "--set"
 
 
 def _dataclass_section(cls, section: str, raw: Mapping[str, Any], src: Callable[[str], str]):
