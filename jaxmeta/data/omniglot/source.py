@@ -7,7 +7,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from jaxmeta.data.image_tasks import ImageTasks, check_option
+from jaxmeta.data.omniglot.dataset import load_omniglot, split_images
 from jaxmeta.data.omniglot.decode import RESIZE_MODES
+from jaxmeta.data.omniglot.export import export_test_images
 from jaxmeta.data.omniglot.splits import DRAWERS, SCHEMES, split_counts
 from jaxmeta.data.source import TaskSourceError
 
@@ -119,14 +121,10 @@ class OmniglotTasks(ImageTasks):
     def dataset(self):
         """The whole :class:`~jaxmeta.data.omniglot.Omniglot` (loaded, or prepared, once)."""
         if self._omniglot is None:
-            from jaxmeta.data.omniglot.dataset import load_omniglot
-
             self._omniglot = load_omniglot(**self._load_kwargs)
         return self._omniglot
 
     def load_split(self, split: str) -> np.ndarray:
-        from jaxmeta.data.omniglot.dataset import split_images
-
         return split_images(self.dataset(), self.scheme, split)
 
     @classmethod
@@ -167,8 +165,6 @@ class OmniglotTasks(ImageTasks):
           shots: support drawings per character (default 1)
           seed: which characters/drawers (default 0)
         """
-        from jaxmeta.data.omniglot.dataset import load_omniglot
-
         om = load_omniglot(
             data_dir=data_dir, manual_dir=manual_dir, image_size=image_size, download=download
         )
@@ -184,8 +180,6 @@ class OmniglotTasks(ImageTasks):
             for split, n in splits.items():
                 lines.append(f"{name:<9} {split:<11} {n:>8} {rot[name][split]:>15}")
         if export_test:
-            from jaxmeta.data.omniglot.export import export_test_images
-
             info = export_test_images(
                 om,
                 export_test,
