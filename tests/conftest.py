@@ -106,3 +106,10 @@ def omniglot(omniglot_zip_dir, omniglot_data_dir):
     from jaxmeta.data import load_omniglot
 
     return load_omniglot(data_dir=omniglot_data_dir, manual_dir=omniglot_zip_dir, download=False)
+
+
+def jit_run_once(fn, **kwargs):
+    """``jax.jit`` with XLA's backend optimisations off, for the programs a test runs a few
+    times on tiny shapes (float64 gradient checks): they compile about 2x faster and the
+    unoptimised code is still exact (no fast-math either way), only slower to run."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import jit_run_once
 from jax import enable_x64
 
 from jaxmeta import Episode, anil, maml, matching, metasgd, protonets, reptile, snail
@@ -78,10 +79,10 @@ def test_protonets_logits_match_per_class_loop():
     ref = _naive_proto_logits(
         model.apply(params, ep.support_x), ep.support_y, model.apply(params, ep.query_x), 4
     )
-    exact = jax.jit(protonets(model.apply, ways=4).predict)(params, *ep[:3], None)
+    exact = jit_run_once(protonets(model.apply, ways=4).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(exact, ref, rtol=1e-4, atol=1e-4)
     # Shape-derived slots: n_support columns, the absent ones at ABSENT_LOGIT.
-    derived = jax.jit(protonets(model.apply).predict)(params, *ep[:3], None)
+    derived = jit_run_once(protonets(model.apply).predict)(params, *ep[:3], None)
     assert derived.shape == (8, 12)
     np.testing.assert_allclose(derived[:, :4], ref, rtol=1e-4, atol=1e-4)
     assert np.all(np.asarray(derived[:, 4:]) == ABSENT_LOGIT)
@@ -93,13 +94,13 @@ def test_protonets_trains_many_way_and_tests_few_way():
     """One learner: 6-way meta-gradient, then 3-way 1-shot and 2-shot predictions."""
     model, params = _mlp(out=5)
     learner = protonets(model.apply)
-    grads, metrics = jax.jit(learner.meta_grad)(
+    grads, metrics = jit_run_once(learner.meta_grad)(
         params, _tasks(jax.random.key(1), ways=6, shots=2), jax.random.key(0)
     )
     assert np.isfinite(float(metrics["loss"])) and np.all(np.isfinite(_flat(grads)))
     for shots in (1, 2):
         ep = _task(_tasks(jax.random.key(2), ways=3, shots=shots, queries=2))
-        logits = jax.jit(learner.predict)(params, *ep[:3], None)
+        logits = jit_run_once(learner.predict)(params, *ep[:3], None)
         ref = _naive_proto_logits(
             model.apply(params, ep.support_x), ep.support_y, model.apply(params, ep.query_x), 3
         )
@@ -122,10 +123,10 @@ def test_matching_cosine_attention_matches_explicit_loops():
         att = np.exp(sims) / np.exp(sims).sum()
         for c in range(3):
             ref[i, c] = np.log(sum(att[j] for j in range(len(zs)) if sy[j] == c))
-    logits = jax.jit(matching(model.apply, ways=3).predict)(params, *ep[:3], None)
+    logits = jit_run_once(matching(model.apply, ways=3).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(ref).sum(-1), 1.0, rtol=1e-6)  # a distribution
-    derived = jax.jit(matching(model.apply).predict)(params, *ep[:3], None)
+    derived = jit_run_once(matching(model.apply).predict)(params, *ep[:3], None)
     np.testing.assert_allclose(derived[:, :3], ref, rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(derived[:, 3:]) == ABSENT_LOGIT)
 
@@ -133,16 +134,16 @@ def test_matching_cosine_attention_matches_explicit_loops():
 def test_matching_fce_uses_context_and_trains_its_lstms():
     model, params = _mlp(out=5)
     learner = matching(model.apply, fce=True, fce_steps=2, input_shape=(4,))
-    init = jax.jit(learner.init)
+    init = jit_run_once(learner.init)
     meta = init(jax.random.key(0), params)
     assert set(meta) == {"embedding", "fce"}
     # Deterministic given the key; another key gives other LSTM weights.
     np.testing.assert_array_equal(_flat(init(jax.random.key(0), params)), _flat(meta))
     assert not np.allclose(_flat(init(jax.random.key(5), params)), _flat(meta))
     ep = _task(_tasks(jax.random.key(4), ways=3, shots=2, queries=2))
-    logits = jax.jit(learner.predict)(meta, *ep[:3], None)
+    logits = jit_run_once(learner.predict)(meta, *ep[:3], None)
     assert logits.shape == (6, 6) and np.all(np.isfinite(logits))
-    plain = jax.jit(matching(model.apply).predict)(params, *ep[:3], None)
+    plain = jit_run_once(matching(model.apply).predict)(params, *ep[:3], None)
     assert not np.allclose(logits, plain)
     # g is a *bidirectional* context embedding: changing the last support example changes
     # the prediction through every support embedding, including the first one.
@@ -151,11 +152,11 @@ def test_matching_fce_uses_context_and_trains_its_lstms():
     zs = model.apply(params, ep.support_x)
     zq = model.apply(params, ep.query_x)
     fce = FullContextEmbedding(features=5, steps=2)
-    fce_apply = jax.jit(fce.apply)
+    fce_apply = jit_run_once(fce.apply)
     g, _ = fce_apply(meta["fce"], zs, zq)
     g2, _ = fce_apply(meta["fce"], zs.at[-1].add(1.0), zq)
     assert not np.allclose(g[0], g2[0]) and not np.allclose(g[-1], g2[-1])
-    grads, _ = jax.jit(learner.meta_grad)(meta, _tasks(jax.random.key(6)), jax.random.key(0))
+    grads, _ = jit_run_once(learner.meta_grad)(meta, _tasks(jax.random.key(6)), jax.random.key(0))
     assert float(jnp.linalg.norm(_flat(grads["fce"]))) > 0
 
 
@@ -178,10 +179,10 @@ def test_reptile_sgd_update_matches_python_loop():
     learner = reptile(
         model.apply, inner_lr=lr, inner_steps=steps, inner_batch_size=6, inner_optimizer="sgd"
     )
-    grads, metrics = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
+    grads, metrics = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
 
     flat0, unravel = jax.flatten_util.ravel_pytree(params)
-    support_grad = jax.jit(
+    support_grad = jit_run_once(
         jax.grad(lambda f, x, y: cross_entropy_loss(model.apply(unravel(f), x), y))
     )
     adapted = []
@@ -216,9 +217,9 @@ def test_reptile_adam_inner_loop_matches_manual_adam_with_beta1_zero():
         inner_beta1=0.0,
         inner_beta2=b2,
     )
-    adapted = jax.jit(learner.adapt)(params, ep.support_x, ep.support_y)
+    adapted = jit_run_once(learner.adapt)(params, ep.support_x, ep.support_y)
     flat0, unravel = jax.flatten_util.ravel_pytree(params)
-    support_grad = jax.jit(
+    support_grad = jit_run_once(
         jax.grad(lambda f: cross_entropy_loss(model.apply(unravel(f), ep.support_x), ep.support_y))
     )
     w = np.asarray(flat0, np.float64)
@@ -244,22 +245,24 @@ def test_reptile_transductive_and_non_transductive_evaluation():
     trans = reptile(apply_fn, transductive=True, **kw)
     alone = reptile(apply_fn, transductive=False, **kw)
     key = jax.random.key(3)
-    adapted = jax.jit(trans.adapt, static_argnums=3)(params, ep.support_x, ep.support_y, 3, key=key)
-    p_trans = jax.jit(trans.predict)(params, *ep[:3], key)
+    adapted = jit_run_once(trans.adapt, static_argnums=3)(
+        params, ep.support_x, ep.support_y, 3, key=key
+    )
+    p_trans = jit_run_once(trans.predict)(params, *ep[:3], key)
     np.testing.assert_allclose(p_trans, apply_fn(adapted, ep.query_x), rtol=1e-5, atol=1e-6)
-    p_alone = jax.jit(alone.predict)(params, *ep[:3], key)
+    p_alone = jit_run_once(alone.predict)(params, *ep[:3], key)
     for j in range(ep.query_x.shape[0]):
         batch = jnp.concatenate([ep.support_x, ep.query_x[j : j + 1]])
         np.testing.assert_allclose(p_alone[j], apply_fn(adapted, batch)[-1], rtol=1e-5, atol=1e-6)
     # Non-transductive: a query's prediction ignores the other queries; transductive does not.
     other = ep.query_x.at[1:].add(3.0)
     np.testing.assert_allclose(
-        jax.jit(alone.predict)(params, ep.support_x, ep.support_y, other, key)[0],
+        jit_run_once(alone.predict)(params, ep.support_x, ep.support_y, other, key)[0],
         p_alone[0],
         rtol=1e-6,
     )
     assert not np.allclose(
-        jax.jit(trans.predict)(params, ep.support_x, ep.support_y, other, key)[0], p_trans[0]
+        jit_run_once(trans.predict)(params, ep.support_x, ep.support_y, other, key)[0], p_trans[0]
     )
 
 
@@ -285,7 +288,7 @@ def test_metasgd_per_parameter_rates_manual_update():
     )
     meta = {"params": params, "lr": lr}
     ep = _task(_tasks(jax.random.key(10)))
-    adapted = jax.jit(learner.adapt)(meta, ep.support_x, ep.support_y)
+    adapted = jit_run_once(learner.adapt)(meta, ep.support_x, ep.support_y)
     g = jax.grad(lambda p: cross_entropy_loss(model.apply(p, ep.support_x), ep.support_y))(params)
     ref = np.asarray(_flat(params)) - np.asarray(_flat(lr)) * np.asarray(_flat(g))
     np.testing.assert_allclose(_flat(adapted), ref, rtol=1e-5, atol=1e-7)
@@ -297,10 +300,10 @@ def test_metasgd_learning_rate_gradient_matches_finite_differences_float64():
         eps = _tasks(jax.random.key(12), dtype=jnp.float64)
         learner = metasgd(model.apply, inner_lr_init=0.3, inner_steps=2)
         meta = learner.init(jax.random.key(0), params)
-        grads, _ = jax.jit(learner.meta_grad)(meta, eps, jax.random.key(0))
+        grads, _ = jit_run_once(learner.meta_grad)(meta, eps, jax.random.key(0))
         flat_lr, unravel = jax.flatten_util.ravel_pytree(meta["lr"])
 
-        @jax.jit
+        @jit_run_once
         def loss_of_lr(f):
             m = {"params": params, "lr": unravel(f)}
             return jnp.mean(jnp.stack([learner.outer_loss(m, _task(eps, t))[0] for t in range(2)]))
@@ -330,7 +333,7 @@ def test_anil_adapts_only_the_head_and_equals_masked_maml(first_order):
     lr, steps = 0.5, 2
     learner = anil(model.apply, inner_lr=lr, inner_steps=steps, first_order=first_order)
     ep = _task(eps)
-    adapted = jax.jit(learner.adapt)(params, ep.support_x, ep.support_y)
+    adapted = jit_run_once(learner.adapt)(params, ep.support_x, ep.support_y)
     for name in params["params"]:
         changed = not np.allclose(_flat(adapted["params"][name]), _flat(params["params"][name]))
         assert changed == (name == head), name
@@ -351,16 +354,16 @@ def test_anil_adapts_only_the_head_and_equals_masked_maml(first_order):
             model.apply({"params": {**body, head: h}}, ep.query_x), ep.query_y
         )
 
-    ref = jax.jit(
+    ref = jit_run_once(
         jax.grad(
             lambda p: jnp.mean(jnp.stack([reference_task_loss(p, _task(eps, t)) for t in range(3)]))
         )
     )(params)
-    grads, _ = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
+    grads, _ = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
     np.testing.assert_allclose(_flat(grads), _flat(ref), rtol=1e-5, atol=1e-7)
     # The body does get an outer gradient, and ANIL differs from full MAML.
     assert float(jnp.linalg.norm(_flat(grads["params"]["Dense_0"]))) > 0
-    full, _ = jax.jit(
+    full, _ = jit_run_once(
         maml(model.apply, inner_lr=lr, inner_steps=steps, first_order=first_order).meta_grad
     )(params, eps, jax.random.key(0))
     assert not np.allclose(_flat(full), _flat(grads))
@@ -390,8 +393,8 @@ def test_snail_blocks_are_causal():
         AttentionBlock(5, 3),
         SNAIL(ways=3, seq_len=t, tc_filters=4, key_size=4),
     ):
-        p = jax.jit(module.init)(jax.random.key(0), x)
-        apply = jax.jit(module.apply)
+        p = jit_run_once(module.init)(jax.random.key(0), x)
+        apply = jit_run_once(module.apply)
         y = apply(p, x)
         for pos in (0, 3, t - 2):
             x2 = x.at[pos + 1 :].add(jax.random.normal(jax.random.key(pos), (t - pos - 1, c)))
@@ -404,10 +407,10 @@ def test_snail_each_query_is_its_own_sequence():
     model, params = _mlp(out=5)  # no batch coupling in the embedding
     ways, shots = 3, 2
     learner = snail(model.apply, ways=ways, shots=shots, input_shape=(4,), tc_filters=4, key_size=4)
-    meta = jax.jit(learner.init)(jax.random.key(0), params)
+    meta = jit_run_once(learner.init)(jax.random.key(0), params)
     assert set(meta) == {"embedding", "snail"}
     ep = _task(_tasks(jax.random.key(15), ways=ways, shots=shots, queries=2))
-    logits = jax.jit(learner.predict)(meta, *ep[:3], None)
+    logits = jit_run_once(learner.predict)(meta, *ep[:3], None)
     assert logits.shape == (6, ways)
     # Reference: the paper's per-query sequence, built by hand for query 0.
     zs = model.apply(params, ep.support_x)
@@ -420,17 +423,17 @@ def test_snail_each_query_is_its_own_sequence():
     )
     net = SNAIL(ways=ways, seq_len=ways * shots + 1, tc_filters=4, key_size=4)
     np.testing.assert_allclose(
-        logits[0], jax.jit(net.apply)(meta["snail"], seq)[-1], rtol=1e-5, atol=1e-6
+        logits[0], jit_run_once(net.apply)(meta["snail"], seq)[-1], rtol=1e-5, atol=1e-6
     )
     # Other queries do not influence query 0.
     other = ep.query_x.at[1:].add(2.0)
     np.testing.assert_allclose(
-        jax.jit(learner.predict)(meta, ep.support_x, ep.support_y, other, None)[0],
+        jit_run_once(learner.predict)(meta, ep.support_x, ep.support_y, other, None)[0],
         logits[0],
         rtol=1e-5,
         atol=1e-6,
     )
-    grads, metrics = jax.jit(learner.meta_grad)(
+    grads, metrics = jit_run_once(learner.meta_grad)(
         meta, _tasks(jax.random.key(16), ways=ways, shots=shots), jax.random.key(0)
     )
     assert float(jnp.linalg.norm(_flat(grads["snail"]))) > 0

@@ -10,6 +10,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import jit_run_once
 
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.models import MODELS, Conv4
@@ -125,8 +126,8 @@ def test_conv_impls_agree_forward_and_gradient(pool):
                 logits = model.apply(p, x)
                 return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
-            outs.append(jax.jit(model.apply)(params, x))
-            grads.append(jax.jit(jax.grad(loss))(params))
+            outs.append(jit_run_once(model.apply)(params, x))
+            grads.append(jit_run_once(jax.grad(loss))(params))
         np.testing.assert_allclose(outs[0], outs[1], rtol=1e-10, atol=1e-12)
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), *grads
@@ -157,7 +158,7 @@ def test_conv_impls_agree_second_order_meta_gradient(pool):
         grads = []
         for impl in ("xla", "gemm"):
             learner, params, eps, _ = _meta_setup(impl, pool=pool, size=16 if pool else 14)
-            g, metrics = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
+            g, metrics = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
             assert np.isfinite(metrics["loss"])
             grads.append(g)
         jax.tree_util.tree_map(
@@ -175,8 +176,8 @@ def test_second_order_meta_gradient_matches_finite_differences(pool):
     with jax.enable_x64(True):
         size = 16 if pool else 28  # strided: 28 -> 14 -> 7 -> 4 -> 2; pool: 16 -> 8 -> 4 -> 2 -> 1
         learner, params, eps, loss = _meta_setup("gemm", pool=pool, size=size)
-        grad, _ = jax.jit(learner.meta_grad)(params, eps, jax.random.key(0))
-        loss = jax.jit(loss)
+        grad, _ = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
+        loss = jit_run_once(loss)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         g = jax.flatten_util.ravel_pytree(grad)[0]
         at = lambda t, d: loss(unravel(flat + t * d))

@@ -313,15 +313,9 @@ def test_disk_full_in_the_metrics_log_is_one_line(tmp_path, capsys, monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def cli_env(tmp_path_factory):
-    env = dict(os.environ)
-    env.update(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-        JAX_PLATFORMS="cpu",
-    )
-    return env
+def cli_env():
+    # The suite's persistent compilation cache (tests/conftest.py) is inherited.
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _start(wd, env):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import jit_run_once
 from jax import enable_x64
 
 import jaxmeta
@@ -51,7 +52,7 @@ def _mlp(out, dtype=jnp.float32, hidden=(6, 5), in_dim=4):
 def _fd_meta_grad(loss, params, eps):
     """Central finite differences of ``loss`` at ``params`` (every coordinate)."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    loss_flat = jax.jit(lambda f: loss(unravel(f)))
+    loss_flat = jit_run_once(lambda f: loss(unravel(f)))
     g = np.zeros(flat.shape, np.float64)
     for i in range(flat.shape[0]):
         e = jnp.zeros_like(flat).at[i].set(eps)
@@ -67,7 +68,7 @@ def test_second_order_meta_grad_matches_finite_differences_float64(inner_steps):
         model, params = _mlp(out=3, dtype=jnp.float64)
         eps_ = _classification_tasks(jax.random.key(1), dtype=jnp.float64)
         learner = maml(model.apply, inner_lr=0.5, inner_steps=inner_steps)
-        grads, _ = jax.jit(learner.meta_grad)(params, eps_, jax.random.key(0))
+        grads, _ = jit_run_once(learner.meta_grad)(params, eps_, jax.random.key(0))
 
         def mean_outer(p):
             losses = [
@@ -81,7 +82,7 @@ def test_second_order_meta_grad_matches_finite_differences_float64(inner_steps):
         rel = np.linalg.norm(g - fd) / np.linalg.norm(fd)
         assert rel < 1e-6, rel
         # The check has teeth: the first-order gradient is measurably different.
-        fo, _ = jax.jit(fomaml(model.apply, inner_lr=0.5, inner_steps=inner_steps).meta_grad)(
+        fo, _ = jit_run_once(fomaml(model.apply, inner_lr=0.5, inner_steps=inner_steps).meta_grad)(
             params, eps_, jax.random.key(0)
         )
         assert np.linalg.norm(np.asarray(_flat(fo)) - fd) / np.linalg.norm(fd) > 1e-3
@@ -103,13 +104,13 @@ def test_first_order_equals_second_order_with_stopped_inner_gradients():
             q = jax.tree_util.tree_map(lambda w, gi: w - lr * gi, q, g)
         return cross_entropy_loss(model.apply(q, ep.query_x), ep.query_y)
 
-    ref = jax.jit(
+    ref = jit_run_once(
         jax.grad(lambda p: jnp.mean(jax.vmap(lambda ep: reference_task_loss(p, ep))(eps_)))
     )(params)
-    fo, _ = jax.jit(fomaml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
+    fo, _ = jit_run_once(fomaml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
         params, eps_, jax.random.key(0)
     )
-    so, _ = jax.jit(maml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
+    so, _ = jit_run_once(maml(model.apply, inner_lr=lr, inner_steps=steps).meta_grad)(
         params, eps_, jax.random.key(0)
     )
     np.testing.assert_allclose(_flat(fo), _flat(ref), rtol=1e-5, atol=1e-6)
@@ -128,7 +129,7 @@ def test_zero_inner_steps_is_plain_query_gradient():
     )(params)
     for first_order in (False, True):
         learner = maml(model.apply, inner_lr=0.4, inner_steps=0, first_order=first_order)
-        g, _ = jax.jit(learner.meta_grad)(params, eps_, jax.random.key(0))
+        g, _ = jit_run_once(learner.meta_grad)(params, eps_, jax.random.key(0))
         np.testing.assert_allclose(_flat(g), _flat(plain), rtol=1e-5, atol=1e-7)
 
 
@@ -165,8 +166,8 @@ def test_vmap_over_tasks_equals_python_loop(task_chunk):
     eps_ = _classification_tasks(jax.random.key(5), tasks=5)
     learner = maml(model.apply, inner_lr=0.4, inner_steps=2)
     meta_grad = functools.partial(learner.meta_grad, task_chunk=task_chunk)
-    grads, metrics = jax.jit(meta_grad)(params, eps_, jax.random.key(0))
-    task_grad = jax.jit(jax.grad(learner.outer_loss, has_aux=True))
+    grads, metrics = jit_run_once(meta_grad)(params, eps_, jax.random.key(0))
+    task_grad = jit_run_once(jax.grad(learner.outer_loss, has_aux=True))
     per_task = [
         task_grad(params, jax.tree_util.tree_map(lambda x, t=t: x[t], eps_)) for t in range(5)
     ]
@@ -221,7 +222,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="leading axes"):
         learner.meta_grad(params, jax.tree_util.tree_map(lambda x: x[0, 0], eps_), key)
     # Under jit the label values are unknown at trace time: the loss turns NaN, never wrong.
-    grads, m = jax.jit(learner.meta_grad)(
+    grads, m = jit_run_once(learner.meta_grad)(
         params, eps_._replace(query_y=eps_.query_y.at[0, 0].set(7)), key
     )
     assert np.isnan(float(m["loss"]))
@@ -290,7 +291,7 @@ def test_auto_task_chunk_equals_explicit_choices():
     grads = {}
     for tbs in ("auto", None, 1):
         meta_grad = functools.partial(learner.meta_grad, task_chunk=tbs)
-        grads[tbs] = jax.jit(meta_grad)(params, eps, jax.random.key(2))[0]
+        grads[tbs] = jit_run_once(meta_grad)(params, eps, jax.random.key(2))[0]
     for tbs in (None, 1):
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),

@@ -308,14 +308,8 @@ SETS = [
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    # Three processes share one compilation cache: only the first compiles.
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-    }
+    # Three processes share the suite's compilation cache (conftest): only the first compiles.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
     def command(wd):
         args = ["train", "--config", SIN_YAML, "--workdir", str(wd), "--no-progress"]

@@ -12,7 +12,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import shipped_algorithms
+from conftest import jit_run_once, shipped_algorithms
 
 from jaxmeta.algorithms import get_algorithm
 from jaxmeta.algorithms.maml import maml
@@ -24,7 +24,7 @@ TINY = (4, 8, 8, 8)
 SIZE = 16  # 16 -> 8 -> 4 -> 2 -> 1
 # The tests below are dominated by XLA:CPU compile time (the programs run in milliseconds),
 # so each compiles as few programs as it can.
-jit = jax.jit
+jit = jit_run_once
 
 
 def _params_count(tree) -> int:

@@ -38,9 +38,7 @@ def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
     }
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
-    # Compiled programs are shared by the runs of one test (resume, 1 vs 2 processes).
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    # Compiled programs are shared through the suite's persistent cache (tests/conftest.py).
     env.update(extra)
     return env
 

@@ -4,7 +4,8 @@ One uninterrupted reference run; one run killed with SIGKILL mid-training and re
 the resumed run must end with bit-identical parameters, the same best checkpoint and
 the same metrics log (every step exactly once). Then ``jaxmeta evaluate`` on it.
 
-Subprocesses share a persistent XLA compilation cache so only the first one compiles.
+Subprocesses share the suite's persistent XLA compilation cache (tests/conftest.py), so only the
+first one compiles.
 """
 
 from __future__ import annotations
@@ -39,14 +40,8 @@ RUN_SETS = [
 
 
 @pytest.fixture(scope="module")
-def env(omniglot, omniglot_data_dir, tmp_path_factory):
-    e = dict(os.environ)
-    e.update(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-        JAX_PLATFORMS="cpu",
-    )
+def env(omniglot, omniglot_data_dir):
+    e = {**os.environ, "JAX_PLATFORMS": "cpu"}  # with the suite's compilation cache (conftest)
     data_sets = [f"data.data_dir={omniglot_data_dir}", "data.download=false"]
     return e, data_sets
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax._src import core as jax_core  # trace_state_clean (run_once_jit)
 
 from jaxmeta.algorithms import ALGORITHMS
 from jaxmeta.algorithms.base import MetaLearner
@@ -597,15 +598,36 @@ def initial_state(cfg: ExperimentConfig, exp: Experiment) -> TrainState:
 def seed_state(exp: Experiment, seed, *, learner=None, optimizer=None) -> TrainState:
     """:func:`initial_state` of ``seed`` (an int or a traced int32: a population's members
     are ``vmap``-ed over it), with ``exp``'s learner and optimizer unless given."""
-    init_key, run_key = jax.random.split(jax.random.key(seed))
-    # jit: eager Flax init dispatches op by op (seconds for a Conv-4 on a busy CPU).
-    params = jax.jit(exp.model.init)(init_key, jnp.asarray(exp.source.example_input()))
-    return init_train_state(
-        exp.learner if learner is None else learner,
-        exp.optimizer if optimizer is None else optimizer,
-        params,
-        key=run_key,
-    )
+    learner = exp.learner if learner is None else learner
+    optimizer = exp.optimizer if optimizer is None else optimizer
+
+    def init(seed, example):
+        init_key, run_key = jax.random.split(jax.random.key(seed))
+        params = exp.model.init(init_key, example)
+        return init_train_state(learner, optimizer, params, key=run_key)
+
+    return run_once_jit(init)(seed, jnp.asarray(exp.source.example_input()))
+
+
+def run_once_jit(fn):
+    """``jax.jit`` for a program that runs once per process (initialisation).
+
+    Run eagerly, ``model.init`` and the learner's and optimizer's ``init`` dispatch and compile
+    op by op (100+ small XLA programs). Jitted as one program with XLA's backend optimisations
+    off, it compiles 5-8x faster (CPU, 2026-12-07: 0.6 vs 4.8 s for Conv-4 MAML, 2.0 vs 11.0 s
+    for SNAIL), and running it unoptimised costs milliseconds. Inside a trace (``eval_shape``,
+    ``vmap``'s caller ``jit``) a nested jit takes no compiler options: a plain one is used.
+    """
+    if _at_top_level():
+        return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(fn)
+
+
+def _at_top_level() -> bool:
+    # jax has no public form of this; without it, every call gets the plain jit (slower to
+    # compile, same result).
+    clean = getattr(jax_core, "trace_state_clean", None)
+    return bool(clean is not None and clean())
 
 
 def check_buildable(cfg: ExperimentConfig, exp: Experiment) -> None:
