@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,19 +92,24 @@ def main() -> None:
         )
         return jaxmeta.meta_update(learner, optimizer, state, episodes, k_step)
 
+    # Ctrl-C sets a flag checked between steps: a KeyboardInterrupt raised at an arbitrary
+    # point can land in a callback where Python ignores it, and the loop would go on.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     t0 = time.perf_counter()
-    try:
-        print(f"MAML 5-way 1-shot, {filters} filters, meta-batch {tasks}, {steps} meta-steps")
-        for i in range(steps):
-            state, metrics = step(state, train, jax.random.fold_in(jax.random.key(1), i))
-            if (i + 1) % max(1, steps // 10) == 0:
-                print(
-                    f"step {i + 1:5d}  loss {float(metrics['loss']):.4f}  "
-                    f"train query accuracy {float(metrics['accuracy']):.3f}  "
-                    f"({time.perf_counter() - t0:.0f} s)"
-                )
-    except KeyboardInterrupt:  # state holds the last completed step
-        print(f"interrupted after step {int(state.step)}: testing and saving that (Ctrl-C quits)")
+    print(f"MAML 5-way 1-shot, {filters} filters, meta-batch {tasks}, {steps} meta-steps")
+    for i in range(steps):
+        if stop.is_set():  # state holds the last completed step
+            print(f"interrupted after step {i}: testing and saving that (Ctrl-C quits)")
+            break
+        state, metrics = step(state, train, jax.random.fold_in(jax.random.key(1), i))
+        if (i + 1) % max(1, steps // 10) == 0:
+            print(
+                f"step {i + 1:5d}  loss {float(metrics['loss']):.4f}  "
+                f"train query accuracy {float(metrics['accuracy']):.3f}  "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits
 
     res = evaluate(learner, state.params, test, classification=True)
     print(
