@@ -46,16 +46,18 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-# Fastest task_chunk per (order, inner_steps, query_per_class) measured on the 2-core
-# EPYC (see benchmarks/README.md, "MAML step"); ``None`` = vmap all 32 tasks.
+# Per-(order, inner_steps, query_per_class) overrides of the task chunk on the CPU (none now).
+# Until 2026-12-07 Q=1 vmapped all 32 tasks here, which the library's "auto" (what `jaxmeta
+# train` runs) beats by 1.2-1.5x on the 2-core CPU (benchmarks/README.md, "Two small tasks
+# in flight"); every configuration now measures "auto".
 DEFAULT_TASK_CHUNK = {}
 
 
 def default_task_chunk(order: str, inner_steps: int, queries: int, backend: str):
-    """Tuned on the CPU (see above); elsewhere the library's per-backend ``"auto"``."""
+    """The library's per-backend ``"auto"`` unless :data:`DEFAULT_TASK_CHUNK` overrides it."""
     if backend != "cpu":
         return "auto"
-    return DEFAULT_TASK_CHUNK.get((order, inner_steps, queries), 1 if queries >= 15 else None)
+    return DEFAULT_TASK_CHUNK.get((order, inner_steps, queries), "auto")
 
 
 def build_meta_step(cfg: dict[str, Any]):

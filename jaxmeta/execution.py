@@ -14,6 +14,13 @@ the *task chunk* (config ``execution.task_chunk``, keyword ``task_chunk=`` of ev
 
 All choices compute the same function up to float rounding (summation order). Measurements:
 benchmarks/README.md ("Task chunks" and the CPU speed sections).
+
+*Tasks in flight* (``tasks_in_flight=`` of :func:`mean_map_tasks` / :func:`mean_task_grad`,
+passed ``"auto"`` by the MAML-family learners): with ``task_chunk="auto"`` resolved to one task
+at a time on a single CPU device, small tasks (at most :data:`CPU_IN_FLIGHT_MAX_ELEMENTS` input
+numbers) run :data:`CPU_TASKS_IN_FLIGHT` per ``lax.scan`` iteration as independent single-task
+programs (no ``vmap``), which XLA:CPU's executor overlaps on the two cores; every other
+backend, chunk and task size keeps the plain one-task-per-iteration loop.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "mean_map_tasks",
     "mean_task_grad",
     "resolve_task_chunk",
+    "resolve_tasks_in_flight",
     "sum_over_tasks",
 ]
 
@@ -65,6 +73,44 @@ def resolve_task_chunk(value: TaskChunk, backend: str | None = None) -> int | No
         return value
     backend = backend or jax.default_backend()
     return 1 if backend == "cpu" and jax.device_count() == 1 else None
+
+
+# Tasks per lax.scan iteration when "auto" runs one task at a time on one CPU device, and the
+# largest task (input numbers of support + query sets) that gets them. Measured on the project's
+# 2-core CPU (benchmarks/README.md, "Two small tasks in flight"): the MAML training step
+# (5-way 1-shot, 1 query per class: 10 x 28 x 28 = 7,840 numbers per task) 0.80x the time,
+# 5 inner steps 0.86x; with 15 queries per class (62,720) 9-18% slower in probes (two tasks'
+# activations no longer fit the caches), so larger tasks keep one task per step.
+CPU_TASKS_IN_FLIGHT = 2
+CPU_IN_FLIGHT_MAX_ELEMENTS = 2**14
+
+
+def resolve_tasks_in_flight(
+    tasks_in_flight: int | str,
+    task_chunk: TaskChunk,
+    episodes: Episode,
+    backend: str | None = None,
+) -> int:
+    """How many tasks one ``lax.scan`` iteration of :func:`mean_map_tasks` runs.
+
+    ``"auto"``: :data:`CPU_TASKS_IN_FLIGHT` when ``task_chunk="auto"`` resolves to one task at a
+    time on a single CPU device (``backend``, default JAX's default backend, read at trace time)
+    and one task's support + query inputs hold at most :data:`CPU_IN_FLIGHT_MAX_ELEMENTS`
+    numbers; ``1`` otherwise (every GPU/TPU program, explicit chunks, large tasks). An int >= 1
+    is returned unchanged (it only applies to chunks of one task).
+    """
+    if tasks_in_flight != "auto":
+        return check_int("tasks_in_flight", tasks_in_flight, minimum=1)
+    if task_chunk != "auto" or resolve_task_chunk("auto", backend) != 1:
+        return 1
+    if (backend or jax.default_backend()) != "cpu":
+        return 1
+    per_task = sum(
+        x[0].size
+        for x in (episodes.support_x, episodes.query_x)
+        if hasattr(x, "shape") and x.ndim >= 1 and x.shape[0] > 0
+    )
+    return CPU_TASKS_IN_FLIGHT if per_task <= CPU_IN_FLIGHT_MAX_ELEMENTS else 1
 
 
 def _chunk_and_keys(episodes: Episode, key: PRNGKey, task_chunk: TaskChunk):
@@ -117,7 +163,14 @@ def sum_over_tasks(x: Array) -> Array:
     return x[0] if rest is None else x[0] + rest
 
 
-def mean_map_tasks(fn: TaskFn, episodes: Episode, key: PRNGKey, *, task_chunk: TaskChunk = "auto"):
+def mean_map_tasks(
+    fn: TaskFn,
+    episodes: Episode,
+    key: PRNGKey,
+    *,
+    task_chunk: TaskChunk = "auto",
+    tasks_in_flight: int | str = 1,
+):
     """Mean over the task axis of ``fn(episode, key)`` (any pytree of arrays).
 
     The mean of :func:`map_tasks` (same per-task keys), but with ``task_chunk=b`` the
@@ -125,9 +178,15 @@ def mean_map_tasks(fn: TaskFn, episodes: Episode, key: PRNGKey, *, task_chunk: T
     instead of being stacked ``[tasks, ...]`` and reduced after the loop: no per-task copy of
     every gradient is kept and no separate reduction runs (the faster step on XLA:CPU;
     benchmarks/README.md). Sums within a chunk use :func:`sum_over_tasks`.
+
+    ``tasks_in_flight``: with chunks of one task, how many tasks each scan iteration runs as
+    separate un-vmapped programs (:func:`resolve_tasks_in_flight`; ``1``: one, the default).
     """
     b, keys = _chunk_and_keys(episodes, key, task_chunk)
     tasks = keys.shape[0]
+    u = resolve_tasks_in_flight(tasks_in_flight, task_chunk, episodes) if b == 1 else 1
+    if u > 1:
+        return _mean_in_flight(fn, episodes, keys, u)
     total = lambda out: jax.tree_util.tree_map(sum_over_tasks, out)
     if b is None:
         # All tasks in one vmap: XLA fuses this mean into the producers of the per-task
@@ -154,6 +213,33 @@ def mean_map_tasks(fn: TaskFn, episodes: Episode, key: PRNGKey, *, task_chunk: T
     return jax.tree_util.tree_map(lambda x: x / tasks, acc)
 
 
+def _mean_in_flight(fn: TaskFn, episodes: Episode, keys: Array, u: int):
+    """Mean of ``fn`` over tasks, ``u`` independent single-task calls per ``lax.scan`` step.
+
+    The ``u`` calls are traced one after the other but share no data, so XLA:CPU's thunk
+    executor can run their (small) operations at the same time; no ``vmap``, so no batched
+    dots. Tasks ``t`` and ``t + 1`` are summed into the running total in task order."""
+    tasks = keys.shape[0]
+    full = tasks // u * u
+    one = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)
+    groups = jax.tree_util.tree_map(
+        lambda x: x[:full].reshape(full // u, u, *x.shape[1:]), (episodes, keys)
+    )
+    zeros = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *one((episodes, keys), 0))
+    )
+
+    def body(acc, group):
+        for i in range(u):  # static unroll: u independent programs, not a runtime loop
+            acc = jax.tree_util.tree_map(jnp.add, acc, fn(*one(group, i)))
+        return acc, None
+
+    acc, _ = jax.lax.scan(body, zeros, groups)
+    for t in range(full, tasks):  # at most u - 1 leftover tasks, unrolled
+        acc = jax.tree_util.tree_map(jnp.add, acc, fn(*one((episodes, keys), t)))
+    return jax.tree_util.tree_map(lambda x: x / tasks, acc)
+
+
 def mean_task_grad(
     task_loss: Callable[[Params, Episode, PRNGKey], tuple[Array, Metrics]],
     params: Params,
@@ -161,11 +247,19 @@ def mean_task_grad(
     key: PRNGKey,
     *,
     task_chunk: TaskChunk = "auto",
+    tasks_in_flight: int | str = 1,
 ) -> tuple[Params, Metrics]:
     """Mean over the task axis of ``grad(task_loss)(params, episode, key)`` and its metrics.
 
     ``task_loss(params, episode, key) -> (loss, metrics)`` is one task's loss; this is the
     meta-gradient of every learner whose meta-objective is a mean of per-task losses.
+    ``tasks_in_flight``: see :func:`mean_map_tasks`.
     """
     grad = jax.grad(task_loss, has_aux=True)
-    return mean_map_tasks(lambda ep, k: grad(params, ep, k), episodes, key, task_chunk=task_chunk)
+    return mean_map_tasks(
+        lambda ep, k: grad(params, ep, k),
+        episodes,
+        key,
+        task_chunk=task_chunk,
+        tasks_in_flight=tasks_in_flight,
+    )

@@ -324,3 +324,52 @@ def test_predict_given_a_batch_of_tasks_says_so():
     from jaxmeta.validation import check_task
 
     check_task(sx[0], sy[0], qx[0])
+
+
+def test_two_tasks_in_flight_equal_one_at_a_time_float64_and_are_cpu_only():
+    """The CPU path (two small tasks per scan step, un-vmapped) gives the meta-gradient of the
+    one-task-at-a-time path; "auto" takes it only on one CPU device and for small tasks."""
+    from jaxmeta.execution import mean_task_grad, resolve_tasks_in_flight
+    from jaxmeta.models import Conv4
+
+    with enable_x64():
+        model = Conv4(num_classes=2, filters=3, head="mean", dtype=jnp.float64)
+        k = jax.random.split(jax.random.key(0), 3)
+        tasks, size = 2, 4  # (an odd task count goes through the FD test above on the CPU)
+        eps_ = Episode(
+            support_x=jax.random.normal(k[0], (tasks, 2, size, size, 1), jnp.float64),
+            support_y=jnp.tile(jnp.arange(2, dtype=jnp.int32), (tasks, 1)),
+            query_x=jax.random.normal(k[1], (tasks, 2, size, size, 1), jnp.float64),
+            query_y=jnp.tile(jnp.arange(2, dtype=jnp.int32), (tasks, 1)),
+        )
+        params = jax.jit(model.init)(k[2], eps_.support_x[0])
+        learner = maml(model.apply, inner_lr=0.4, inner_steps=1)
+
+        def both(p, e):  # one compilation for both paths
+            key = jax.random.key(0)
+            run = lambda n: mean_task_grad(
+                learner.outer_loss, p, e, key, task_chunk=1, tasks_in_flight=n
+            )
+            return run(1), run(2)
+
+        (old, m_old), (new, m_new) = jax.jit(both)(params, eps_)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13), old, new
+        )
+        np.testing.assert_allclose(m_old["loss"], m_new["loss"], rtol=1e-12)
+        # MAML's meta_grad asks for "auto": on one CPU device its scan over 4 tasks runs 2 steps.
+        four = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), eps_)
+        jaxpr = jax.make_jaxpr(lambda p: learner.meta_grad(p, four, jax.random.key(0)))(params)
+        lengths = [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+    one_cpu = jax.device_count() == 1
+    assert resolve_tasks_in_flight("auto", "auto", eps_, backend="cpu") == (2 if one_cpu else 1)
+    assert resolve_tasks_in_flight("auto", "auto", eps_, backend="gpu") == 1
+    assert resolve_tasks_in_flight("auto", 1, eps_, backend="cpu") == 1  # explicit chunk kept
+    big = eps_._replace(query_x=jnp.zeros((tasks, 80, 28, 28, 1)))  # 15 queries x 5 ways
+    assert resolve_tasks_in_flight("auto", "auto", big, backend="cpu") == 1
+    assert resolve_tasks_in_flight(3, "auto", eps_, backend="gpu") == 3
+    with pytest.raises(ValueError, match="tasks_in_flight must be >= 1"):
+        resolve_tasks_in_flight(0, "auto", eps_)
+    if jax.default_backend() == "cpu" and one_cpu:
+        assert max(lengths) == 2  # one task per step would be 4

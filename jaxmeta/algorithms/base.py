@@ -187,6 +187,7 @@ def gradient_learner(
     init: Callable[[PRNGKey, Params], Params],
     inner_steps: int,
     eval_steps: int,
+    tasks_in_flight: int | str = 1,
 ) -> MetaLearner:
     """The learner of the MAML family, given how one task adapts.
 
@@ -195,7 +196,8 @@ def gradient_learner(
     outer loss (query loss after ``inner_steps``), the meta-gradient (its mean over
     tasks) and ``predict`` (after ``eval_steps``, or ``steps=``) are shared, and so are
     the input checks of all four (shapes always; label values when concrete, against the
-    model's output width, found abstractly with ``jax.eval_shape``).
+    model's output width, found abstractly with ``jax.eval_shape``). ``tasks_in_flight``:
+    how ``meta_grad`` maps one-task chunks (:func:`jaxmeta.execution.mean_map_tasks`).
     """
     check_apply_fn(apply_fn)
 
@@ -227,7 +229,14 @@ def gradient_learner(
         """Mean meta-gradient and metrics over ``episodes`` (leading task axis)."""
         sx, sy = episodes.support_x, episodes.support_y
         check_episode(episodes, batched=True, num_classes=lambda: n_out(meta_params, sx[0], sy[0]))
-        return mean_task_grad(outer_loss, meta_params, episodes, key, task_chunk=task_chunk)
+        return mean_task_grad(
+            outer_loss,
+            meta_params,
+            episodes,
+            key,
+            task_chunk=task_chunk,
+            tasks_in_flight=tasks_in_flight,
+        )
 
     return MetaLearner(
         init=init,

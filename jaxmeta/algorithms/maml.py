@@ -89,6 +89,9 @@ def maml(
         init=identity_init,
         inner_steps=inner_steps,
         eval_steps=eval_steps,
+        # On one CPU device, two small tasks per scan step (jaxmeta.execution): measured
+        # faster for the Omniglot training protocol; every other setting is unchanged.
+        tasks_in_flight="auto",
     )
 
 
