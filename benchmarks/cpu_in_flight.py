@@ -82,11 +82,18 @@ def build(name: str, task_chunk, in_flight: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", type=csv_list, default=["so-q1-k1", "so-q1-k5", "train"])
-    ap.add_argument("--variants", type=csv_list, default=list(VARIANTS))
+    ap.add_argument(
+        "--configs",
+        type=csv_list,
+        default=["so-q1-k1", "so-q1-k5", "train"],
+        help="comma-separated: {so,fo}-q<queries per class>-k<inner steps>, or train",
+    )
+    ap.add_argument(
+        "--variants", type=csv_list, default=list(VARIANTS), help="subset of vmap,one,two"
+    )
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (4)")
     ap.add_argument("--calls", type=int, default=3, help="timed calls per variant and round (3)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="write the records (and machine) here")
     args = ap.parse_args(argv)
     records = []
     for name in args.configs:
