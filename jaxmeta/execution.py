@@ -78,7 +78,7 @@ def resolve_task_chunk(value: TaskChunk, backend: str | None = None) -> int | No
 # Tasks per lax.scan iteration when "auto" runs one task at a time on one CPU device, and the
 # largest task (input numbers of support + query sets) that gets them. Measured on the project's
 # 2-core CPU (benchmarks/README.md, "Two small tasks in flight"): the MAML training step
-# (5-way 1-shot, 1 query per class: 10 x 28 x 28 = 7,840 numbers per task) 0.80x the time,
+# (5-way 1-shot, 1 query per class: 10 x 28 x 28 = 7,840 numbers per task) 0.80-0.85x the time,
 # 5 inner steps 0.86x; with 15 queries per class (62,720) 9-18% slower in probes (two tasks'
 # activations no longer fit the caches), so larger tasks keep one task per step.
 CPU_TASKS_IN_FLIGHT = 2
