@@ -28,6 +28,9 @@ OMNIGLOT = {
     "omniglot_20w1s": "20w1s",
     "omniglot_20w5s": "20w5s",
 }
+# maml_5w1s.yaml (the README's first command) keeps jaxmeta's defaults; the reference code's
+# protocol, which every other maml_/fomaml_ Omniglot config follows, is maml_5w1s_paper.yaml.
+MAML_OMNIGLOT_CONFIG = {"5w1s": "maml_5w1s_paper.yaml"}
 TASKS = ("sinusoid", *OMNIGLOT)
 ALGORITHMS = ("maml", "fomaml", "reptile", "imaml")
 SINUSOID_CONFIG = "configs/sinusoid/maml_k10.yaml"  # MAML paper Fig. 2: K=10, lr 0.01, 1 step
@@ -71,15 +74,27 @@ def config_for(task: str, algorithm: str, settings: dict[str, Any]) -> tuple[Pat
             # protocol, adapting with lam 0 at test.
             path = REPO / IMAML_SINUSOID_CONFIG
     else:
-        path = REPO / "configs" / "omniglot" / f"{algorithm}_{OMNIGLOT[task]}.yaml"
+        path = omniglot_config(task, algorithm)
         if not path.is_file():
             return f"no config {path.relative_to(REPO)}: skipped"
-        algo = []
+        algo = ["algorithm.name=fomaml"] if algorithm == "fomaml" else []
         data = [f"data.manual_dir={settings['manual_dir']}", "data.download=false"]
         if settings.get("data_dir"):
             data.append(f"data.data_dir={settings['data_dir']}")
     tiny = TINY["sinusoid" if task == "sinusoid" else "omniglot"] if settings["tiny"] else []
     return path, [*algo, *data, *tiny, *settings["set"]]
+
+
+def omniglot_config(task: str, algorithm: str) -> Path:
+    """The config file ``algorithm`` trains on an Omniglot ``task``. MAML and FOMAML share
+    MAML's paper-protocol config (FOMAML switches ``algorithm.name`` only), so the pair
+    differs in the order of the meta-gradient and nothing else; the other algorithms train
+    their own ``configs/omniglot/<algorithm>_<setting>.yaml``."""
+    setting = OMNIGLOT[task]
+    folder = REPO / "configs" / "omniglot"
+    if algorithm in ("maml", "fomaml"):
+        return folder / MAML_OMNIGLOT_CONFIG.get(setting, f"maml_{setting}.yaml")
+    return folder / f"{algorithm}_{setting}.yaml"
 
 
 BUDGET_NOTE = "time budget (--budget-min) spent: not started; rerun to continue"
