@@ -34,7 +34,7 @@ MAML_OMNIGLOT_CONFIG = {"5w1s": "maml_5w1s_paper.yaml"}
 TASKS = ("sinusoid", *OMNIGLOT)
 ALGORITHMS = ("maml", "fomaml", "reptile", "imaml")
 SINUSOID_CONFIG = "configs/sinusoid/maml_k10.yaml"  # MAML paper Fig. 2: K=10, lr 0.01, 1 step
-IMAML_SINUSOID_CONFIG = "configs/sinusoid/imaml_k10.yaml"  # 20 steps of 0.002, lam 0 at test
+IMAML_SINUSOID_CONFIG = "configs/sinusoid/imaml_k10.yaml"  # 40 steps of 0.001, lam 0 at test
 # Reptile on sinusoids has no shipped config: the MAML sinusoid config with Reptile's inner
 # loop (SGD on support + query, 5 steps of 10 points; Nichol et al. 2018 regress with SGD).
 # The outer optimizer stays the config's Adam (Reptile's pseudo-gradient is then rescaled).
@@ -70,7 +70,7 @@ def config_for(task: str, algorithm: str, settings: dict[str, Any]) -> tuple[Pat
         }[algorithm]
         if algorithm == "imaml":
             # MAML's 1 step of 0.01 leaves iMAML's CG system indefinite (a flat curve at the
-            # zero predictor's MSE); its own config: 20 steps of 0.002, the reference's
+            # zero predictor's MSE); its own config: 40 steps of 0.001, the reference's
             # protocol, adapting with lam 0 at test.
             path = REPO / IMAML_SINUSOID_CONFIG
     else:
