@@ -112,4 +112,6 @@ def jit_run_once(fn, **kwargs):
     """``jax.jit`` with XLA's backend optimisations off, for the programs a test runs a few
     times on tiny shapes (float64 gradient checks): they compile about 2x faster and the
     unoptimised code is still exact (no fast-math either way), only slower to run."""
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
+    from jaxmeta.train.build import RUN_ONCE_COMPILER_OPTIONS
+
+    return jax.jit(fn, compiler_options=RUN_ONCE_COMPILER_OPTIONS, **kwargs)

@@ -609,6 +609,11 @@ def seed_state(exp: Experiment, seed, *, learner=None, optimizer=None) -> TrainS
     return run_once_jit(init)(seed, jnp.asarray(exp.source.example_input()))
 
 
+# XLA compiler options of a program that runs once or a few times on small shapes: no backend
+# (LLVM) optimisation. Exact all the same (XLA's CPU backend does no fast-math either way).
+RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def run_once_jit(fn):
     """``jax.jit`` for a program that runs once per process (initialisation).
 
@@ -619,7 +624,7 @@ def run_once_jit(fn):
     ``vmap``'s caller ``jit``) a nested jit takes no compiler options: a plain one is used.
     """
     if _at_top_level():
-        return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
+        return jax.jit(fn, compiler_options=RUN_ONCE_COMPILER_OPTIONS)
     return jax.jit(fn)
 
 
