@@ -28,6 +28,17 @@ def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedPr
     return p
 
 
+def bench_module(name: str):
+    """A module of ``benchmarks/`` (not a package: its scripts import each other by name)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 def positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
@@ -102,11 +113,7 @@ def test_first_vs_second_order(tmp_path):
 def test_first_vs_second_order_paired_test():
     """The verdict's paired t-test and sign test against closed forms (1 and 2 degrees of
     freedom) and exact binomial sums."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from _fvso_report import paired_test
-    finally:
-        sys.path.remove(str(BENCH))
+    paired_test = bench_module("_fvso_report").paired_test
     r = paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # d = 1, 2, 3: t = 2 sqrt(3), df 2
     t = 2 * math.sqrt(3)
     assert r["t"] == pytest.approx(t) and r["p_t"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
@@ -121,18 +128,14 @@ def test_first_vs_second_order_pairs_differ_in_the_order_only():
     """MAML and FOMAML train the same resolved config in every task the benchmark runs but
     for ``algorithm.name``: a verdict on the order compares nothing else (on Omniglot 5w1s
     the pair once mixed jaxmeta's defaults with the reference code's protocol)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from _fvso import TASKS, config_for
-    finally:
-        sys.path.remove(str(BENCH))
+    fvso = bench_module("_fvso")
     from jaxmeta.train import load_config
 
     settings = {"manual_dir": "/data/omniglot", "tiny": False, "set": []}
-    for task in TASKS:
+    for task in fvso.TASKS:
         resolved = {}
         for algorithm in ("maml", "fomaml"):
-            path, overrides = config_for(task, algorithm, settings)
+            path, overrides = fvso.config_for(task, algorithm, settings)
             cfg = load_config(path, overrides).to_dict()
             assert cfg["algorithm"].pop("name") == algorithm, (task, algorithm)
             resolved[algorithm] = cfg
@@ -195,11 +198,7 @@ def test_throughput(tmp_path):
 
 def test_throughput_grid_covers_options():
     """The default grid (not run here) has every algorithm, 1/5/10 inner steps and both options."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import throughput
-    finally:
-        sys.path.remove(str(BENCH))
+    throughput = bench_module("throughput")
     cfgs = throughput.grid(throughput.parse_args([]))
     algs = {c["algorithm"] for c in cfgs if c["sweep"] == "algorithms"}
     assert algs == set(throughput.ALL)
@@ -357,11 +356,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
 
 def test_compare_pytorch_ratios(tmp_path):
     """Ratios from fake runs: fastest exact torch impl, looped-peer memory, contention flag."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import compare_pytorch as cp
-    finally:
-        sys.path.remove(str(BENCH))
+    cp = bench_module("compare_pytorch")
     cfg = {"order": "second", "inner_steps": 1, "queries": 15, "meta_batch": 32}
     by_impl = {
         "jaxmeta": [
@@ -393,11 +388,7 @@ def test_compare_pytorch_ratios(tmp_path):
 def test_compare_pytorch_on_gpu_targets_and_memory(tmp_path):
     """On a GPU the target is 20x and memory is compared as device peaks against torch.func;
     the jaxmeta rows can come from a lowering.py JSON of the same call."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import compare_pytorch as cp
-    finally:
-        sys.path.remove(str(BENCH))
+    cp = bench_module("compare_pytorch")
     cfg = {"order": "second", "inner_steps": 1, "queries": 15, "meta_batch": 32, "filters": 64}
     by_impl = {
         "jaxmeta": [{"ms": 1.5, "peak_rss_mb": 900.0, "device_peak_mb": 300.0, "cpu_util": 1.0}],
