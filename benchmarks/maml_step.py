@@ -67,6 +67,7 @@ def build_meta_step(cfg: dict[str, Any]):
     from jaxmeta.algorithms.maml import maml
     from jaxmeta.models import Conv4
     from jaxmeta.step import init_train_state, make_meta_step
+    from jaxmeta.train.build import run_once_jit
     from jaxmeta.types import Episode
 
     ways, shots, q, tasks = 5, 1, cfg["query_per_class"], cfg["meta_batch"]
@@ -81,7 +82,7 @@ def build_meta_step(cfg: dict[str, Any]):
         query_x=jax.random.uniform(k[1], (tasks, ways * q, 28, 28, 1)),
         query_y=jnp.tile(jnp.arange(ways, dtype=jnp.int32).repeat(q), (tasks, 1)),
     )
-    params = model.init(k[2], episodes.support_x[0])
+    params = run_once_jit(model.init)(k[2], episodes.support_x[0])  # one program, not op by op
     learner = maml(
         model.apply,
         inner_lr=0.4,

@@ -169,6 +169,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import optax
 
     from jaxmeta.step import init_train_state, make_meta_step
+    from jaxmeta.train.build import run_once_jit
 
     rss_start = rss_mb()
     learner, model = build(cfg)
@@ -184,7 +185,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         size=cfg.get("size", 28),
         channels=cfg.get("channels", 1),
     )
-    params = jax.jit(model.init)(k_init, eps.support_x[0])
+    params = run_once_jit(model.init)(k_init, eps.support_x[0])
     optimizer = optax.adam(cfg["outer_lr"])
     state = init_train_state(learner, optimizer, params, key=k_init)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
