@@ -124,7 +124,7 @@ def parse_args(argv=None):
         "--eval-episodes",
         type=int,
         default=None,
-        help="fixed test episodes (default 600; --quick Omniglot 200; --smoke 20)",
+        help="fixed test episodes (default 600; --quick Omniglot 200; --smoke 10)",
     )
     ap.add_argument(
         "--val-episodes",
@@ -207,8 +207,9 @@ def parse_args(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     args.seeds = args.seeds or (2 if args.smoke else 3)
     args.evals = args.evals or (2 if args.smoke else 4 if args.quick else 8)
+    # --smoke: as many test as validation episodes, so both run one evaluation program.
     args.episodes = {
-        t: (args.eval_episodes or (20 if args.smoke else 200 if quick_short(args, t) else 600),
+        t: (args.eval_episodes or (10 if args.smoke else 200 if quick_short(args, t) else 600),
             args.val_episodes or (10 if args.smoke else 100 if quick_short(args, t) else 200))
         for t in args.tasks
     }  # fmt: skip

@@ -68,7 +68,7 @@ if [ "${ALLOW_CPU:-0}" = 1 ]; then
   COMPARE=(--quick --tiny --repeats 1 --orders second)
   TINY=(--set model.filters=8 --set train.meta_batch_size=2 --set train.steps=4
     --set train.steps_per_call=2 --set train.log_every=2 --set train.eval_every=2
-    --set train.checkpoint_every=2 --set eval.episodes=8 --set eval.val_episodes=4
+    --set train.checkpoint_every=2 --set eval.episodes=8 --set eval.val_episodes=8
     --set eval.batch_size=4 --set eval.queries=2 --set train.plot=false)
   REPRO=(--tiny)
   PAPER=()

@@ -113,7 +113,9 @@ def make_evaluate(learner, steps, lrs):
     return evaluate
 
 
-def rollout_throughput(env, policy, params, *, tasks: int, trajectories: int) -> dict[str, Any]:
+def rollout_throughput(
+    env, policy, params, *, tasks: int, trajectories: int, budget_s: float = 2.0
+) -> dict[str, Any]:
     import jax
 
     from jaxmeta import rl
@@ -127,7 +129,7 @@ def rollout_throughput(env, policy, params, *, tasks: int, trajectories: int) ->
         return jax.vmap(fn)(ts, keys).rewards
 
     keys = iter(jax.random.split(jax.random.key(1), 1000))
-    timing = time_calls(lambda: jax.block_until_ready(roll(params, next(keys))), budget_s=2.0)
+    timing = time_calls(lambda: jax.block_until_ready(roll(params, next(keys))), budget_s=budget_s)
     steps = tasks * trajectories * env.horizon
     return {**timing, "env_steps": steps, "env_steps_per_s": steps / (timing["ms_median"] / 1e3)}
 
@@ -220,7 +222,12 @@ def main(argv=None) -> int:
 
     steps_per_iter = args.meta_batch * args.trajectories * env.horizon * 2
     throughput = rollout_throughput(
-        env, policy, params, tasks=args.meta_batch, trajectories=args.trajectories
+        env,
+        policy,
+        params,
+        tasks=args.meta_batch,
+        trajectories=args.trajectories,
+        budget_s=0.2 if args.quick else 2.0,  # --quick: a smoke test, its numbers meaningless
     )
     results = {
         "benchmark": "maml_rl",
