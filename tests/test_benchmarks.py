@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
 
+def smoke_env(**extra: str) -> dict[str, str]:
+    """The environment of a smoke run: XLA's backend (LLVM) optimisations off, as
+    ``conftest.jit_run_once`` does in process. The smoke runs prove the wiring on tiny shapes
+    (their numbers mean nothing), and each compiles several programs it runs a few times:
+    ~2x faster compiles, still exact."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0", **extra}
+
+
 def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     p = subprocess.run(
         [sys.executable, str(BENCH / script), *args],
@@ -23,6 +34,7 @@ def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env=smoke_env(),
     )
     assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-3000:]}"
     return p
@@ -302,25 +314,23 @@ def test_gpu_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 
 
-def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
-    """benchmarks/gpu.sh end to end with ALLOW_CPU=1 (tiny settings, no PyTorch): every
-    stage runs and leaves its archive, as the GPU run must."""
-    import os
-    import tarfile
-
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "ALLOW_CPU": "1",
-        "PYTHON": sys.executable,
-        "JAXMETA_TORCH_PYTHON": "none",
-        "TFDS_DATA_DIR": str(omniglot_data_dir),
-        "TMPDIR": str(tmp_path),
+@pytest.fixture(scope="module")
+def gpu_dry_run(tmp_path_factory, omniglot, omniglot_data_dir):
+    """benchmarks/gpu.sh with ALLOW_CPU=1 (tiny settings, no PyTorch), run once for the
+    tests that read its outputs: ``(completed process, OUT folder, its work folder)``."""
+    tmp = tmp_path_factory.mktemp("gpu_dry_run")
+    out = tmp / "out"
+    env = smoke_env(
+        ALLOW_CPU="1",
+        PYTHON=sys.executable,
+        JAXMETA_TORCH_PYTHON="none",
+        TFDS_DATA_DIR=str(omniglot_data_dir),
+        TMPDIR=str(tmp),
         # The stage limits budget GPU time; a loaded CPU must not trip them in a dry run.
-        "STAGE1_S": "600",
-        "STAGE2_S": "600",
-        "DEADLINE_S": "3000",
-    }
+        STAGE1_S="600",
+        STAGE2_S="600",
+        DEADLINE_S="3000",
+    )
     p = subprocess.run(
         ["bash", str(BENCH / "gpu.sh"), str(out)],
         capture_output=True,
@@ -329,6 +339,17 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, omniglot, omniglot_data_dir):
         cwd=REPO,
         env=env,
     )
+    (work,) = tmp.glob("jaxmeta-gpu.*")  # gpu.sh's mktemp folder under TMPDIR
+    return p, out, work
+
+
+@pytest.mark.xdist_group("gpu_dry_run")
+def test_gpu_script_dry_run_on_cpu(gpu_dry_run):
+    """benchmarks/gpu.sh end to end with ALLOW_CPU=1 (tiny settings, no PyTorch): every
+    stage runs and leaves its archive, as the GPU run must."""
+    import tarfile
+
+    p, out, _ = gpu_dry_run
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     names = {f.name for f in out.iterdir()}
     archives = {"lowering.tar.gz", "compare.tar.gz", "repro.tar.gz", "trained_models.tar.gz"}
@@ -419,23 +440,44 @@ def test_compare_pytorch_on_gpu_targets_and_memory(tmp_path):
     assert "error" in cp.jax_from_file({**cfg, "queries": 1}, path)
 
 
-def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir):
-    out = tmp_path / "acc"
+def run_in_process(module: str, *args: str, capsys) -> str:
+    """``benchmarks/<module>.py ARGS`` called in this process (``main(argv)``, exit status
+    0): its stdout. For runs that train nothing, so spare a process start (~3 s of imports)."""
+    capsys.readouterr()
+    assert bench_module(module).main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.xdist_group("gpu_dry_run")
+def test_accuracy_table(tmp_path, gpu_dry_run, omniglot_data_dir, omniglot_zip_dir, capsys):
+    """accuracy.py --tiny on ProtoNets 5w1s: the run is the dry run's stage 4
+    (``accuracy.py --tiny --setting 5w1s --algorithms protonets --data-dir ...`` with
+    ``--parallel 10 --set train.keep_checkpoints=1``), copied to a folder of its own."""
+    import shutil
+
+    _, _, work = gpu_dry_run
+    repro, out = work / "repro" / "5w1s", tmp_path / "acc"
+    name = "runs/protonets_5w1s"
+    shutil.copytree(repro / name, out / name)
+    text = (repro / "accuracy.json").read_text().replace(str(repro / name), str(out / name))
+    (out / "accuracy.json").write_text(text)
+    stdout = (work / "repro" / "5w1s.log").read_text()
     args = ["--tiny", "--algorithms", "protonets", "--out", str(out)]
     args += ["--data-dir", str(omniglot_data_dir), "--manual-dir", str(omniglot_zip_dir)]
-    p = run("accuracy.py", *args)
     doc = json.loads((out / "accuracy.json").read_text())
     check_machine(doc)
     (rec,) = doc["runs"]
     assert rec["algorithm"] == "protonets" and rec["steps"] == 4 and rec["full_steps"] == 20000
+    assert rec["workdir"] == str(out / name)
     assert (rec["train_ways"], rec["test_ways"]) == (60, 5)  # the paper's protocol
     assert 0 <= rec["accuracy"] <= 100 and rec["ci95"] >= 0 and rec["episodes"] == 8
     assert rec["paper"] == 98.8 and math.isclose(rec["gap"], rec["accuracy"] - 98.8)
-    assert positive(rec["cpu_min"]) and "| protonets | 5w1s | vinyals |" in p.stdout
+    assert positive(rec["cpu_min"]) and "| protonets | 5w1s | vinyals |" in stdout
     # A finished run is kept, not retrained; --table reprints the saved results.
-    again = run("accuracy.py", *args)
-    assert "finished before, kept" in again.stdout
-    assert "| protonets |" in run("accuracy.py", "--table", str(out / "accuracy.json")).stdout
+    again = run_in_process("accuracy", *args, capsys=capsys)
+    assert "finished before, kept" in again
+    table = run_in_process("accuracy", "--table", str(out / "accuracy.json"), capsys=capsys)
+    assert "| protonets |" in table
     # --report: finished runs with their test result, an unfinished one (a run cut by a
     # time limit) with its steps and best validation accuracy so far.
     cut = out / "runs" / "maml_5w1s"
@@ -448,18 +490,18 @@ def test_accuracy_table(tmp_path, omniglot, omniglot_data_dir, omniglot_zip_dir)
         {"split": "val", "step": 200, "accuracy": 0.75},
     ]
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rep = run("accuracy.py", "--report", "--out", str(out))
+    rep = run_in_process("accuracy", "--report", "--out", str(out), capsys=capsys)
     recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
     assert recs["protonets"]["accuracy"] == rec["accuracy"]
     assert recs["maml"]["steps"] == 200 and recs["maml"]["best_val"] == 75.0
-    assert "unfinished at step 200 of 60000; best val 75.00% at step 200" in rep.stdout
+    assert "unfinished at step 200 of 60000; best val 75.00% at step 200" in rep
     # ... and with the test result of its best checkpoint (`jaxmeta evaluate`).
     res = {"accuracy": 0.7, "ci95": 0.01, "episodes": 600, "step": 200}
     (cut / "eval_test.json").write_text(json.dumps(res))
-    rep = run("accuracy.py", "--report", "--out", str(out))
+    rep = run_in_process("accuracy", "--report", "--out", str(out), capsys=capsys)
     recs = {r["algorithm"]: r for r in json.loads((out / "report_5w1s.json").read_text())["runs"]}
     assert recs["maml"]["unfinished"] and math.isclose(recs["maml"]["accuracy"], 70.0)
-    assert "test of the step-200 checkpoint" in rep.stdout
+    assert "test of the step-200 checkpoint" in rep
 
 
 def test_maml_rl_quick(tmp_path):

@@ -14,8 +14,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tiny_env() -> dict[str, str]:
+    """Tiny settings, and XLA's backend (LLVM) optimisations off as ``conftest.jit_run_once``
+    does in process: the examples' programs run a few times on tiny shapes (their numbers
+    mean nothing here) and compile ~2x faster, still exact."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {
+        **os.environ,
+        "JAXMETA_EXAMPLE_TINY": "1",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0",
+    }
+
+
 def run_example(name: str, *args: str, timeout: float = 600) -> str:
-    env = {**os.environ, "JAXMETA_EXAMPLE_TINY": "1", "JAX_PLATFORMS": "cpu"}
+    env = tiny_env()
     p = subprocess.run(
         [sys.executable, str(REPO / "examples" / name), *args],
         capture_output=True,
@@ -31,8 +44,7 @@ def run_example(name: str, *args: str, timeout: float = 600) -> str:
 def test_train_in_python(omniglot, omniglot_data_dir, tmp_path):
     """Tiny settings, interrupted by Ctrl-C (SIGINT) once training has started: it stops
     cleanly (no traceback), then tests and saves what it trained."""
-    env = {**os.environ, "JAXMETA_EXAMPLE_TINY": "1", "JAX_PLATFORMS": "cpu"}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = {**tiny_env(), "PYTHONUNBUFFERED": "1"}
     args = ["--data-dir", str(omniglot_data_dir), "--out", str(tmp_path), "--steps", "10000000"]
     p = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "train_in_python.py"), *args],
