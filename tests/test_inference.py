@@ -158,7 +158,7 @@ def _check_single_image_prediction_is_inductive(trained: Path, omniglot):
         batch = np.asarray(adapted(qx))
         acc["inductive"].append(np.argmax(batch, -1) == qy)
         acc["transductive"].append(clf.classify(sx, sy, qx, bn_mode="transductive") == qy)
-        if e < 10:  # one image per call
+        if e < 5:  # one image per call (125 queries: chance 0.2 +- 0.04 when collapsed)
             ones = [np.asarray(adapted(qx[i : i + 1]))[0] for i in range(len(qy))]
             np.testing.assert_allclose(np.stack(ones), batch, rtol=1e-4, atol=1e-4)
             with pytest.warns(UserWarning, match="'transductive' with a single query"):
