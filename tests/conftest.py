@@ -3,6 +3,7 @@ project's convention, docs/architecture.md) and shared fixtures."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -115,3 +116,25 @@ def jit_run_once(fn, **kwargs):
     from jaxmeta.train.build import RUN_ONCE_COMPILER_OPTIONS
 
     return jax.jit(fn, compiler_options=RUN_ONCE_COMPILER_OPTIONS, **kwargs)
+
+
+# For subprocesses whose programs run a few times on tiny shapes: every program they compile
+# (the library's jits included) has XLA's backend optimisations off, as with jit_run_once.
+RUN_ONCE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+
+
+@contextlib.contextmanager
+def run_once_compiles():
+    """Inside, every program compiled (the library's own jits included) has XLA's backend
+    optimisations off (``jax_disable_most_optimizations``, what :func:`jit_run_once` does
+    for one function): for tests that run library programs a few times on tiny shapes. The
+    persistent cache keys on the option; a program compiled inside and called again after
+    keeps its (slower, equally exact) executable."""
+    from jax._src import compiler  # the flag has no public getter
+
+    before = compiler._DISABLE_MOST_OPTIMIZATIONS.value
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)

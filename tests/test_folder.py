@@ -123,7 +123,14 @@ def test_folder_trains_end_to_end_through_jaxmeta_train(tmp_path, capsys):
             "split_ratios": [0.6, 0.2, 0.2],
             "seed": 0,
         },
-        "model": {"name": "conv4", "filters": 4, "pool": True, "head": "flatten"},
+        # conv_impl xla: compiles faster on CPU (the same function).
+        "model": {
+            "name": "conv4",
+            "filters": 4,
+            "pool": True,
+            "head": "flatten",
+            "conv_impl": "xla",
+        },
         "algorithm": {"name": "maml", "inner_lr": 0.1, "inner_steps": 1},
         "optimizer": {"name": "adam", "learning_rate": 0.001},
         "train": {
@@ -135,7 +142,8 @@ def test_folder_trains_end_to_end_through_jaxmeta_train(tmp_path, capsys):
             "checkpoint_every": 4,
             "plot": False,
         },
-        "eval": {"episodes": 4, "val_episodes": 2, "queries": 1, "batch_size": 2},
+        # As many validation as test episodes: one evaluation program serves both.
+        "eval": {"episodes": 4, "val_episodes": 4, "queries": 1, "batch_size": 2},
     }
     path = tmp_path / "folder.yaml"
     path.write_text(yaml.safe_dump(config))

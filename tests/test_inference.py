@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import shipped_algorithms
+from conftest import jit_run_once, shipped_algorithms
 
 import jaxmeta
 from jaxmeta.train import Checkpoints, build_experiment, train_and_evaluate
@@ -25,7 +25,7 @@ from jaxmeta.train.config import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
-EMBEDDING = {"name": "conv4", "num_classes": None, "filters": 8, "pool": True}
+EMBEDDING = {"name": "conv4", "num_classes": None, "filters": 8, "pool": True, "conv_impl": "xla"}
 # Tiny versions of each algorithm's section (the shipped configs' choices, smaller).
 ALGORITHM_SECTIONS = {
     "maml": ({"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}, None),
@@ -45,6 +45,7 @@ ALGORITHM_SECTIONS = {
 def _raw(data_dir) -> dict:
     raw = yaml.safe_load(TINY.read_text())
     raw["data"].update(data_dir=str(data_dir), download=False)
+    raw["model"]["conv_impl"] = "xla"  # compiles faster on CPU; the same function
     return raw
 
 
@@ -60,6 +61,7 @@ def _train(omniglot_data_dir, wd: Path) -> Path:
         "data.queries=3",
         f"data.data_dir={omniglot_data_dir}",
         "data.download=false",
+        "model.conv_impl=xla",  # compiles faster on CPU; the same function
     ]
     train_and_evaluate(load_config(TINY, sets), wd, progress=False, log=lambda _: None)
     return wd
@@ -156,7 +158,7 @@ def _check_single_image_prediction_is_inductive(trained: Path, omniglot):
         batch = np.asarray(adapted(qx))
         acc["inductive"].append(np.argmax(batch, -1) == qy)
         acc["transductive"].append(clf.classify(sx, sy, qx, bn_mode="transductive") == qy)
-        if e < 10:  # one image per call
+        if e < 5:  # one image per call (125 queries: chance 0.2 +- 0.04 when collapsed)
             ones = [np.asarray(adapted(qx[i : i + 1]))[0] for i in range(len(qy))]
             np.testing.assert_allclose(np.stack(ones), batch, rtol=1e-4, atol=1e-4)
             with pytest.warns(UserWarning, match="'transductive' with a single query"):
@@ -310,9 +312,21 @@ def _check_fewshot_example(trained, omniglot_data_dir):
 # worker that gets one of its tests, and the training/initialisation is the slow part.
 
 
+class _RunOnceJax:
+    """``jax`` as ``jaxmeta.inference`` sees it, with ``jit_run_once`` for ``jax.jit``."""
+
+    jit = staticmethod(jit_run_once)
+
+    def __getattr__(self, name):
+        return getattr(jax, name)
+
+
 def test_every_algorithm_loads_and_predicts_each_query_on_its_own(
-    omniglot, omniglot_data_dir, tmp_path
+    omniglot, omniglot_data_dir, tmp_path, monkeypatch
 ):
+    # Each classifier's program runs a few times on one task: compiled without XLA's backend
+    # optimisations (about 2x faster to compile, the same computation).
+    monkeypatch.setattr("jaxmeta.inference.jax", _RunOnceJax())
     workdirs = _initialised(omniglot_data_dir, tmp_path)
     clfs = {name: _check_algorithm(name, wd, omniglot) for name, wd in sorted(workdirs.items())}
     _check_metric_learners_take_any_number_of_classes(workdirs["protonets"], omniglot)

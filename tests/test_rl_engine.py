@@ -5,17 +5,16 @@ checkpoint, the engine's steps equal to the library's ``meta_step``, and config 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import yaml
+from conftest import run_once_compiles
 
 from jaxmeta import rl
+from jaxmeta.cli import main
 from jaxmeta.train import train_and_evaluate
 from jaxmeta.train.build import build_experiment, initial_state
 from jaxmeta.train.checkpoint import Checkpoints
@@ -61,26 +60,21 @@ def restore(cfg, workdir):
         ckpt.close()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxmeta", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
+def test_train_evaluate_and_exact_resume(tmp_path, capsys):
+    """``jaxmeta train`` then ``jaxmeta evaluate`` from the command line (the CLI's
+    ``main``, in this process); a run stopped after its step-2 checkpoint and resumed
+    (other steps per call) ends bit-identical to the uninterrupted one, metrics and test
+    result included. A few iterations on tiny shapes: the programs are compiled with XLA's
+    backend optimisations off (conftest)."""
+    with run_once_compiles():
+        _train_evaluate_and_exact_resume(tmp_path, capsys)
 
 
-def test_train_evaluate_and_exact_resume(tmp_path):
-    """``jaxmeta train`` then ``jaxmeta evaluate`` from the command line; a run stopped
-    after its step-2 checkpoint and resumed (other steps per call) ends bit-identical to
-    the uninterrupted one, metrics and test result included."""
+def _train_evaluate_and_exact_resume(tmp_path, capsys):
     full = tmp_path / "full"
     sets = [a for s in TINY for a in ("--set", s)]
-    proc = cli("train", "--config", str(NAV), "--workdir", str(full), "--no-progress", *sets)
-    assert proc.returncode == 0, proc.stderr
+    code = main(["train", "--config", str(NAV), "--workdir", str(full), "--no-progress", *sets])
+    assert code == 0, capsys.readouterr().err
     test = json.loads((full / "eval_test.json").read_text())
     # Return after 0..3 adaptation steps over the fixed seeded test goals, each with its CI.
     for k in range(4):
@@ -93,9 +87,11 @@ def test_train_evaluate_and_exact_resume(tmp_path):
     assert [r["step"] for r in rows if r["split"] == "val"] == [2, 4]
     assert all(r["loss"] == -r["return"] for r in rows if r["split"] == "train")
 
-    proc = cli("evaluate", "--workdir", str(full), "--checkpoint", "latest")
-    assert proc.returncode == 0, proc.stderr
-    assert "return_3" in proc.stdout and "95% CI, 5 episodes" in proc.stdout
+    capsys.readouterr()
+    code = main(["evaluate", "--workdir", str(full), "--checkpoint", "latest"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "return_3" in out.out and "95% CI, 5 episodes" in out.out
     (name,) = [p.name for p in full.glob("eval_test_*.json")]
     again = json.loads((full / name).read_text())
     assert again["step"] == 4 and again["checkpoint"] == "latest"

@@ -21,6 +21,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import jit_run_once
 
 from jaxmeta.rl import maml_rl
 from jaxmeta.rl.envs import Environment
@@ -90,7 +91,7 @@ def flat(tree) -> np.ndarray:
     return np.asarray(jax.flatten_util.ravel_pytree(tree)[0])
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit_run_once, static_argnums=0)
 def ascent(learner, params, tasks, keys):
     """Minus the outer-loss gradient (the ascent direction), flat, one row per key."""
     grad = lambda k: learner.meta_grad(params, tasks, k)[0]

@@ -9,9 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import jit_run_once, run_once_compiles
 
 from jaxmeta import rl
 from jaxmeta.train.checkpoint import Checkpoints
+
+
+@pytest.fixture(autouse=True)
+def _run_once_compiles(request):
+    """Programs run a few iterations on tiny shapes: compiled with XLA's backend
+    optimisations off (conftest); not the learning test's (it runs its programs longest)."""
+    if request.node.name.startswith("test_maml_beats_pretrained"):
+        yield
+        return
+    with run_once_compiles():
+        yield
 
 
 def small(outer="trpo", **kw):
@@ -127,7 +139,9 @@ def test_maml_beats_pretrained_after_one_step_on_2d_navigation():
     common = {"meta_batch": 8, "num_trajectories": 10}
     maml = rl.maml_trpo(policy.apply, env, inner_steps=1, **common)
     pretrained = rl.maml_trpo(policy.apply, env, inner_steps=0, **common)
-    evaluate = jax.jit(lambda p, t, k: maml.evaluate(p, t, k, steps=(0, 1), num_trajectories=20))
+    evaluate = jit_run_once(  # runs twice
+        lambda p, t, k: maml.evaluate(p, t, k, steps=(0, 1), num_trajectories=20)
+    )
     tasks = env.sample_tasks(jax.random.key(999), 20)
     returns = {}
     for name, learner in (("maml", maml), ("pretrained", pretrained)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import jit_run_once
 from jax.flatten_util import ravel_pytree
 
 from jaxmeta import rl
@@ -59,10 +60,10 @@ def test_gauss_newton_fvp_is_the_kl_hessian_through_an_inner_step():
         def kl_of_dist(d0, d1):
             return jnp.mean(rl.policy.gaussian_kl(*d0, *d1))
 
-        dist0 = dist_fn(flat)
-        hessian = jax.jit(jax.hessian(lambda f: kl_of_dist(dist0, dist_fn(f))))(flat)
+        dist0 = jit_run_once(dist_fn)(flat)
+        hessian = jit_run_once(jax.hessian(lambda f: kl_of_dist(dist0, dist_fn(f))))(flat)
 
-        @jax.jit
+        @jit_run_once
         def products(vs):
             _, fvp, _ = gauss_newton_fvp(dist_fn, flat, kl_of_dist)
             hvp = hessian_vector_product(lambda f: kl_of_dist(dist0, dist_fn(f)), flat)
@@ -93,13 +94,13 @@ def test_learner_fisher_is_the_hessian_of_its_kl():
     with jax.enable_x64(True):
         env, params, learner = tiny_learner()
         tasks = env.sample_tasks(jax.random.key(1), 2)
-        mb = jax.jit(learner.sample)(params, tasks, jax.random.key(2))
+        mb = jit_run_once(learner.sample)(params, tasks, jax.random.key(2))
         flat, unravel = ravel_pytree(params)
         kl = lambda f: learner.surrogate_and_kl(unravel(f), mb)[1]
-        assert abs(float(kl(flat))) < 1e-12  # KL of the policies to themselves
-        hessian = jax.jit(jax.hessian(kl))(flat)
+        assert abs(float(jit_run_once(kl)(flat))) < 1e-12  # KL of the policies to themselves
+        hessian = jit_run_once(jax.hessian(kl))(flat)
         v = jax.random.normal(jax.random.key(3), flat.shape, jnp.float64)
-        fv = jax.jit(lambda p, m, v: learner.fisher_vector_product(p, m)(v))(params, mb, v)
+        fv = jit_run_once(lambda p, m, v: learner.fisher_vector_product(p, m)(v))(params, mb, v)
         np.testing.assert_allclose(fv, hessian @ v, rtol=1e-8, atol=1e-12)
 
 
@@ -134,7 +135,7 @@ def test_natural_step_has_the_kl_of_its_quadratic_model():
 def test_meta_step_stays_in_the_trust_region():
     env, params, learner = tiny_learner(jnp.float32, max_kl=0.005)
     state = learner.init(jax.random.key(0), params)
-    step = jax.jit(learner.meta_step)
+    step = jit_run_once(learner.meta_step)
     for _ in range(3):
         state, metrics = step(state)
         assert float(metrics["kl"]) <= 0.005 + 1e-7

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RUN_ONCE_ENV
 
 from jaxmeta import sharding
 from jaxmeta.train import config_from_dict
@@ -38,7 +39,9 @@ def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
     }
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
-    # Compiled programs are shared through the suite's persistent cache (tests/conftest.py).
+    # Compiled programs are shared through the suite's persistent cache (tests/conftest.py);
+    # they run a few steps on tiny shapes, so XLA's backend optimisations are off.
+    env.update(RUN_ONCE_ENV)
     env.update(extra)
     return env
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One worker runs this module: its module fixture (a trained run) is built once, not per worker.
 pytestmark = pytest.mark.xdist_group("test_train_omniglot")
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
-STEPS = 200
+STEPS = 120  # 3 validations, the kill at step 50+ with 60+ steps still to go
 RUN_SETS = [
     f"train.steps={STEPS}",
     "train.steps_per_call=7",
@@ -150,31 +150,18 @@ def test_sigkill_and_resume_is_bit_identical(reference, env, tmp_path):
     assert (ra["accuracy"], ra["step"]) == (rb["accuracy"], rb["step"])
 
 
-def test_evaluate_cli_writes_json(reference, env):
+def test_evaluate_cli_writes_json(reference, capsys, monkeypatch):
+    from jaxmeta.cli import main
+
+    monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")  # main() would enable one for the process
     wd, _ = reference
-    e, _ = env
-    out = subprocess.run(
-        _cmd(
-            "evaluate",
-            "--workdir",
-            str(wd),
-            "--split",
-            "val",
-            "--episodes",
-            "30",
-            "--inner-steps",
-            "3",
-        ),
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    args = ["evaluate", "--workdir", str(wd), "--split", "val", "--episodes", "30"]
+    assert main([*args, "--inner-steps", "3"]) == 0, capsys.readouterr().err[-3000:]
+    printed = capsys.readouterr().out
     res = json.loads((wd / "eval_val_best_30ep_3steps.json").read_text())
     assert res["episodes"] == 30 and res["inner_steps"] == 3 and res["split"] == "val"
     assert res["step"] == Checkpoints(wd).best_step() and res["checkpoint"] == "best"
     assert 0.0 <= res["accuracy"] <= 1.0 and 0.0 <= res["accuracy_inductive"] <= 1.0
     assert res["bn_mode"] == "transductive" and res["ci95_inductive"] > 0
-    assert f"{100 * res['accuracy']:.2f}% ± {100 * res['ci95']:.2f}%" in out.stdout
-    assert f"{100 * res['accuracy_inductive']:.2f}%" in out.stdout
+    assert f"{100 * res['accuracy']:.2f}% ± {100 * res['ci95']:.2f}%" in printed
+    assert f"{100 * res['accuracy_inductive']:.2f}%" in printed

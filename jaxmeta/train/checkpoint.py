@@ -21,6 +21,7 @@ is wrong; :meth:`Checkpoints.restore_newest` skips such steps and says so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -162,6 +163,24 @@ def _silence_orphaned_callbacks() -> None:
     _hook_installed = True
 
 
+def _end_abandoned_tasks() -> None:
+    """End the tasks a failed orbax call left behind on its closed event loops.
+
+    Orbax runs each operation on an event loop of its own and closes that loop as soon as
+    the first error arrives; sibling tasks still pending there (tensorstore writes, and
+    the writes a sibling was about to start) can never run again. They stay referenced by
+    the error's traceback until a later garbage collection, often at interpreter exit,
+    which then reports each one after our error line ("coroutine ... was never awaited" for
+    a task that had not started, "Task was destroyed but it is pending!"). Closing their
+    coroutines now ends them for good: they are freed silently, whenever that happens.
+    """
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Task) and not obj.done() and obj.get_loop().is_closed():
+            obj._log_destroy_pending = False
+            with contextlib.suppress(Exception):  # "coroutine ignored GeneratorExit"
+                obj.get_coro().close()
+
+
 @contextlib.contextmanager
 def _orbax_quiet():
     """Orbax's worker threads log every failure at ERROR level, with a traceback and a
@@ -174,6 +193,7 @@ def _orbax_quiet():
     try:
         yield
     except Exception:
+        _end_abandoned_tasks()
         gc.collect()  # "Task exception was never retrieved" is logged when tasks are freed
         raise
     finally:
