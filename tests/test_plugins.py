@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import jit_run_once, shipped_algorithms
+from conftest import run_once_compiles, shipped_algorithms
 
 import jaxmeta
 from jaxmeta.cli import main
@@ -43,15 +43,11 @@ def _no_persistent_cache(monkeypatch):
 
 
 @pytest.fixture
-def run_once_programs(monkeypatch):
-    """The training step and the evaluator run once or twice here, on 8x8 images: compiled
-    without XLA's backend optimisations (``jit_run_once``) they compile about 2x faster and
-    compute the same. The engine's own jit is wrapped, not replaced."""
-    import jaxmeta.train.session as session
-
-    step, evaluator = session.make_train_chunk, session.make_evaluator
-    monkeypatch.setattr(session, "make_train_chunk", lambda *a, **k: jit_run_once(step(*a, **k)))
-    monkeypatch.setattr(session, "make_evaluator", lambda *a, **k: jit_run_once(evaluator(*a, **k)))
+def run_once_programs():
+    """Every program here runs once or twice on 8x8 images: compiled without XLA's backend
+    optimisations (``run_once_compiles``) they compile about 2x faster and compute the same."""
+    with run_once_compiles():
+        yield
 
 
 def _config(tmp_path: Path, algorithm: str, **train) -> Path:
