@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import shipped_algorithms
+from conftest import jit_run_once, shipped_algorithms
 
 import jaxmeta
 from jaxmeta.algorithms import get_algorithm
@@ -133,8 +133,10 @@ def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
 
     learner = get_algorithm(name)(apply_fn, **algo_kw)
     assert learner.name == name
-    params = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1), jnp.float32))
-    state = jaxmeta.init_meta_train_state(learner, opt, params)
+    # Initialisation and the final predict run once: one program each, compiled without
+    # backend optimisation (run eagerly they dispatch and compile op by op, 2-11 CPU s each).
+    params = jit_run_once(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1), jnp.float32))
+    state = jit_run_once(lambda p: jaxmeta.init_meta_train_state(learner, opt, p))(params)
     sig0 = _signature(state)
     step = jaxmeta.make_meta_step(learner, opt)
 
@@ -166,7 +168,7 @@ def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
 
     # predict: one task, [n_query, >= n_way] logits whose argmax is a valid label.
     ep = jax.tree_util.tree_map(lambda x: x[0], sample(jax.random.key(2), omniglot_train))
-    logits = learner.predict(
+    logits = jit_run_once(learner.predict)(
         state.params, ep.support_x, ep.support_y, ep.query_x, jax.random.key(3)
     )
     assert logits.shape[0] == WAYS * QUERIES and logits.shape[1] >= WAYS

@@ -314,7 +314,8 @@ def test_gpu_script_syntax():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may tear a module fixture down between
+# the two tests of its group (it was built twice in one run)
 def gpu_dry_run(tmp_path_factory, omniglot, omniglot_data_dir):
     """benchmarks/gpu.sh with ALLOW_CPU=1 (tiny settings, no PyTorch), run once for the
     tests that read its outputs: ``(completed process, OUT folder, its work folder)``."""
