@@ -11,20 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import RUN_ONCE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
 
 def smoke_env(**extra: str) -> dict[str, str]:
-    """The environment of a smoke run: XLA's backend (LLVM) optimisations off, as
-    ``conftest.jit_run_once`` does in process. The smoke runs prove the wiring on tiny shapes
-    (their numbers mean nothing), and each compiles several programs it runs a few times:
-    ~2x faster compiles, still exact."""
+    """The environment of a smoke run: its programs compiled with XLA's backend optimisations
+    off (``conftest.RUN_ONCE_ENV``). The smoke runs prove the wiring on tiny shapes (their
+    numbers mean nothing), and each compiles several programs it runs a few times."""
     import os
 
-    flags = os.environ.get("XLA_FLAGS", "")
-    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0", **extra}
+    return {**os.environ, **RUN_ONCE_ENV, **extra}
 
 
 def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,20 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import RUN_ONCE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_env() -> dict[str, str]:
-    """Tiny settings, and XLA's backend (LLVM) optimisations off as ``conftest.jit_run_once``
-    does in process: the examples' programs run a few times on tiny shapes (their numbers
-    mean nothing here) and compile ~2x faster, still exact."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    return {
-        **os.environ,
-        "JAXMETA_EXAMPLE_TINY": "1",
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0",
-    }
+    """Tiny settings, and the programs compiled with XLA's backend optimisations off
+    (``conftest.RUN_ONCE_ENV``): the examples' programs run a few times on tiny shapes
+    (their numbers mean nothing here)."""
+    return {**os.environ, "JAXMETA_EXAMPLE_TINY": "1", "JAX_PLATFORMS": "cpu", **RUN_ONCE_ENV}
 
 
 def run_example(name: str, *args: str, timeout: float = 600) -> str:
