@@ -60,6 +60,27 @@ def _use_fast_cpu_compiles() -> None:
         os.environ["XLA_FLAGS"] = trial
 
 
+def _refuse_xdist_that_does_not_group(config) -> None:
+    """pytest 9.2 renamed the node id that pytest-xdist (3.8) rewrites to ``<id>@<group>``
+    under ``--dist loadgroup`` (pytest-dev/pytest-xdist#1386): the groups are then split
+    silently and each worker builds a group's shared fixtures again (the gpu.sh dry run:
+    60 CPU s twice). tests/test_suite.py checks the grouping itself for any other pair."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if getattr(config.option, "dist", "no") != "loadgroup" or not getattr(
+        config.option, "numprocesses", None
+    ):
+        return
+    pytest_v, xdist_v = Version(version("pytest")), Version(version("pytest-xdist"))
+    if pytest_v >= Version("9.2") and xdist_v <= Version("3.8.0"):
+        raise pytest.UsageError(
+            f"pytest {pytest_v} with pytest-xdist {xdist_v} does not group tests (--dist"
+            " loadgroup); install the tested set: pip install -c constraints.txt -e '.[test]'"
+        )
+
+
 def pytest_configure(config) -> None:
     directory = os.environ.get(_XLA_CACHE_ENV)
     if directory is None:  # the controller (or a run without xdist): before any compile
@@ -67,6 +88,7 @@ def pytest_configure(config) -> None:
         os.environ[_XLA_CACHE_ENV] = directory
         config._jaxmeta_xla_cache = directory
         _use_fast_cpu_compiles()
+        _refuse_xdist_that_does_not_group(config)
     _use_xla_cache(directory)
 
 
