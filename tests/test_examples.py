@@ -42,15 +42,20 @@ def test_train_in_python(omniglot, omniglot_data_dir, tmp_path):
     cleanly (no traceback), then tests and saves what it trained."""
     env = {**tiny_env(), "PYTHONUNBUFFERED": "1"}
     args = ["--data-dir", str(omniglot_data_dir), "--out", str(tmp_path), "--steps", "10000000"]
+    # A Ctrl-C reaches Python only if SIGINT is not ignored (as it is in background jobs):
+    # the child restores Python's handler itself, then runs the example as __main__ (a
+    # preexec_fn would make subprocess fork this multithreaded process).
+    launcher = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        " sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     p = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "train_in_python.py"), *args],
+        [sys.executable, "-c", launcher, str(REPO / "examples" / "train_in_python.py"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=REPO,
-        # a Ctrl-C reaches Python only if SIGINT is not ignored (as it is in background jobs)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     head = []
     for line in p.stdout:  # the header is printed right before the training loop
