@@ -320,11 +320,11 @@ SETS = [
 ]
 
 
-def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    # The uninterrupted reference runs in this process (its CLI's main, no process start);
-    # the killed and the resumed run are processes. All share the suite's compilation cache
-    # (conftest) with the same compile options (RUN_ONCE_ENV here = run_once_compiles):
-    # only the first compiles.
+def test_sigkill_and_resume_is_bit_identical(tmp_path, capsys):
+    # The uninterrupted reference and the resumed run are this process (the CLI's main, no
+    # process start); the killed run is a process. All share the suite's compilation cache
+    # (conftest) with the same compile options (RUN_ONCE_ENV there = run_once_compiles
+    # here): only the first compiles.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **RUN_ONCE_ENV}
 
     def args(wd):
@@ -354,9 +354,10 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert killed and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
     stopped = Checkpoints(wd).latest_step()
     assert stopped is not None and stopped < 100
-    out = subprocess.run(command(wd), env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resuming from step {stopped}" in out.stderr
+    capsys.readouterr()
+    with run_once_compiles():
+        assert main(args(wd)) == 0
+    assert f"resuming from step {stopped}" in capsys.readouterr().err
 
     cfg = load_config(SIN_YAML, SETS)
     exp = build_experiment(cfg)
