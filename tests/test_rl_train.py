@@ -57,7 +57,9 @@ def test_exact_resume_through_a_checkpoint_and_one_compilation(tmp_path):
         return step(state)
 
     learner = learner._replace(meta_step=counting)
-    state0 = learner.init(jax.random.key(42), params)
+    # Committed to the device as orbax restores it: the restored state then has the same
+    # input shardings and reuses the compiled chunk (uncommitted, it compiled again).
+    state0 = jax.device_put(learner.init(jax.random.key(42), params), jax.devices()[0])
     straight, metrics = rl.train(learner, state0, 5, chunk=3)  # chunks of 3 and 2
     assert metrics["return_after"].shape == (5,) and np.all(np.isfinite(metrics["kl"]))
 
