@@ -3,11 +3,14 @@
 Usage::
 
     python tests/_sharding_worker.py step DEVICES            # sharded vs 1-device chunks
+    python tests/_sharding_worker.py resume ROOT              # 6 steps == 3, stop, resume
+    python tests/_sharding_worker.py step_resume DEVICES ROOT # both, one process
     python tests/_sharding_worker.py train WORKDIR JSON_CFG   # train_and_evaluate, dump params
 
-``train`` joins a ``jax.distributed`` run first when ``$JAXMETA_COORDINATOR_ADDRESS`` is
-set (with ``$JAXMETA_NUM_PROCESSES`` and ``$JAXMETA_PROCESS_ID``). The last stdout line
-is one JSON object.
+Run as a script, ``train`` joins a ``jax.distributed`` run first when
+``$JAXMETA_COORDINATOR_ADDRESS`` is set (with ``$JAXMETA_NUM_PROCESSES`` and
+``$JAXMETA_PROCESS_ID``); tests/test_sharding.py also imports ``train`` to run it in its
+own process. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 
 from jaxmeta import sharding
 
-if len(sys.argv) > 1 and sys.argv[1] == "train":
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "train":
     # Before anything touches a JAX backend.
     sharding.initialize_distributed(initialization_timeout=60)
 
@@ -212,6 +215,8 @@ if __name__ == "__main__":
         res = step(int(sys.argv[2]))
     elif mode == "resume":
         res = resume(sys.argv[2])
+    elif mode == "step_resume":  # one process (one start, one import) for both
+        res = {"step": step(int(sys.argv[2])), "resume": resume(sys.argv[3])}
     elif mode == "train":
         res = train(sys.argv[2], sys.argv[3])
     else:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RUN_ONCE_ENV
+from conftest import RUN_ONCE_ENV, run_once_compiles
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -505,8 +505,11 @@ def test_accuracy_table(tmp_path, gpu_dry_run, omniglot_data_dir, omniglot_zip_d
 
 
 def test_maml_rl_quick(tmp_path):
+    """In this process (the script's ``main``: no process start, jax already imported),
+    its programs compiled as a smoke subprocess's are (RUN_ONCE_ENV)."""
     out = tmp_path / "maml_rl"
-    run("maml_rl.py", "--quick", "--out", str(out))
+    with run_once_compiles():
+        assert bench_module("maml_rl").main(["--quick", "--out", str(out)]) == 0
     doc = json.loads((out / "maml_rl.json").read_text())
     check_machine(doc)
     assert doc["benchmark"] == "maml_rl" and doc["quick"]

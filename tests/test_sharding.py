@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RUN_ONCE_ENV
+from conftest import RUN_ONCE_ENV, run_once_compiles
 
 from jaxmeta import sharding
 from jaxmeta.train import config_from_dict
@@ -38,7 +38,11 @@ def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
         if not k.startswith(("JAXMETA_COORDINATOR", "JAXMETA_NUM_PROC", "JAXMETA_PROCESS"))
     }
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
+    # Appended: the suite's own flags (conftest's fast-compiling loop emitters) stay.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if devices:
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env["XLA_FLAGS"] = flags
     # Compiled programs are shared through the suite's persistent cache (tests/conftest.py);
     # they run a few steps on tiny shapes, so XLA's backend optimisations are off.
     env.update(RUN_ONCE_ENV)
@@ -62,9 +66,23 @@ def _params(res: dict) -> list[np.ndarray]:
     return [np.asarray(p, np.float32) for p in res["params"]]
 
 
-def test_sharded_step_equals_single_device(tmp_path):
+# The two 4-device tests read one worker process (a process start and its imports saved);
+# one xdist group, so the fixture is built once.
+FOUR_DEVICES = pytest.mark.xdist_group("test_sharding_4_devices")
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory) -> tuple[dict, Path]:
+    """The worker's ``step`` and ``resume`` results on 4 simulated devices, and its root."""
+    root = tmp_path_factory.mktemp("sharding_4_devices")
+    res = _run(["step_resume", "4", str(root / "runs")], _env(root, 4))
+    return res, root
+
+
+@FOUR_DEVICES
+def test_sharded_step_equals_single_device(four_devices):
     """3 fused meta-steps on a 4-device mesh == on one device (sinusoid MLP, Conv-4)."""
-    res = _run(["step", "4"], _env(tmp_path, 4))
+    res = four_devices[0]["step"]
     assert res["devices"] == 4
     for model in ("sinusoid", "conv4"):
         r = res[model]
@@ -133,14 +151,15 @@ def test_initialize_distributed_needs_all_three(monkeypatch):
         sharding.initialize_distributed()
 
 
-def test_sharded_run_resumes_bit_identically(tmp_path):
+@FOUR_DEVICES
+def test_sharded_run_resumes_bit_identically(four_devices):
     """4 devices: 6 steps straight == 3 steps, stop, resume to 6 (bit for bit).
 
     Both runs execute the same compiled programs on the same inputs (the step key is
     ``fold_in(base key, step)``; orbax restores the replicated state exactly), and
     XLA:CPU is deterministic, so equality is exact, not approximate.
     """
-    res = _run(["resume", str(tmp_path / "runs")], _env(tmp_path, 4))
+    res, tmp_path = four_devices[0]["resume"], four_devices[1]
     full, resumed = res["full"], res["resumed"]
     assert full["mesh"]["devices"] == 4 and resumed["mesh"]["devices"] == 4
     assert res["part_steps"] == 3 and resumed["start_step"] == 3 and resumed["steps"] == 6
@@ -177,7 +196,12 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process(tmp_path):
     """jax.distributed on localhost, 2 processes x 1 CPU device == 1 process, 1 device."""
-    one = _run(["train", str(tmp_path / "one"), "{}"], _env(tmp_path, None))
+    # The 1-process run is this process (1 CPU device; no process start), on the worker's
+    # own code, with the worker's compile options (RUN_ONCE_ENV).
+    from _sharding_worker import train
+
+    with run_once_compiles():
+        one = train(str(tmp_path / "one"), "{}")
     assert one["mesh"]["devices"] == 1 and one["processes"] == 1
 
     port = _free_port()
