@@ -66,11 +66,13 @@ def test_registered():
 )
 @pytest.mark.parametrize("conv_impl", ["xla", "gemm", "auto"])
 def test_output_shapes(pool, head, num_classes, features, conv_impl):
+    # Traced abstractly (shapes and dtypes, no compile); Conv-4 is computed at 28x28 with
+    # both lowerings in test_model_output_depends_on_other_examples.
     model = Conv4(num_classes=num_classes, pool=pool, head=head, conv_impl=conv_impl)
-    x = jnp.zeros((3, 28, 28, 1))
-    variables = _init(model, x)
+    x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert set(variables) == {"params"}  # no batch_stats / mutable collections
-    out = model.apply(variables, x)
+    out = jax.eval_shape(model.apply, variables, x)
     assert out.shape == (3, num_classes if num_classes is not None else features)
     assert out.dtype == jnp.float32
     if num_classes is not None:
@@ -111,77 +113,76 @@ def test_conv_matches_explicit_loop_with_padding_1(stride, size):
         assert im2col3x3(jnp.asarray(x), stride).shape == (2, ho, ho, 27)
 
 
-@pytest.mark.parametrize("pool", [False, True])
-def test_conv_impls_agree_forward_and_gradient(pool):
-    with jax.enable_x64(True):
-        size = 16 if pool else 14  # down to 1x1 in both variants; small: f64 lax.conv is slow
-        x = jax.random.normal(jax.random.key(1), (4, size, size, 1), jnp.float64)
-        y = jnp.arange(4) % 3
-        outs, grads = [], []
-        for impl in ("xla", "gemm"):
-            model = Conv4(num_classes=3, filters=4, pool=pool, conv_impl=impl, dtype=jnp.float64)
-            params = _randomise(_init(model, x), jax.random.key(2), jnp.float64)
-
-            def loss(p, model=model):
-                logits = model.apply(p, x)
-                return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
-
-            outs.append(jit_run_once(model.apply)(params, x))
-            grads.append(jit_run_once(jax.grad(loss))(params))
-        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-10, atol=1e-12)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), *grads
-        )
-
-
 def _meta_setup(conv_impl, *, pool=False, first_order=False, size=28, filters=4):
     model = Conv4(num_classes=3, filters=filters, pool=pool, conv_impl=conv_impl, dtype=jnp.float64)
     eps = _episodes(
         jax.random.key(3), tasks=2, n_way=3, shots=1, queries=2, size=size, dtype=jnp.float64
     )
-    params = _randomise(_init(model, eps.support_x[0]), jax.random.key(4), jnp.float64)
-    # task_chunk=None: all tasks vmapped (per-task kernels -> grouped convolutions),
-    # the case the xfail below is about; "auto" would map single tasks on the CPU.
+    # One program (eager init would compile op by op).
+    params = jit_run_once(lambda x: _randomise(_init(model, x), jax.random.key(4), jnp.float64))(
+        eps.support_x[0]
+    )
+    # task_chunk=None: all tasks vmapped (per-task kernels -> grouped convolutions for xla).
     learner = maml(model.apply, inner_lr=0.4, inner_steps=2, first_order=first_order)
     learner = learner._replace(meta_grad=functools.partial(learner.meta_grad, task_chunk=None))
-    loss = lambda p: jnp.mean(
-        jax.vmap(lambda ep: learner.outer_loss(p, ep)[0])(eps)
-    )  # the function meta_grad differentiates
-    return learner, params, eps, loss
+    return model, learner, params, eps
 
 
 @pytest.mark.parametrize("pool", [False, True])
-def test_conv_impls_agree_second_order_meta_gradient(pool):
-    # pool=True was an xfail, blamed on XLA:CPU's grouped convolution; the cause was the
-    # jnp.max JVP of the old max_pool2x2 (see its docstring), and it holds for both now.
+def test_conv_impls_agree_to_second_order_and_match_finite_differences(pool):
+    """Per pooling variant, one float64 program per lowering (xla, gemm) computes the
+    forward pass and the plain gradient on a batch of 9 images, and the second-order MAML
+    meta-gradient (2 tasks, 2 inner steps, all tasks vmapped) with its meta-loss:
+
+    * the lowerings agree on all three (forward 1e-10, gradient 1e-9, meta-gradient 1e-8);
+      pool=True was an xfail once, blamed on XLA:CPU's grouped convolution; the cause was
+      the jnp.max JVP of the old max_pool2x2 (see its docstring);
+    * gemm's meta-gradient matches a fourth-order central difference of the meta-loss
+      (from the same program) along 3 random directions, h = 1e-5: truncation and
+      rounding ~1e-10 here, far below the 1e-6 bound, while a first-order (FOMAML)
+      gradient is off by O(1e-2). The meta-loss is only piecewise smooth (the inner
+      gradient jumps where a ReLU or a max-pool switches on the support set): on the
+      strided net a switch lies 1e-4 to 2e-4 along the first direction, where h = 1e-4
+      measured the jump (rel. error 1e-2) and h = 1e-5 agrees to 1e-10.
+
+    Sizes reach 1x1 in both variants (strided 14 -> 7 -> 4 -> 2 -> 1, pool 16 -> 8 -> 4 ->
+    2 -> 1); small: float64 lax.conv is slow."""
+    size = 16 if pool else 14
     with jax.enable_x64(True):
-        grads = []
+        outs = {}
         for impl in ("xla", "gemm"):
-            learner, params, eps, _ = _meta_setup(impl, pool=pool, size=16 if pool else 14)
-            g, metrics = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
-            assert np.isfinite(metrics["loss"])
-            grads.append(g)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-11), *grads
-        )
+            model, learner, params, eps = _meta_setup(impl, pool=pool, size=size)
+            x = jnp.concatenate([eps.support_x[0], eps.query_x[0]])
+            y = jnp.concatenate([eps.support_y[0], eps.query_y[0]])
 
+            def everything(p, model=model, learner=learner, eps=eps, x=x, y=y):
+                def loss(p):
+                    logits = model.apply(p, x)
+                    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)
+                    return jnp.mean(nll), logits
 
-@pytest.mark.parametrize("pool", [False, True])
-def test_second_order_meta_gradient_matches_finite_differences(pool):
-    """Directional derivative of the meta-loss (2 tasks, 2 inner steps) vs central FD.
+                (_, logits), grad = jax.value_and_grad(loss, has_aux=True)(p)
+                meta_grad, metrics = learner.meta_grad(p, eps, jax.random.key(0))
+                return logits, grad, meta_grad, metrics["loss"]
 
-    Fourth-order central stencil, h = 1e-4: truncation ~1e-11 here, far below the 1e-6
-    bound, while a first-order (FOMAML) gradient is off by O(1e-2).
-    """
-    with jax.enable_x64(True):
-        size = 16 if pool else 28  # strided: 28 -> 14 -> 7 -> 4 -> 2; pool: 16 -> 8 -> 4 -> 2 -> 1
-        learner, params, eps, loss = _meta_setup("gemm", pool=pool, size=size)
-        grad, _ = jit_run_once(learner.meta_grad)(params, eps, jax.random.key(0))
-        loss = jit_run_once(loss)
+            program = jit_run_once(everything)
+            outs[impl] = (program, params, program(params))
+        (_, _, xla), (gemm_program, params, gemm) = outs["xla"], outs["gemm"]
+        assert np.all(np.isfinite(xla[3])) and np.all(np.isfinite(gemm[3]))
+        np.testing.assert_allclose(xla[0], gemm[0], rtol=1e-10, atol=1e-12)  # forward
+        for i, rtol, atol in ((1, 1e-9, 1e-12), (2, 1e-8, 1e-11)):  # gradient, meta-gradient
+            jax.tree_util.tree_map(
+                lambda a, b, rtol=rtol, atol=atol: np.testing.assert_allclose(
+                    a, b, rtol=rtol, atol=atol
+                ),
+                xla[i],
+                gemm[i],
+            )
+
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        g = jax.flatten_util.ravel_pytree(grad)[0]
-        at = lambda t, d: loss(unravel(flat + t * d))
-        h = 1e-4
+        g = jax.flatten_util.ravel_pytree(gemm[2])[0]
+        at = lambda t, d: gemm_program(unravel(flat + t * d))[3]
+        h = 1e-5
         for i in range(3):
             d = jax.random.normal(jax.random.key(10 + i), flat.shape, jnp.float64)
             d = d / jnp.linalg.norm(d)
@@ -204,12 +205,19 @@ def test_batch_norm_uses_batch_statistics():
 def test_model_output_depends_on_other_examples(conv_impl):
     model = Conv4(conv_impl=conv_impl)
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
-    params = _init(model, x)
-    out = model.apply(params, x)
-    out_changed = model.apply(params, x.at[1:].multiply(3.0).at[1:].add(1.0))
+
+    @jit_run_once  # one program: eager, init and apply would compile op by op
+    def outputs(x):
+        params = _init(model, x)
+        return (
+            model.apply(params, x),
+            model.apply(params, x.at[1:].multiply(3.0).at[1:].add(1.0)),
+            # Scaling/shifting the whole batch is undone by the first BatchNorm (no conv bias).
+            model.apply(params, 2.0 * x + 0.0),
+        )
+
+    out, out_changed, out_affine = outputs(x)
     assert float(jnp.max(jnp.abs(out[0] - out_changed[0]))) > 1e-3
-    # Scaling/shifting the whole batch is undone by the first BatchNorm (no conv bias).
-    out_affine = model.apply(params, 2.0 * x + 0.0)
     np.testing.assert_allclose(out, out_affine, rtol=1e-3, atol=1e-4)
 
 
@@ -242,22 +250,27 @@ def test_maml_miniimagenet_net_on_84x84_rgb():
     assert jax.eval_shape(embedding.apply, variables, x).shape == (2, 800)
     small = Conv4(num_classes=5, filters=4, pool=True, head="flatten")  # computed, few filters
     images = jnp.linspace(0.0, 1.0, 2 * 84 * 84 * 3).reshape(2, 84, 84, 3)
-    out = jax.jit(lambda x: small.apply(small.init(jax.random.key(0), x), x))(images)
+    out = jit_run_once(lambda x: small.apply(small.init(jax.random.key(0), x), x))(images)
     assert out.shape == (2, 5) and bool(jnp.all(jnp.isfinite(out)))
 
 
 def test_max_pool_value_and_derivatives_are_exact():
-    x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))  # odd height: the last row is cut
-    out = max_pool2x2(x)
-    windows = x[:, :4].reshape(2, 2, 2, 2, 2, 3)
-    np.testing.assert_array_equal(out, windows.max(axis=(2, 4)))
-    w = jax.random.normal(jax.random.key(1), out.shape)
-    grad = jax.grad(lambda x: jnp.sum(max_pool2x2(x) * w))(x)
-    assert int(jnp.sum(grad != 0)) == out.size  # one element per window, weighted by w
-    np.testing.assert_allclose(jnp.sum(grad), jnp.sum(w), rtol=1e-6)
-    # Exactly linear around the point: the second derivative is zero.
-    hvp = jax.jvp(jax.grad(lambda x: jnp.sum(max_pool2x2(x) * w)), (x,), (x,))[1]
-    np.testing.assert_array_equal(hvp, jnp.zeros_like(x))
-    # Ties (e.g. an all-zero window after ReLU) send the gradient to the first element.
-    tied = jax.grad(lambda x: jnp.sum(max_pool2x2(x)))(jnp.zeros((1, 2, 2, 1)))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)  # odd height: the last row is cut
+    w = rng.normal(size=(2, 2, 2, 3)).astype(np.float32)  # the output's shape
+
+    @jit_run_once  # one program (eager, each op would compile on its own)
+    def derivatives(x, w):
+        weighted = lambda x: jnp.sum(max_pool2x2(x) * w)
+        # Exactly linear around the point: the second derivative is zero.
+        hvp = jax.jvp(jax.grad(weighted), (x,), (x,))[1]
+        # Ties (e.g. an all-zero window after ReLU) send the gradient to the first element.
+        tied = jax.grad(lambda x: jnp.sum(max_pool2x2(x)))(jnp.zeros((1, 2, 2, 1)))
+        return max_pool2x2(x), jax.grad(weighted)(x), hvp, tied
+
+    out, grad, hvp, tied = (np.asarray(a) for a in derivatives(x, w))
+    np.testing.assert_array_equal(out, x[:, :4].reshape(2, 2, 2, 2, 2, 3).max(axis=(2, 4)))
+    assert int(np.sum(grad != 0)) == out.size  # one element per window, weighted by w
+    np.testing.assert_allclose(np.sum(grad), np.sum(w), rtol=1e-6)
+    np.testing.assert_array_equal(hvp, np.zeros_like(x))
     np.testing.assert_array_equal(tied[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])

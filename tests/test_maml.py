@@ -120,10 +120,12 @@ def test_first_order_equals_second_order_with_stopped_inner_gradients():
 def test_zero_inner_steps_is_plain_query_gradient():
     model, params = _mlp(out=3)
     eps_ = _classification_tasks(jax.random.key(3))
-    plain = jax.grad(
-        lambda p: jnp.mean(
-            jax.vmap(lambda x, y: cross_entropy_loss(model.apply(p, x), y))(
-                eps_.query_x, eps_.query_y
+    plain = jit_run_once(  # one program (eager, each op would compile on its own)
+        jax.grad(
+            lambda p: jnp.mean(
+                jax.vmap(lambda x, y: cross_entropy_loss(model.apply(p, x), y))(
+                    eps_.query_x, eps_.query_y
+                )
             )
         )
     )(params)
@@ -139,25 +141,28 @@ def test_inner_loop_scan_equals_python_loop():
         lambda x: x[0], sample_sinusoid_tasks(jax.random.key(4), tasks=1, shots=10, queries=10)
     )
     learner = maml(model.apply, inner_lr=0.01, inner_steps=4, loss_fn=mse_loss)
-    adapted = learner.adapt(params, ep.support_x, ep.support_y)
-    ref = params
-    for _ in range(4):
-        g = jax.grad(lambda w: mse_loss(model.apply(w, ep.support_x), ep.support_y))(ref)
-        ref = jax.tree_util.tree_map(lambda w, gi: w - 0.01 * gi, ref, g)
-    np.testing.assert_allclose(_flat(adapted), _flat(ref), rtol=1e-5, atol=1e-6)
     # eval_inner_steps and the steps override change how far predict adapts.
     p10 = maml(model.apply, inner_lr=0.01, inner_steps=1, loss_fn=mse_loss, eval_inner_steps=4)
-    np.testing.assert_allclose(
-        p10.predict(params, ep.support_x, ep.support_y, ep.query_x),
-        model.apply(ref, ep.query_x),
-        rtol=1e-5,
-        atol=1e-6,
-    )
-    np.testing.assert_allclose(
-        p10.predict(params, ep.support_x, ep.support_y, ep.query_x, steps=0),
-        model.apply(params, ep.query_x),
-        rtol=1e-6,
-    )
+
+    @jit_run_once  # one program (eager, each op would compile on its own)
+    def outputs(params, ep):
+        ref = params
+        for _ in range(4):
+            g = jax.grad(lambda w: mse_loss(model.apply(w, ep.support_x), ep.support_y))(ref)
+            ref = jax.tree_util.tree_map(lambda w, gi: w - 0.01 * gi, ref, g)
+        return (
+            learner.adapt(params, ep.support_x, ep.support_y),
+            ref,
+            p10.predict(params, ep.support_x, ep.support_y, ep.query_x),
+            model.apply(ref, ep.query_x),
+            p10.predict(params, ep.support_x, ep.support_y, ep.query_x, steps=0),
+            model.apply(params, ep.query_x),
+        )
+
+    adapted, ref, predicted, want, unadapted, at_init = outputs(params, ep)
+    np.testing.assert_allclose(_flat(adapted), _flat(ref), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predicted, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(unadapted, at_init, rtol=1e-6)
 
 
 @pytest.mark.parametrize("task_chunk", [None, 1, 2])
