@@ -122,6 +122,7 @@ def _signature(tree):
     return jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SETUPS))
 def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
     model_kw, algo_kw, opt, steps = SETUPS[name]

@@ -61,6 +61,7 @@ def check_machine(doc):
     assert m["packages"]["jax"]
 
 
+@pytest.mark.slow
 def test_first_vs_second_order(tmp_path):
     """--smoke runs every part (accuracy over seeds, gradient gap at the checkpoints, cost vs
     inner steps) and a rerun skips what is done (resume)."""
@@ -164,6 +165,7 @@ def test_first_vs_second_order_bad_input():
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_throughput(tmp_path):
     out = tmp_path / "tp.json"
     # The memory sweep (plain, remat, task_chunk=1) exercises both options; every
@@ -234,6 +236,7 @@ def test_throughput_grid_covers_options():
     }
 
 
+@pytest.mark.slow
 def test_compare_pytorch_without_torch(tmp_path):
     out = tmp_path / "cmp.json"
     p = run(
@@ -504,6 +507,7 @@ def test_accuracy_table(tmp_path, gpu_dry_run, omniglot_data_dir, omniglot_zip_d
     assert "test of the step-200 checkpoint" in rep
 
 
+@pytest.mark.slow
 def test_maml_rl_quick(tmp_path):
     """In this process (the script's ``main``: no process start, jax already imported),
     its programs compiled as a smoke subprocess's are (RUN_ONCE_ENV)."""

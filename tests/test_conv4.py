@@ -128,6 +128,7 @@ def _meta_setup(conv_impl, *, pool=False, first_order=False, size=28, filters=4)
     return model, learner, params, eps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", [False, True])
 def test_conv_impls_agree_to_second_order_and_match_finite_differences(pool):
     """Per pooling variant, one float64 program per lowering (xla, gemm) computes the

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import RUN_ONCE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ def run_example(name: str, *args: str, timeout: float = 600) -> str:
     return p.stdout
 
 
+@pytest.mark.slow
 def test_train_in_python(omniglot, omniglot_data_dir, tmp_path):
     """Tiny settings, interrupted by Ctrl-C (SIGINT) once training has started: it stops
     cleanly (no traceback), then tests and saves what it trained."""

@@ -442,6 +442,7 @@ def test_a_failed_checkpoint_write_leaves_no_task_to_report_later(tmp_path, monk
 # --------------------------------------------------------------------------- divergence
 
 
+@pytest.mark.slow
 def test_divergence_at_finite_loss_is_warned_and_recorded(omniglot, omniglot_data_dir, tmp_path):
     from jaxmeta.train.config import load_config
     from jaxmeta.train.metrics import DIVERGENCE_STEPS

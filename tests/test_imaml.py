@@ -253,6 +253,7 @@ def test_paper_configs_select_the_reference_protocol():
 # ------------------------------------------------------------------------- sinusoid
 
 
+@pytest.mark.slow
 def test_sinusoid_config_learns_beyond_the_zero_predictor():
     """Issue 32: iMAML on sinusoids scored the zero predictor's MSE (a flat curve). The
     shipped config, meta-trained briefly (10 tasks a step), must clearly beat predicting 0."""

@@ -259,6 +259,7 @@ def test_bad_arguments_are_one_line_errors():
 # ----------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_shapes_and_a_short_run_learns_on_synthetic_embeddings(tmp_path):
     """The paper's pickle layout (synthetic 640-d classes) -> the task source -> the engine's
     meta-step: far above chance (20%) after 150 steps."""

@@ -256,6 +256,7 @@ def test_sinusoid_tasks_follow_the_paper_ranges_and_are_deterministic():
     assert not np.allclose(ep.support_x, other.support_x)
 
 
+@pytest.mark.slow
 def test_sinusoid_maml_beats_pretrained_baseline():
     """MAML paper, Section 5.1: one step from the MAML init fits far better than before
     adaptation and than a jointly pretrained network fine-tuned with the same step."""

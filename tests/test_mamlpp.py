@@ -124,6 +124,7 @@ def test_lslr_meta_gradient_matches_finite_differences_float64():
         np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_per_step_bn_statistics_threaded_and_restored_from_a_checkpoint(tmp_path):
     model, params = _conv4()
     learner = mamlpp(model.apply, inner_lr=0.4, inner_steps=2, bn_momentum=0.1)

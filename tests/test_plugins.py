@@ -79,6 +79,7 @@ def test_every_registered_algorithm_is_covered():
     assert set(SECTIONS) == shipped_algorithms(), "add the new algorithm here"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", sorted(SECTIONS))
 def test_every_classification_algorithm_trains_on_a_plugin_dataset(
     tmp_path, capsys, run_once_programs, algorithm

@@ -320,6 +320,7 @@ SETS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path, capsys):
     # The uninterrupted reference and the resumed run are this process (the CLI's main, no
     # process start); the killed run is a process. All share the suite's compilation cache
@@ -375,6 +376,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, capsys):
     assert test_a == json.loads((wd / "eval_test.json").read_text())
 
 
+@pytest.mark.slow
 def test_runs_x_tasks_mesh_of_4_devices_equals_one_device(tmp_path):
     env = {
         **os.environ,

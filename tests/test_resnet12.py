@@ -231,6 +231,7 @@ def _bn_mode_check(learner, meta, eps, name):
         assert same == (mode == "inductive"), (name, mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_every_algorithm_builds_and_differentiates_through_resnet12(name):
     model_kw, algo_kw = SMOKE[name]
@@ -262,6 +263,7 @@ def _trace_predict(learner, meta, eps, name):
         assert out.shape[0] == WAYS * QUERIES and out.shape[1] >= WAYS, (name, mode)
 
 
+@pytest.mark.slow
 def test_every_algorithm_traces_on_conv4_rgb_with_both_bn_modes():
     """Every learner's meta-gradient and both predict modes on Conv-4-RGB (miniImageNet's
     net, 4 filters), traced abstractly (``jax.eval_shape``: the shapes and the plumbing, no

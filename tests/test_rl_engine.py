@@ -60,6 +60,7 @@ def restore(cfg, workdir):
         ckpt.close()
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_exact_resume(tmp_path, capsys):
     """``jaxmeta train`` then ``jaxmeta evaluate`` from the command line (the CLI's
     ``main``, in this process); a run stopped after its step-2 checkpoint and resumed

@@ -43,6 +43,7 @@ def leaves_equal(a, b) -> bool:
     return len(la) == len(lb) and all(same(x, y) for x, y in zip(la, lb, strict=True))
 
 
+@pytest.mark.slow
 def test_exact_resume_through_a_checkpoint_and_one_compilation(tmp_path):
     """5 iterations in one go == 3, save (orbax), restore, 2 more: bit-identical
     parameters, optimizer state and counter (the key of iteration ``s`` is
@@ -127,6 +128,7 @@ def test_bad_arguments():
         rl.maml_rl(policy, env, dice_lambda=2.0)
 
 
+@pytest.mark.slow
 def test_maml_beats_pretrained_after_one_step_on_2d_navigation():
     """The paper's comparison, very short: 12 meta-iterations of MAML-TRPO and of the
     pretrained policy (the same TRPO, no inner step), meta-batch 8, 10 trajectories, the

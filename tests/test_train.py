@@ -114,6 +114,7 @@ SCHEDULED = {
 }
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_sinusoid_and_resume(tmp_path):
     cfg = _cfg(optimizer=SCHEDULED)
     full = train_and_evaluate(cfg, tmp_path / "full", progress=False)
@@ -201,6 +202,7 @@ def test_resume_refuses_to_change_a_schedule_tied_to_train_steps(tmp_path):
         train_and_evaluate(_cfg(train={"steps": 20}, optimizer=explicit), tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_protonets_trains_wide_and_evaluates_narrow(omniglot, omniglot_data_dir, tmp_path):
     """The paper's ProtoNets protocol: meta-train with more ways (here 10) than the 5 tested."""
     from jaxmeta.train.config import load_config
