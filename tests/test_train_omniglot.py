@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import run_once_compiles
 
 from jaxmeta.train import Checkpoints, build_experiment, initial_state, load_config, read_metrics
 
@@ -156,7 +157,9 @@ def test_evaluate_cli_writes_json(reference, capsys, monkeypatch):
     monkeypatch.setenv("JAXMETA_CACHE_DIR", "off")  # main() would enable one for the process
     wd, _ = reference
     args = ["evaluate", "--workdir", str(wd), "--split", "val", "--episodes", "30"]
-    assert main([*args, "--inner-steps", "3"]) == 0, capsys.readouterr().err[-3000:]
+    with run_once_compiles():  # each evaluation program runs once
+        code = main([*args, "--inner-steps", "3"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     printed = capsys.readouterr().out
     res = json.loads((wd / "eval_val_best_30ep_3steps.json").read_text())
     assert res["episodes"] == 30 and res["inner_steps"] == 3 and res["split"] == "val"
