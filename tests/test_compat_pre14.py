@@ -98,6 +98,7 @@ def _checksum(workdir: Path, step: int) -> str:
         ckpt.close()
 
 
+@pytest.mark.slow
 def test_pre14_workdir_resumes_exactly(workdir, data_sets, tmp_path):
     """The old run resumes (20 -> 30) to the accuracy the old code reached, and resuming is
     exact on this machine: stopping at 25 and resuming again gives the same trained state,

@@ -161,6 +161,7 @@ def test_exported_features_source(tmp_path):
         ExportedFeatures(path=str(tmp_path), dim=7).train_data()
 
 
+@pytest.mark.slow
 def test_engine_trains_leo_on_exported_features_and_load_predicts(tmp_path):
     """configs/leo/omniglot_5w1s.yaml, shrunk, on small exported-format files: the engine
     trains and tests it; ``jaxmeta.load`` classifies raw (unnormalised, signed) features."""

@@ -100,6 +100,7 @@ def test_folder_errors_name_the_folder_or_file(tmp_path):
         prepare_folder(tmp_path, image_size=8)
 
 
+@pytest.mark.slow
 def test_folder_trains_end_to_end_through_jaxmeta_train(tmp_path, capsys):
     """``data.name: folder`` on images written here (unequal classes, a seeded class split,
     RGB of mixed sizes), a tiny Conv-4, a few MAML steps, through the ``jaxmeta`` command."""

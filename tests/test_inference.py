@@ -313,6 +313,7 @@ def _check_fewshot_example(trained, omniglot_data_dir):
 # worker that gets one of its tests, and the training/initialisation is the slow part.
 
 
+@pytest.mark.slow
 def test_every_algorithm_loads_and_predicts_each_query_on_its_own(
     omniglot, omniglot_data_dir, tmp_path
 ):
@@ -328,6 +329,7 @@ def test_every_algorithm_loads_and_predicts_each_query_on_its_own(
         _check_clear_errors(clfs["maml"], workdirs, omniglot, tmp_path / "not_a_run")
 
 
+@pytest.mark.slow
 def test_a_trained_run_classifies_images(
     omniglot, omniglot_data_dir, tmp_path, capsys, monkeypatch
 ):
