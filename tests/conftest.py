@@ -60,27 +60,6 @@ def _use_fast_cpu_compiles() -> None:
         os.environ["XLA_FLAGS"] = trial
 
 
-def _use_unrolled_threefry_on_cpu() -> None:
-    """On CPU, JAX lowers each Threefry hash (every ``jax.random`` draw and split) as a rolled
-    5-iteration ``fori_loop``: a while loop of several small kernels, which XLA:CPU compiles
-    slowly where a program draws often (LEO's meta-step, ~15 draws per task: 15.5 CPU s to
-    compile on a tiny MLP, 4 s with the unrolled hash; 2026-12-07, 2-core CPU, loop
-    emitters). The suite's processes use the unrolled lowering that JAX emits on every other
-    platform: the same hash, bit for bit (the random numbers do not change), compiled faster.
-    Private JAX API: skipped when it moved."""
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as threefry
-
-        rule, prim = threefry._threefry2x32_lowering_rule, threefry.threefry2x32_p
-    except (ImportError, AttributeError):
-        return
-    mlir.register_lowering(prim, rule, platform="cpu")
-
-
-_use_unrolled_threefry_on_cpu()
-
-
 def _refuse_xdist_that_does_not_group(config) -> None:
     """pytest 9.2 renamed the node id that pytest-xdist (3.8) rewrites to ``<id>@<group>``
     under ``--dist loadgroup`` (pytest-dev/pytest-xdist#1386): the groups are then split
