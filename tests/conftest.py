@@ -92,13 +92,6 @@ def pytest_configure(config) -> None:
     _use_xla_cache(directory)
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked ``slow`` are collected first, longest first in effect: pytest-xdist hands
-    tests out in collection order (after its ``xdist_group`` groups), so a long test that
-    came last would keep one worker busy while the other has nothing left to do."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
-
-
 def pytest_unconfigure(config) -> None:
     directory = getattr(config, "_jaxmeta_xla_cache", None)
     if directory is not None:
