@@ -116,8 +116,9 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def run_overrides(task: str, steps: int, settings: dict[str, Any], *, keep_all: bool) -> list[str]:
-    """Length, evaluation points and checkpoints of an accuracy run (every validation point
-    is checkpointed only in ``keep_all`` runs: those the gradient gap reads)."""
+    """Length, evaluation points and checkpoints of an accuracy run: a checkpoint at every
+    validation point, so a run cut in the middle resumes from there; only ``keep_all`` runs
+    (those the gradient gap reads) keep every one, the others their latest."""
     evals = settings["evals"]
     spc = max(1, min(settings["steps_per_call"], steps // evals))
     episodes, val_episodes = settings["episodes"][task]
@@ -127,7 +128,7 @@ def run_overrides(task: str, steps: int, settings: dict[str, Any], *, keep_all: 
         f"train.steps_per_call={spc}",
         f"train.log_every={spc}",
         f"train.eval_every={every}",
-        f"train.checkpoint_every={every if keep_all else steps}",
+        f"train.checkpoint_every={every}",
         f"train.keep_checkpoints={steps // every + 2 if keep_all else 1}",
         f"eval.episodes={episodes}",
         f"eval.val_episodes={val_episodes}",
@@ -177,7 +178,7 @@ def training_curve(rows: list[dict], metric: str) -> list[dict[str, Any]]:
 def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], out: Path):
     """One training run through the public API (``jaxmeta.train.train_and_evaluate``) in
     its own workdir; its record (test score, validation curve with wall-clock times)."""
-    from jaxmeta.train import load_config, read_metrics, train_and_evaluate
+    from jaxmeta.train import TrainingInterrupted, load_config, read_metrics, train_and_evaluate
 
     workdir = out / "runs" / task / algorithm / f"seed{seed}"
     record_path = workdir / "record.json"
@@ -199,6 +200,8 @@ def train_one(task: str, algorithm: str, seed: int, settings: dict[str, Any], ou
         t = time.perf_counter()
         result = train_and_evaluate(cfg, workdir, progress=False, log=lambda s: None)
         elapsed = time.perf_counter() - t
+    except TrainingInterrupted:  # Ctrl-C or SIGTERM: stop the whole benchmark, resumable
+        raise
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
         log(f"  FAILED: {type(err).__name__}: {err}")
         return {"task": task, "algorithm": algorithm, "seed": seed, "error": f"{err}"[:500]}

@@ -26,8 +26,9 @@ sign test as a check), the second- over first-order cost per meta-step, and whet
 validation curves have flattened (last change within the validation CI).
 
 Resumable: every run, cost row and gap record is written under ``--out`` when it finishes
-and skipped on a rerun; a run cut in the middle resumes from its last checkpoint (the seed-0
-MAML run checkpoints at every validation point, the others only at the end).
+and skipped on a rerun; Ctrl-C or SIGTERM stops the whole benchmark between training steps
+(exit status 130 or 143), and a run cut in the middle resumes from its last checkpoint
+(written at every validation point).
 
 Outputs in ``--out`` (default ``bench-out/first_vs_second_order``): ``first_vs_second_order.json``
 (every number), ``first_vs_second_order.md`` (the verdict, then tables), ``score_vs_steps.png``,
@@ -279,7 +280,16 @@ def example_comparison(runs: list[dict]) -> str | None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    from jaxmeta.train import TrainingInterrupted
+
+    try:
+        return compare(parse_args(argv))
+    except TrainingInterrupted as err:
+        print(f"first_vs_second_order: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def compare(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)

@@ -156,6 +156,36 @@ def test_first_vs_second_order_pairs_differ_in_the_order_only():
             assert resolved["maml"]["algorithm"]["inner_loss_reduction"] == "sum_over_k", task
 
 
+def test_first_vs_second_order_stops_on_a_signal(tmp_path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM inside a training run stops the whole benchmark with the run's exit
+    status (it once marked the run FAILED and went on with the next), and every accuracy run
+    checkpoints at its validation points, so the cut run resumes from there."""
+    import jaxmeta.train
+    from jaxmeta.train import TrainingInterrupted
+
+    fvso = bench_module("_fvso")
+    calls = []
+
+    def interrupted(cfg, workdir, **kwargs):
+        calls.append(workdir)
+        raise TrainingInterrupted("interrupted at step 4; resume with the same command", 143)
+
+    monkeypatch.setattr(jaxmeta.train, "train_and_evaluate", interrupted)
+    args = ["--smoke", "--tasks", "sinusoid", "--sections", "accuracy", "--no-plots",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert bench_module("first_vs_second_order").main(args) == 143
+    assert len(calls) == 1, calls  # no further run started
+    err = capsys.readouterr().err
+    assert "interrupted at step 4; resume with the same command" in err
+    assert "FAILED" not in err and "Traceback" not in err
+    settings = {"evals": 4, "steps_per_call": 10, "episodes": {"sinusoid": (600, 200)}}
+    for keep_all in (True, False):
+        got = dict(o.split("=") for o in fvso.run_overrides("sinusoid", 10000, settings,
+                                                            keep_all=keep_all))  # fmt: skip
+        assert got["train.checkpoint_every"] == got["train.eval_every"] == "2500", got
+        assert got["train.keep_checkpoints"] == ("6" if keep_all else "1")
+
+
 def test_first_vs_second_order_bad_input():
     p = subprocess.run(
         [sys.executable, str(BENCH / "first_vs_second_order.py"), "--tasks", "omniglot_9w1s"],
