@@ -15,6 +15,8 @@ import textwrap
 import typing
 from pathlib import Path
 
+from jaxmeta.host_memory import reexec_with_huge_pages
+
 # No JAX (nor any module that imports it) at import time: `jaxmeta --help` stays fast. The
 # dataset registry is imported only for `jaxmeta data ...`, whose sub-commands it lists.
 
@@ -783,8 +785,16 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(Path(root).expanduser() / "xla"))
 
 
+# The commands that run compiled programs (the others only read files or print).
+COMPUTE_COMMANDS = frozenset({"train", "evaluate", "predict", "export-features"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmeta`` console script; returns the exit status."""
+    if argv is None and COMPUTE_COMMANDS & set(sys.argv[1:]):
+        # The process itself (not a call from Python): with JAXMETA_HUGE_PAGES=1, start again
+        # with huge pages for malloc before any thread exists (host_memory.py).
+        reexec_with_huge_pages()
     argv = sys.argv[1:] if argv is None else list(argv)
     plugins = _plugins_in(argv)
     if plugins:

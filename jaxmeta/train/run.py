@@ -110,6 +110,8 @@ def environment() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
+        # The allocator's settings change the speed, not the results (jaxmeta/host_memory.py).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "command": sys.argv,
     }
 
