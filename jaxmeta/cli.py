@@ -59,6 +59,8 @@ EPILOG_TRAIN = textwrap.dedent(
 
     Compiled programs are cached in ~/.cache/jaxmeta/xla (JAXMETA_CACHE_DIR=DIR or
     off, or JAX_COMPILATION_CACHE_DIR), so a resumed run does not compile again.
+    JAXMETA_HUGE_PAGES=1 (Linux, glibc 2.35+): malloc with transparent huge pages, measured
+    3-21% faster for 1-query steps on the CPU, 9-13% slower for 15 queries (opt-in).
 
     Ctrl-C (SIGINT) or SIGTERM stops the run between steps (a checkpoint being
     written is completed first); run the same command to resume.
