@@ -38,7 +38,7 @@ panel's title), ``gradient_cosine.png``, ``memory_vs_inner_steps.png``, and
 
 Examples::
 
-    python benchmarks/first_vs_second_order.py --quick     # + short Omniglot 5w1s: ~10 CPU min
+    python benchmarks/first_vs_second_order.py --quick     # + short Omniglot 5w1s: ~13 min, 2 cores
     python benchmarks/first_vs_second_order.py             # + the four Omniglot settings (GPU)
     python benchmarks/first_vs_second_order.py --smoke     # seconds; numbers meaningless (tests)
 """
@@ -67,8 +67,8 @@ from _fvso_report import (  # noqa: E402
 # Full-mode run lengths (meta-steps): sized for about 10 minutes of a GPU in all, not the
 # paper's 60,000 (70,000 for sinusoid); --steps changes them and a rerun resumes.
 FULL_STEPS = {"sinusoid": 10000, "omniglot": 1500}
-# --quick (a 2-core CPU, ~10 minutes in all): sinusoid as long as the full mode and
-# examples/first_vs_second_order.py (10000 steps, seconds per run), Omniglot 5w1s short
+# --quick (12.6 minutes in all on 2 idle cores, 2026-12-07): sinusoid as long as the full
+# mode and examples/first_vs_second_order.py (10000 steps, seconds per run), Omniglot 5w1s short
 # (200 of the paper's 60,000 steps; MAML and FOMAML only, accuracy only, 200 test and 100
 # validation episodes): its curves have not flattened, and the report says so.
 QUICK_STEPS = {"sinusoid": 10000, "omniglot": 200}
