@@ -186,6 +186,26 @@ def test_first_vs_second_order_stops_on_a_signal(tmp_path, monkeypatch, capsys):
         assert got["train.keep_checkpoints"] == ("6" if keep_all else "1")
 
 
+def test_first_vs_second_order_quick_trains_imaml_with_one_seed(tmp_path, monkeypatch, capsys):
+    """--quick keeps its time by training iMAML (17x a MAML run) with seed 0 only, and says so;
+    the other algorithms keep every seed, and outside --quick iMAML does too."""
+    script = bench_module("first_vs_second_order")
+    trained = {}
+
+    def train_seeds(task, algorithm, seeds, settings, out):
+        trained[algorithm] = seeds
+        return []
+
+    monkeypatch.setattr(script, "train_seeds", train_seeds)
+    args = ["--tasks", "sinusoid", "--sections", "accuracy", "--algorithms", "maml,imaml",
+            "--no-plots", "--out", str(tmp_path)]  # fmt: skip
+    assert script.main(["--quick", *args]) == 0
+    assert trained == {"maml": [0, 1, 2], "imaml": [0]}
+    assert "sinusoid / imaml in --quick: seed 0 only" in capsys.readouterr().out
+    assert script.main(["--smoke", *args]) == 0
+    assert trained == {"maml": [0, 1], "imaml": [0, 1]}
+
+
 def test_first_vs_second_order_bad_input():
     p = subprocess.run(
         [sys.executable, str(BENCH / "first_vs_second_order.py"), "--tasks", "omniglot_9w1s"],
