@@ -177,6 +177,12 @@ def jit_run_once(fn, **kwargs):
 RUN_ONCE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
+def xla_flags_with(*flags: str) -> str:
+    """This process's ``XLA_FLAGS`` with ``flags`` appended, for a subprocess's environment:
+    the suite's own flags (the fast-compiling loop emitters above) stay."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
 @contextlib.contextmanager
 def run_once_compiles():
     """Inside, every program compiled (the library's own jits included) has XLA's backend

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RUN_ONCE_ENV, run_once_compiles
+from conftest import RUN_ONCE_ENV, run_once_compiles, xla_flags_with
 
 from jaxmeta.cli import main
 from jaxmeta.step import make_population_chunk
@@ -377,8 +377,7 @@ def test_runs_x_tasks_mesh_of_4_devices_equals_one_device(tmp_path):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        # Appended: the suite's own flags (conftest's fast-compiling loop emitters) stay.
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags_with("--xla_force_host_platform_device_count=4"),
         **RUN_ONCE_ENV,
     }
     worker = Path(__file__).with_name("_population_sharding_worker.py")

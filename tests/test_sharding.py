@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RUN_ONCE_ENV, run_once_compiles
+from conftest import RUN_ONCE_ENV, run_once_compiles, xla_flags_with
 
 from jaxmeta import sharding
 from jaxmeta.train import config_from_dict
@@ -38,11 +38,9 @@ def _env(tmp_path: Path, devices: int | None, **extra: str) -> dict[str, str]:
         if not k.startswith(("JAXMETA_COORDINATOR", "JAXMETA_NUM_PROC", "JAXMETA_PROCESS"))
     }
     env["JAX_PLATFORMS"] = "cpu"
-    # Appended: the suite's own flags (conftest's fast-compiling loop emitters) stay.
-    flags = os.environ.get("XLA_FLAGS", "")
-    if devices:
-        flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-    env["XLA_FLAGS"] = flags
+    env["XLA_FLAGS"] = xla_flags_with(
+        *([f"--xla_force_host_platform_device_count={devices}"] if devices else [])
+    )
     # Compiled programs are shared through the suite's persistent cache (tests/conftest.py);
     # they run a few steps on tiny shapes, so XLA's backend optimisations are off.
     env.update(RUN_ONCE_ENV)
