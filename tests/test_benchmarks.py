@@ -206,6 +206,56 @@ def test_first_vs_second_order_quick_trains_imaml_with_one_seed(tmp_path, monkey
     assert trained == {"maml": [0, 1], "imaml": [0, 1]}
 
 
+def test_keep_run_keeps_what_a_resume_needs(tmp_path, capsys):
+    """benchmarks/keep_run.py copies a run's latest checkpoint, best/, config, environment and
+    metrics (nothing else); a workdir made from that copy resumes to the state of an
+    uninterrupted run, bit for bit."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from jaxmeta.train import (
+        Checkpoints,
+        build_experiment,
+        config_from_dict,
+        initial_state,
+        train_and_evaluate,
+    )
+
+    keep_run = bench_module("keep_run")
+
+    def cfg(steps):
+        return config_from_dict({
+            "name": "keep", "data": {"name": "sinusoid", "shots": 5, "queries": 5},
+            "model": {"name": "mlp", "hidden": [8]},
+            "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+            "train": {"steps": steps, "meta_batch_size": 4, "steps_per_call": 5,
+                      "log_every": 5, "eval_every": 5, "checkpoint_every": 5, "plot": False},
+            "eval": {"episodes": 8, "batch_size": 8},
+        }, source="test")  # fmt: skip
+
+    origin, kept, resumed = tmp_path / "origin", tmp_path / "kept", tmp_path / "resumed"
+    with run_once_compiles():
+        train_and_evaluate(cfg(20), tmp_path / "full", progress=False)
+        train_and_evaluate(cfg(10), origin, progress=False)
+        assert keep_run.main([str(origin), str(kept)]) == 0
+        names = sorted(p.name for p in kept.iterdir())
+        assert names == ["best", "checkpoints", "config.yaml", "environment.json", "metrics.jsonl"]
+        assert [p.name for p in (kept / "checkpoints").iterdir()] == ["10"]  # not 5
+        shutil.copytree(kept, resumed)
+        assert train_and_evaluate(cfg(20), resumed, progress=False)["start_step"] == 10
+    target = jax.eval_shape(lambda: initial_state(cfg(20), build_experiment(cfg(20))))
+    (a, _), (b, _) = (Checkpoints(wd).restore(target) for wd in (tmp_path / "full", resumed))
+    assert int(a.step) == int(b.step) == 20
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    capsys.readouterr()
+    assert keep_run.main([str(tmp_path / "absent"), str(tmp_path / "k2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keep_run: ") and "no complete checkpoint" in err and err.count("\n") == 1
+
+
 def test_first_vs_second_order_bad_input():
     p = subprocess.run(
         [sys.executable, str(BENCH / "first_vs_second_order.py"), "--tasks", "omniglot_9w1s"],
@@ -318,6 +368,7 @@ def test_compare_pytorch_without_torch(tmp_path):
         "accuracy.py",
         "lowering.py",
         "profile_summary.py",
+        "keep_run.py",
     ],
 )
 def test_help(script):
