@@ -153,6 +153,17 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
         dest="command", metavar="{train,evaluate,predict,plot,data,export-features}"
     )
 
+    _add_train_command(sub)
+    _add_evaluate_command(sub)
+    _add_predict_command(sub)
+    _add_plot_command(sub)
+    _add_export_command(sub)
+    _add_data_commands(sub, with_datasets=with_datasets)
+    return p
+
+
+def _add_train_command(sub) -> None:
+    """Train: meta-train from a config, resume, then test."""
     t = sub.add_parser(
         "train",
         help="train (or resume) an experiment, then test its best checkpoint",
@@ -218,6 +229,9 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
         help="this process's index, 0..P-1 (distributed.process_id)",
     )
 
+
+def _add_evaluate_command(sub) -> None:
+    """Evaluate: a run's checkpoint on fixed episodes."""
     e = sub.add_parser(
         "evaluate",
         help="evaluate a trained run on fixed episodes (accuracy ± 95%% CI)",
@@ -280,6 +294,9 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
     )
     _add_trust_flags(e)
 
+
+def _add_predict_command(sub) -> None:
+    """Predict: classify your own images with a trained run."""
     pr = sub.add_parser(
         "predict",
         help="classify your own images with a trained run",
@@ -337,6 +354,9 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
     )
     _add_trust_flags(pr)
 
+
+def _add_plot_command(sub) -> None:
+    """Plot: draw a run's learning curves again."""
     pl = sub.add_parser(
         "plot",
         help="re-render learning_curves.png of a run (no training)",
@@ -348,6 +368,9 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
         "--out", metavar="PNG", help="output file (default: <workdir>/learning_curves.png)"
     )
 
+
+def _add_export_command(sub) -> None:
+    """Export-features: a run's embeddings of every split."""
     x = sub.add_parser(
         "export-features",
         help="write a trained run's embeddings of every split (input of LEO)",
@@ -360,6 +383,9 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
     x.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
     _add_trust_flags(x)
 
+
+def _add_data_commands(sub, *, with_datasets: bool) -> None:
+    """Data NAME: prepare a dataset (``with_datasets``: its sub-commands, which import JAX)."""
     d = sub.add_parser(
         "data",
         help="prepare a dataset and print its splits",
@@ -375,7 +401,6 @@ def _parser(*, with_datasets: bool = True) -> argparse.ArgumentParser:
         dsub = d.add_subparsers(dest="dataset", metavar="{" + ",".join(names) + "}")
         for name in names:
             _add_data_command(dsub, name, TASK_SOURCES[name])
-    return p
 
 
 def _err(msg: str, code: int) -> int:
