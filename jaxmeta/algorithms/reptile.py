@@ -8,6 +8,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,6 +52,40 @@ def _inner_optimizer(name: str, lr: float, beta1: float, beta2: float):
     if name == "adam":
         return optax.adam(lr, b1=beta1, b2=beta2)
     raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def fit_minibatches(apply_fn, loss_fn, opt, params, x, y, steps, batch_size, key):
+    """``steps`` steps of the optax optimizer ``opt`` (its state fresh) on mini-batches of
+    ``batch_size`` examples of ``(x, y)`` drawn epoch-wise without replacement from ``key``:
+    ``(adapted params, the mini-batch losses before each step [steps])``."""
+    if steps == 0:
+        return params, jnp.zeros((0,), jnp.float32)
+    idx = minibatch_indices(key, x.shape[0], batch_size, steps)
+
+    def step(carry, batch_idx):
+        p, opt_state = carry
+        loss, g = jax.value_and_grad(lambda q: loss_fn(apply_fn(q, x[batch_idx]), y[batch_idx]))(p)
+        updates, opt_state = opt.update(g, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), loss
+
+    (adapted, _), losses = jax.lax.scan(step, (params, opt.init(params)), idx)
+    return adapted, losses
+
+
+def predict_adapted(apply_fn, adapted, support_x, query_x, *, bn_mode, transductive):
+    """The adapted model's outputs on the queries: in ``bn_mode`` when given, else the whole
+    query batch at once (``transductive``) or each query in a batch of the support set plus
+    that query."""
+    if bn_mode is not None:
+        return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
+    if transductive:
+        return apply_fn(adapted, query_x)
+    n_s = support_x.shape[0]
+
+    def one(q):
+        return apply_fn(adapted, jnp.concatenate([support_x, q[None]], axis=0))[n_s]
+
+    return jax.vmap(one)(query_x)
 
 
 def reptile(
@@ -132,23 +168,7 @@ def reptile(
     eval_bs = check_int("eval_inner_batch_size", eval_bs, minimum=1)
     opt = _inner_optimizer(inner_optimizer, inner_lr, float(inner_beta1), float(inner_beta2))
 
-    def _fit(params, x, y, steps, batch_size, key):
-        """``steps`` optimizer steps on mini-batches of ``(x, y)``; returns adapted params
-        and the mini-batch losses before each step ``[steps]``."""
-        if steps == 0:
-            return params, jnp.zeros((0,), jnp.float32)
-        idx = minibatch_indices(key, x.shape[0], batch_size, steps)
-
-        def step(carry, batch_idx):
-            p, opt_state = carry
-            loss, g = jax.value_and_grad(
-                lambda q: loss_fn(apply_fn(q, x[batch_idx]), y[batch_idx])
-            )(p)
-            updates, opt_state = opt.update(g, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), loss
-
-        (adapted, _), losses = jax.lax.scan(step, (params, opt.init(params)), idx)
-        return adapted, losses
+    _fit = functools.partial(fit_minibatches, apply_fn, loss_fn, opt)
 
     def n_out(params, x) -> int:
         """The model's output width (what labels must stay below), without computing."""
@@ -161,18 +181,6 @@ def reptile(
         key = jax.random.key(0) if key is None else key
         return _fit(params, support_x, support_y, steps, bs, key)[0]
 
-    def _predict_adapted(adapted, support_x, query_x, bn_mode):
-        if bn_mode is not None:
-            return apply_support_query(apply_fn, adapted, support_x, query_x, bn_mode=bn_mode)[1]
-        if transductive:
-            return apply_fn(adapted, query_x)
-        n_s = support_x.shape[0]
-
-        def one(q):
-            return apply_fn(adapted, jnp.concatenate([support_x, q[None]], axis=0))[n_s]
-
-        return jax.vmap(one)(query_x)
-
     def predict(params, support_x, support_y, query_x, key=None, *, steps=None, bn_mode=None):
         steps = eval_inner_steps if steps is None else check_int("steps", steps, minimum=0)
         check_task(support_x, support_y, query_x, num_classes=lambda: n_out(params, support_x))
@@ -180,7 +188,10 @@ def reptile(
             check_bn_mode(bn_mode)
         key = jax.random.key(0) if key is None else key
         adapted = _fit(params, support_x, support_y, steps, eval_bs, key)[0]
-        return jax.lax.stop_gradient(_predict_adapted(adapted, support_x, query_x, bn_mode))
+        logits = predict_adapted(
+            apply_fn, adapted, support_x, query_x, bn_mode=bn_mode, transductive=transductive
+        )
+        return jax.lax.stop_gradient(logits)
 
     def task_update(params, episode: Episode, key):
         x, y = episode.support_x, episode.support_y
