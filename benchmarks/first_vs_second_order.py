@@ -38,7 +38,7 @@ panel's title), ``gradient_cosine.png``, ``memory_vs_inner_steps.png``, and
 
 Examples::
 
-    python benchmarks/first_vs_second_order.py --quick     # + short Omniglot 5w1s: 9-13 min
+    python benchmarks/first_vs_second_order.py --quick     # + short Omniglot 5w1s: ~10 min
     python benchmarks/first_vs_second_order.py             # + the four Omniglot settings (GPU)
     python benchmarks/first_vs_second_order.py --smoke     # seconds; numbers meaningless (tests)
 """
@@ -67,7 +67,7 @@ from _fvso_report import (  # noqa: E402
 # Full-mode run lengths (meta-steps): sized for about 10 minutes of a GPU in all, not the
 # paper's 60,000 (70,000 for sinusoid); --steps changes them and a rerun resumes.
 FULL_STEPS = {"sinusoid": 10000, "omniglot": 1500}
-# --quick (12.6 min on 2 idle cores with 3 iMAML seeds, 2026-12-07): sinusoid as long as the
+# --quick (10.4 min on 2 cores, 2026-12-07): sinusoid as long as the
 # full mode and examples/first_vs_second_order.py (10000 steps, seconds per run), Omniglot
 # 5w1s short (200 of the paper's 60,000 steps; MAML and FOMAML only, accuracy only, 200 test
 # and 100 validation episodes): its curves have not flattened, and the report says so.
@@ -79,7 +79,7 @@ QUICK_OMNIGLOT = {
     "episodes": (200, 100),
 }
 # --quick trains these with seed 0 only: an iMAML sinusoid run (40 inner steps + CG) takes
-# ~17x a MAML one, and its three seeds were half of the quick mode's 12.6 minutes.
+# ~17x a MAML one; with three seeds the quick mode took 12.6 minutes instead of 10.4.
 QUICK_ONE_SEED = ("imaml",)
 # The order tasks run in: the cheap one first, then where first and second order differ most.
 PRIORITY = ("sinusoid", "omniglot_20w1s", "omniglot_5w1s", "omniglot_20w5s", "omniglot_5w5s")
