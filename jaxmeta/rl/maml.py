@@ -618,16 +618,6 @@ def make_train_chunk(learner: MetaRL, *, length: int, donate: bool = False):
     return jax.jit(chunk, donate_argnums=(0,) if donate else ())
 
 
-def _committed(state: TrainState) -> TrainState:
-    """``state`` committed to its one device, as a state restored from a checkpoint is: a fresh
-    (uncommitted) and a restored state then call the compiled chunk with the same input
-    shardings, and a resumed run does not compile it again. A state on several devices is
-    returned unchanged."""
-    devices = {d for x in jax.tree_util.tree_leaves(state) if isinstance(x, jax.Array)
-               for d in x.devices()}  # fmt: skip
-    return jax.device_put(state, devices.pop()) if len(devices) == 1 else state
-
-
 def train(
     learner: MetaRL,
     state: TrainState,
@@ -649,7 +639,6 @@ def train(
 
     iterations = check_int("iterations", iterations, minimum=0)
     run = make_train_chunk(learner, length=check_int("chunk", chunk, minimum=1))
-    state = _committed(state)
     rows: list[Metrics] = []
     done = 0
     while done < iterations:
