@@ -323,9 +323,13 @@ SETS = [
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
     # Three processes share the suite's compilation cache (conftest): only the first compiles.
-    # All three are processes: run in a pytest worker (whatever ran there before), the
-    # reference and the resumed run differed from the killed process's in the 8th digit of
-    # the validation MSE in two full-suite runs (2026-12-07), while passing alone.
+    # All three are processes. Run in a pytest worker, the reference and the resumed run
+    # differed from the killed process's in the 8th digit of the validation MSE when an
+    # earlier test of that worker (test_cli's test_evaluate_regression_json) had compiled the
+    # same sinusoid programs at XLA's default optimisation level: JAX's in-memory cache reused
+    # them inside run_once_compiles(), while the processes compiled with optimisations off.
+    # Two optimisation levels, two programs, different rounding; with one level everywhere
+    # (JAX_DISABLE_MOST_OPTIMIZATIONS=1 for the whole pytest run) it was bit-identical.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **RUN_ONCE_ENV}
 
     def command(wd):
