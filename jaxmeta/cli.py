@@ -11,6 +11,7 @@ import argparse
 import inspect
 import os
 import re
+import signal
 import sys
 import textwrap
 import typing
@@ -801,8 +802,6 @@ def _enable_compilation_cache() -> None:
     ``$JAX_COMPILATION_CACHE_DIR`` wins; else ``$JAXMETA_CACHE_DIR/xla``, else
     ``~/.cache/jaxmeta/xla``. ``JAXMETA_CACHE_DIR=off`` disables it.
     """
-    import os
-
     import jax
 
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
@@ -821,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmeta`` console script; returns the exit status."""
     process = argv is None  # the process itself, not a call from Python
     if process and COMPUTE_COMMANDS & set(sys.argv[1:]):
-        # The process itself (not a call from Python): with JAXMETA_HUGE_PAGES=1, start again
-        # with huge pages for malloc before any thread exists (host_memory.py).
+        # With JAXMETA_HUGE_PAGES=1, start again with huge pages for malloc before any thread
+        # exists (host_memory.py).
         reexec_with_huge_pages()
     argv = sys.argv[1:] if argv is None else list(argv)
     plugins = _plugins_in(argv)
@@ -853,8 +852,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-# Exit statuses of a training run stopped by SIGINT or SIGTERM.
-INTERRUPTED = (130, 143)
+# Exit statuses of a training run stopped by SIGINT or SIGTERM: 128 + signum, as
+# jaxmeta.train.interrupt.Interrupted.exit_code (not imported: it would import JAX).
+INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 def _exit_without_waiting(code: int) -> None:
