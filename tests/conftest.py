@@ -135,7 +135,15 @@ def shipped_algorithms() -> set[str]:
     def module(factory) -> str:  # functools.partial (fomaml) keeps its function in .func
         return getattr(getattr(factory, "func", factory), "__module__", "")
 
-    return {n for n, f in ALGORITHMS.items() if module(f).startswith("jaxmeta.algorithms.")}
+    return {n for n, s in ALGORITHMS.items() if module(s.make).startswith("jaxmeta.algorithms.")}
+
+
+def algorithm_spec(name: str):
+    """The registered :class:`~jaxmeta.algorithms.base.AlgorithmSpec` of ``name``: its
+    factory, its model kind and the example every per-algorithm test builds."""
+    from jaxmeta.algorithms import ALGORITHMS
+
+    return ALGORITHMS[name]
 
 
 @pytest.fixture(scope="session")

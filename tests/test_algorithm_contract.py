@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import jit_run_once, shipped_algorithms
+from conftest import algorithm_spec, jit_run_once, shipped_algorithms
 
 import jaxmeta
-from jaxmeta.algorithms import get_algorithm
 from jaxmeta.data.episodes import sample_episodes
 from jaxmeta.data.omniglot import split_images
 from jaxmeta.models.conv4 import Conv4
@@ -42,21 +41,17 @@ FILTERS = 16
 # faster (2026-12-07, 2-core CPU, the 11 runs side by side in one pytest -n 2: 468 s with
 # "xla", 356 s with "gemm"; iMAML, 350 steps: 132 -> 63 s). Same function either way.
 CONV = "gemm"
+OPTIMIZER = optax.adam(3e-3)
 
-_CLF = dict(num_classes=WAYS, filters=FILTERS, head="mean", conv_impl=CONV)
-_EMB = dict(num_classes=None, filters=FILTERS, conv_impl=CONV)
-
-# name -> (model kwargs, algorithm kwargs, outer optimizer, meta-steps)
-SETUPS = {
-    "maml": (_CLF, dict(inner_lr=0.4, inner_steps=1), optax.adam(3e-3), STEPS),
-    "fomaml": (_CLF, dict(inner_lr=0.4, inner_steps=1), optax.adam(3e-3), STEPS),
-    "anil": (_CLF, dict(inner_lr=0.4, inner_steps=5), optax.adam(3e-3), STEPS),
-    "metasgd": (_CLF, dict(inner_lr_init=0.4, inner_steps=1), optax.adam(3e-3), STEPS),
+# Each algorithm runs as its registered example (AlgorithmSpec.example: one inner step, small
+# sub-networks) with these options on top, for STEPS meta-steps unless a count is given: what
+# learns this task in a short run. name -> (options, meta-steps).
+SHORT_RUN = {
+    "anil": (dict(inner_steps=5), STEPS),
     # The pseudo-gradient theta - theta' goes to Adam here (a common Reptile variant that
     # learns faster in a short run); optax.sgd(epsilon) gives the paper's update, which
     # tests/test_algorithms.py checks exactly.
     "reptile": (
-        _CLF,
         dict(
             inner_lr=0.4,
             inner_steps=3,
@@ -64,44 +59,22 @@ SETUPS = {
             inner_optimizer="sgd",
             eval_inner_steps=10,
         ),
-        optax.adam(3e-3),
         450,
     ),
     # MAML++ with every switch on; the multi-step loss anneals within the run.
-    "mamlpp": (
-        _CLF,
-        dict(inner_lr=0.4, inner_steps=2, msl_epochs=5, steps_per_epoch=20),
-        optax.adam(3e-3),
-        STEPS,
-    ),
-    "imaml": (
-        _CLF,
-        dict(inner_lr=0.4, inner_steps=5, lam=0.5, cg_steps=3, cg_damping=1.0),
-        optax.adam(3e-3),
-        500,
-    ),
-    "protonets": (_EMB, dict(), optax.adam(3e-3), STEPS),
-    "matching": (_EMB, dict(), optax.adam(3e-3), STEPS),
+    "mamlpp": (dict(inner_steps=2, msl_epochs=5, steps_per_epoch=20), STEPS),
+    "imaml": (dict(inner_steps=5, lam=0.5, cg_steps=3, cg_damping=1.0), 500),
+    "matching": (dict(fce=False), STEPS),
     # SNAIL starts at chance and needs more steps to learn to match queries to supports.
-    "snail": (
-        _EMB,
-        dict(ways=WAYS, shots=SHOTS, tc_filters=16, key_size=16),
-        optax.adam(3e-3),
-        400,
-    ),
+    "snail": (dict(tc_filters=16, key_size=16), 400),
     # LEO consumes embeddings: here a Conv-4 embedding of the images, meta-learned with it
     # (the paper's fixed features are the identity model; tests/test_leo.py).
-    "leo": (
-        _EMB,
-        dict(ways=WAYS, input_shape=(28, 28, 1), num_latents=16, normalize=True),
-        optax.adam(3e-3),
-        STEPS,
-    ),
+    "leo": (dict(num_latents=16, inner_steps=5, finetune_steps=5, normalize=True), STEPS),
 }
 
 
-def test_every_registered_algorithm_is_covered():
-    assert set(SETUPS) == shipped_algorithms()
+def test_the_short_run_options_name_registered_algorithms():
+    assert set(SHORT_RUN) | set(TASKS_FOR) | set(THRESHOLD_FOR) <= shipped_algorithms()
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +96,25 @@ def _signature(tree):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SETUPS))
+@pytest.mark.parametrize("name", sorted(shipped_algorithms()))
 def test_compiles_once_keeps_state_and_learns_omniglot(name, omniglot_train):
-    model_kw, algo_kw, opt, steps = SETUPS[name]
+    spec = algorithm_spec(name)
+    options, steps = SHORT_RUN.get(name, ({}, STEPS))
+    opt = OPTIMIZER
     sample = _sampler(TASKS_FOR.get(name, TASKS))
-    model = Conv4(**model_kw)
+    if spec.model == "embedding":
+        model = Conv4(num_classes=None, filters=FILTERS, conv_impl=CONV)
+    else:
+        model = Conv4(num_classes=WAYS, filters=FILTERS, head="mean", conv_impl=CONV)
     traces = []
 
     def apply_fn(params, x, **kwargs):  # kwargs: MAML++ asks for the BatchNorm moments
         traces.append(1)  # a Python side effect: runs only while tracing
         return model.apply(params, x, **kwargs)
 
-    learner = get_algorithm(name)(apply_fn, **algo_kw)
+    learner = spec.example_learner(
+        apply_fn, ways=WAYS, shots=SHOTS, input_shape=(28, 28, 1), **options
+    )
     assert learner.name == name
     # Initialisation and the final predict run once: one program each, compiled without
     # backend optimisation (run eagerly they dispatch and compile op by op, 2-11 CPU s each).

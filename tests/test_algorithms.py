@@ -445,14 +445,43 @@ def test_snail_each_query_is_its_own_sequence():
 
 
 def test_registry_factories_take_plain_keyword_values():
-    for name, factory in ALGORITHMS.items():
-        sig = inspect.signature(factory)
+    for name, spec in ALGORITHMS.items():
+        sig = inspect.signature(spec.make)
         params = list(sig.parameters.values())
         assert params[0].name == "apply_fn", name
         for p in params[1:]:
             assert p.kind is inspect.Parameter.KEYWORD_ONLY, (name, p.name)
     for name in ("reptile", "anil", "metasgd", "protonets", "matching", "snail"):
         assert name in ALGORITHMS
+
+
+def test_each_spec_names_what_its_factory_takes():
+    """A spec's episode_args are exactly the episode facts its factory requires (plus those it
+    takes with a default and needs to build its networks), its example uses the factory's own
+    keywords, and a bare factory registered by a plug-in gets a spec."""
+    from jaxmeta.algorithms import register_algorithm
+    from jaxmeta.algorithms.base import EPISODE_ARGS, AlgorithmSpec
+
+    for name, spec in ALGORITHMS.items():
+        params = inspect.signature(spec.make).parameters
+        required = {
+            k for k in EPISODE_ARGS if k in params and params[k].default is inspect.Parameter.empty
+        }
+        assert required <= set(spec.episode_args) <= set(params), name
+        assert set(spec.example) <= set(params) - set(spec.episode_args), name
+    with pytest.raises(ValueError, match="model must be one of"):
+        AlgorithmSpec(maml, model="regressor")
+    with pytest.raises(TypeError, match="needs the episode's ways, shots"):
+        ALGORITHMS["snail"].example_learner(lambda p, x: x)
+    try:
+        register_algorithm("test_bare_factory", maml, example={"inner_lr": 0.1, "inner_steps": 1})
+        spec = ALGORITHMS["test_bare_factory"]
+        assert spec.make is maml and spec.model == "classifier"
+        register_algorithm("test_bare_factory", maml)  # the same factory again: idempotent
+        with pytest.raises(ValueError, match="already registered"):
+            register_algorithm("test_bare_factory", anil)
+    finally:
+        ALGORITHMS.pop("test_bare_factory", None)
 
 
 # ----------------------------------------------------------------------------------------

@@ -228,8 +228,8 @@ def test_every_registered_algorithm_accepts_a_config():
     from jaxmeta.algorithms import ALGORITHMS
     from jaxmeta.train.build import algorithm_parameters
 
-    for name, factory in ALGORITHMS.items():
-        params = algorithm_parameters(factory)
+    for name, spec in ALGORITHMS.items():
+        params = algorithm_parameters(spec.make)
         assert params, name
         raw = yaml.safe_load(TINY.read_text())
         raw["algorithm"] = {"name": name, "bogus_key": 1}

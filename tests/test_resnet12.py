@@ -12,9 +12,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import jit_run_once, shipped_algorithms
+from conftest import algorithm_spec, jit_run_once, shipped_algorithms
 
-from jaxmeta.algorithms import get_algorithm
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.models import MODELS, Conv4, ResNet12
 from jaxmeta.models.layers import block_mask, conv1x1, drop_block
@@ -155,38 +154,18 @@ def test_inductive_mode_support_unchanged_and_queries_independent():
 
 
 WAYS, SHOTS, QUERIES = 3, 1, 2
-_CLF = dict(num_classes=WAYS)
-_EMB = dict(num_classes=None)
-SMOKE = {
-    "maml": (_CLF, dict(inner_lr=0.1, inner_steps=1)),
-    "fomaml": (_CLF, dict(inner_lr=0.1, inner_steps=1)),
-    "anil": (_CLF, dict(inner_lr=0.1, inner_steps=1)),
-    "metasgd": (_CLF, dict(inner_lr_init=0.1, inner_steps=1)),
-    "reptile": (_CLF, dict(inner_lr=0.1, inner_steps=2, inner_batch_size=WAYS * SHOTS)),
-    "protonets": (_EMB, dict()),
-    "matching": (_EMB, dict(fce=True, fce_steps=1, input_shape=(SIZE, SIZE, 3))),
-    "snail": (
-        _EMB,
-        dict(ways=WAYS, shots=SHOTS, input_shape=(SIZE, SIZE, 3), tc_filters=8, key_size=8),
-    ),
-    "mamlpp": (_CLF, dict(inner_lr=0.1, inner_steps=1)),
-    "imaml": (_CLF, dict(inner_lr=0.1, inner_steps=1, cg_steps=2)),
-    "leo": (
-        _EMB,
-        dict(
-            ways=WAYS,
-            input_shape=(SIZE, SIZE, 3),
-            num_latents=4,
-            inner_steps=1,
-            finetune_steps=1,
-            normalize=True,
-        ),
-    ),
-}
 
 
-def test_every_algorithm_is_covered():
-    assert set(SMOKE) == shipped_algorithms()
+def _num_classes(name):
+    """The model's output width: one logit per class, or an embedding (``None``)."""
+    return None if algorithm_spec(name).model == "embedding" else WAYS
+
+
+def _smoke_learner(name, model):
+    """The algorithm's registered example for ``model``, on 3-way 1-shot RGB episodes."""
+    return algorithm_spec(name).example_learner(
+        model.apply, ways=WAYS, shots=SHOTS, input_shape=(SIZE, SIZE, 3)
+    )
 
 
 @functools.cache
@@ -232,11 +211,10 @@ def _bn_mode_check(learner, meta, eps, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SMOKE))
+@pytest.mark.parametrize("name", sorted(shipped_algorithms()))
 def test_every_algorithm_builds_and_differentiates_through_resnet12(name):
-    model_kw, algo_kw = SMOKE[name]
-    model, params = _smoke_params("resnet12", model_kw["num_classes"])
-    learner = get_algorithm(name)(model.apply, **algo_kw)
+    model, params = _smoke_params("resnet12", _num_classes(name))
+    learner = _smoke_learner(name, model)
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
     meta = jit(learner.init)(jax.random.key(0), params)  # eager: op by op (SNAIL, LEO, FCE)
     grad, metrics = jit(learner.meta_grad)(meta, eps, jax.random.key(1))
@@ -272,9 +250,9 @@ def test_every_algorithm_traces_on_conv4_rgb_with_both_bn_modes():
     tracing the gemm one's shifted slices through second-order AD costs ~3x the CPU, and
     the lowerings are shown to agree to second order in tests/test_conv4.py."""
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
-    for name, (model_kw, algo_kw) in SMOKE.items():
-        model, params = _smoke_params("conv4_rgb", model_kw["num_classes"], "xla")
-        learner = get_algorithm(name)(model.apply, **algo_kw)
+    for name in sorted(shipped_algorithms()):
+        model, params = _smoke_params("conv4_rgb", _num_classes(name), "xla")
+        learner = _smoke_learner(name, model)
         meta = jax.eval_shape(learner.init, jax.random.key(0), params)
         grad, _ = jax.eval_shape(learner.meta_grad, meta, eps, jax.random.key(1))
         assert jax.tree.structure(grad) == jax.tree.structure(meta), name
@@ -288,9 +266,8 @@ def test_conv4_rgb_bn_modes_numerically():
     computed on RGB at 84x84 and agrees with xla to second order (tests/test_conv4.py)."""
     eps = _episodes(5, tasks=2, ways=WAYS, shots=SHOTS, queries=QUERIES)
     for name in ("maml",):
-        model_kw, algo_kw = SMOKE[name]
-        model, params = _smoke_params("conv4_rgb", model_kw["num_classes"], "xla")
-        learner = get_algorithm(name)(model.apply, **algo_kw)
+        model, params = _smoke_params("conv4_rgb", _num_classes(name), "xla")
+        learner = _smoke_learner(name, model)
         meta = jit(learner.init)(jax.random.key(0), params)
         grad, metrics = jit(learner.meta_grad)(meta, eps, jax.random.key(1))
         assert np.isfinite(float(metrics["loss"]))

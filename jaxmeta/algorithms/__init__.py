@@ -1,9 +1,11 @@
-"""Algorithm registry: name -> factory ``(apply_fn, **kwargs) -> MetaLearner``.
+"""Algorithm registry: name -> :class:`~jaxmeta.algorithms.base.AlgorithmSpec`.
 
-The engine builds an algorithm from a config by name and passes the remaining keys as
-keyword arguments, validated against the factory's signature. Adding an algorithm means
-adding its module and one entry here (or :func:`register_algorithm` from a plug-in module);
-the engine never changes.
+Each algorithm module defines its ``SPEC``: the factory ``(apply_fn, **options) ->
+MetaLearner``, what its model returns, the episode facts it takes, and a small example.
+The engine builds an algorithm from a config by name, passing the remaining keys as keyword
+arguments (validated against the factory's signature); the suite builds every registered
+algorithm from its example. Adding an algorithm means adding its module and one entry here
+(or :func:`register_algorithm` from a plug-in module); the engine and the tests never change.
 
 The factories themselves are ``jaxmeta.maml``, ``jaxmeta.protonets``, ... (or
 ``jaxmeta.algorithms.maml.maml``): the names of this package are its modules.
@@ -23,38 +25,48 @@ from jaxmeta.algorithms import metasgd as _metasgd
 from jaxmeta.algorithms import protonets as _protonets
 from jaxmeta.algorithms import reptile as _reptile
 from jaxmeta.algorithms import snail as _snail
-from jaxmeta.algorithms.base import MetaLearner
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner
 
-ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
-    "maml": _maml.maml,
-    "fomaml": _maml.fomaml,
-    "reptile": _reptile.reptile,
-    "anil": _anil.anil,
-    "metasgd": _metasgd.metasgd,
-    "protonets": _protonets.protonets,
-    "matching": _matching.matching,
-    "snail": _snail.snail,
-    "leo": _leo.leo,
-    "mamlpp": _mamlpp.mamlpp,
-    "imaml": _imaml.imaml,
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "maml": _maml.SPEC,
+    "fomaml": _maml.FOMAML_SPEC,
+    "reptile": _reptile.SPEC,
+    "anil": _anil.SPEC,
+    "metasgd": _metasgd.SPEC,
+    "protonets": _protonets.SPEC,
+    "matching": _matching.SPEC,
+    "snail": _snail.SPEC,
+    "leo": _leo.SPEC,
+    "mamlpp": _mamlpp.SPEC,
+    "imaml": _imaml.SPEC,
 }
 
 
-def register_algorithm(name: str, factory: Callable[..., MetaLearner]) -> None:
-    """Make ``factory`` available to configs as ``algorithm.name: <name>``.
+def register_algorithm(
+    name: str, factory: AlgorithmSpec | Callable[..., MetaLearner], **spec: object
+) -> None:
+    """Make an algorithm available to configs as ``algorithm.name: <name>``.
+
+    ``factory``: its :class:`AlgorithmSpec`, or the bare factory with the spec's other
+    fields as keywords (``model="embedding"``, ``episode_args=("ways",)``, ``example={...}``).
 
     Raises:
-      ValueError: ``name`` is taken by another factory.
+      ValueError: ``name`` is taken by another algorithm.
     """
-    if ALGORITHMS.get(name, factory) is not factory:
+    if not isinstance(factory, AlgorithmSpec):
+        factory = AlgorithmSpec(factory, **spec)
+    elif spec:
+        raise TypeError("pass the spec's fields in the AlgorithmSpec, not as keywords")
+    taken = ALGORITHMS.get(name)
+    if taken is not None and taken.make is not factory.make:
         raise ValueError(f"algorithm {name!r} is already registered")
     ALGORITHMS[name] = factory
 
 
 def get_algorithm(name: str) -> Callable[..., MetaLearner]:
-    """The factory registered under ``name``."""
+    """The factory registered under ``name`` (its spec: ``ALGORITHMS[name]``)."""
     try:
-        return ALGORITHMS[name]
+        return ALGORITHMS[name].make
     except KeyError:
         raise ValueError(
             f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}"

@@ -11,7 +11,7 @@ import re
 
 import jax
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, gradient_learner
 from jaxmeta.inner import inner_loss, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
@@ -130,3 +130,6 @@ def anil(
         inner_steps=inner_steps,
         eval_steps=eval_steps,
     )
+
+
+SPEC = AlgorithmSpec(anil, model="classifier", example={"inner_lr": 0.4, "inner_steps": 1})

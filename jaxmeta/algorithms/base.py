@@ -13,7 +13,8 @@ Adding an algorithm: one module with its factory, one entry in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -96,6 +97,61 @@ class MetaLearner(NamedTuple):
     update: Callable[..., tuple[Any, Metrics]] | None = None
     evaluate: Callable[..., dict[str, Array]] | None = None
     eval_metric: str | None = None
+
+
+# What a learner's ``apply_fn`` returns (:attr:`AlgorithmSpec.model`).
+MODEL_KINDS = ("classifier", "embedding", "policy")
+# Facts of an episode a factory may take as keyword arguments (:attr:`AlgorithmSpec.episode_args`).
+EPISODE_ARGS = ("ways", "shots", "input_shape")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # compared by identity, like the factory
+class AlgorithmSpec:
+    """A registered algorithm: its factory and what the engine and the tests know about it.
+
+    The registry (:data:`jaxmeta.algorithms.ALGORITHMS`) maps a name to one of these; each
+    algorithm module defines its own (``SPEC``), so adding an algorithm is its module plus one
+    registry line.
+
+    Attributes:
+      make: the factory ``(apply_fn, **options) -> MetaLearner``.
+      model: what ``apply_fn`` must return (:data:`MODEL_KINDS`): ``"classifier"`` (one logit
+        per class, or the regression output), ``"embedding"`` (features; the algorithm scores
+        the classes itself) or ``"policy"`` (meta-RL).
+      episode_args: the facts of the episode ``make`` needs as keyword arguments
+        (:data:`EPISODE_ARGS`; SNAIL's sequence length comes from ``ways`` and ``shots``).
+        ``jaxmeta train`` fills them in from the ``data:`` section.
+      example: the options of a small learner of this algorithm (one inner step, small
+        sub-networks) that compiles and trains quickly; the suite builds every registered
+        algorithm from it. Keys are the factory's keywords, as in a config's ``algorithm:``
+        section, without ``episode_args``.
+    """
+
+    make: Callable[..., MetaLearner]
+    model: str = "classifier"
+    episode_args: tuple[str, ...] = ()
+    example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
+        unknown = set(self.episode_args) - set(EPISODE_ARGS)
+        if unknown:
+            raise ValueError(f"episode_args must be among {EPISODE_ARGS}, got {sorted(unknown)}")
+
+    def example_learner(self, apply_fn: ApplyFn, **episode_and_options: Any) -> MetaLearner:
+        """The learner of :attr:`example` for ``apply_fn``: ``episode_and_options`` holds the
+        :attr:`episode_args` (e.g. ``ways=5``) and any options that override the example's;
+        episode facts this algorithm does not take are dropped."""
+        kwargs = {
+            k: v
+            for k, v in episode_and_options.items()
+            if k not in EPISODE_ARGS or k in self.episode_args
+        }
+        missing = [k for k in self.episode_args if k not in kwargs]
+        if missing:
+            raise TypeError(f"this algorithm needs the episode's {', '.join(missing)}")
+        return self.make(apply_fn, **{**self.example, **kwargs})
 
 
 # How queries are normalised at prediction time by models with batch statistics (Conv-4).

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmeta.algorithms.base import (
+    AlgorithmSpec,
     MetaLearner,
     adapting_predict,
     identity_init,
@@ -336,3 +337,8 @@ def imaml(
         outer_loss=outer_loss,
         eval_inner_steps=eval_steps,
     )
+
+
+SPEC = AlgorithmSpec(
+    imaml, model="classifier", example={"inner_lr": 0.4, "inner_steps": 1, "cg_steps": 2}
+)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, apply_support_query, task_metrics
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, apply_support_query, task_metrics
 from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import label_guard
 from jaxmeta.types import ApplyFn, Array, Episode, Params, PRNGKey
@@ -398,3 +398,11 @@ def leo(
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="leo", outer_loss=outer_loss
     )
+
+
+SPEC = AlgorithmSpec(
+    leo,
+    model="embedding",
+    episode_args=("ways", "input_shape"),
+    example={"num_latents": 4, "inner_steps": 1, "finetune_steps": 1},
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner, identity_init
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, gradient_learner, identity_init
 from jaxmeta.inner import inner_loss, norm_free_mask, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, LossFn, Params
@@ -94,3 +94,9 @@ def maml(
 
 fomaml = functools.partial(maml, first_order=True)
 fomaml.__doc__ = "First-order MAML: :func:`maml` with ``first_order=True``."
+
+
+SPEC = AlgorithmSpec(maml, model="classifier", example={"inner_lr": 0.4, "inner_steps": 1})
+
+
+FOMAML_SPEC = AlgorithmSpec(fomaml, model="classifier", example={"inner_lr": 0.4, "inner_steps": 1})

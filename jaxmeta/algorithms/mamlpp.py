@@ -45,7 +45,13 @@ import re
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, adapting_predict, apply_gradients, query_loss
+from jaxmeta.algorithms.base import (
+    AlgorithmSpec,
+    MetaLearner,
+    adapting_predict,
+    apply_gradients,
+    query_loss,
+)
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, Array, Episode, LossFn, Params, PRNGKey
@@ -377,3 +383,6 @@ def mamlpp(
         init_state=init_state if per_step_bn_stats else None,
         update=update,
     )
+
+
+SPEC = AlgorithmSpec(mamlpp, model="classifier", example={"inner_lr": 0.4, "inner_steps": 1})

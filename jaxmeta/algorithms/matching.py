@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, apply_support_query, query_loss
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, apply_support_query, query_loss
 from jaxmeta.algorithms.metric import ABSENT_LOGIT, class_slots, one_hot_support
 from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
@@ -138,3 +138,11 @@ def matching(
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="matching", outer_loss=task_loss
     )
+
+
+SPEC = AlgorithmSpec(
+    matching,
+    model="embedding",
+    episode_args=("input_shape",),
+    example={"fce": True, "fce_steps": 1},
+)

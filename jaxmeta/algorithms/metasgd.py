@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, gradient_learner
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, gradient_learner
 from jaxmeta.inner import inner_loss, sgd_adapt
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
@@ -83,3 +83,6 @@ def metasgd(
         inner_steps=inner_steps,
         eval_steps=eval_steps,
     )
+
+
+SPEC = AlgorithmSpec(metasgd, model="classifier", example={"inner_steps": 1})

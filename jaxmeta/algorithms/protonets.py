@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, apply_support_query, identity_init, query_loss
+from jaxmeta.algorithms.base import (
+    AlgorithmSpec,
+    MetaLearner,
+    apply_support_query,
+    identity_init,
+    query_loss,
+)
 from jaxmeta.algorithms.metric import (  # noqa: F401 -- ABSENT_LOGIT: its documented home was here
     ABSENT_LOGIT,
     class_slots,
@@ -141,3 +147,6 @@ def protonets(
         name="protonets",
         outer_loss=task_loss,
     )
+
+
+SPEC = AlgorithmSpec(protonets, model="embedding")

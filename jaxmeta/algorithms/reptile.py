@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmeta.algorithms.base import (
+    AlgorithmSpec,
     MetaLearner,
     apply_support_query,
     check_bn_mode,
@@ -234,3 +235,6 @@ def reptile(
         outer_loss=outer_loss,
         eval_inner_steps=eval_inner_steps,
     )
+
+
+SPEC = AlgorithmSpec(reptile, model="classifier", example={"inner_steps": 1, "inner_batch_size": 3})

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.algorithms.base import MetaLearner, apply_support_query, query_loss
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, apply_support_query, query_loss
 from jaxmeta.execution import mean_task_grad
 from jaxmeta.losses import cross_entropy_loss
 from jaxmeta.models.snail import SNAIL
@@ -126,3 +126,11 @@ def snail(
     return MetaLearner(
         init=init, meta_grad=meta_grad, predict=predict, name="snail", outer_loss=task_loss
     )
+
+
+SPEC = AlgorithmSpec(
+    snail,
+    model="embedding",
+    episode_args=("ways", "shots", "input_shape"),
+    example={"tc_filters": 4, "key_size": 4},
+)

@@ -254,4 +254,4 @@ def register() -> None:
         register_task_source(name, cls)
     register_model("gaussian_mlp", GaussianMLPPolicy)
     for name, factory in ALGORITHMS.items():
-        register_algorithm(name, factory)
+        register_algorithm(name, factory, model="policy")

@@ -307,7 +307,7 @@ def algorithm_kwargs(
     ``any_ways``: leave optional shape arguments that the config does not set (ProtoNets' /
     Matching Nets' ``ways``) to the episode, so the learner takes any N-way support set.
     """
-    factory = ALGORITHMS[cfg.algorithm.name]
+    factory = ALGORITHMS[cfg.algorithm.name].make
     params = algorithm_parameters(factory)
     hints = _hints(factory)
     kwargs = {
@@ -344,7 +344,7 @@ def build_learner(
     cfg: ExperimentConfig, *, apply_fn, source: TaskSource | None = None, any_ways: bool = False
 ) -> MetaLearner:
     """The configured :class:`~jaxmeta.algorithms.base.MetaLearner` for ``apply_fn``."""
-    return ALGORITHMS[cfg.algorithm.name](
+    return ALGORITHMS[cfg.algorithm.name].make(
         apply_fn, **algorithm_kwargs(cfg, source, any_ways=any_ways)
     )
 
@@ -388,7 +388,7 @@ def make_learner(
     cfg: ExperimentConfig, *, apply_fn, source: TaskSource, any_ways: bool = False
 ) -> MetaLearner:
     """The learner, its options checked against the factory's signature, then built."""
-    factory = _unknown(cfg, "algorithm", ALGORITHMS, "algorithm")
+    factory = _unknown(cfg, "algorithm", ALGORITHMS, "algorithm").make
     params = algorithm_parameters(factory)
     hints = _hints(factory)
     _check_not_supplied(cfg, "algorithm", source)

@@ -129,7 +129,7 @@ def sweepable_keys(cfg: ExperimentConfig) -> list[str]:
     algorithm's real-valued learning-rate arguments (``float``, named ``*lr*``: the inner
     loops take them as traced values). Integers and strings change shapes or the program;
     other floats may be checked in Python by their factory (e.g. Reptile's betas)."""
-    factory = ALGORITHMS[cfg.algorithm.name]
+    factory = ALGORITHMS[cfg.algorithm.name].make
     target = getattr(factory, "func", factory)
     try:
         hints = typing.get_type_hints(target)
@@ -184,7 +184,7 @@ def population_builder(cfg: ExperimentConfig, exp: Experiment):
     the experiment's own learner and optimizer (the single run's program)."""
     if not cfg.sweep:
         return lambda hparams: (exp.learner, exp.optimizer)
-    factory = ALGORITHMS[cfg.algorithm.name]
+    factory = ALGORITHMS[cfg.algorithm.name].make
 
     def build(hparams: dict[str, jax.Array]) -> tuple[MetaLearner, optax.GradientTransformation]:
         kwargs = algorithm_kwargs(cfg, exp.source)

@@ -93,7 +93,7 @@ def train_accuracy_label(cfg: ExperimentConfig) -> str:
     (gradient learners; not K, which means shots), not the validation accuracy, which the
     status lines print.
     """
-    param = algorithm_parameters(ALGORITHMS[cfg.algorithm.name]).get("inner_steps")
+    param = algorithm_parameters(ALGORITHMS[cfg.algorithm.name].make).get("inner_steps")
     if param is None:
         return "train_acc(q)"
     steps = cfg.algorithm.kwargs.get("inner_steps", param.default)
