@@ -21,6 +21,7 @@ __version__ = "0.2.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "anil": "jaxmeta.algorithms.anil",
+    "boil": "jaxmeta.algorithms.boil",
     "MetaLearner": "jaxmeta.algorithms.base",
     "imaml": "jaxmeta.algorithms.imaml",
     "leo": "jaxmeta.algorithms.leo",
@@ -56,6 +57,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what static tools see: the eager imports
     from jaxmeta.algorithms.anil import anil
     from jaxmeta.algorithms.base import MetaLearner
+    from jaxmeta.algorithms.boil import boil
     from jaxmeta.algorithms.imaml import imaml
     from jaxmeta.algorithms.leo import leo
     from jaxmeta.algorithms.maml import fomaml, maml
@@ -94,6 +96,7 @@ __all__ = [
     "accuracy",
     "anil",
     "apply_gradients",
+    "boil",
     "cross_entropy_loss",
     "fomaml",
     "imaml",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxmeta.algorithms import anil as _anil
+from jaxmeta.algorithms import boil as _boil
 from jaxmeta.algorithms import imaml as _imaml
 from jaxmeta.algorithms import leo as _leo
 from jaxmeta.algorithms import maml as _maml
@@ -32,6 +33,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "fomaml": _maml.FOMAML_SPEC,
     "reptile": _reptile.SPEC,
     "anil": _anil.SPEC,
+    "boil": _boil.SPEC,
     "metasgd": _metasgd.SPEC,
     "protonets": _protonets.SPEC,
     "matching": _matching.SPEC,
