@@ -12,6 +12,7 @@ import pytest
 from jax import enable_x64
 
 import jaxmeta
+from jaxmeta.algorithms import mamlpp as mamlpp_module
 from jaxmeta.algorithms.maml import maml
 from jaxmeta.algorithms.mamlpp import mamlpp, msl_weights
 from jaxmeta.models.conv4 import Conv4
@@ -207,3 +208,41 @@ def test_bad_options_are_one_line_errors():
         mamlpp(mlp.apply, inner_steps=0)
     with pytest.raises(ValueError, match="bn_momentum"):
         mamlpp(mlp.apply, bn_momentum=2.0)
+
+
+def test_the_parts_per_step_copies_and_running_statistics():
+    """The module-level parts on plain arrays: ``init_meta`` gives the BatchNorm leaves one copy
+    per inner step and LSLR one rate per step, ``model_at`` picks copy ``s`` (the last one past
+    the training steps), ``update_running_stats`` is the momentum update, per step."""
+    m = mamlpp_module
+    opts = m._options(
+        inner_lr=0.3, inner_steps=2, eval_inner_steps=None, loss_fn=None, multi_step_loss=True,
+        msl_epochs=1, steps_per_epoch=1, first_order=False, first_order_epochs=0,
+        per_step_bn=True, per_step_bn_stats=True, bn_momentum=0.25,
+        bn_params=m.DEFAULT_BN_PARAMS, lslr=True, remat=False,
+    )  # fmt: skip
+    params = {
+        "params": {
+            "conv0_kernel": np.ones((2, 3), np.float32),
+            "bn0_scale": np.arange(3.0, dtype=np.float32),
+        }
+    }
+    meta = m.init_meta(opts, None, params)
+    theta = meta["params"]["params"]
+    assert theta["conv0_kernel"].shape == (2, 3) and theta["bn0_scale"].shape == (2, 3)
+    np.testing.assert_allclose(meta["lr"]["params"]["bn0_scale"], [0.3, 0.3], rtol=1e-6)
+    mask = m.bn_mask(opts, meta["params"])
+    assert mask == {"params": {"conv0_kernel": False, "bn0_scale": True}}
+    copies = {"params": {**theta, "bn0_scale": jnp.stack([theta["bn0_scale"][0], -np.ones(3)])}}
+    for s, want in ((0, np.arange(3.0)), (1, -np.ones(3)), (5, -np.ones(3))):
+        got = m.model_at(opts, copies, mask, s)["params"]
+        np.testing.assert_array_equal(got["bn0_scale"], want)
+        np.testing.assert_array_equal(got["conv0_kernel"], np.ones((2, 3)))
+    running = m.init_running_stats(opts, None, meta)
+    assert {k: v["bn0"].shape for k, v in running.items()} == {"mean": (2, 3), "var": (2, 3)}
+    moments = {"bn0": (np.full((2, 3), 4.0), np.full((2, 3), 8.0))}
+    new = m.update_running_stats(opts, running, moments)
+    np.testing.assert_allclose(new["mean"]["bn0"], 0.75 * 0.0 + 0.25 * 4.0)
+    np.testing.assert_allclose(new["var"]["bn0"], 0.75 * 1.0 + 0.25 * 8.0)
+    with pytest.raises(ValueError, match="reported batch statistics for"):
+        m.update_running_stats(opts, running, {"bn7": moments["bn0"]})

@@ -40,6 +40,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 
 import jax
@@ -99,6 +101,238 @@ def msl_weights(step: Array, *, steps: int, msl_epochs: int, steps_per_epoch: in
     return jnp.where(epoch < msl_epochs, annealing, final_only)
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The checked options of one MAML++ learner (each as in :func:`mamlpp`)."""
+
+    inner_lr: float
+    inner_steps: int
+    eval_steps: int
+    loss_fn: LossFn
+    multi_step_loss: bool
+    msl_epochs: int
+    steps_per_epoch: int
+    first_order: bool
+    first_order_epochs: int
+    per_step_bn: bool
+    per_step_bn_stats: bool
+    bn_momentum: float
+    bn_re: re.Pattern
+    lslr: bool
+    remat: bool
+
+    @property
+    def copies(self) -> int:
+        """Per-step copies of the BatchNorm weights, learning rates and statistics."""
+        return max(self.inner_steps, 1)
+
+
+def bn_mask(opts: Options, params: Params) -> Params:
+    """Python bools like ``params``: the leaves with per-step copies."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: bool(opts.per_step_bn and opts.bn_re.search(_name(p))), params
+    )
+
+
+def bn_layers(opts: Options, params: Params) -> dict[str, int]:
+    """Running-statistics layers and their channels, from the BatchNorm scale leaves."""
+    out = {}
+    for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = _name(path)
+        if opts.bn_re.search(name) and _layer(name) is not None:
+            out[_layer(name)] = w.shape[-1]
+    return out
+
+
+def init_meta(opts: Options, key: PRNGKey, params: Params) -> Params:
+    """Meta-parameters: ``{"params"}`` with per-step BatchNorm copies, and ``"lr"`` (LSLR)."""
+    del key
+    mask = bn_mask(opts, params)
+    if opts.per_step_bn and not any(jax.tree_util.tree_leaves(mask)):
+        raise ValueError(
+            f"per_step_bn: no parameter matches bn_params={opts.bn_re.pattern!r}; "
+            "set per_step_bn: false for a model without BatchNorm"
+        )
+    n = opts.copies
+    theta = jax.tree_util.tree_map(
+        lambda w, b: jnp.repeat(w[None], n, axis=0) if b else w, params, mask
+    )
+    meta = {"params": theta}
+    if opts.lslr:
+        meta["lr"] = jax.tree_util.tree_map(
+            lambda w: jnp.full((n,), opts.inner_lr, w.dtype), params
+        )
+    return meta
+
+
+def init_running_stats(opts: Options, key: PRNGKey, meta: Params) -> dict:
+    """The learner state: per-step running ``mean`` (zeros) and ``var`` (ones) per layer."""
+    del key
+    layers = bn_layers(opts, meta["params"])
+    if not layers:
+        raise ValueError(
+            f"per_step_bn_stats: no BatchNorm scale matches bn_params={opts.bn_re.pattern!r}; "
+            "set per_step_bn_stats: false for a model without BatchNorm"
+        )
+    dtype = jax.tree_util.tree_leaves(meta["params"])[0].dtype
+    n = opts.copies
+    return {
+        "mean": {k: jnp.zeros((n, c), dtype) for k, c in layers.items()},
+        "var": {k: jnp.ones((n, c), dtype) for k, c in layers.items()},
+    }
+
+
+def update_running_stats(opts: Options, running: dict, moments: dict) -> dict:
+    """One momentum update of the running statistics with a meta-batch's per-step moments
+    (``moments[layer] = (mean [steps, C], var [steps, C])``, means over the tasks)."""
+    if set(moments) != set(running["mean"]):
+        raise ValueError(
+            f"per_step_bn_stats: the model reported batch statistics for "
+            f"{sorted(moments)}, the learner state holds {sorted(running['mean'])}"
+        )
+    m = opts.bn_momentum
+    return {
+        stat: {k: (1 - m) * v + m * moments[k][i].astype(v.dtype) for k, v in running[stat].items()}
+        for i, stat in enumerate(("mean", "var"))
+    }
+
+
+def model_at(opts: Options, theta: Params, mask: Params, s) -> Params:
+    """The model parameters of inner step ``s``: copy ``s`` of the per-step leaves (the last
+    copy past the training steps)."""
+    s = jnp.minimum(s, opts.copies - 1)
+    return jax.tree_util.tree_map(lambda w, b: w[s] if b else w, theta, mask)
+
+
+def _forward(apply_fn: ApplyFn, params: Params, x: Array, stats: bool):
+    """``(outputs, {layer: (mean, var)} or None)``: the BatchNorm moments when ``stats``."""
+    if not stats:
+        return apply_fn(params, x), None
+    try:
+        out, col = apply_fn(params, x, mutable=["batch_stats"])
+    except TypeError as e:
+        raise ValueError(
+            "per_step_bn_stats needs apply_fn(params, x, mutable=['batch_stats']) "
+            f"(a Flax apply); it failed: {e}"
+        ) from None
+    return out, {k: v[0] for k, v in col.get("batch_stats", {}).items()}
+
+
+def inner_loop(opts: Options, apply_fn: ApplyFn, meta, sx, sy, qx, steps: int, fo: bool, *,
+               query_steps: bool, stats: bool):  # fmt: skip
+    """Adapt on one task's support set. Returns ``(adapted theta, support losses [steps],
+    per-step query outputs [steps, n_q, ...] or None, per-step moments or None)``."""
+    theta = meta["params"]
+    mask = bn_mask(opts, theta)
+    if steps == 0:
+        return theta, jnp.zeros((0,), jnp.float32), None, None
+
+    def step(p, s):
+        def support_loss(q):
+            out, moments = _forward(apply_fn, model_at(opts, q, mask, s), sx, stats)
+            return opts.loss_fn(out, sy), moments
+
+        (loss, moments), g = jax.value_and_grad(support_loss, has_aux=True)(p)
+        if fo:
+            g = jax.lax.stop_gradient(g)
+        if opts.lslr:
+            idx = jnp.minimum(s, opts.copies - 1)
+            new = jax.tree_util.tree_map(
+                lambda w, gi, a, b: w if b else w - a[idx] * gi, p, g, meta["lr"], mask
+            )
+        else:
+            new = jax.tree_util.tree_map(
+                lambda w, gi, b: w if b else w - opts.inner_lr * gi, p, g, mask
+            )
+        out = (loss, jax.lax.stop_gradient(moments))
+        if query_steps:
+            out += (apply_fn(model_at(opts, new, mask, s), qx),)
+        return new, out
+
+    if opts.remat:
+        step = jax.checkpoint(step)
+    adapted, ys = jax.lax.scan(step, theta, jnp.arange(steps, dtype=jnp.int32))
+    return adapted, ys[0], (ys[2] if query_steps else None), ys[1]
+
+
+def task_loss(opts: Options, apply_fn: ApplyFn, meta, episode: Episode, step, fo: bool):
+    """One task's outer loss (multi-step weighted at ``step``; ``None``: the final step's),
+    with ``(metrics, per-step support moments)`` as aux."""
+    sx, sy, qx = episode.support_x, episode.support_y, episode.query_x
+    n = opts.inner_steps
+    use_msl = opts.multi_step_loss and n > 0 and step is not None
+    adapted, inner_losses, q_steps, moments = inner_loop(
+        opts, apply_fn, meta, sx, sy, qx, n, fo, query_steps=use_msl, stats=opts.per_step_bn_stats
+    )
+    if use_msl:
+        losses = jax.vmap(lambda out: query_loss(opts.loss_fn, out, episode)[0])(q_steps)
+        loss_final, metrics = query_loss(opts.loss_fn, q_steps[-1], episode)
+        w = msl_weights(
+            step, steps=n, msl_epochs=opts.msl_epochs, steps_per_epoch=opts.steps_per_epoch
+        )
+        loss = jnp.sum(w.astype(losses.dtype) * losses)
+        metrics["msl_loss"] = loss
+    else:
+        final = model_at(opts, adapted, bn_mask(opts, adapted), n - 1)
+        loss, metrics = query_loss(opts.loss_fn, apply_fn(final, qx), episode)
+    if n:
+        metrics["support_loss_before"] = inner_losses[0]
+    return loss, (metrics, moments)
+
+
+def grads_and_moments(opts: Options, apply_fn: ApplyFn, meta, episodes: Episode, key, step,
+                      task_chunk):  # fmt: skip
+    """The mean meta-gradient over ``episodes`` at meta-step ``step`` (first order while the
+    derivative-order annealing says so), its metrics and the mean per-step moments."""
+
+    def with_order(fo: bool):
+        g = jax.grad(lambda m, ep: task_loss(opts, apply_fn, m, ep, step, fo), has_aux=True)
+        return lambda m: mean_map_tasks(
+            lambda ep, k: g(m, ep), episodes, key, task_chunk=task_chunk
+        )
+
+    if opts.first_order or opts.first_order_epochs == 0 or step is None:
+        grads, (metrics, moments) = with_order(opts.first_order)(meta)
+        second = jnp.asarray(0.0 if opts.first_order else 1.0, jnp.float32)
+    else:
+        is_fo = jnp.asarray(step, jnp.int32) // opts.steps_per_epoch < opts.first_order_epochs
+        grads, (metrics, moments) = jax.lax.cond(is_fo, with_order(True), with_order(False), meta)
+        second = 1.0 - is_fo.astype(jnp.float32)
+    return grads, {**metrics, "second_order": second}, moments
+
+
+def _options(**kw) -> Options:
+    """The factory's arguments, checked."""
+    inner_steps = check_int("inner_steps", kw["inner_steps"], minimum=0)
+    eval_steps = inner_steps if kw["eval_inner_steps"] is None else kw["eval_inner_steps"]
+    if not 0.0 <= float(kw["bn_momentum"]) <= 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1], got {kw['bn_momentum']!r}")
+    per_step = kw["multi_step_loss"] or kw["per_step_bn"] or kw["per_step_bn_stats"] or kw["lslr"]
+    if per_step and inner_steps == 0:
+        raise ValueError("inner_steps must be >= 1 when a per-step switch of mamlpp is on")
+    try:
+        bn_re = re.compile(kw["bn_params"])
+    except re.error as e:
+        raise ValueError(f"bn_params is not a regular expression: {e}") from None
+    return Options(
+        inner_lr=check_positive_float("inner_lr", kw["inner_lr"]),
+        inner_steps=inner_steps,
+        eval_steps=check_int("eval_inner_steps", eval_steps, minimum=0),
+        loss_fn=kw["loss_fn"],
+        multi_step_loss=kw["multi_step_loss"],
+        msl_epochs=check_int("msl_epochs", kw["msl_epochs"], minimum=1),
+        steps_per_epoch=check_int("steps_per_epoch", kw["steps_per_epoch"], minimum=1),
+        first_order=kw["first_order"],
+        first_order_epochs=check_int("first_order_epochs", kw["first_order_epochs"], minimum=0),
+        per_step_bn=kw["per_step_bn"],
+        per_step_bn_stats=kw["per_step_bn_stats"],
+        bn_momentum=float(kw["bn_momentum"]),
+        bn_re=bn_re,
+        lslr=kw["lslr"],
+        remat=kw["remat"],
+    )
+
+
 def mamlpp(
     apply_fn: ApplyFn,
     *,
@@ -155,232 +389,77 @@ def mamlpp(
       github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch.
     """
     check_apply_fn(apply_fn)
-    steps_train = check_int("inner_steps", inner_steps, minimum=0)
-    inner_lr = check_positive_float("inner_lr", inner_lr)
-    eval_steps = steps_train if eval_inner_steps is None else eval_inner_steps
-    eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    msl_epochs = check_int("msl_epochs", msl_epochs, minimum=1)
-    steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-    first_order_epochs = check_int("first_order_epochs", first_order_epochs, minimum=0)
-    if not 0.0 <= float(bn_momentum) <= 1.0:
-        raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
-    bn_momentum = float(bn_momentum)
-    per_step = multi_step_loss or per_step_bn or per_step_bn_stats or lslr
-    if per_step and steps_train == 0:
-        raise ValueError("inner_steps must be >= 1 when a per-step switch of mamlpp is on")
-    try:
-        bn_re = re.compile(bn_params)
-    except re.error as e:
-        raise ValueError(f"bn_params is not a regular expression: {e}") from None
-    n_idx = max(steps_train, 1)
-
-    def bn_mask(params: Params) -> Params:
-        """Python bools like ``params``: the leaves with per-step copies."""
-        return jax.tree_util.tree_map_with_path(
-            lambda p, _: bool(per_step_bn and bn_re.search(_name(p))), params
-        )
-
-    def bn_layers(params: Params) -> dict[str, int]:
-        """Running-statistics layers and their channels, from the BatchNorm scale leaves."""
-        out = {}
-        for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
-            name = _name(path)
-            if bn_re.search(name) and _layer(name) is not None:
-                out[_layer(name)] = w.shape[-1]
-        return out
-
-    def init(key: PRNGKey, params: Params) -> Params:
-        del key
-        mask = bn_mask(params)
-        if per_step_bn and not any(jax.tree_util.tree_leaves(mask)):
-            raise ValueError(
-                f"per_step_bn: no parameter matches bn_params={bn_params!r}; "
-                "set per_step_bn: false for a model without BatchNorm"
-            )
-        theta = jax.tree_util.tree_map(
-            lambda w, b: jnp.repeat(w[None], n_idx, axis=0) if b else w, params, mask
-        )
-        meta = {"params": theta}
-        if lslr:
-            meta["lr"] = jax.tree_util.tree_map(
-                lambda w: jnp.full((n_idx,), inner_lr, w.dtype), params
-            )
-        return meta
-
-    def init_state(key: PRNGKey, meta: Params):
-        del key
-        if not per_step_bn_stats:
-            return None
-        layers = bn_layers(meta["params"])
-        if not layers:
-            raise ValueError(
-                f"per_step_bn_stats: no BatchNorm scale matches bn_params={bn_params!r}; "
-                "set per_step_bn_stats: false for a model without BatchNorm"
-            )
-        dtype = jax.tree_util.tree_leaves(meta["params"])[0].dtype
-        return {
-            "mean": {k: jnp.zeros((n_idx, c), dtype) for k, c in layers.items()},
-            "var": {k: jnp.ones((n_idx, c), dtype) for k, c in layers.items()},
-        }
-
-    def model_at(theta: Params, mask: Params, s) -> Params:
-        s = jnp.minimum(s, n_idx - 1)
-        return jax.tree_util.tree_map(lambda w, b: w[s] if b else w, theta, mask)
-
-    def forward(params: Params, x: Array, stats: bool):
-        if not stats:
-            return apply_fn(params, x), None
-        try:
-            out, col = apply_fn(params, x, mutable=["batch_stats"])
-        except TypeError as e:
-            raise ValueError(
-                "per_step_bn_stats needs apply_fn(params, x, mutable=['batch_stats']) "
-                f"(a Flax apply); it failed: {e}"
-            ) from None
-        return out, {k: v[0] for k, v in col.get("batch_stats", {}).items()}
-
-    def run_inner(meta, sx, sy, qx, steps: int, fo: bool, *, query_steps: bool, stats: bool):
-        """Adapt on one task's support set. Returns ``(adapted theta, support losses
-        [steps], per-step query outputs [steps, n_q, ...] or None, per-step moments)``."""
-        theta = meta["params"]
-        mask = bn_mask(theta)
-        if steps == 0:
-            return theta, jnp.zeros((0,), jnp.float32), None, None
-
-        def step(p, s):
-            def support_loss(q):
-                out, moments = forward(model_at(q, mask, s), sx, stats)
-                return loss_fn(out, sy), moments
-
-            (loss, moments), g = jax.value_and_grad(support_loss, has_aux=True)(p)
-            if fo:
-                g = jax.lax.stop_gradient(g)
-            if lslr:
-                idx = jnp.minimum(s, n_idx - 1)
-                new = jax.tree_util.tree_map(
-                    lambda w, gi, a, b: w if b else w - a[idx] * gi, p, g, meta["lr"], mask
-                )
-            else:
-                new = jax.tree_util.tree_map(
-                    lambda w, gi, b: w if b else w - inner_lr * gi, p, g, mask
-                )
-            out = (loss, jax.lax.stop_gradient(moments))
-            if query_steps:
-                out += (apply_fn(model_at(new, mask, s), qx),)
-            return new, out
-
-        if remat:
-            step = jax.checkpoint(step)
-        adapted, ys = jax.lax.scan(step, theta, jnp.arange(steps, dtype=jnp.int32))
-        return adapted, ys[0], (ys[2] if query_steps else None), ys[1]
+    opts = _options(
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        eval_inner_steps=eval_inner_steps,
+        loss_fn=loss_fn,
+        multi_step_loss=multi_step_loss,
+        msl_epochs=msl_epochs,
+        steps_per_epoch=steps_per_epoch,
+        first_order=first_order,
+        first_order_epochs=first_order_epochs,
+        per_step_bn=per_step_bn,
+        per_step_bn_stats=per_step_bn_stats,
+        bn_momentum=bn_momentum,
+        bn_params=bn_params,
+        lslr=lslr,
+        remat=remat,
+    )
 
     def n_out(meta, support_x) -> int:
-        mp = jax.eval_shape(lambda m: model_at(m["params"], bn_mask(m["params"]), 0), meta)
-        return jax.eval_shape(apply_fn, mp, support_x).shape[-1]
-
-    def task_loss(meta, episode: Episode, step, fo: bool):
-        """One task's outer loss, with ``(metrics, per-step support moments)`` as aux."""
-        sx, sy, qx = episode.support_x, episode.support_y, episode.query_x
-        use_msl = multi_step_loss and steps_train > 0 and step is not None
-        adapted, inner_losses, q_steps, moments = run_inner(
-            meta, sx, sy, qx, steps_train, fo, query_steps=use_msl, stats=per_step_bn_stats
+        """The model's output width (what labels must stay below), without computing."""
+        mp = jax.eval_shape(
+            lambda m: model_at(opts, m["params"], bn_mask(opts, m["params"]), 0), meta
         )
-        if use_msl:
-            losses = jax.vmap(lambda out: query_loss(loss_fn, out, episode)[0])(q_steps)
-            loss_final, metrics = query_loss(loss_fn, q_steps[-1], episode)
-            w = msl_weights(
-                step, steps=steps_train, msl_epochs=msl_epochs, steps_per_epoch=steps_per_epoch
-            )
-            loss = jnp.sum(w.astype(losses.dtype) * losses)
-            metrics["msl_loss"] = loss
-        else:
-            final = model_at(adapted, bn_mask(adapted), steps_train - 1)
-            loss, metrics = query_loss(loss_fn, apply_fn(final, qx), episode)
-        if steps_train:
-            metrics["support_loss_before"] = inner_losses[0]
-        return loss, (metrics, moments)
+        return jax.eval_shape(apply_fn, mp, support_x).shape[-1]
 
     def outer_loss(meta, episode: Episode, key: PRNGKey | None = None, *, step=None):
         """Query loss of one task after adaptation (multi-step weighted at ``step``)."""
         del key
         check_episode(episode, batched=False, num_classes=lambda: n_out(meta, episode.support_x))
         # Derivative-order annealing is decided per meta-batch, in meta_grad.
-        loss, (metrics, _) = task_loss(meta, episode, step, first_order)
+        loss, (metrics, _) = task_loss(opts, apply_fn, meta, episode, step, opts.first_order)
         return loss, metrics
 
-    def grads_and_moments(meta, episodes: Episode, key: PRNGKey, step, task_chunk):
+    def checked_grads(meta, episodes: Episode, key: PRNGKey, step, task_chunk):
         sx = episodes.support_x
         check_episode(episodes, batched=True, num_classes=lambda: n_out(meta, sx[0]))
-
-        def with_order(fo: bool):
-            g = jax.grad(lambda m, ep: task_loss(m, ep, step, fo), has_aux=True)
-            return lambda m: mean_map_tasks(
-                lambda ep, k: g(m, ep), episodes, key, task_chunk=task_chunk
-            )
-
-        if first_order or first_order_epochs == 0 or step is None:
-            grads, (metrics, moments) = with_order(first_order)(meta)
-            second = jnp.asarray(0.0 if first_order else 1.0, jnp.float32)
-        else:
-            is_fo = jnp.asarray(step, jnp.int32) // steps_per_epoch < first_order_epochs
-            grads, (metrics, moments) = jax.lax.cond(
-                is_fo, with_order(True), with_order(False), meta
-            )
-            second = 1.0 - is_fo.astype(jnp.float32)
-        metrics = {**metrics, "second_order": second}
-        return grads, metrics, moments
+        return grads_and_moments(opts, apply_fn, meta, episodes, key, step, task_chunk)
 
     def meta_grad(meta, episodes: Episode, key: PRNGKey, *, task_chunk="auto", step=None):
         """Mean meta-gradient and metrics over ``episodes`` at meta-step ``step``."""
-        grads, metrics, _ = grads_and_moments(meta, episodes, key, step, task_chunk)
+        grads, metrics, _ = checked_grads(meta, episodes, key, step, task_chunk)
         return grads, metrics
 
     def update(state, episodes: Episode, key: PRNGKey, *, optimizer, task_chunk="auto"):
         """The outer update: meta-gradient at ``state.step``, optimizer, running statistics."""
-        grads, metrics, moments = grads_and_moments(
-            state.params, episodes, key, state.step, task_chunk
-        )
+        grads, metrics, moments = checked_grads(state.params, episodes, key, state.step, task_chunk)
         new, metrics = apply_gradients(optimizer, state, grads, metrics)
-        if per_step_bn_stats:
-            running = state.learner_state
-            if set(moments) != set(running["mean"]):
-                raise ValueError(
-                    f"per_step_bn_stats: the model reported batch statistics for "
-                    f"{sorted(moments)}, the learner state holds {sorted(running['mean'])}"
-                )
-            m = bn_momentum
-            new = new.replace(
-                learner_state={
-                    "mean": {
-                        k: (1 - m) * v + m * moments[k][0].astype(v.dtype)
-                        for k, v in running["mean"].items()
-                    },
-                    "var": {
-                        k: (1 - m) * v + m * moments[k][1].astype(v.dtype)
-                        for k, v in running["var"].items()
-                    },
-                }
-            )
+        if opts.per_step_bn_stats:
+            running = update_running_stats(opts, state.learner_state, moments)
+            new = new.replace(learner_state=running)
         return new, metrics
 
     def adapt(meta, support_x: Array, support_y: Array, steps=None) -> Params:
         """Adapted model parameters of one task (per-step BatchNorm copy of the last step)."""
-        steps = eval_steps if steps is None else check_int("steps", steps, minimum=0)
+        steps = opts.eval_steps if steps is None else check_int("steps", steps, minimum=0)
         check_task(support_x, support_y, num_classes=lambda: n_out(meta, support_x))
-        adapted = run_inner(
-            meta, support_x, support_y, None, steps, False, query_steps=False, stats=False
-        )[0]
-        return model_at(adapted, bn_mask(adapted), max(steps - 1, 0))
+        adapted = inner_loop(
+            opts, apply_fn, meta, support_x, support_y, None, steps, False,
+            query_steps=False, stats=False,
+        )[0]  # fmt: skip
+        return model_at(opts, adapted, bn_mask(opts, adapted), max(steps - 1, 0))
 
     return MetaLearner(
-        init=init,
+        init=functools.partial(init_meta, opts),
         meta_grad=meta_grad,
-        predict=adapting_predict(apply_fn, adapt, eval_steps),
+        predict=adapting_predict(apply_fn, adapt, opts.eval_steps),
         name="mamlpp",
         adapt=adapt,
         outer_loss=outer_loss,
-        eval_inner_steps=eval_steps,
-        init_state=init_state if per_step_bn_stats else None,
+        eval_inner_steps=opts.eval_steps,
+        init_state=functools.partial(init_running_stats, opts) if per_step_bn_stats else None,
         update=update,
     )
 
