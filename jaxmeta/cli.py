@@ -280,10 +280,11 @@ def _add_evaluate_command(sub) -> None:
     )
     e.add_argument(
         "--bn-mode",
-        choices=("both", "transductive", "inductive"),
+        choices=("both", "transductive", "inductive", "running"),
         default="both",
         help="BatchNorm mode of the queries (Conv-4 models; see below): both (default), "
-        "transductive (the published protocol) or inductive",
+        "transductive (the published protocol), inductive, or running (ProtoNets with "
+        "running_stats, whose protocol it is)",
     )
     e.add_argument(
         "--set",
@@ -341,11 +342,12 @@ def _add_predict_command(sub) -> None:
     )
     pr.add_argument(
         "--bn-mode",
-        choices=("inductive", "transductive"),
-        default="inductive",
+        choices=("inductive", "transductive", "running"),
+        default=None,
         help="inductive (default): each query normalised with the support set's BatchNorm "
         "statistics, so a prediction does not depend on the other queries; transductive: "
-        "the queries normalised together (the evaluation protocol)",
+        "the queries normalised together (the evaluation protocol); running: the running "
+        "statistics of a run that keeps them (ProtoNets with running_stats: its default)",
     )
     pr.add_argument(
         "--inner-steps",

@@ -37,7 +37,7 @@ def predict_folders(
     support: str | Path,
     query: list[str | Path],
     checkpoint: str | int = "best",
-    bn_mode: str = "inductive",
+    bn_mode: str | None = None,
     inner_steps: int | None = None,
     run: int | None = None,
     trust_plugins: bool | tuple[str, ...] | list[str] = False,

@@ -81,6 +81,7 @@ class FewShotClassifier:
         step: int,
         checkpoint: str,
         bn_mode: str,
+        learner_state: Any = None,
         inner_steps: int | None,
         ways: int | None,
         input_shape: tuple[int, ...],
@@ -91,6 +92,7 @@ class FewShotClassifier:
         self.model = model
         self.learner = learner
         self.params = params
+        self.learner_state = learner_state
         self.step = step
         self.checkpoint = checkpoint
         self.bn_mode = check_bn_mode(bn_mode)
@@ -204,12 +206,15 @@ class FewShotClassifier:
                 kwargs["steps"] = self.inner_steps
             if self.uses_batch_statistics:
                 kwargs["bn_mode"] = bn_mode
+            stateful = self.learner.init_state is not None
 
-            def run(params, sx, sy, qx):
+            def run(params, state, sx, sy, qx):
                 self._traces += 1
-                return self.learner.predict(params, sx, sy, qx, None, **kwargs)
+                extra = {"learner_state": state} if stateful else {}
+                return self.learner.predict(params, sx, sy, qx, None, **kwargs, **extra)
 
-            self._compiled[bn_mode] = jax.jit(run)
+            program = jax.jit(run)
+            self._compiled[bn_mode] = lambda *a: program(self.params, self.learner_state, *a)
         return self._compiled[bn_mode]
 
     def predict(self, support_x, support_y, query_x, *, bn_mode: str | None = None) -> Array:
@@ -236,7 +241,7 @@ class FewShotClassifier:
             sy = jnp.asarray(support_y, jnp.float32)
             if sy.shape[0] != sx.shape[0]:
                 raise ValueError(f"support_y has {sy.shape[0]} targets for {sx.shape[0]} inputs")
-            return self._program(check_bn_mode(bn_mode or self.bn_mode))(self.params, sx, sy, qx)
+            return self._program(check_bn_mode(bn_mode or self.bn_mode))(sx, sy, qx)
         sy, n = self._labels(support_y, sx.shape[0])
         mode = check_bn_mode(bn_mode or self.bn_mode)
         if mode == "transductive" and qx.shape[0] == 1 and self.uses_batch_statistics:
@@ -246,7 +251,7 @@ class FewShotClassifier:
                 "bn_mode='inductive' (the support set's statistics) or give several queries",
                 stacklevel=2,
             )
-        out = self._program(mode)(self.params, sx, sy, qx)
+        out = self._program(mode)(sx, sy, qx)
         return out[:, :n]  # metric learners without a fixed N give n_support columns
 
     def probabilities(self, support_x, support_y, query_x, **kwargs) -> Array:
@@ -293,7 +298,7 @@ class AdaptedClassifier:
         """Logits ``[n_q, N]`` of ``query_x`` (``[n_q, S, S]`` or ``[n_q, S, S, 1]``)."""
         clf = self.classifier
         qx = clf._images(query_x, "query_x")
-        out = clf._program(self.bn_mode)(clf.params, self.support_x, self.support_y, qx)
+        out = clf._program(self.bn_mode)(self.support_x, self.support_y, qx)
         return out if self.ways is None else out[:, : self.ways]
 
     def probabilities(self, query_x) -> Array:
@@ -309,7 +314,7 @@ def load(
     workdir: str | os.PathLike,
     checkpoint: str | int = "best",
     *,
-    bn_mode: str = "inductive",
+    bn_mode: str | None = None,
     inner_steps: int | None = None,
     run: int | None = None,
     trust_plugins: bool | tuple[str, ...] | list[str] = False,
@@ -320,10 +325,12 @@ def load(
       workdir: a directory written by ``jaxmeta train`` (``config.yaml`` + checkpoints).
       checkpoint: ``"best"`` (highest validation accuracy; the latest when the run has no
         validation), ``"latest"``, or a step number.
-      bn_mode: ``"inductive"`` (default: queries normalised with the support set's batch
-        statistics, so each prediction is independent of the other queries) or
+      bn_mode: ``"inductive"`` (the default: queries normalised with the support set's batch
+        statistics, so each prediction is independent of the other queries),
         ``"transductive"`` (the published evaluation protocol: the queries normalised
-        together). Irrelevant for models without BatchNorm.
+        together) or ``"running"`` (the running statistics of a learner that keeps them:
+        the default for ProtoNets with ``running_stats``). Irrelevant for models without
+        BatchNorm.
       inner_steps: adaptation steps of gradient-based learners (default: the algorithm's
         evaluation steps, e.g. MAML's ``eval_inner_steps``).
       run: which member of a population workdir (``train.seeds`` / ``sweep``; required
@@ -344,7 +351,7 @@ def load(
     from jaxmeta.train.evaluate import accepts_steps
     from jaxmeta.train.run import restore_run
 
-    if bn_mode not in BN_MODES:
+    if bn_mode is not None and bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     # Optional shape arguments (ProtoNets' / Matching Nets' ways) are left to the episode:
     # the same parameters then classify any N-way support set.
@@ -357,6 +364,14 @@ def load(
             )
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an int >= 0, got {inner_steps!r}")
+    keeps_stats = learner.bn_mode == "running"
+    if bn_mode is None:
+        bn_mode = "running" if keeps_stats else "inductive"
+    elif bn_mode == "running" and not keeps_stats:
+        raise ValueError(
+            f"bn_mode='running' needs running statistics, which this {learner.name} run does "
+            "not keep (ProtoNets with running_stats: true does); use 'inductive' or 'transductive'"
+        )
     steps = learner.eval_inner_steps if inner_steps is None else inner_steps
     alg_kw = algorithm_kwargs(cfg, exp.source, any_ways=True)
     classification = exp.source.classification
@@ -368,6 +383,7 @@ def load(
         step=run.step,
         checkpoint=run.checkpoint,
         bn_mode=bn_mode,
+        learner_state=jax.device_put(run.state.learner_state),
         inner_steps=steps,
         ways=_fixed_ways(model_kwargs(cfg), alg_kw) if classification else None,
         input_shape=tuple(exp.source.input_shape),

@@ -192,6 +192,8 @@ def _check_clear_errors(clf, initialised: dict[str, Path], omniglot, tmp_path: P
     with pytest.raises(FileNotFoundError, match="not a 'jaxmeta train' workdir"):
         jaxmeta.load(tmp_path)
     with pytest.raises(ValueError, match="bn_mode must be one of"):
+        jaxmeta.load(initialised["maml"], bn_mode="batch")
+    with pytest.raises(ValueError, match="needs running statistics, which this maml run"):
         jaxmeta.load(initialised["maml"], bn_mode="running")
     with pytest.raises(ValueError, match="does not adapt by inner steps"):
         jaxmeta.load(initialised["protonets"], inner_steps=3)

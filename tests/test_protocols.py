@@ -189,6 +189,7 @@ def test_other_paper_configs_set_the_reference_switches():
     for s in ("5w1s", "5w5s", "20w1s", "20w5s"):
         p = load_config(f"configs/omniglot/protonets_{s}.yaml")
         assert p.algorithm.kwargs["joint_batch"] is True and p.data.train_on_val is True
+        assert p.algorithm.kwargs["running_stats"] is True  # model.eval() at test
         assert p.data.resize == "binary" and p.eval.episodes == 1000 and p.train.eval_every == 0
         r = load_config(f"configs/omniglot/reptile_{s}.yaml")
         assert r.data.shots + r.data.queries == 10  # --train-shots 10

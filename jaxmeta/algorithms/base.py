@@ -81,9 +81,15 @@ class MetaLearner(NamedTuple):
         regressor): accuracy or MSE of ``predict``.
       eval_metric: the key of ``evaluate``'s result that validation maximises (best
         checkpoint) and results report first with its ``ci95``.
+      bn_mode: the BatchNorm mode ``predict`` uses by default (what an evaluation reports):
+        ``"transductive"`` for every shipped learner but ProtoNets with running statistics
+        (``"running"``).
 
     Every shipped learner's ``predict`` also takes ``bn_mode=`` (:data:`BN_MODES`): how a
     model with batch statistics normalises the queries (see :func:`apply_support_query`).
+    A learner with ``init_state`` takes ``learner_state=`` too: the engine passes the train
+    state's ``learner_state`` to it at evaluation and in :func:`jaxmeta.load` (ProtoNets
+    normalises with the running statistics kept there).
     """
 
     init: Callable[[PRNGKey, Params], Params]
@@ -97,6 +103,7 @@ class MetaLearner(NamedTuple):
     update: Callable[..., tuple[Any, Metrics]] | None = None
     evaluate: Callable[..., dict[str, Array]] | None = None
     eval_metric: str | None = None
+    bn_mode: str = "transductive"
 
 
 # What a learner's ``apply_fn`` returns (:attr:`AlgorithmSpec.model`).
@@ -154,8 +161,9 @@ class AlgorithmSpec:
         return self.make(apply_fn, **{**self.example, **kwargs})
 
 
-# How queries are normalised at prediction time by models with batch statistics (Conv-4).
-BN_MODES = ("transductive", "inductive")
+# How queries are normalised at prediction time by models with batch statistics (Conv-4);
+# "running": with running statistics kept in the learner state (ProtoNets' running_stats).
+BN_MODES = ("transductive", "inductive", "running")
 
 
 def check_bn_mode(bn_mode: str) -> str:
@@ -171,6 +179,7 @@ def apply_support_query(
     query_x: Array,
     *,
     bn_mode: str = "transductive",
+    norm_stats: Any = None,
 ) -> tuple[Array, Array]:
     """A model's outputs on one task's support and query sets, in a BatchNorm mode.
 
@@ -193,14 +202,26 @@ def apply_support_query(
       support_x: ``[n_s, ...]``.
       query_x: ``[n_q, ...]``.
       bn_mode: one of :data:`BN_MODES`.
+      norm_stats: for ``"running"``: the statistics every normalisation layer uses
+        (``apply_fn(..., norm_stats=...)``: each example independently of the others).
 
     Returns:
       ``(support_out [n_s, ...], query_out [n_q, ...])``.
     """
-    if check_bn_mode(bn_mode) == "transductive":
+    mode = check_bn_mode(bn_mode)
+    if mode == "transductive":
         return apply_fn(params, support_x), apply_fn(params, query_x)
     n_s = support_x.shape[0]
-    out = apply_fn(params, jnp.concatenate([support_x, query_x], axis=0), stats_rows=n_s)
+    both = jnp.concatenate([support_x, query_x], axis=0)
+    if mode == "running":
+        if norm_stats is None:
+            raise ValueError(
+                "bn_mode='running' needs running statistics, which only a learner that keeps "
+                "them has (protonets with running_stats=True); use 'transductive' or 'inductive'"
+            )
+        out = apply_fn(params, both, norm_stats=norm_stats)
+    else:
+        out = apply_fn(params, both, stats_rows=n_s)
     return out[:n_s], out[n_s:]
 
 

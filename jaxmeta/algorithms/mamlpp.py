@@ -451,10 +451,17 @@ def mamlpp(
         )[0]  # fmt: skip
         return model_at(opts, adapted, bn_mask(opts, adapted), max(steps - 1, 0))
 
+    adapted_predict = adapting_predict(apply_fn, adapt, opts.eval_steps)
+
+    def predict(*args, learner_state=None, **kwargs):
+        """``adapting_predict``'s; the running statistics are tracked, not used."""
+        del learner_state
+        return adapted_predict(*args, **kwargs)
+
     return MetaLearner(
         init=functools.partial(init_meta, opts),
         meta_grad=meta_grad,
-        predict=adapting_predict(apply_fn, adapt, opts.eval_steps),
+        predict=predict,
         name="mamlpp",
         adapt=adapt,
         outer_loss=outer_loss,

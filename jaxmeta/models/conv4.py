@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import flax.linen as nn
@@ -78,10 +79,12 @@ class Conv4(nn.Module):
         ``maml(adapt_norm=False)`` this is the reference's BatchNorm.
       activation: ``"relu"`` (default) or ``"leaky_relu"`` (slope 0.01, MAML++'s reference).
 
-    Call: ``(x [n, H, W, C], *, stats_rows=None) -> [n, num_classes]``; ``stats_rows=k``
-    normalises with the statistics of ``x[:k]`` (inductive; see the module docstring).
-    With ``mutable=["batch_stats"]`` the ``(mean [C], var [C])`` each BatchNorm normalised
-    with are returned too, under ``batch_stats/bn{i}`` (MAML++ tracks them per inner step).
+    Call: ``(x [n, H, W, C], *, stats_rows=None, norm_stats=None) -> [n, num_classes]``;
+    ``stats_rows=k`` normalises with the statistics of ``x[:k]`` (inductive; see the module
+    docstring); ``norm_stats={"bn{i}": (mean [C], var [C])}`` with those (running statistics).
+    With ``mutable=["batch_stats"]`` the ``(mean [C], biased var [C], count)`` each BatchNorm
+    computed from its batch are returned too, under ``batch_stats/bn{i}`` (MAML++ and
+    ProtoNets' running statistics track them).
     """
 
     # Read by the engine: the output depends on the batch (so an inductive mode exists).
@@ -97,7 +100,13 @@ class Conv4(nn.Module):
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, x: Array, *, stats_rows: int | None = None) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        *,
+        stats_rows: int | None = None,
+        norm_stats: Mapping[str, tuple[Array, Array]] | None = None,
+    ) -> Array:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.activation not in ACTIVATIONS:
@@ -125,10 +134,12 @@ class Conv4(nn.Module):
                 scale = jnp.ones((self.filters,), self.dtype)
             bias = self.param(f"bn{i}_bias", nn.initializers.zeros, (self.filters,), self.dtype)
             x = conv3x3(x, kernel, stride=stride, impl=impl)
-            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+            reporting = self.is_mutable_collection("batch_stats") and norm_stats is None
+            if reporting and not self.is_initializing():
                 # Only when asked (MAML++'s per-step running statistics); a no-op otherwise.
                 self.sow("batch_stats", f"bn{i}", batch_moments(x, stats_rows=stats_rows))
-            x = act(batch_stat_norm(x, scale, bias, stats_rows=stats_rows))
+            stats = None if norm_stats is None else norm_stats[f"bn{i}"]
+            x = act(batch_stat_norm(x, scale, bias, stats_rows=stats_rows, stats=stats))
             if self.pool:
                 x = max_pool2x2(x)
         if self.head == "mean":

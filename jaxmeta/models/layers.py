@@ -123,16 +123,25 @@ def conv1x1(x: Array, kernel: Array, *, impl: str) -> Array:
     return out.reshape(n, h, w, kernel.shape[-1])
 
 
-def batch_moments(x: Array, *, stats_rows: int | None = None) -> tuple[Array, Array]:
-    """The ``(mean [C], biased var [C])`` :func:`batch_stat_norm` normalises ``x`` with."""
+def batch_moments(x: Array, *, stats_rows: int | None = None) -> tuple[Array, Array, Array]:
+    """The ``(mean [C], biased var [C])`` :func:`batch_stat_norm` normalises ``x`` with, and
+    the number of values per channel they were computed from (a scalar; for the unbiased
+    variance that PyTorch's running statistics keep)."""
     ref = x if stats_rows is None else x[:stats_rows]
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(ref, axis=axes, keepdims=True)
-    return mean.reshape(-1), jnp.mean(jnp.square(ref - mean), axis=axes)
+    count = jnp.asarray(ref.size // ref.shape[-1], x.dtype)
+    return mean.reshape(-1), jnp.mean(jnp.square(ref - mean), axis=axes), count
 
 
 def batch_stat_norm(
-    x: Array, scale: Array, bias: Array, *, eps: float = 1e-5, stats_rows: int | None = None
+    x: Array,
+    scale: Array,
+    bias: Array,
+    *,
+    eps: float = 1e-5,
+    stats_rows: int | None = None,
+    stats: tuple[Array, Array] | None = None,
 ) -> Array:
     """BatchNorm with batch statistics (mean/biased var over all axes but C), no running averages.
 
@@ -149,13 +158,18 @@ def batch_stat_norm(
         ``x = concat([support, query])`` and ``k = n_support`` the support set is normalised
         exactly as alone and every query with the support's statistics, independently of the
         other queries).
+      stats: ``(mean [C], var [C])`` to normalise with instead of the batch's (running
+        statistics: every example independently of the others); ``stats_rows`` is then unused.
     """
+    shape = (1,) * (x.ndim - 1) + (-1,)
+    if stats is not None:
+        mean, var = (jnp.asarray(v, x.dtype).reshape(shape) for v in stats)
+        return (x - mean) * (lax.rsqrt(var + eps) * scale.reshape(shape)) + bias.reshape(shape)
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x if stats_rows is None else x[:stats_rows], axis=axes, keepdims=True)
     centred = x - mean
     ref = centred if stats_rows is None else centred[:stats_rows]
     var = jnp.mean(jnp.square(ref), axis=axes, keepdims=True)
-    shape = (1,) * (x.ndim - 1) + (-1,)
     return centred * (lax.rsqrt(var + eps) * scale.reshape(shape)) + bias.reshape(shape)
 
 

@@ -53,8 +53,11 @@ def make_evaluator(
     batch_size: int = 50,
     inner_steps: int | None = None,
     bn_mode: str | None = None,
-) -> Callable[[Params, Episode, PRNGKey], dict[str, Array]]:
-    """A jitted ``(params, episodes, key) -> per-episode metrics``.
+) -> Callable[..., dict[str, Array]]:
+    """A jitted ``(params, episodes, key, learner_state=None) -> per-episode metrics``.
+
+    ``learner_state`` (the train state's) reaches ``predict`` of a learner that keeps one
+    (``init_state``): ProtoNets' running statistics.
 
     A learner with its own ``evaluate`` (the evaluation hook) is jitted as it is, with
     ``steps=inner_steps`` when given; it maps its tasks itself (``batch_size`` unused).
@@ -65,12 +68,12 @@ def make_evaluator(
         otherwise ``mse``.
       batch_size: episodes vmapped together inside ``lax.map``.
       inner_steps: override the inner steps of ``predict`` (MAML: ``eval_inner_steps``).
-      bn_mode: ``"transductive"`` or ``"inductive"``: how ``predict`` normalises the
-        queries (:func:`jaxmeta.algorithms.base.apply_support_query`); ``None``: the
-        learner's default (transductive for every shipped learner).
+      bn_mode: ``"transductive"``, ``"inductive"`` or ``"running"``: how ``predict``
+        normalises the queries (:func:`jaxmeta.algorithms.base.apply_support_query`);
+        ``None``: the learner's default (``MetaLearner.bn_mode``).
 
     Returns:
-      ``evaluate(params, episodes, key)`` with ``episodes`` carrying a leading
+      ``evaluate(params, episodes, key, learner_state=None)`` with ``episodes`` carrying a leading
       ``[episodes]`` axis; the result maps metric names to ``[episodes]`` arrays.
 
     Raises:
@@ -81,7 +84,9 @@ def make_evaluator(
         if bn_mode is not None:
             raise ValueError(f"algorithm {learner.name!r} has no BatchNorm mode")
         steps = {} if inner_steps is None else {"steps": int(inner_steps)}
-        return jax.jit(lambda params, eps, key: learner.evaluate(params, eps, key, **steps))
+        return jax.jit(
+            lambda params, eps, key, learner_state=None: learner.evaluate(params, eps, key, **steps)
+        )
     kwargs = {}
     if inner_steps is not None:
         if not accepts_steps(learner.predict):
@@ -99,9 +104,12 @@ def make_evaluator(
             )
         kwargs["bn_mode"] = check_bn_mode(bn_mode)
 
-    def one(params: Params, episode: Episode, key: PRNGKey) -> dict[str, Array]:
+    stateful = learner.init_state is not None
+
+    def one(params: Params, episode: Episode, key: PRNGKey, state) -> dict[str, Array]:
+        extra = {"learner_state": state} if stateful else {}
         out = learner.predict(
-            params, episode.support_x, episode.support_y, episode.query_x, key, **kwargs
+            params, episode.support_x, episode.support_y, episode.query_x, key, **kwargs, **extra
         )
         if classification:
             return {
@@ -111,11 +119,13 @@ def make_evaluator(
         return {"mse": mse_loss(out, episode.query_y)}
 
     @jax.jit
-    def evaluate(params: Params, episodes: Episode, key: PRNGKey) -> dict[str, Array]:
+    def evaluate(params: Params, episodes: Episode, key: PRNGKey, learner_state=None):
         n = episodes.support_x.shape[0]
         keys = jax.random.split(key, n)
         return jax.lax.map(
-            lambda a: one(params, *a), (episodes, keys), batch_size=min(batch_size, n)
+            lambda a: one(params, *a, learner_state),
+            (episodes, keys),
+            batch_size=min(batch_size, n),
         )
 
     return evaluate
@@ -131,6 +141,7 @@ def evaluate(
     batch_size: int = 50,
     inner_steps: int | None = None,
     bn_mode: str | None = None,
+    learner_state: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``params`` on fixed episodes; returns the summary dict (``jaxmeta.evaluate``).
 
@@ -143,7 +154,8 @@ def evaluate(
       key: for learners that draw randomness at test time.
       batch_size: episodes evaluated together.
       inner_steps: adaptation steps (default: the learner's ``eval_inner_steps``).
-      bn_mode: ``"transductive"`` or ``"inductive"`` BatchNorm for the queries.
+      bn_mode: ``"transductive"``, ``"inductive"`` or ``"running"`` BatchNorm for the queries.
+      learner_state: the state of a learner that keeps one (``TrainState.learner_state``).
 
     Returns:
       ``{"accuracy", "ci95", "loss", "episodes"}`` for classification (accuracy as a
@@ -160,7 +172,7 @@ def evaluate(
         inner_steps=inner_steps,
         bn_mode=bn_mode,
     )
-    per = jax.device_get(fn(params, episodes, key))
+    per = jax.device_get(fn(params, episodes, key, learner_state))
     return summarize(per, classification=classification, metric=learner.eval_metric)
 
 

@@ -278,7 +278,13 @@ class PopulationTraining(Training):
         """One val row per run; the runs that improved take their current state into the
         best population state, which is checkpointed to ``best/``."""
         per = jax.device_get(
-            self.evaluator(self.state.params, self.hparams, self.val_eps, self.eval_key)
+            self.evaluator(
+                self.state.params,
+                self.hparams,
+                self.val_eps,
+                self.eval_key,
+                self.state.learner_state,
+            )
         )
         improved = np.zeros(self.runs, bool)
         scores, vals = [], []
@@ -336,7 +342,9 @@ class PopulationTraining(Training):
             "test", episodes=ev.episodes, seed=ev.seed, **eval_episode_shape(cfg, source)
         )
         per = jax.device_get(
-            self.evaluator(state.params, self.hparams, jax.device_put(eps), self.eval_key)
+            self.evaluator(
+                state.params, self.hparams, jax.device_put(eps), self.eval_key, state.learner_state
+            )
         )
         runs = []
         steps = np.asarray(state.step)

@@ -77,10 +77,11 @@ def across_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]
 def make_population_evaluator(
     build, *, classification: bool, batch_size: int, inner_steps, bn_mode: str | None = None
 ):
-    """``(params[runs], hparams[runs], episodes, key) -> per-episode metrics [runs, episodes]``:
-    :func:`~jaxmeta.train.evaluate.make_evaluator` of each member's learner, ``vmap``-ed."""
+    """``(params[runs], hparams[runs], episodes, key, learner_state[runs]=None) -> per-episode
+    metrics [runs, episodes]``: :func:`~jaxmeta.train.evaluate.make_evaluator` of each
+    member's learner, ``vmap``-ed."""
 
-    def one(params, hparams, episodes, key):
+    def one(params, hparams, episodes, key, learner_state=None):
         learner, _ = build(hparams)
         fn = make_evaluator(
             learner,
@@ -89,9 +90,9 @@ def make_population_evaluator(
             inner_steps=inner_steps,
             bn_mode=bn_mode,
         )
-        return fn(params, episodes, key)
+        return fn(params, episodes, key, learner_state)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
 
 
 def format_population(group: dict[str, Any], metric: str, episodes: int) -> str:
@@ -198,7 +199,9 @@ def evaluate_population(
             f"(available: {', '.join(source.splits)})"
         )
     state, which = restore_population(workdir, cfg, exp, checkpoint)
-    modes: list[str | None] = ["transductive", "inductive"] if bn_mode == "both" else [bn_mode]
+    protocol = exp.learner.bn_mode  # as run.evaluate_run: the protocol's mode, then another
+    both = [protocol, "inductive" if protocol == "transductive" else "transductive"]
+    modes: list[str | None] = both if bn_mode == "both" else [bn_mode]
     if not getattr(exp.model, "uses_batch_statistics", False):
         modes = [None]
     eps = jax.device_put(
@@ -220,7 +223,13 @@ def evaluate_population(
             bn_mode=mode,
         )
         per = jax.device_get(
-            fn(state.params, population_hparams(cfg), eps, jax.random.key(ev.seed))
+            fn(
+                state.params,
+                population_hparams(cfg),
+                eps,
+                jax.random.key(ev.seed),
+                state.learner_state,
+            )
         )
         for r, row in enumerate(runs):
             res = summarize(

@@ -275,6 +275,7 @@ def run_evaluation(
     bn_mode: str | None = None,
     mesh=None,
     evaluator=None,
+    learner_state: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``params`` on ``episodes`` fixed episodes of ``split``; summary dict.
 
@@ -298,10 +299,11 @@ def run_evaluation(
         bn_mode=bn_mode,
     )
     if mesh is None:
-        per = jax.device_get(fn(params, jax.device_put(eps), jax.random.key(cfg.eval.seed)))
+        key = jax.random.key(cfg.eval.seed)
+        per = jax.device_get(fn(params, jax.device_put(eps), key, learner_state))
     else:
         eps = sharding.shard_eval_episodes(eps, mesh)
-        per = sharding.gather(fn(params, eps, jax.random.key(cfg.eval.seed)), mesh)
+        per = sharding.gather(fn(params, eps, jax.random.key(cfg.eval.seed), learner_state), mesh)
     res = summarize(per, classification=exp.source.classification, metric=exp.learner.eval_metric)
     res.pop("per_episode")
     if exp.learner.eval_metric is not None:
@@ -313,7 +315,7 @@ def run_evaluation(
         inner_steps=exp.learner.eval_inner_steps if inner_steps is None else inner_steps,
     )
     if getattr(exp.model, "uses_batch_statistics", False):
-        res["bn_mode"] = bn_mode or "transductive"
+        res["bn_mode"] = bn_mode or exp.learner.bn_mode
     if exp.source.classification:
         res.update(
             ways=cfg.eval_ways,
@@ -335,9 +337,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a restored run on the fixed episodes of ``split`` (``jaxmeta evaluate``).
 
-    ``bn_mode="both"`` (models with batch statistics) reports the transductive protocol as
-    ``accuracy``/``ci95``/``loss`` and the inductive mode next to it (``accuracy_inductive``,
-    ...). The result also records the step and which checkpoint it was.
+    ``bn_mode="both"`` (models with batch statistics) reports the learner's protocol
+    (transductive; ProtoNets with running statistics: running) as ``accuracy``/``ci95``/
+    ``loss`` and one other mode next to it (inductive, or transductive after running:
+    ``accuracy_inductive``, ...). The result also records the step and which checkpoint it was.
 
     Raises:
       ValueError: ``split`` does not exist for this data, or ``inner_steps`` for a learner
@@ -351,7 +354,9 @@ def evaluate_run(
             f"(available: {', '.join(exp.source.splits)})"
         )
     inner = inner_steps if inner_steps is not None else cfg.eval.inner_steps
-    modes: list[str | None] = ["transductive", "inductive"] if bn_mode == "both" else [bn_mode]
+    protocol = exp.learner.bn_mode  # what the learner predicts with by default
+    both = [protocol, "inductive" if protocol == "transductive" else "transductive"]
+    modes: list[str | None] = both if bn_mode == "both" else [bn_mode]
     if not getattr(exp.model, "uses_batch_statistics", False):
         modes = [None]  # no BatchNorm: the modes agree
     episodes = cfg.eval.episodes if episodes is None else episodes
@@ -364,6 +369,7 @@ def evaluate_run(
             episodes=episodes,
             inner_steps=inner,
             bn_mode=mode,
+            learner_state=run.state.learner_state,
         )
         for mode in modes
     ]

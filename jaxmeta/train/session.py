@@ -419,7 +419,9 @@ class Training:
 
     def validate(self) -> None:
         """A val row on the fixed episodes; a new best is checkpointed to ``best/``."""
-        per = self.evaluator(self.state.params, self.val_eps, self.eval_key)
+        per = self.evaluator(
+            self.state.params, self.val_eps, self.eval_key, self.state.learner_state
+        )
         per = jax.device_get(per) if self.mesh is None else sharding.gather(per, self.mesh)
         res = summarize(
             per, classification=self.classification, metric=self.exp.learner.eval_metric
@@ -474,6 +476,7 @@ class Training:
             inner_steps=ev.inner_steps,
             mesh=self.mesh,
             evaluator=self.evaluator,
+            learner_state=state.learner_state,
         )
         test.update(step=int(state.step), checkpoint=which)
         if self.primary:
