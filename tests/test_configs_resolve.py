@@ -34,7 +34,7 @@ ISSUE30_KEYS = {
     "algorithm": (
         "inner_loss_reduction", "adapt_norm", "joint_batch", "estimator", "inner_lr",
         "inner_steps", "inner_batch_size", "eval_inner_steps", "eval_inner_batch_size",
-        "transductive",
+        "transductive", "running_stats",
     ),
     "optimizer": ("grad_clip_value", "learning_rate"),
     "eval": ("queries", "episodes"),

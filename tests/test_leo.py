@@ -17,6 +17,7 @@ from jax.test_util import check_grads
 from leo_pickles import write_leo_embeddings
 
 import jaxmeta
+from jaxmeta.algorithms import leo as leo_module
 from jaxmeta.algorithms.leo import (
     clip_per_tensor,
     gaussian,
@@ -304,3 +305,35 @@ def test_shapes_and_a_short_run_learns_on_synthetic_embeddings(tmp_path):
     acc = float(evaluate(state.params))
     print(f"LEO synthetic 5-way 1-shot test accuracy: {before:.3f} at init, {acc:.3f} after")
     assert acc > 0.6 and acc > before + 0.2, (before, acc)
+
+
+def test_the_guard_decays_on_a_nonfinite_step_and_keeps_bad_labels_nan():
+    """``guarded_grads`` on plain arrays: a finite step passes (clipped); a NaN gradient is
+    replaced by the weight decay ``1e-4 * w`` of the networks (0 for the rates and the model)
+    with ``nonfinite`` 1 and finite metrics; a label outside ``[0, ways)`` poisons it all."""
+    opts = leo_module._options(
+        ways=2, input_shape=(3,), num_latents=2, inner_steps=1, finetune_steps=1,
+        inner_lr_init=1.0, finetune_lr_init=0.001, dropout_rate=0.0, kl_weight=0.0,
+        encoder_penalty_weight=0.0, l2_penalty_weight=0.0, orthogonality_penalty_weight=0.0,
+        grad_clip_value=0.0, grad_clip_norm=0.0, normalize=False, dtype="float32",
+    )  # fmt: skip
+    w = leo_module.LEOWeights(
+        encoder=jnp.full((3, 2), 2.0), relation=(jnp.ones((4, 4)),) * 3,
+        decoder=jnp.full((2, 6), 3.0), inner_lr=jnp.ones(2), finetune_lr=jnp.ones(3),
+    )  # fmt: skip
+    meta = {"model": {"k": jnp.ones(2)}, "leo": w}
+    grads = jax.tree_util.tree_map(lambda a: 0.5 * jnp.ones_like(a), meta)
+    good = jnp.array([0, 1])
+    out, metrics = leo_module.guarded_grads(opts, meta, grads, {"loss": jnp.float32(1.0)}, good)
+    assert float(metrics["nonfinite"]) == 0.0
+    jax.tree_util.tree_map(lambda g: np.testing.assert_allclose(g, 0.5), out)
+    nan = {**grads, "model": {"k": jnp.array([jnp.nan, 0.0])}}
+    out, metrics = leo_module.guarded_grads(opts, meta, nan, {"loss": jnp.float32(jnp.nan)}, good)
+    assert float(metrics["nonfinite"]) == 1.0 and float(metrics["loss"]) == 0.0
+    np.testing.assert_allclose(out["leo"].encoder, 2e-4, rtol=1e-6)
+    np.testing.assert_allclose(out["leo"].decoder, 3e-4, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(out["leo"].inner_lr))) == 0.0 and not out["model"]["k"].any()
+    out, metrics = leo_module.guarded_grads(
+        opts, meta, grads, {"loss": jnp.float32(1.0)}, jnp.array([0, 2])
+    )
+    assert np.isnan(float(metrics["loss"])) and np.isnan(np.asarray(out["leo"].encoder)).all()

@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -153,6 +154,204 @@ def _split(key: PRNGKey | None, n: int):
 # --------------------------------------------------------------------------- the learner
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The checked options of one LEO learner (each as in :func:`leo`)."""
+
+    ways: int
+    input_shape: tuple[int, ...]
+    num_latents: int
+    inner_steps: int
+    finetune_steps: int
+    inner_lr_init: float
+    finetune_lr_init: float
+    dropout_rate: float
+    kl_weight: float
+    encoder_penalty_weight: float
+    l2_penalty_weight: float
+    orthogonality_penalty_weight: float
+    grad_clip_value: float
+    grad_clip_norm: float
+    normalize: bool
+    dtype: jnp.dtype
+
+
+def init_weights(opts: Options, apply_fn: ApplyFn, key: PRNGKey, model_params: Params) -> Params:
+    """Meta-parameters ``{"model": model_params, "leo": LEOWeights}`` (Glorot weights, the
+    learning-rate vectors at their initial values)."""
+    emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *opts.input_shape), opts.dtype))
+    if len(emb.shape) != 2:
+        raise ValueError(f"leo needs embeddings [n, d] from the model, got {emb.shape}")
+    d, lat, dtype = emb.shape[1], opts.num_latents, opts.dtype
+    ks = jax.random.split(key, 5)
+    weights = LEOWeights(
+        encoder=_glorot(ks[0], (d, lat), dtype),
+        relation=tuple(_glorot(k, (2 * lat, 2 * lat), dtype) for k in ks[1:4]),
+        decoder=_glorot(ks[4], (lat, 2 * d), dtype),
+        inner_lr=jnp.full((lat,), opts.inner_lr_init, dtype),
+        finetune_lr=jnp.full((d,), opts.finetune_lr_init, dtype),
+    )
+    return {"model": model_params, "leo": weights}
+
+
+def shots_of(opts: Options, support_x: Array) -> int:
+    """K of a support set of ``N*K`` examples; every class must have as many."""
+    n = support_x.shape[0]
+    if n % opts.ways:
+        raise ValueError(
+            f"leo needs the same number of support examples per class: {n} examples "
+            f"for {opts.ways} ways"
+        )
+    return n // opts.ways
+
+
+def encode(opts: Options, w: LEOWeights, x: Array, y: Array, shots: int, key):
+    """Latent codes ``[N, K, L]`` of the support set ``x [N*K, d]`` and their KL."""
+    k_drop, k_sample = _split(key, 2)
+    lat = opts.num_latents
+    codes = _dropout(k_drop, x, opts.dropout_rate) @ w.encoder  # [NK, L]
+    n = codes.shape[0]
+    pairs = jnp.concatenate(
+        [
+            jnp.broadcast_to(codes[:, None], (n, n, lat)),
+            jnp.broadcast_to(codes[None, :], (n, n, lat)),
+        ],
+        axis=-1,
+    )
+    h = jax.nn.relu(pairs @ w.relation[0])
+    h = jax.nn.relu(h @ w.relation[1])
+    h = jnp.mean(h @ w.relation[2], axis=1)  # [NK, 2L]
+    onehot = jax.nn.one_hot(y, opts.ways, dtype=h.dtype)  # [NK, N]
+    per_class = (onehot.T @ h) / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]
+    params = jnp.broadcast_to(per_class[:, None], (opts.ways, shots, 2 * lat))
+    return gaussian(params, k_sample)
+
+
+def decode(opts: Options, w: LEOWeights, z: Array, key) -> tuple[Array, Array]:
+    """Classifier weights ``[N, K, d]`` from codes ``[N, K, L]`` (and their KL)."""
+    d = w.decoder.shape[1] // 2
+    return gaussian(z @ w.decoder, key, offset=math.sqrt(2.0 / (opts.ways + d)))
+
+
+def adapt_latents(opts: Options, w: LEOWeights, z0: Array, x: Array, y: Array, key, steps: int):
+    """``steps`` gradient steps on the codes: ``z <- z - inner_lr * dL_support/dz``."""
+    if not steps:
+        return z0
+
+    def loss(z, k):
+        k_drop, k_dec = _split(k, 2)
+        return support_loss(_dropout(k_drop, x, opts.dropout_rate), y, decode(opts, w, z, k_dec)[0])
+
+    def step(z, k):
+        return z - w.inner_lr[None, None, :] * jax.grad(loss)(z, k), None
+
+    keys = None if key is None else jax.random.split(key, steps)
+    return jax.lax.scan(step, z0, keys, length=steps)[0]
+
+
+def finetune(opts: Options, w: LEOWeights, weights: Array, x: Array, y: Array, key, steps: int):
+    """``steps`` gradient steps on the decoded weights (``finetune_lr`` per feature)."""
+    if not steps:
+        return weights
+
+    def step(cw, k):
+        g = jax.grad(lambda c: support_loss(_dropout(k, x, opts.dropout_rate), y, c))(cw)
+        return cw - w.finetune_lr[None, None, :] * g, None
+
+    keys = None if key is None else jax.random.split(key, steps)
+    return jax.lax.scan(step, weights, keys, length=steps)[0]
+
+
+def adapt(opts: Options, w: LEOWeights, x: Array, sy: Array, key):
+    """Encode, adapt the codes, decode, fine-tune on support embeddings ``x [N*K, d]``:
+    ``(weights [N, K, d], z0, z, kl)``."""
+    k_enc, k_lat, k_dec, k_ft = _split(key, 4)
+    z0, kl = encode(opts, w, x, sy, shots_of(opts, x), k_enc)
+    z = adapt_latents(opts, w, z0, x, sy, k_lat, opts.inner_steps)
+    weights = finetune(opts, w, decode(opts, w, z, k_dec)[0], x, sy, k_ft, opts.finetune_steps)
+    return weights, z0, z, kl
+
+
+def regulariser(opts: Options, w: LEOWeights) -> tuple[Array, Array]:
+    """The weighted L2 penalty on the networks and the decoder's orthogonality penalty."""
+    l2 = sum(jnp.sum(jnp.square(a)) for a in (w.encoder, *w.relation, w.decoder)) / 2.0
+    orth = opts.orthogonality_penalty_weight * orthogonality_penalty(w.decoder)
+    return opts.l2_penalty_weight * l2, orth
+
+
+def task_loss(opts: Options, embed, meta_params: Params, episode: Episode, key: PRNGKey):
+    """Eq. 7 for one task: query CE + beta KL + gamma penalty + L2 + orthogonality."""
+    check_episode(episode, batched=False, num_classes=opts.ways)
+    sx, sy = episode.support_x, episode.support_y
+    k_run, k_query = jax.random.split(key)
+    weights, z0, z, kl = adapt(opts, meta_params["leo"], embed(meta_params["model"], sx), sy, k_run)
+    xq = _dropout(k_query, embed(meta_params["model"], episode.query_x), opts.dropout_rate)
+    logits = _logits(xq, weights)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ce = -jnp.mean(jnp.take_along_axis(logp, episode.query_y[:, None], axis=-1))
+    labels = jnp.concatenate([sy.ravel(), episode.query_y.ravel()])
+    ce = ce * label_guard(labels, opts.ways, ce.dtype)
+    penalty = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - z0))
+    l2, orth = regulariser(opts, meta_params["leo"])
+    loss = ce + opts.kl_weight * kl + opts.encoder_penalty_weight * penalty + l2 + orth
+    metrics = task_metrics(logits, episode.query_y, loss)
+    metrics.update(query_loss=ce, kl=kl, encoder_penalty=penalty, orthogonality=orth)
+    return loss, metrics
+
+
+def guarded_grads(opts: Options, meta_params: Params, grads, metrics, labels: Array):
+    """The reference's guard (``LEO.grads_and_vars``): when the loss or a gradient is not
+    finite, only decay the network weights (the gradient of ``1e-4 * sum(w^2) / 2``); such a
+    step's metrics read 0 and ``nonfinite`` is 1. Labels outside ``[0, ways)`` stay NaN (bad
+    input: the engine's NaN guard stops the run). Then clipping per tensor."""
+    leaves = jax.tree_util.tree_leaves((grads, metrics["loss"]))
+    bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
+    w = meta_params["leo"]
+    decay = {
+        "model": jax.tree_util.tree_map(jnp.zeros_like, meta_params["model"]),
+        "leo": LEOWeights(
+            encoder=1e-4 * w.encoder,
+            relation=tuple(1e-4 * r for r in w.relation),
+            decoder=1e-4 * w.decoder,
+            inner_lr=jnp.zeros_like(w.inner_lr),
+            finetune_lr=jnp.zeros_like(w.finetune_lr),
+        ),
+    }
+    grads = jax.tree_util.tree_map(lambda g, f: jnp.where(bad, f, g), grads, decay)
+    metrics = {k: jnp.where(jnp.isfinite(v), v, jnp.zeros_like(v)) for k, v in metrics.items()}
+    metrics["nonfinite"] = bad.astype(metrics["loss"].dtype)
+    guard = label_guard(labels, opts.ways, metrics["loss"].dtype)
+    metrics["loss"] = metrics["loss"] * guard
+    clip = functools.partial(clip_per_tensor, value=opts.grad_clip_value, norm=opts.grad_clip_norm)
+    return jax.tree_util.tree_map(lambda g: clip(g) * guard.astype(g.dtype), grads), metrics
+
+
+def _options(**kw) -> Options:
+    """The factory's arguments, checked."""
+    if not 0.0 <= float(kw["dropout_rate"]) < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {kw['dropout_rate']}")
+    nonnegative = (
+        "kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
+        "orthogonality_penalty_weight", "grad_clip_value", "grad_clip_norm",
+    )  # fmt: skip
+    for name in nonnegative:
+        if not float(kw[name]) >= 0.0:
+            raise ValueError(f"{name} must be >= 0, got {kw[name]}")
+    return Options(
+        ways=check_int("ways", kw["ways"], minimum=2),
+        input_shape=tuple(int(s) for s in kw["input_shape"]),
+        num_latents=check_int("num_latents", kw["num_latents"], minimum=1),
+        inner_steps=check_int("inner_steps", kw["inner_steps"], minimum=0),
+        finetune_steps=check_int("finetune_steps", kw["finetune_steps"], minimum=0),
+        inner_lr_init=kw["inner_lr_init"],
+        finetune_lr_init=kw["finetune_lr_init"],
+        dropout_rate=float(kw["dropout_rate"]),
+        **{name: float(kw[name]) for name in nonnegative},
+        normalize=bool(kw["normalize"]),
+        dtype=jnp.dtype(kw["dtype"]),
+    )
+
+
 def leo(
     apply_fn: ApplyFn,
     *,
@@ -206,197 +405,60 @@ def leo(
     References:
       Rusu et al., ICLR 2019, Algorithm 1 and Eq. 1-7; google-deepmind/leo ``model.py``.
     """
-    ways = check_int("ways", ways, minimum=2)
-    num_latents = check_int("num_latents", num_latents, minimum=1)
-    inner_steps = check_int("inner_steps", inner_steps, minimum=0)
-    finetune_steps = check_int("finetune_steps", finetune_steps, minimum=0)
-    if not 0.0 <= float(dropout_rate) < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    for name, value in (
-        ("kl_weight", kl_weight),
-        ("encoder_penalty_weight", encoder_penalty_weight),
-        ("l2_penalty_weight", l2_penalty_weight),
-        ("orthogonality_penalty_weight", orthogonality_penalty_weight),
-        ("grad_clip_value", grad_clip_value),
-        ("grad_clip_norm", grad_clip_norm),
-    ):
-        if not float(value) >= 0.0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    input_shape = tuple(int(s) for s in input_shape)
-    dtype = jnp.dtype(dtype)
-    rate = float(dropout_rate)
+    opts = _options(
+        ways=ways,
+        input_shape=input_shape,
+        num_latents=num_latents,
+        inner_steps=inner_steps,
+        finetune_steps=finetune_steps,
+        inner_lr_init=inner_lr_init,
+        finetune_lr_init=finetune_lr_init,
+        dropout_rate=dropout_rate,
+        kl_weight=kl_weight,
+        encoder_penalty_weight=encoder_penalty_weight,
+        l2_penalty_weight=l2_penalty_weight,
+        orthogonality_penalty_weight=orthogonality_penalty_weight,
+        grad_clip_value=grad_clip_value,
+        grad_clip_norm=grad_clip_norm,
+        normalize=normalize,
+        dtype=dtype,
+    )
 
     def embed(model_params: Params, x: Array, **kwargs) -> Array:
         z = apply_fn(model_params, x, **kwargs)
-        if normalize:
+        if opts.normalize:
             z = z / jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True) + 1e-12)
         return z
 
-    def init(key: PRNGKey, model_params: Params) -> Params:
-        emb = jax.eval_shape(apply_fn, model_params, jnp.zeros((2, *input_shape), dtype))
-        if len(emb.shape) != 2:
-            raise ValueError(f"leo needs embeddings [n, d] from the model, got {emb.shape}")
-        d, lat = emb.shape[1], num_latents
-        ks = jax.random.split(key, 5)
-        weights = LEOWeights(
-            encoder=_glorot(ks[0], (d, lat), dtype),
-            relation=tuple(_glorot(k, (2 * lat, 2 * lat), dtype) for k in ks[1:4]),
-            decoder=_glorot(ks[4], (lat, 2 * d), dtype),
-            inner_lr=jnp.full((lat,), inner_lr_init, dtype),
-            finetune_lr=jnp.full((d,), finetune_lr_init, dtype),
-        )
-        return {"model": model_params, "leo": weights}
-
-    def shots_of(support_x: Array) -> int:
-        n = support_x.shape[0]
-        if n % ways:
-            raise ValueError(
-                f"leo needs the same number of support examples per class: {n} examples "
-                f"for {ways} ways"
-            )
-        return n // ways
-
-    def encode(w: LEOWeights, x: Array, y: Array, shots: int, key):
-        """Latent codes ``[N, K, L]`` of the support set ``x [N*K, d]`` and their KL."""
-        k_drop, k_sample = _split(key, 2)
-        codes = _dropout(k_drop, x, rate) @ w.encoder  # [NK, L]
-        n = codes.shape[0]
-        pairs = jnp.concatenate(
-            [
-                jnp.broadcast_to(codes[:, None], (n, n, num_latents)),
-                jnp.broadcast_to(codes[None, :], (n, n, num_latents)),
-            ],
-            axis=-1,
-        )
-        h = jax.nn.relu(pairs @ w.relation[0])
-        h = jax.nn.relu(h @ w.relation[1])
-        h = jnp.mean(h @ w.relation[2], axis=1)  # [NK, 2L]
-        onehot = jax.nn.one_hot(y, ways, dtype=h.dtype)  # [NK, N]
-        per_class = (onehot.T @ h) / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]
-        params = jnp.broadcast_to(per_class[:, None], (ways, shots, 2 * num_latents))
-        return gaussian(params, k_sample)
-
-    def decode(w: LEOWeights, z: Array, key) -> tuple[Array, Array]:
-        """Classifier weights ``[N, K, d]`` from codes ``[N, K, L]``."""
-        d = w.decoder.shape[1] // 2
-        return gaussian(z @ w.decoder, key, offset=math.sqrt(2.0 / (ways + d)))
-
-    def adapt_latents(w: LEOWeights, z0: Array, x: Array, y: Array, key, steps: int):
-        """``steps`` gradient steps on the codes: ``z <- z - inner_lr * dL_support/dz``."""
-
-        def loss(z, k):
-            k_drop, k_dec = _split(k, 2)
-            return support_loss(_dropout(k_drop, x, rate), y, decode(w, z, k_dec)[0])
-
-        def step(z, k):
-            return z - w.inner_lr[None, None, :] * jax.grad(loss)(z, k), None
-
-        keys = None if key is None else jax.random.split(key, steps)
-        if steps:
-            z, _ = jax.lax.scan(step, z0, keys, length=steps)
-        else:
-            z = z0
-        return z
-
-    def finetune(w: LEOWeights, weights: Array, x: Array, y: Array, key, steps: int):
-        """``steps`` gradient steps on the decoded weights (``finetune_lr`` per feature)."""
-
-        def step(cw, k):
-            g = jax.grad(lambda c: support_loss(_dropout(k, x, rate), y, c))(cw)
-            return cw - w.finetune_lr[None, None, :] * g, None
-
-        keys = None if key is None else jax.random.split(key, steps)
-        if steps:
-            weights, _ = jax.lax.scan(step, weights, keys, length=steps)
-        return weights
-
-    def run(w: LEOWeights, x: Array, sy: Array, key):
-        """Encode, adapt the codes, decode, fine-tune on support embeddings ``x [N*K, d]``:
-        ``(weights [N, K, d], z0, z, kl)``."""
-        k_enc, k_lat, k_dec, k_ft = _split(key, 4)
-        z0, kl = encode(w, x, sy, shots_of(x), k_enc)
-        z = adapt_latents(w, z0, x, sy, k_lat, inner_steps)
-        weights = finetune(w, decode(w, z, k_dec)[0], x, sy, k_ft, finetune_steps)
-        return weights, z0, z, kl
-
-    def regulariser(w: LEOWeights) -> tuple[Array, Array]:
-        l2 = sum(jnp.sum(jnp.square(a)) for a in (w.encoder, *w.relation, w.decoder)) / 2.0
-        return l2_penalty_weight * l2, orthogonality_penalty_weight * orthogonality_penalty(
-            w.decoder
-        )
-
-    def outer_loss(meta_params: Params, episode: Episode, key: PRNGKey):
-        """Eq. 7 for one task: query CE + beta KL + gamma penalty + L2 + orthogonality."""
-        check_episode(episode, batched=False, num_classes=ways)
-        sx, sy = episode.support_x, episode.support_y
-        k_run, k_query = jax.random.split(key)
-        x = embed(meta_params["model"], sx)
-        weights, z0, z, kl = run(meta_params["leo"], x, sy, k_run)
-        xq = _dropout(k_query, embed(meta_params["model"], episode.query_x), rate)
-        logits = _logits(xq, weights)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        ce = -jnp.mean(jnp.take_along_axis(logp, episode.query_y[:, None], axis=-1))
-        labels = jnp.concatenate([sy.ravel(), episode.query_y.ravel()])
-        ce = ce * label_guard(labels, ways, ce.dtype)
-        penalty = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - z0))
-        l2, orth = regulariser(meta_params["leo"])
-        loss = ce + kl_weight * kl + encoder_penalty_weight * penalty + l2 + orth
-        metrics = task_metrics(logits, episode.query_y, loss)
-        metrics.update(query_loss=ce, kl=kl, encoder_penalty=penalty, orthogonality=orth)
-        return loss, metrics
-
-    clip = functools.partial(clip_per_tensor, value=grad_clip_value, norm=grad_clip_norm)
+    outer_loss = functools.partial(task_loss, opts, embed)
 
     def meta_grad(meta_params: Params, episodes: Episode, key: PRNGKey, *, task_chunk="auto"):
-        """Mean meta-gradient over ``episodes`` (leading task axis), clipped per tensor.
-
-        As the reference code (``LEO.grads_and_vars``): when the loss or a gradient is not
-        finite, the step only decays the network weights (the gradient of
-        ``1e-4 * sum(w^2) / 2``), which pulls them back where the loss is defined; that
-        step's non-finite metrics read 0 and ``nonfinite`` is 1. Labels outside ``[0, ways)``
-        make the loss and the gradients NaN (:func:`~jaxmeta.losses.label_guard`).
-        """
-        check_episode(episodes, batched=True, num_classes=ways)
-        shots_of(episodes.support_x[0])
+        """Mean meta-gradient over ``episodes`` (leading task axis), guarded and clipped per
+        tensor as the reference code (:func:`guarded_grads`)."""
+        check_episode(episodes, batched=True, num_classes=opts.ways)
+        shots_of(opts, episodes.support_x[0])
         grads, metrics = mean_task_grad(
             outer_loss, meta_params, episodes, key, task_chunk=task_chunk
         )
-        leaves = jax.tree_util.tree_leaves((grads, metrics["loss"]))
-        bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])))
-        w = meta_params["leo"]
-        zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
-        decay = {
-            "model": zeros(meta_params["model"]),
-            "leo": LEOWeights(
-                encoder=1e-4 * w.encoder,
-                relation=tuple(1e-4 * r for r in w.relation),
-                decoder=1e-4 * w.decoder,
-                inner_lr=jnp.zeros_like(w.inner_lr),
-                finetune_lr=jnp.zeros_like(w.finetune_lr),
-            ),
-        }
-        grads = jax.tree_util.tree_map(lambda g, f: jnp.where(bad, f, g), grads, decay)
-        metrics = {k: jnp.where(jnp.isfinite(v), v, jnp.zeros_like(v)) for k, v in metrics.items()}
-        metrics["nonfinite"] = bad.astype(metrics["loss"].dtype)
-        # Labels outside [0, ways) are bad input, not a numerical accident: they stay NaN (loss
-        # and gradients), so the engine's NaN guard stops the run instead of decaying weights.
         labels = jnp.concatenate([episodes.support_y.ravel(), episodes.query_y.ravel()])
-        guard = label_guard(labels, ways, metrics["loss"].dtype)
-        metrics["loss"] = metrics["loss"] * guard
-        return jax.tree_util.tree_map(lambda g: clip(g) * guard.astype(g.dtype), grads), metrics
+        return guarded_grads(opts, meta_params, grads, metrics, labels)
 
     def predict(meta_params, support_x, support_y, query_x, key=None, *, bn_mode=None):
         """Logits ``[n_q, N]`` (means, no dropout: the paper's evaluation). ``bn_mode``:
         how a model with batch statistics normalises the queries (:data:`BN_MODES`)."""
         del key
-        check_task(support_x, support_y, query_x, num_classes=ways)
+        check_task(support_x, support_y, query_x, num_classes=opts.ways)
         xs, xq = apply_support_query(
             embed, meta_params["model"], support_x, query_x, bn_mode=bn_mode or "transductive"
         )
-        return _logits(xq, run(meta_params["leo"], xs, support_y, None)[0])
+        return _logits(xq, adapt(opts, meta_params["leo"], xs, support_y, None)[0])
 
     return MetaLearner(
-        init=init, meta_grad=meta_grad, predict=predict, name="leo", outer_loss=outer_loss
+        init=functools.partial(init_weights, opts, apply_fn),
+        meta_grad=meta_grad,
+        predict=predict,
+        name="leo",
+        outer_loss=outer_loss,
     )
 
 

@@ -301,6 +301,23 @@ def grads_and_moments(opts: Options, apply_fn: ApplyFn, meta, episodes: Episode,
     return grads, {**metrics, "second_order": second}, moments
 
 
+def output_width(opts: Options, apply_fn: ApplyFn, meta, support_x) -> int:
+    """The model's output width (what labels must stay below), without computing."""
+    mp = jax.eval_shape(lambda m: model_at(opts, m["params"], bn_mask(opts, m["params"]), 0), meta)
+    return jax.eval_shape(apply_fn, mp, support_x).shape[-1]
+
+
+def _without_state(predict):
+    """``predict`` taking (and ignoring) the ``learner_state=`` the engine passes to the
+    predict of a learner with state: MAML++'s running statistics are tracked, not used."""
+
+    def stateless(*args, learner_state=None, **kwargs):
+        del learner_state
+        return predict(*args, **kwargs)
+
+    return stateless
+
+
 def _options(**kw) -> Options:
     """The factory's arguments, checked."""
     inner_steps = check_int("inner_steps", kw["inner_steps"], minimum=0)
@@ -407,12 +424,7 @@ def mamlpp(
         remat=remat,
     )
 
-    def n_out(meta, support_x) -> int:
-        """The model's output width (what labels must stay below), without computing."""
-        mp = jax.eval_shape(
-            lambda m: model_at(opts, m["params"], bn_mask(opts, m["params"]), 0), meta
-        )
-        return jax.eval_shape(apply_fn, mp, support_x).shape[-1]
+    n_out = functools.partial(output_width, opts, apply_fn)
 
     def outer_loss(meta, episode: Episode, key: PRNGKey | None = None, *, step=None):
         """Query loss of one task after adaptation (multi-step weighted at ``step``)."""
@@ -451,17 +463,10 @@ def mamlpp(
         )[0]  # fmt: skip
         return model_at(opts, adapted, bn_mask(opts, adapted), max(steps - 1, 0))
 
-    adapted_predict = adapting_predict(apply_fn, adapt, opts.eval_steps)
-
-    def predict(*args, learner_state=None, **kwargs):
-        """``adapting_predict``'s; the running statistics are tracked, not used."""
-        del learner_state
-        return adapted_predict(*args, **kwargs)
-
     return MetaLearner(
         init=functools.partial(init_meta, opts),
         meta_grad=meta_grad,
-        predict=predict,
+        predict=_without_state(adapting_predict(apply_fn, adapt, opts.eval_steps)),
         name="mamlpp",
         adapt=adapt,
         outer_loss=outer_loss,

@@ -58,6 +58,19 @@ def squared_euclidean(a: Array, b: Array) -> Array:
     return jnp.maximum(aa - 2.0 * (a @ b.T) + bb, 0.0)
 
 
+def prototype_logits(zs: Array, support_y: Array, zq: Array, n_slots: int, distance: str):
+    """Logits ``[n_q, n_slots]`` of query embeddings against the class means of the support
+    embeddings: negative squared distances (``"sqeuclidean"``) or cosine similarities;
+    :data:`ABSENT_LOGIT` for the classes absent from the support set."""
+    protos, present = prototypes(zs, support_y, n_slots)
+    if distance == "sqeuclidean":
+        logits = -squared_euclidean(zq, protos)
+    else:
+        unit = lambda z: z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
+        logits = unit(zq) @ unit(protos).T
+    return jnp.where(present[None, :], logits, ABSENT_LOGIT)
+
+
 _BN_BIAS = re.compile(r"^(bn\d*)_bias$")
 
 
@@ -179,16 +192,7 @@ def protonets(
         zs, zq = apply_support_query(
             apply_fn, params, support_x, query_x, bn_mode=bn_mode, norm_stats=norm_stats
         )
-        return _logits(zs, support_y, zq, n_slots)
-
-    def _logits(zs, support_y, zq, n_slots):
-        protos, present = prototypes(zs, support_y, n_slots)
-        if distance == "sqeuclidean":
-            logits = -squared_euclidean(zq, protos)
-        else:
-            unit = lambda z: z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
-            logits = unit(zq) @ unit(protos).T
-        return jnp.where(present[None, :], logits, ABSENT_LOGIT)
+        return prototype_logits(zs, support_y, zq, n_slots, distance)
 
     def predict(params, support_x, support_y, query_x, key=None, *, bn_mode=None,
                 learner_state=None):  # fmt: skip
@@ -216,7 +220,8 @@ def protonets(
             else:
                 z = apply_fn(params, both)
             zs, zq = z[: sx.shape[0]], z[sx.shape[0] :]
-        loss, metrics = query_loss(loss_fn, _logits(zs, episode.support_y, zq, n_slots), episode)
+        logits = prototype_logits(zs, episode.support_y, zq, n_slots, distance)
+        loss, metrics = query_loss(loss_fn, logits, episode)
         return loss, (metrics, moments)
 
     def task_loss(params, episode: Episode, key):
