@@ -630,3 +630,51 @@ def test_maml_rl_quick(tmp_path):
     assert len(doc["maml"]["curve"]["return_after"]) == 5
     for png in doc.get("plots", []):
         assert Path(png).stat().st_size > 0
+
+
+def test_matmul_flop_count_by_hand():
+    """flops.py's counter: a dot (2 x batch x M x N x K), a convolution (2 x outputs x kernel
+    inputs), a scan body times its length, the costlier cond branch."""
+    import jax
+    import jax.numpy as jnp
+
+    flops = bench_module("flops")
+    a, b = jnp.zeros((3, 4, 5)), jnp.zeros((3, 5, 6))
+    x, k = jnp.zeros((2, 8, 8, 3)), jnp.zeros((3, 3, 3, 7))
+
+    def f(a, b, x, k):
+        y = jnp.einsum("bmk,bkn->bmn", a, b)  # 2 * 3 * 4 * 6 * 5 = 720
+        c = jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        s, _ = jax.lax.scan(lambda c, _: (c @ jnp.ones((6, 6)), None), y[0], None, length=4)
+        z = jax.lax.cond(True, lambda v: v @ jnp.ones((6, 2)), lambda v: v[:, :2], s)
+        return y, c, z
+
+    got = flops.matmul_flops(jax.make_jaxpr(f)(a, b, x, k).jaxpr)
+    conv = 2 * (2 * 8 * 8 * 7) * (3 * 3 * 3)
+    assert got == 720 + conv + 4 * (2 * 4 * 6 * 6) + 2 * 4 * 2 * 6
+
+
+def test_flops_every_algorithm_from_its_paper_config(tmp_path):
+    """flops.py --tiny in process: each algorithm's paper config built through the config
+    pipeline, its step timed and its work counted; the default list is the registry."""
+    flops = bench_module("flops")
+    from conftest import run_once_compiles, shipped_algorithms
+
+    assert flops.shipped_algorithms() == sorted(shipped_algorithms())
+    assert all(flops.paper_config(n) is not None for n in flops.shipped_algorithms())
+    out = tmp_path / "flops.json"
+    args = ["--tiny", "--in-process", "--algorithms", "maml,protonets", "--budget-s", "0.05"]
+    args += ["--set", "data.ways=5", "--gemm-budget-s", "0.05"]  # ProtoNets trains 60-way
+    with run_once_compiles():  # the plumbing: programs compiled without XLA's optimisations
+        assert flops.main([*args, "--warmup", "1", "--min-repeats", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    check_machine(doc)
+    rows = {r["algorithm"]: r for r in doc["records"]}
+    assert set(rows) == {"maml", "protonets"} and rows["maml"]["meta_batch"] == 2
+    for r in rows.values():
+        for key in ("ms_per_step", "gflop_per_step", "gflops", "gemm_peak_gflops", "compile_s"):
+            assert positive(r[key]), (r["algorithm"], key, r[key])
+        want = 100 * r["gflops"] / r["gemm_peak_gflops"]
+        assert r["pct_of_peak"] == pytest.approx(want, rel=0.01)
