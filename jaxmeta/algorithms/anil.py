@@ -8,6 +8,7 @@ References:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import jax
 
@@ -60,6 +61,55 @@ def head_mask(params: Params, head: str = "auto") -> Params:
     )
 
 
+def masked_inner_loop_learner(
+    apply_fn: ApplyFn,
+    *,
+    name: str,
+    adapted: Callable[[Params, str], Params],
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool,
+    head: str,
+    loss_fn: LossFn,
+    eval_inner_steps: int | None,
+    inner_loss_reduction: str,
+) -> MetaLearner:
+    """MAML whose inner SGD updates only the leaves ``adapted(params, head)`` marks ``True``
+    (ANIL: :func:`head_mask`; BOIL: its complement); the options are :func:`anil`'s. The
+    head's module is checked at ``init``, before any step."""
+    inner_steps = check_int("inner_steps", inner_steps, minimum=0)
+    inner_lr = check_positive_float("inner_lr", inner_lr)
+    eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+    eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
+    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
+
+    def init(key: PRNGKey, params: Params) -> Params:
+        del key
+        head_mask(params, head)  # fail early when the head cannot be found
+        return params
+
+    def _adapt(params, support_x, support_y, steps):
+        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
+        return sgd_adapt(
+            support_loss,
+            params,
+            lr=inner_lr,
+            steps=steps,
+            first_order=first_order,
+            mask=adapted(params, head),
+        )
+
+    return gradient_learner(
+        name=name,
+        apply_fn=apply_fn,
+        loss_fn=loss_fn,
+        adapt_fn=_adapt,
+        init=init,
+        inner_steps=inner_steps,
+        eval_steps=eval_steps,
+    )
+
+
 def anil(
     apply_fn: ApplyFn,
     *,
@@ -99,36 +149,17 @@ def anil(
     References:
       Raghu et al., ICLR 2020, Section 4.
     """
-    inner_steps = check_int("inner_steps", inner_steps, minimum=0)
-    inner_lr = check_positive_float("inner_lr", inner_lr)
-    eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-    eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
-
-    def init(key: PRNGKey, params: Params) -> Params:
-        del key
-        head_mask(params, head)  # fail early when the head cannot be found
-        return params
-
-    def _adapt(params, support_x, support_y, steps):
-        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
-        return sgd_adapt(
-            support_loss,
-            params,
-            lr=inner_lr,
-            steps=steps,
-            first_order=first_order,
-            mask=head_mask(params, head),
-        )
-
-    return gradient_learner(
+    return masked_inner_loop_learner(
+        apply_fn,
         name="anil",
-        apply_fn=apply_fn,
-        loss_fn=loss_fn,
-        adapt_fn=_adapt,
-        init=init,
+        adapted=head_mask,
+        inner_lr=inner_lr,
         inner_steps=inner_steps,
-        eval_steps=eval_steps,
+        first_order=first_order,
+        head=head,
+        loss_fn=loss_fn,
+        eval_inner_steps=eval_inner_steps,
+        inner_loss_reduction=inner_loss_reduction,
     )
 
 

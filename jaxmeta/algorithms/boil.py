@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import jax
 
-from jaxmeta.algorithms.anil import head_mask
-from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner, gradient_learner
-from jaxmeta.inner import inner_loss, sgd_adapt
+from jaxmeta.algorithms.anil import head_mask, masked_inner_loop_learner
+from jaxmeta.algorithms.base import AlgorithmSpec, MetaLearner
 from jaxmeta.losses import cross_entropy_loss
-from jaxmeta.types import ApplyFn, LossFn, Params, PRNGKey
-from jaxmeta.validation import check_int, check_positive_float
+from jaxmeta.types import ApplyFn, LossFn, Params
 
 
 def body_mask(params: Params, head: str = "auto") -> Params:
@@ -43,8 +41,9 @@ def boil(
 ) -> MetaLearner:
     """Body Only update in Inner Loop: MAML with the head frozen during adaptation.
 
-    Implemented as :func:`jaxmeta.inner.sgd_adapt` with a mask that excludes the head; the
-    head still gets its outer gradient through the adapted body (second order, unless
+    Implemented as ANIL's learner (:func:`jaxmeta.algorithms.anil.masked_inner_loop_learner`)
+    with the complementary mask: :func:`jaxmeta.inner.sgd_adapt` leaves the head out; the head
+    still gets its outer gradient through the adapted body (second order, unless
     ``first_order``).
 
     Args:
@@ -75,36 +74,17 @@ def boil(
       >>> bool(jnp.all(adapted["params"][head]["kernel"] == params["params"][head]["kernel"]))
       True
     """
-    inner_steps = check_int("inner_steps", inner_steps, minimum=0)
-    inner_lr = check_positive_float("inner_lr", inner_lr)
-    eval_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-    eval_steps = check_int("eval_inner_steps", eval_steps, minimum=0)
-    support_loss_fn = inner_loss(loss_fn, inner_loss_reduction)
-
-    def init(key: PRNGKey, params: Params) -> Params:
-        del key
-        head_mask(params, head)  # fail early when the head cannot be found
-        return params
-
-    def _adapt(params, support_x, support_y, steps):
-        support_loss = lambda p: support_loss_fn(apply_fn(p, support_x), support_y)
-        return sgd_adapt(
-            support_loss,
-            params,
-            lr=inner_lr,
-            steps=steps,
-            first_order=first_order,
-            mask=body_mask(params, head),
-        )
-
-    return gradient_learner(
+    return masked_inner_loop_learner(
+        apply_fn,
         name="boil",
-        apply_fn=apply_fn,
-        loss_fn=loss_fn,
-        adapt_fn=_adapt,
-        init=init,
+        adapted=body_mask,
+        inner_lr=inner_lr,
         inner_steps=inner_steps,
-        eval_steps=eval_steps,
+        first_order=first_order,
+        head=head,
+        loss_fn=loss_fn,
+        eval_inner_steps=eval_inner_steps,
+        inner_loss_reduction=inner_loss_reduction,
     )
 
 
