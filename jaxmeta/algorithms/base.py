@@ -172,6 +172,49 @@ def check_bn_mode(bn_mode: str) -> str:
     return bn_mode
 
 
+def running_moments(layers: Mapping[str, int], dtype, copies: tuple[int, ...] = ()) -> dict:
+    """BatchNorm running statistics as PyTorch starts them: ``{"mean": zeros, "var": ones}``,
+    ``[*copies, C]`` for each layer of ``layers`` (name -> channels C)."""
+    return {
+        "mean": {k: jnp.zeros((*copies, c), dtype) for k, c in layers.items()},
+        "var": {k: jnp.ones((*copies, c), dtype) for k, c in layers.items()},
+    }
+
+
+def momentum_update(running: dict, moments: dict, momentum: float, *, unbiased: bool, option: str):
+    """``(1 - m) * running + m * batch`` of every layer's mean and variance, the
+    :func:`running_moments` structure, with ``moments[layer] = (mean, biased var[, n])`` (what
+    a Conv-4 reports, :func:`jaxmeta.models.layers.batch_moments`). ``unbiased``: the batch
+    variance times ``n / (n - 1)``, as PyTorch's ``BatchNorm2d`` keeps it.
+
+    Raises:
+      ValueError: the model reported other layers than ``running`` holds (``option`` names
+        the switch that keeps them).
+    """
+    if set(moments) != set(running["mean"]):
+        raise ValueError(
+            f"{option}: the model reported batch statistics for "
+            f"{sorted(moments)}, the learner state holds {sorted(running['mean'])}"
+        )
+
+    def batch_var(k):
+        var = moments[k][1]
+        if not unbiased:
+            return var
+        n = moments[k][2]
+        return var * n / jnp.maximum(n - 1, 1)
+
+    m = momentum
+    return {
+        "mean": {
+            k: (1 - m) * v + m * moments[k][0].astype(v.dtype) for k, v in running["mean"].items()
+        },
+        "var": {
+            k: (1 - m) * v + m * batch_var(k).astype(v.dtype) for k, v in running["var"].items()
+        },
+    }
+
+
 def apply_support_query(
     apply_fn: ApplyFn,
     params: Params,

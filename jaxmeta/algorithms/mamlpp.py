@@ -52,7 +52,9 @@ from jaxmeta.algorithms.base import (
     MetaLearner,
     adapting_predict,
     apply_gradients,
+    momentum_update,
     query_loss,
+    running_moments,
 )
 from jaxmeta.execution import mean_map_tasks
 from jaxmeta.losses import cross_entropy_loss
@@ -174,27 +176,18 @@ def init_running_stats(opts: Options, key: PRNGKey, meta: Params) -> dict:
             f"per_step_bn_stats: no BatchNorm scale matches bn_params={opts.bn_re.pattern!r}; "
             "set per_step_bn_stats: false for a model without BatchNorm"
         )
-    dtype = jax.tree_util.tree_leaves(meta["params"])[0].dtype
-    n = opts.copies
-    return {
-        "mean": {k: jnp.zeros((n, c), dtype) for k, c in layers.items()},
-        "var": {k: jnp.ones((n, c), dtype) for k, c in layers.items()},
-    }
+    return running_moments(
+        layers, jax.tree_util.tree_leaves(meta["params"])[0].dtype, (opts.copies,)
+    )
 
 
 def update_running_stats(opts: Options, running: dict, moments: dict) -> dict:
     """One momentum update of the running statistics with a meta-batch's per-step moments
-    (``moments[layer] = (mean [steps, C], var [steps, C])``, means over the tasks)."""
-    if set(moments) != set(running["mean"]):
-        raise ValueError(
-            f"per_step_bn_stats: the model reported batch statistics for "
-            f"{sorted(moments)}, the learner state holds {sorted(running['mean'])}"
-        )
-    m = opts.bn_momentum
-    return {
-        stat: {k: (1 - m) * v + m * moments[k][i].astype(v.dtype) for k, v in running[stat].items()}
-        for i, stat in enumerate(("mean", "var"))
-    }
+    (``moments[layer] = (mean [steps, C], var [steps, C])``, means over the tasks; the
+    biased variance, a documented deviation from the reference)."""
+    return momentum_update(
+        running, moments, opts.bn_momentum, unbiased=False, option="per_step_bn_stats"
+    )
 
 
 def model_at(opts: Options, theta: Params, mask: Params, s) -> Params:

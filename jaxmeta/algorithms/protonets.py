@@ -19,7 +19,9 @@ from jaxmeta.algorithms.base import (
     apply_gradients,
     apply_support_query,
     identity_init,
+    momentum_update,
     query_loss,
+    running_moments,
 )
 from jaxmeta.algorithms.metric import (  # noqa: F401 -- ABSENT_LOGIT: its documented home was here
     ABSENT_LOGIT,
@@ -95,28 +97,7 @@ def init_running_stats(key: PRNGKey, params: Params) -> dict:
             "running_stats needs a model with BatchNorm layers named bn{i} (Conv-4); "
             "this model has none: set running_stats: false"
         )
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    return {
-        "mean": {k: jnp.zeros((c,), dtype) for k, c in layers.items()},
-        "var": {k: jnp.ones((c,), dtype) for k, c in layers.items()},
-    }
-
-
-def update_running_stats(running: dict, moments: dict, momentum: float) -> dict:
-    """PyTorch's update, ``(1 - m) * running + m * batch``, with the batch variance unbiased
-    (``var * n / (n - 1)``; ``moments[layer] = (mean, biased var, n)``)."""
-    if set(moments) != set(running["mean"]):
-        raise ValueError(
-            f"running_stats: the model reported statistics for {sorted(moments)}, the learner "
-            f"state holds {sorted(running['mean'])}"
-        )
-    m = momentum
-    mean = {k: (1 - m) * v + m * moments[k][0].astype(v.dtype) for k, v in running["mean"].items()}
-    var = {}
-    for k, v in running["var"].items():
-        batch_mean, batch_var, n = moments[k]
-        var[k] = (1 - m) * v + m * (batch_var * n / jnp.maximum(n - 1, 1)).astype(v.dtype)
-    return {"mean": mean, "var": var}
+    return running_moments(layers, jax.tree_util.tree_leaves(params)[0].dtype)
 
 
 def _check_options(apply_fn, ways, distance, joint_batch, running_stats, bn_momentum):
@@ -243,7 +224,10 @@ def protonets(
             lambda ep, k: grad(state.params, ep, k), episodes, key, task_chunk=task_chunk
         )
         new, metrics = apply_gradients(optimizer, state, grads, metrics)
-        running = update_running_stats(state.learner_state, moments, float(bn_momentum))
+        # PyTorch's BatchNorm2d: momentum, unbiased running variance.
+        running = momentum_update(
+            state.learner_state, moments, float(bn_momentum), unbiased=True, option="running_stats"
+        )
         return new.replace(learner_state=running), metrics
 
     return MetaLearner(
