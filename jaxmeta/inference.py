@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmeta.algorithms.base import BN_MODES, MetaLearner, check_bn_mode
+from jaxmeta.algorithms.base import BN_MODES, MetaLearner, check_bn_mode, state_kwargs
 from jaxmeta.types import Array
 
 __all__ = ["AdaptedClassifier", "FewShotClassifier", "load"]
@@ -206,11 +206,10 @@ class FewShotClassifier:
                 kwargs["steps"] = self.inner_steps
             if self.uses_batch_statistics:
                 kwargs["bn_mode"] = bn_mode
-            stateful = self.learner.init_state is not None
 
             def run(params, state, sx, sy, qx):
                 self._traces += 1
-                extra = {"learner_state": state} if stateful else {}
+                extra = state_kwargs(self.learner, state)
                 return self.learner.predict(params, sx, sy, qx, None, **kwargs, **extra)
 
             program = jax.jit(run)

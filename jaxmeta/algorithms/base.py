@@ -172,6 +172,13 @@ def check_bn_mode(bn_mode: str) -> str:
     return bn_mode
 
 
+def state_kwargs(learner: MetaLearner, learner_state: Any) -> dict[str, Any]:
+    """The keyword that hands the train state's ``learner_state`` to ``learner.predict``:
+    ``{"learner_state": ...}`` for a learner that keeps state (``init_state``), else ``{}``
+    (what every evaluation and :func:`jaxmeta.load` pass)."""
+    return {} if learner.init_state is None else {"learner_state": learner_state}
+
+
 def running_moments(layers: Mapping[str, int], dtype, copies: tuple[int, ...] = ()) -> dict:
     """BatchNorm running statistics as PyTorch starts them: ``{"mean": zeros, "var": ones}``,
     ``[*copies, C]`` for each layer of ``layers`` (name -> channels C)."""

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmeta.algorithms.base import MetaLearner, check_bn_mode
+from jaxmeta.algorithms.base import MetaLearner, check_bn_mode, state_kwargs
 from jaxmeta.losses import accuracy, cross_entropy_loss, mse_loss
 from jaxmeta.types import Array, Episode, Params, PRNGKey
 
@@ -104,10 +104,8 @@ def make_evaluator(
             )
         kwargs["bn_mode"] = check_bn_mode(bn_mode)
 
-    stateful = learner.init_state is not None
-
     def one(params: Params, episode: Episode, key: PRNGKey, state) -> dict[str, Array]:
-        extra = {"learner_state": state} if stateful else {}
+        extra = state_kwargs(learner, state)
         out = learner.predict(
             params, episode.support_x, episode.support_y, episode.query_x, key, **kwargs, **extra
         )
@@ -129,6 +127,13 @@ def make_evaluator(
         )
 
     return evaluate
+
+
+def compared_bn_modes(learner: MetaLearner) -> list[str]:
+    """The BatchNorm modes ``--bn-mode both`` reports: the learner's own (its protocol,
+    ``MetaLearner.bn_mode``) first, then inductive (transductive after any other protocol)."""
+    protocol = learner.bn_mode
+    return [protocol, "inductive" if protocol == "transductive" else "transductive"]
 
 
 def evaluate(

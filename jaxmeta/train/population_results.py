@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxmeta.train.build import build_experiment, eval_episode_shape
 from jaxmeta.train.config import load_config, replace
-from jaxmeta.train.evaluate import main_metric, make_evaluator, summarize
+from jaxmeta.train.evaluate import compared_bn_modes, main_metric, make_evaluator, summarize
 from jaxmeta.train.metrics import read_metrics
 from jaxmeta.train.population import (
     check_sizes,
@@ -199,9 +199,7 @@ def evaluate_population(
             f"(available: {', '.join(source.splits)})"
         )
     state, which = restore_population(workdir, cfg, exp, checkpoint)
-    protocol = exp.learner.bn_mode  # as run.evaluate_run: the protocol's mode, then another
-    both = [protocol, "inductive" if protocol == "transductive" else "transductive"]
-    modes: list[str | None] = both if bn_mode == "both" else [bn_mode]
+    modes: list[str | None] = compared_bn_modes(exp.learner) if bn_mode == "both" else [bn_mode]
     if not getattr(exp.model, "uses_batch_statistics", False):
         modes = [None]
     eps = jax.device_put(

@@ -34,7 +34,7 @@ from jaxmeta.train.build import (  # noqa: F401 -- TrainedRun: its former home
 )
 from jaxmeta.train.checkpoint import Checkpoints, resolve_checkpoint  # noqa: F401 -- former home
 from jaxmeta.train.config import ExperimentConfig, config_from_dict, load_config, migrate, replace
-from jaxmeta.train.evaluate import make_evaluator, summarize
+from jaxmeta.train.evaluate import compared_bn_modes, make_evaluator, summarize
 from jaxmeta.train.metrics import flatten_config
 from jaxmeta.train.population import check_sizes, is_population, restore_member
 from jaxmeta.train.schedules import steps_from_train
@@ -354,9 +354,7 @@ def evaluate_run(
             f"(available: {', '.join(exp.source.splits)})"
         )
     inner = inner_steps if inner_steps is not None else cfg.eval.inner_steps
-    protocol = exp.learner.bn_mode  # what the learner predicts with by default
-    both = [protocol, "inductive" if protocol == "transductive" else "transductive"]
-    modes: list[str | None] = both if bn_mode == "both" else [bn_mode]
+    modes: list[str | None] = compared_bn_modes(exp.learner) if bn_mode == "both" else [bn_mode]
     if not getattr(exp.model, "uses_batch_statistics", False):
         modes = [None]  # no BatchNorm: the modes agree
     episodes = cfg.eval.episodes if episodes is None else episodes
