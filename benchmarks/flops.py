@@ -74,12 +74,9 @@ COLUMNS = [
 
 def shipped_algorithms() -> list[str]:
     """The algorithms ``jaxmeta.algorithms`` itself registers (not plug-ins)."""
-    from jaxmeta.algorithms import ALGORITHMS
+    from jaxmeta.algorithms import SHIPPED
 
-    def module(spec) -> str:
-        return getattr(getattr(spec.make, "func", spec.make), "__module__", "")
-
-    return sorted(n for n, s in ALGORITHMS.items() if module(s).startswith("jaxmeta.algorithms."))
+    return sorted(SHIPPED)
 
 
 def paper_config(name: str) -> Path | None:

@@ -126,16 +126,13 @@ def pytest_report_header(config) -> list[str]:
 
 
 def shipped_algorithms() -> set[str]:
-    """The algorithms the package itself registers (``jaxmeta/algorithms``): the set every
-    "each algorithm is covered" test compares with. Plug-ins registered while the suite runs
-    (``jaxmeta.rl``'s ``maml_trpo``/``maml_rl`` once an RL test imported it, test plug-ins)
-    are not included, so those tests do not depend on test order."""
-    from jaxmeta.algorithms import ALGORITHMS
+    """The algorithms the package itself registers (``jaxmeta.algorithms.SHIPPED``): the set
+    every "each algorithm is covered" test compares with. Plug-ins registered while the suite
+    runs (``jaxmeta.rl``'s ``maml_trpo``/``maml_rl`` once an RL test imported it, test
+    plug-ins) are not included, so those tests do not depend on test order."""
+    from jaxmeta.algorithms import SHIPPED
 
-    def module(factory) -> str:  # functools.partial (fomaml) keeps its function in .func
-        return getattr(getattr(factory, "func", factory), "__module__", "")
-
-    return {n for n, s in ALGORITHMS.items() if module(s.make).startswith("jaxmeta.algorithms.")}
+    return set(SHIPPED)
 
 
 def algorithm_spec(name: str):

@@ -42,6 +42,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "mamlpp": _mamlpp.SPEC,
     "imaml": _imaml.SPEC,
 }
+# The algorithms this package registers itself (not those of plug-ins registered later, e.g.
+# jaxmeta.rl's): what "every algorithm" means in the suite and the benchmarks.
+SHIPPED: tuple[str, ...] = tuple(ALGORITHMS)
 
 
 def register_algorithm(
